@@ -1,0 +1,218 @@
+"""`generate`: compiled autoregressive sampling from a `PolicyNetwork`.
+
+One `tf.function` runs the whole decode: a prefill of the (left-padded) prompt, then a
+`tf.while_loop` of single-token `call_with_cache` steps that stops as soon as every
+sequence has emitted EOS. The function is traced once per (policy, static options);
+batch size, prompt length and `max_new_tokens` are dynamic, so new shapes do not
+retrace. Log-probs are taken from the distribution that was actually sampled (after
+temperature, top-k, top-p and `suppress_ids`); `filter_logits` is that distribution
+and the trainers reuse it to score completions the same way.
+"""
+
+import weakref
+from typing import NamedTuple
+
+import tensorflow as tf
+
+SAMPLERS = ("greedy", "sample", "top_k", "top_p")
+DEFAULT_TOP_K = 50
+DEFAULT_TOP_P = 0.9
+# Finite rather than -inf so that masked entries never produce NaN (0 * inf) in
+# entropies or KLs; exp(-1e9 - max) is exactly 0 in float32, so they are never sampled.
+FILTERED_LOGIT = -1e9
+
+
+class GenerationOutput(NamedTuple):
+    """What `generate` returns; every field is `[B, N]`, N = `max_new_tokens`.
+
+    token_ids: int32 sampled ids, including the EOS token; 0 after it.
+    mask: float32, 1 for real completion tokens (up to and including EOS), else 0.
+    log_probs: float32 log-prob of each sampled token under the sampled distribution
+        (0 where mask is 0).
+    """
+    token_ids: tf.Tensor
+    mask: tf.Tensor
+    log_probs: tf.Tensor
+
+
+def filter_logits(logits, temperature=1.0, top_k=None, top_p=None, suppress_ids=None):
+    """Applies temperature, top-k, top-p and suppression to logits [..., V] (float32).
+
+    Entries outside the support are set to `FILTERED_LOGIT`. `top_k` / `top_p` of
+    None means no such filter; they may be Python numbers or scalar tensors.
+    """
+    logits = tf.cast(logits, tf.float32) / tf.cast(temperature, tf.float32)
+    if suppress_ids:
+        vocab_size = tf.shape(logits)[-1]
+        suppressed = tf.reduce_any(
+            tf.equal(tf.range(vocab_size)[:, None], tf.constant(suppress_ids)[None, :]), -1)
+        logits = tf.where(suppressed, FILTERED_LOGIT, logits)
+    if top_k is not None:
+        k = tf.minimum(tf.cast(top_k, tf.int32), tf.shape(logits)[-1])
+        kth_largest = tf.math.top_k(logits, k).values[..., -1:]
+        logits = tf.where(logits < kth_largest, FILTERED_LOGIT, logits)
+    if top_p is not None:
+        # Nucleus: the most likely tokens whose probabilities, summed in descending
+        # order, first reach top_p (the top token is always kept).
+        sorted_logits = tf.sort(logits, axis=-1, direction="DESCENDING")
+        mass_before = tf.cumsum(tf.nn.softmax(sorted_logits), axis=-1, exclusive=True)
+        in_nucleus = mass_before < tf.cast(top_p, tf.float32)
+        cutoff = tf.reduce_min(tf.where(in_nucleus, sorted_logits, float("inf")),
+                               axis=-1, keepdims=True)
+        logits = tf.where(logits < cutoff, FILTERED_LOGIT, logits)
+    return logits
+
+
+def _seed_tensor(seed):
+    """An int32 [2] seed for stateless sampling from None, an int or a [2] tensor."""
+    if seed is None:
+        return tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
+    if isinstance(seed, int):
+        return tf.constant([seed, 0], tf.int32)
+    return tf.cast(seed, tf.int32)
+
+
+def decode_loop(policy, prompt_ids, max_new_tokens, seed, temperature, top_k, top_p,
+                greedy, eos_id, suppress_ids):
+    """The decode graph (call inside a `tf.function`). See `generate` for arguments."""
+    batch_size = tf.shape(prompt_ids)[0]
+    prompt_length = tf.shape(prompt_ids)[1]
+    cache = policy.initial_cache(batch_size, prompt_length + max_new_tokens)
+    logits, _, cache = policy.call_with_cache(prompt_ids, cache, 0,
+                                              padding_mask=tf.not_equal(prompt_ids, 0))
+    next_logits = logits[:, -1]                                    # [B, V]
+    arrays = [tf.TensorArray(dtype, size=0, dynamic_size=True)
+              for dtype in (tf.int32, tf.float32, tf.float32)]
+
+    def body(step, next_logits, cache, finished, ids_array, mask_array, log_prob_array):
+        filtered = filter_logits(next_logits, temperature, top_k, top_p, suppress_ids)
+        if greedy:
+            token = tf.argmax(filtered, axis=-1, output_type=tf.int32)
+        else:
+            step_seed = tf.random.experimental.stateless_fold_in(seed, step)
+            token = tf.random.stateless_categorical(filtered, 1, step_seed,
+                                                    dtype=tf.int32)[:, 0]
+        log_prob = tf.gather(tf.nn.log_softmax(filtered), token, batch_dims=1)
+        alive = tf.logical_not(finished)
+        token = tf.where(alive, token, 0)
+        alive_float = tf.cast(alive, tf.float32)
+        ids_array = ids_array.write(step, token)
+        mask_array = mask_array.write(step, alive_float)
+        log_prob_array = log_prob_array.write(step, log_prob * alive_float)
+        if eos_id is not None:
+            finished = tf.logical_or(finished, tf.equal(token, eos_id))
+        logits, _, cache = policy.call_with_cache(
+            token[:, None], cache, prompt_length + step,
+            padding_mask=tf.ones([batch_size, 1], tf.bool))
+        return step + 1, logits[:, 0], cache, finished, ids_array, mask_array, log_prob_array
+
+    def keep_going(step, next_logits, cache, finished, *arrays):
+        return tf.logical_and(step < max_new_tokens,
+                              tf.logical_not(tf.reduce_all(finished)))
+
+    finished = tf.zeros([batch_size], tf.bool)
+    _, _, _, _, *arrays = tf.while_loop(
+        keep_going, body, [tf.constant(0), next_logits, cache, finished, *arrays])
+    # Sequences may all stop early: pad the [steps, B] arrays out to max_new_tokens.
+    outputs = []
+    for array in arrays:
+        stacked = tf.transpose(array.stack())                       # [B, steps]
+        stacked = tf.reshape(stacked, [batch_size, -1])             # steps may be 0
+        padding = max_new_tokens - tf.shape(stacked)[1]
+        outputs.append(tf.pad(stacked, [[0, 0], [0, padding]]))
+    return GenerationOutput(*outputs)
+
+
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+def _compiled_decode(policy, greedy, use_top_k, use_top_p, eos_id, suppress_ids):
+    per_policy = _COMPILED.setdefault(policy, {})
+    key = (greedy, use_top_k, use_top_p, eos_id, suppress_ids)
+    if key not in per_policy:
+        @tf.function(input_signature=[
+            tf.TensorSpec([None, None], tf.int32, name="prompt_ids"),
+            tf.TensorSpec([], tf.int32, name="max_new_tokens"),
+            tf.TensorSpec([2], tf.int32, name="seed"),
+            tf.TensorSpec([], tf.float32, name="temperature"),
+            tf.TensorSpec([], tf.int32, name="top_k"),
+            tf.TensorSpec([], tf.float32, name="top_p"),
+        ])
+        def compiled(prompt_ids, max_new_tokens, seed, temperature, top_k, top_p):
+            return decode_loop(policy, prompt_ids, max_new_tokens, seed, temperature,
+                               top_k if use_top_k else None, top_p if use_top_p else None,
+                               greedy, eos_id, suppress_ids)
+        per_policy[key] = compiled
+    return per_policy[key]
+
+
+def resolve_sampler(sampler, temperature, top_k, top_p):
+    """Validates sampler options; returns (greedy, top_k or None, top_p or None)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}; got {sampler!r}")
+    if not isinstance(temperature, tf.Tensor) and temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature} "
+                         "(use sampler='greedy' for argmax decoding)")
+    if sampler == "top_k" and top_k is None:
+        top_k = DEFAULT_TOP_K
+    if sampler == "top_p" and top_p is None:
+        top_p = DEFAULT_TOP_P
+    if top_k is not None and not isinstance(top_k, tf.Tensor) and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not isinstance(top_p, tf.Tensor) and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    return sampler == "greedy", top_k, top_p
+
+
+def generate(policy, prompt_ids, max_new_tokens=32, sampler="sample", temperature=1.0,
+             top_k=None, top_p=None, eos_id=2, seed=None, suppress_ids=None):
+    """Samples completions of left-padded prompts.
+
+    Args:
+        policy: a `PolicyNetwork` (anything with `initial_cache` and `call_with_cache`).
+        prompt_ids: int [B, P], left-padded with 0.
+        max_new_tokens: completion length N (int or scalar tensor).
+        sampler: "greedy" (argmax), "sample" (full softmax), "top_k" or "top_p".
+            `top_k` / `top_p` apply whenever given; the samplers of those names only
+            supply defaults (50 and 0.9).
+        temperature: softmax temperature (> 0).
+        eos_id: a sequence stops after this token; None never stops early.
+        seed: int or int [2] tensor for reproducible sampling; None draws a fresh one.
+        suppress_ids: ids that are never sampled (e.g. pad).
+
+    Returns:
+        `GenerationOutput(token_ids, mask, log_probs)`, each [B, N].
+
+    Example:
+    >>> policy = tfpg.PolicyNetwork(vocab_size=20, embedding_dim=16, hidden_dim=32)
+    >>> out = tfpg.generate(policy, tf.constant([[0, 1, 5], [1, 6, 7]]), max_new_tokens=4,
+    ...                     sampler="top_k", top_k=5, seed=0)
+    >>> out.token_ids.shape
+    TensorShape([2, 4])
+    """
+    greedy, top_k, top_p = resolve_sampler(sampler, temperature, top_k, top_p)
+    suppress_ids = tuple(int(i) for i in suppress_ids) if suppress_ids else None
+    prompt_ids = tf.convert_to_tensor(prompt_ids)
+    if prompt_ids.shape.rank != 2:
+        raise ValueError(f"prompt_ids must be [batch, length], got shape {prompt_ids.shape}")
+    max_length = getattr(policy, "max_length", None)
+    if (policy_is_positional(policy) and isinstance(max_new_tokens, int)
+            and prompt_ids.shape[1] is not None
+            and prompt_ids.shape[1] + max_new_tokens > max_length):
+        raise ValueError(f"prompt length {prompt_ids.shape[1]} + max_new_tokens "
+                         f"{max_new_tokens} exceeds the model's max_length {max_length}")
+    compiled = _compiled_decode(policy, greedy, top_k is not None, top_p is not None,
+                                eos_id, suppress_ids)
+    output = compiled(tf.cast(prompt_ids, tf.int32), tf.cast(max_new_tokens, tf.int32),
+                      _seed_tensor(seed), tf.cast(temperature, tf.float32),
+                      tf.cast(top_k if top_k is not None else 0, tf.int32),
+                      tf.cast(top_p if top_p is not None else 1.0, tf.float32))
+    if isinstance(max_new_tokens, int):
+        shape = [prompt_ids.shape[0], max_new_tokens]
+        output = GenerationOutput(*(tf.ensure_shape(t, shape) for t in output))
+    return output
+
+
+def policy_is_positional(policy):
+    """True when the policy has a position table that bounds the sequence length."""
+    return getattr(policy, "backbone_type", None) == "transformer"

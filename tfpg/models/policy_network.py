@@ -1,0 +1,73 @@
+"""`PolicyNetwork`: a causal language model whose softmax is the policy."""
+
+import keras
+import tensorflow as tf
+
+from tfpg.models.backbones import make_backbone
+
+
+@keras.saving.register_keras_serializable(package="tfpg")
+class PolicyNetwork(keras.Model):
+    """Embedding + LSTM / GRU / Transformer + a vocabulary projection.
+
+    `call(token_ids)` gives next-token logits (float32, also under mixed precision) for
+    every position; `call_with_cache` runs one decoding step (or a prompt prefill) from
+    a cache. Token id 0 is padding: prompts are left-padded and padded positions neither
+    change the recurrent state nor are attended to, so padding never changes a
+    prediction. Pass `padding_mask` explicitly when a sampled completion may contain id 0.
+
+    For the Transformer, `embedding_dim` is the model width and `hidden_dim` the
+    feed-forward width; for LSTM / GRU `hidden_dim` is the state size.
+
+    Example:
+    >>> policy = PolicyNetwork(vocab_size=20, embedding_dim=16, hidden_dim=32)
+    >>> logits = policy(tf.constant([[1, 7, 9]]))            # [1, 3, 20] float32
+    """
+
+    def __init__(self, vocab_size, embedding_dim=128, hidden_dim=256, backbone="lstm",
+                 num_layers=1, num_heads=4, dropout=0.0, max_length=512, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size = vocab_size
+        self.embedding_dim = embedding_dim
+        self.hidden_dim = hidden_dim
+        self.backbone_type = backbone
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.max_length = max_length
+        self.backbone = make_backbone(vocab_size, embedding_dim, hidden_dim, backbone,
+                                      num_layers, num_heads, dropout, max_length)
+        self.lm_head = keras.layers.Dense(vocab_size, dtype="float32", name="lm_head")
+
+    def build(self, input_shape=None):
+        self.backbone.build(input_shape)
+        self.lm_head.build((None, None, self.backbone.output_dim))
+        self.built = True
+
+    def call(self, token_ids, padding_mask=None, training=None):
+        """token_ids int [B, T] -> logits float32 [B, T, V]."""
+        hidden = self.backbone(token_ids, padding_mask=padding_mask, training=training)
+        return self.lm_head(hidden)
+
+    def initial_cache(self, batch_size, max_length):
+        """An empty decoding cache for `batch_size` sequences of up to `max_length` tokens."""
+        if not self.built:  # decoding may come before any full call
+            self.build()
+        return self.backbone.initial_cache(batch_size, max_length)
+
+    def call_with_cache(self, token_ids, cache, index, padding_mask=None, training=None):
+        """Feeds token_ids [B, T] at position `index` of the cache.
+
+        Returns (logits float32 [B, T, V], hidden [B, T, H], updated cache).
+        """
+        hidden, cache = self.backbone.call_with_cache(token_ids, cache, index,
+                                                      padding_mask, training)
+        return self.lm_head(hidden), hidden, cache
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(vocab_size=self.vocab_size, embedding_dim=self.embedding_dim,
+                      hidden_dim=self.hidden_dim, backbone=self.backbone_type,
+                      num_layers=self.num_layers, num_heads=self.num_heads,
+                      dropout=self.dropout, max_length=self.max_length)
+        return config
