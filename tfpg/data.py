@@ -1,0 +1,372 @@
+"""tf.data builders and file readers.
+
+* `language_model_dataset`: (inputs, targets) next-token pairs for maximum-likelihood
+  pre-training with `SparseCategoricalCrossentropy(from_logits=True, ignore_class=0)`.
+* `prompt_dataset`: dict batches `{"prompt": int32 [B, P], "reference": ..., **extras}`
+  for the policy-gradient algorithms; prompts are left-padded so generation starts
+  at the same position in every row.
+* `read_txt`, `read_tsv`, `read_jsonl`, `read_file`: plain-Python readers whose
+  errors are `DataError`s with one-line messages `path:line: what is wrong`.
+"""
+
+import codecs
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+_INT32 = np.iinfo(np.int32)
+_RESERVED_COLUMNS = ("prompt", "reference")
+
+
+class DataError(ValueError):
+    """A problem with a data file; the message is one line: `path:line: what is wrong`."""
+
+
+def _as_list(values, what):
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"{what} must be a list of strings, not a single string")
+    return list(values)
+
+
+def language_model_dataset(texts, tokenizer, sequence_length=64, batch_size=32,
+                           shuffle=True, seed=0, drop_remainder=False):
+    """Builds next-token (inputs, targets) pairs for pre-training.
+
+    Each text becomes `[bos] + tokens + [eos]`; inputs are `seq[:-1]`, targets
+    `seq[1:]`, both int32 [B, sequence_length], right-padded with 0 (the pad
+    target is skipped by `ignore_class=0`). A text with more than
+    `sequence_length` next-token pairs is chunked, not truncated: it is cut into
+    consecutive windows of `sequence_length` pairs (each window's last target is
+    the next window's first input), so every pair is trained on exactly once;
+    windows after the first start mid-text, without BOS.
+
+    Args:
+        texts: list of strings.
+        tokenizer: a `tfpg.Tokenizer`.
+        sequence_length: L, the number of next-token pairs per example.
+        batch_size: examples per batch.
+        shuffle: shuffle the examples (reshuffled every epoch, seeded by `seed`).
+        seed: shuffle seed.
+        drop_remainder: drop the last partial batch (gives a static batch size).
+
+    Example:
+
+    >>> from tfpg.text import Tokenizer
+    >>> tok = Tokenizer.from_texts(["a b c"])
+    >>> ds = language_model_dataset(["a b c"], tok, sequence_length=3, shuffle=False)
+    >>> [x.numpy().tolist() for x in next(iter(ds))]
+    [[[1, 4, 5], [6, 0, 0]], [[4, 5, 6], [2, 0, 0]]]
+    """
+    texts = _as_list(texts, "texts")
+    if not texts:
+        raise ValueError("language_model_dataset: texts is empty; refusing to build an "
+                         "empty dataset")
+    if sequence_length < 1 or batch_size < 1:
+        raise ValueError(f"sequence_length and batch_size must be >= 1, got "
+                         f"{sequence_length} and {batch_size}")
+    windows = []
+    for ids in tokenizer.encode(texts):
+        sequence = ids + [tokenizer.eos_id]
+        for start in range(0, len(sequence) - 1, sequence_length):
+            windows.append(sequence[start:start + sequence_length + 1])
+    if drop_remainder and len(windows) < batch_size:
+        raise ValueError(f"language_model_dataset: {len(windows)} examples are fewer than "
+                         f"batch_size={batch_size} with drop_remainder=True, giving an "
+                         f"empty dataset")
+    inputs = np.zeros([len(windows), sequence_length], np.int32)  # [N, L]
+    targets = np.zeros([len(windows), sequence_length], np.int32)  # [N, L]
+    for i, window in enumerate(windows):
+        inputs[i, :len(window) - 1] = window[:-1]
+        targets[i, :len(window) - 1] = window[1:]
+    dataset = tf.data.Dataset.from_tensor_slices((inputs, targets))
+    if shuffle:
+        dataset = dataset.shuffle(len(windows), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+
+
+def prompt_dataset(prompts, tokenizer, references=None, batch_size=32,
+                   max_prompt_length=None, truncate="error", shuffle=False, seed=0,
+                   extras=None, repeat=False, drop_remainder=False):
+    """Builds batches of prompts (and references / extra columns) for RL fine-tuning.
+
+    Elements are dicts:
+
+    * `"prompt"`: int32 [B, P], BOS first, no EOS, LEFT-padded with 0. P is the
+      longest prompt in the whole dataset, so every batch has the same static
+      width and `train_step` is traced once.
+    * `"reference"` (when `references` is given): int32, encoded without BOS or
+      EOS and RIGHT-padded with 0. If every reference is a string the shape is
+      [B, R]; if any is a list of strings (several references for one prompt)
+      every row becomes a list and the shape is [B, K, R], K the most references
+      any prompt has, missing references being all-zero rows. R (and K) are at
+      least 1 even when every reference is empty.
+    * one column per `extras` entry: strings -> tf.string, ints -> int32,
+      floats -> float32, bools -> tf.bool.
+
+    Args:
+        prompts: list of strings.
+        tokenizer: a `tfpg.Tokenizer`.
+        references: None or one entry per prompt: a string or a list of strings.
+        batch_size: prompts per batch.
+        max_prompt_length: maximum prompt length in tokens, BOS included.
+        truncate: what to do with a longer prompt: "error" (the default: a
+            ValueError naming the prompt's index), "left" (drop its first tokens
+            after BOS, keeping the end) or "right" (keep its first tokens).
+        shuffle: shuffle the prompts (reshuffled every epoch, seeded by `seed`).
+        seed: shuffle seed.
+        extras: None or a dict name -> list of values, one per prompt.
+        repeat: repeat forever (each repetition reshuffled when `shuffle`).
+        drop_remainder: drop the last partial batch.
+
+    Example:
+
+    >>> from tfpg.text import Tokenizer
+    >>> tok = Tokenizer.from_texts(["a b c"])
+    >>> ds = prompt_dataset(["a b", "c"], tok, references=["c", "a b"])
+    >>> {k: v.numpy().tolist() for k, v in next(iter(ds)).items()}
+    {'prompt': [[1, 4, 5], [0, 1, 6]], 'reference': [[6, 0], [4, 5]]}
+    """
+    prompts = _as_list(prompts, "prompts")
+    if not prompts:
+        raise ValueError("prompt_dataset: prompts is empty; refusing to build an empty dataset")
+    if truncate not in ("error", "left", "right"):
+        raise ValueError(f"truncate must be 'error', 'left' or 'right', got {truncate!r}")
+    if max_prompt_length is not None and max_prompt_length < 1:
+        raise ValueError(f"max_prompt_length must be >= 1, got {max_prompt_length}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if drop_remainder and len(prompts) < batch_size:
+        raise ValueError(f"prompt_dataset: {len(prompts)} prompts are fewer than "
+                         f"batch_size={batch_size} with drop_remainder=True, giving an "
+                         f"empty dataset")
+    columns = {"prompt": _encode_prompts(prompts, tokenizer, max_prompt_length, truncate)}
+    if references is not None:
+        columns["reference"] = _encode_references(references, tokenizer, len(prompts))
+    for name, values in (extras or {}).items():
+        if name in _RESERVED_COLUMNS:
+            raise ValueError(f"extras may not be named {name!r} (reserved column)")
+        columns[name] = _extra_column(name, values, len(prompts))
+    dataset = tf.data.Dataset.from_tensor_slices(columns)
+    if shuffle:
+        dataset = dataset.shuffle(len(prompts), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+    return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+
+
+def _encode_prompts(prompts, tokenizer, max_prompt_length, truncate):
+    """-> int32 [N, P], left-padded with 0."""
+    encoded = []
+    for index, prompt in enumerate(prompts):
+        try:
+            ids = tokenizer.encode(prompt)
+            if max_prompt_length is not None and len(ids) > max_prompt_length:
+                if truncate == "error":
+                    raise ValueError(
+                        f"has {len(ids)} tokens (BOS included), more than "
+                        f"max_prompt_length={max_prompt_length}; shorten it or pass "
+                        f"truncate='left' or truncate='right'")
+                ids = tokenizer.encode(prompt, max_length=max_prompt_length, truncate=truncate)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"prompt {index}: {e}") from None
+        encoded.append(ids)
+    width = max(len(ids) for ids in encoded)
+    array = np.zeros([len(encoded), width], np.int32)  # [N, P]
+    for i, ids in enumerate(encoded):
+        array[i, width - len(ids):] = ids
+    return array
+
+
+def _encode_references(references, tokenizer, count):
+    """-> int32 [N, R] (one string each) or [N, K, R] (lists), right-padded with 0."""
+    references = _as_list(references, "references")
+    if len(references) != count:
+        raise ValueError(f"got {count} prompts but {len(references)} references")
+    multi = any(isinstance(r, (list, tuple)) for r in references)
+    rows = []
+    for index, reference in enumerate(references):
+        group = reference if isinstance(reference, (list, tuple)) else [reference]
+        try:
+            rows.append([tokenizer.encode(text, add_bos=False) for text in group])
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"reference {index}: {e}") from None
+    width = max([1] + [len(ids) for group in rows for ids in group])
+    if not multi:
+        array = np.zeros([count, width], np.int32)  # [N, R]
+        for i, (ids,) in enumerate(rows):
+            array[i, :len(ids)] = ids
+        return array
+    depth = max([1] + [len(group) for group in rows])
+    array = np.zeros([count, depth, width], np.int32)  # [N, K, R]
+    for i, group in enumerate(rows):
+        for k, ids in enumerate(group):
+            array[i, k, :len(ids)] = ids
+    return array
+
+
+def _extra_column(name, values, count):
+    """Converts one extras column to a numpy array with a TF-friendly dtype."""
+    values = _as_list(values, f"extras[{name!r}]")
+    if len(values) != count:
+        raise ValueError(f"got {count} prompts but {len(values)} values in extras[{name!r}]")
+    is_text = [isinstance(v, (str, bytes)) for v in values]
+    if any(is_text) and not all(is_text):
+        raise ValueError(f"extras[{name!r}] mixes strings with other values")
+    try:
+        array = np.asarray(values)
+    except ValueError:
+        array = np.asarray(values, dtype=object)
+    kind = array.dtype.kind
+    if kind == "f":
+        return array.astype(np.float32)
+    if kind in "iu":
+        if array.size and (array.min() < _INT32.min or array.max() > _INT32.max):
+            raise ValueError(f"extras[{name!r}] has integers that do not fit in int32")
+        return array.astype(np.int32)
+    if kind in "bUS":
+        return array
+    raise ValueError(f"extras[{name!r}] must hold strings, ints, floats or bools "
+                     f"(equal-length lists of them are fine), got {array.dtype} values")
+
+
+def _lines(path):
+    """Yields (line number, text) for each non-blank line of a UTF-8 file."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, not a file") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    with f:
+        # Binary iteration splits on b"\n" only; text mode would also split on
+        # "\r", "\x1c", "\u2028", ... which may legitimately occur inside a text.
+        for number, raw in enumerate(f, start=1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{number}: invalid UTF-8 (byte 0x{raw[e.start]:02x} "
+                                f"at column {e.start + 1})") from None
+            line = line.rstrip("\r\n")
+            if line.strip():
+                yield number, line
+
+
+def _no_examples(path):
+    return DataError(f"{path}: no examples (the file is empty or has only blank lines)")
+
+
+def read_txt(path):
+    """Reads one text per non-blank line -> list[str] (line endings removed).
+
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "t.txt")
+    >>> _ = open(path, "w").write("a b\\n\\nc\\n")
+    >>> read_txt(path)
+    ['a b', 'c']
+    """
+    path = os.fspath(path)
+    texts = [line for _, line in _lines(path)]
+    if not texts:
+        raise _no_examples(path)
+    return texts
+
+
+def read_tsv(path):
+    """Reads `prompt<TAB>reference[<TAB>reference...]` lines -> (prompts, references).
+
+    A line with one reference gives a str, a line with several gives a list of
+    str (`prompt_dataset` accepts both). A line without a tab is a `DataError`.
+
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "t.tsv")
+    >>> _ = open(path, "w").write("1 + 1\\t2\\nhi\\thello\\they\\n")
+    >>> read_tsv(path)
+    (['1 + 1', 'hi'], ['2', ['hello', 'hey']])
+    """
+    path = os.fspath(path)
+    prompts, references = [], []
+    for number, line in _lines(path):
+        fields = line.split("\t")
+        if len(fields) < 2:
+            raise DataError(f"{path}:{number}: expected 'prompt<TAB>reference', found no tab")
+        prompts.append(fields[0])
+        references.append(fields[1] if len(fields) == 2 else fields[1:])
+    if not prompts:
+        raise _no_examples(path)
+    return prompts, references
+
+
+def read_jsonl(path):
+    """Reads one JSON object per line -> dict of columns.
+
+    Each object needs a string `"prompt"`; `"reference"` (a string or a list of
+    strings) and any other keys are optional, but every line must have the same
+    keys as the first one. Columns come back as lists, `"prompt"` first.
+
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "t.jsonl")
+    >>> _ = open(path, "w").write('{"prompt": "hi", "reference": "yo", "id": 7}\\n')
+    >>> read_jsonl(path)
+    {'prompt': ['hi'], 'reference': ['yo'], 'id': [7]}
+    """
+    path = os.fspath(path)
+    columns, first = None, None
+    for number, line in _lines(path):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{number}: invalid JSON ({e.msg} at column {e.colno})") \
+                from None
+        where = f"{path}:{number}"
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: expected a JSON object, found {type(record).__name__}")
+        if "prompt" not in record:
+            raise DataError(f"{where}: missing required key 'prompt'")
+        if not isinstance(record["prompt"], str):
+            raise DataError(f"{where}: 'prompt' must be a string, found "
+                            f"{type(record['prompt']).__name__}")
+        reference = record.get("reference", "")
+        if not (isinstance(reference, str) or (
+                isinstance(reference, list) and all(isinstance(r, str) for r in reference))):
+            raise DataError(f"{where}: 'reference' must be a string or a list of strings")
+        if columns is None:
+            first = number
+            keys = ["prompt"] + (["reference"] if "reference" in record else [])
+            columns = {key: [] for key in keys + [k for k in record if k not in keys]}
+        if record.keys() != columns.keys():
+            missing = sorted(columns.keys() - record.keys())
+            extra = sorted(record.keys() - columns.keys())
+            problem = f"missing key {missing[0]!r}" if missing else f"unexpected key {extra[0]!r}"
+            raise DataError(f"{where}: {problem} (every line needs the keys of line {first})")
+        for key, column in columns.items():
+            column.append(record[key])
+    if columns is None:
+        raise _no_examples(path)
+    return columns
+
+
+def read_file(path):
+    """Reads a .txt, .tsv or .jsonl file -> dict of columns with at least "prompt".
+
+    `.txt` lines become prompts; `.tsv` gives "prompt" and "reference"; `.jsonl`
+    gives its keys. So `cols = read_file(p)` feeds
+    `prompt_dataset(cols.pop("prompt"), tok, references=cols.pop("reference", None),
+    extras=cols)`.
+    """
+    path = os.fspath(path)
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix == ".txt":
+        return {"prompt": read_txt(path)}
+    if suffix == ".tsv":
+        prompts, references = read_tsv(path)
+        return {"prompt": prompts, "reference": references}
+    if suffix == ".jsonl":
+        return read_jsonl(path)
+    raise DataError(f"{path}: unsupported file type {suffix or '(no suffix)'!r} "
+                    f"(expected .txt, .tsv or .jsonl)")
