@@ -1,0 +1,354 @@
+"""Returns, advantages and baselines for policy-gradient training of language models.
+
+Pure TensorFlow functions in the style of TF-Agents' ``value_ops``: no state, no Keras,
+float32 in and out, usable eagerly or inside ``tf.function`` with an unknown batch
+dimension (dynamic sizes come from ``tf.shape``; recursions over time use ``tf.scan``
+on time-major tensors).
+
+Conventions (see DESIGN.md):
+
+* Tensors are batch-major. ``B`` is the batch size, ``T`` the number of completion
+  positions, ``K`` the group size.
+* ``mask`` is float32 ``[B, T]`` with 1 for a real token and 0 elsewhere. Masked
+  positions never influence anything: whatever ``rewards`` / ``values`` hold there
+  (even inf or NaN) is ignored, and every per-token output is exactly 0 there.
+* Recursions over time (returns, GAE) skip masked positions: the "next" state of a
+  real token is the next *real* token in the row, and the discount is applied once
+  per real token. For the usual right-padded completion mask (ones up to and including
+  EOS, zeros after) this is the textbook recursion; for masks with holes (e.g. tokens
+  written by an environment in the middle of a completion) the masked tokens are
+  treated as not being actions of the policy.
+* Episodes end at the last real token of a row. There is no bootstrap from the value
+  after it: a completion that hit ``max_new_tokens`` without EOS ("truncated") is
+  treated as terminal, exactly like one that ended with EOS. (Bootstrapping a
+  truncated completion would need the value of a state the model never saw; the
+  reward functions of this package score the completion as it is.)
+* Groups (RLOO, GRPO) are consecutive rows: a batch of ``B * K`` completions made by
+  ``tf.repeat(prompts, K, axis=0)``, so ``tf.reshape(x, [-1, K])`` puts each prompt's
+  ``K`` samples in one row.
+"""
+
+import numbers
+
+import tensorflow as tf
+
+__all__ = [
+    "discounted_returns",
+    "generalized_advantage_estimation",
+    "temporal_difference_advantages",
+    "whiten",
+    "update_moving_average",
+    "leave_one_out_baseline",
+    "rloo_advantages",
+    "group_normalized_advantages",
+    "sequence_score_to_token_rewards",
+    "broadcast_sequence_advantages",
+]
+
+
+def _real(mask):
+    """Boolean "is a real token" from a float mask."""
+    return tf.convert_to_tensor(mask) > 0
+
+
+def _time_major(x):
+    """[B, T] -> [T, B]."""
+    return tf.transpose(x, [1, 0])
+
+
+def discounted_returns(rewards, mask, gamma=1.0):
+    """Return-to-go of every real token.
+
+    ``G_t = r_t + gamma * G_{t'}`` where ``t'`` is the next real token of the row
+    (``G = 0`` after the last real token: no bootstrap).
+
+    Args:
+      rewards: float32 ``[B, T]`` per-token rewards.
+      mask: float32 ``[B, T]``, 1 = real token.
+      gamma: scalar discount.
+
+    Returns:
+      float32 ``[B, T]`` returns, 0 at masked positions.
+    """
+    rewards = tf.convert_to_tensor(rewards, tf.float32)  # [B, T]
+    real = _real(mask)  # [B, T]
+    gamma = tf.cast(gamma, tf.float32)
+    rewards = tf.where(real, rewards, 0.0)
+
+    def step(next_return, inputs):
+        # next_return: [B] return of the next real token (0 past the end).
+        reward, is_real = inputs  # [B], [B]
+        ret = reward + gamma * next_return
+        return tf.where(is_real, ret, next_return)
+
+    initial = tf.zeros([tf.shape(rewards)[0]], tf.float32)  # [B]
+    carried = tf.scan(
+        step, (_time_major(rewards), _time_major(real)), initializer=initial, reverse=True
+    )  # [T, B]
+    return tf.where(real, _time_major(carried), 0.0)  # [B, T]
+
+
+def generalized_advantage_estimation(rewards, values, mask, gamma=1.0, lam=0.95):
+    """Generalized advantage estimation (Schulman et al., 2016).
+
+    ``delta_t = r_t + gamma * V_{t'} - V_t`` and ``A_t = delta_t + gamma * lam * A_{t'}``,
+    with ``t'`` the next real token of the row; ``V`` and ``A`` after the last real
+    token are 0 (the episode ends there, truncated or not). ``lam=1`` gives
+    Monte-Carlo advantages ``G_t - V_t``; ``lam=0`` gives one-step TD advantages
+    ``r_t + gamma * V_{t'} - V_t`` (A2C).
+
+    Args:
+      rewards: float32 ``[B, T]`` per-token rewards (e.g. a sequence score on the last
+        real token plus a per-token KL penalty).
+      values: float32 ``[B, T]`` value estimates ``V(s_t)`` of the state each token
+        was sampled from.
+      mask: float32 ``[B, T]``, 1 = real token.
+      gamma: scalar discount.
+      lam: scalar GAE lambda.
+
+    Returns:
+      advantages: float32 ``[B, T]``, 0 at masked positions.
+      returns: float32 ``[B, T]`` = ``advantages + values`` (the value-function
+        targets), 0 at masked positions.
+    """
+    rewards = tf.convert_to_tensor(rewards, tf.float32)  # [B, T]
+    values = tf.convert_to_tensor(values, tf.float32)  # [B, T]
+    real = _real(mask)  # [B, T]
+    gamma = tf.cast(gamma, tf.float32)
+    lam = tf.cast(lam, tf.float32)
+    rewards = tf.where(real, rewards, 0.0)
+    values = tf.where(real, values, 0.0)
+
+    def step(carry, inputs):
+        next_value, next_advantage = carry  # [B], [B]
+        reward, value, is_real = inputs  # [B], [B], [B]
+        delta = reward + gamma * next_value - value
+        advantage = delta + gamma * lam * next_advantage
+        return (
+            tf.where(is_real, value, next_value),
+            tf.where(is_real, advantage, next_advantage),
+        )
+
+    zeros = tf.zeros([tf.shape(rewards)[0]], tf.float32)  # [B]
+    _, carried = tf.scan(
+        step,
+        (_time_major(rewards), _time_major(values), _time_major(real)),
+        initializer=(zeros, zeros),
+        reverse=True,
+    )  # [T, B]
+    advantages = tf.where(real, _time_major(carried), 0.0)  # [B, T]
+    returns = tf.where(real, advantages + values, 0.0)  # [B, T]
+    return advantages, returns
+
+
+def temporal_difference_advantages(rewards, values, mask, gamma=1.0):
+    """One-step TD advantages ``r_t + gamma * V_{t'} - V_t`` (A2C): GAE with ``lam=0``.
+
+    Args:
+      rewards: float32 ``[B, T]``.
+      values: float32 ``[B, T]``.
+      mask: float32 ``[B, T]``, 1 = real token.
+      gamma: scalar discount.
+
+    Returns:
+      advantages: float32 ``[B, T]``; returns: float32 ``[B, T]`` = TD targets
+      ``r_t + gamma * V_{t'}``. Both 0 at masked positions.
+    """
+    return generalized_advantage_estimation(rewards, values, mask, gamma=gamma, lam=0.0)
+
+
+def whiten(values, mask=None, shift_mean=True, epsilon=1e-8):
+    """Normalises to zero mean and unit variance over the real entries.
+
+    Mean and variance are taken over all entries with ``mask > 0`` (the whole tensor
+    when ``mask`` is None); the variance is the population variance (``ddof=0``).
+
+    Args:
+      values: float32 ``[B, T]`` or ``[B]`` (any shape).
+      mask: float32, same shape as ``values``, or None.
+      shift_mean: if False, the mean is added back (only the scale changes).
+      epsilon: added to the variance.
+
+    Returns:
+      float32, same shape as ``values``: ``(x - mean) / sqrt(var + epsilon)``
+      (``+ mean`` when ``shift_mean=False``); 0 at masked positions. All-masked input
+      gives all zeros.
+    """
+    values = tf.convert_to_tensor(values, tf.float32)
+    if mask is None:
+        real = tf.ones_like(values, tf.bool)
+    else:
+        real = tf.broadcast_to(_real(mask), tf.shape(values))
+    weights = tf.cast(real, tf.float32)
+    count = tf.reduce_sum(weights)  # []
+    safe = tf.where(real, values, 0.0)
+    mean = tf.math.divide_no_nan(tf.reduce_sum(safe), count)  # []
+    centered = tf.where(real, values - mean, 0.0)
+    variance = tf.math.divide_no_nan(tf.reduce_sum(tf.square(centered)), count)  # []
+    whitened = centered * tf.math.rsqrt(variance + epsilon)
+    if not shift_mean:
+        whitened = whitened + mean
+    return tf.where(real, whitened, 0.0)
+
+
+def update_moving_average(average, count, rewards, decay=0.9):
+    """Bias-corrected exponential moving average of batch-mean rewards.
+
+    The state is ``(average, count)``: ``average`` is the bias-corrected average of
+    the batch means seen so far, ``count`` the number of (non-empty) batches seen.
+    Starting from ``(0, 0)``, the first update returns the first batch's mean (no
+    bias towards the zero initialisation); afterwards the average is the
+    ``decay``-weighted mean of all batch means, i.e. Adam-style bias correction of
+    ``m_n = decay * m_{n-1} + (1 - decay) * mean_n`` with ``average_n = m_n / (1 - decay**n)``.
+    Equivalently ``average += (1 - decay) / (1 - decay**(count + 1)) * (mean - average)``.
+
+    As a REINFORCE baseline, use the average *before* the update for the current
+    batch (so the baseline does not depend on the samples it is subtracted from).
+    An empty batch leaves the state unchanged.
+
+    Args:
+      average: float32 ``[]`` current average.
+      count: ``[]`` number of updates so far (any real dtype; float32 fits a Keras
+        variable).
+      rewards: float32 ``[B]`` this batch's rewards.
+      decay: scalar in ``[0, 1)``.
+
+    Returns:
+      new_average: float32 ``[]``.
+      new_count: ``[]``, same dtype as ``count``.
+    """
+    average = tf.convert_to_tensor(average, tf.float32)  # []
+    count = tf.convert_to_tensor(count)
+    count_dtype = count.dtype
+    count_f = tf.cast(count, tf.float32)  # []
+    rewards = tf.reshape(tf.convert_to_tensor(rewards, tf.float32), [-1])  # [B]
+    decay = tf.cast(decay, tf.float32)
+    n = tf.size(rewards)
+    batch_mean = tf.math.divide_no_nan(tf.reduce_sum(rewards), tf.cast(n, tf.float32))
+    step = (1.0 - decay) / (1.0 - tf.pow(decay, count_f + 1.0))  # 1 on the first update
+    updated = average + step * (batch_mean - average)
+    has_data = n > 0
+    new_average = tf.where(has_data, updated, average)
+    new_count = tf.where(has_data, count_f + 1.0, count_f)
+    return new_average, tf.cast(new_count, count_dtype)
+
+
+def _check_group_size(group_size, minimum=2):
+    """Validates a static group size (Python or numpy int)."""
+    if isinstance(group_size, bool) or not isinstance(group_size, numbers.Integral):
+        raise ValueError(f"group_size must be an int >= {minimum}, got {group_size!r}")
+    group_size = int(group_size)
+    if group_size < minimum:
+        raise ValueError(f"group_size must be >= {minimum}, got {group_size}")
+    return group_size
+
+
+def leave_one_out_baseline(rewards, group_size):
+    """Mean of the other ``K - 1`` rewards of each sample's group (RLOO baseline).
+
+    Args:
+      rewards: float32 ``[B * K]``, each prompt's ``K`` samples in consecutive rows.
+      group_size: Python int ``K >= 2``.
+
+    Returns:
+      float32 ``[B * K]`` baselines ``(sum_group - r_i) / (K - 1)``.
+
+    Raises:
+      ValueError: if ``group_size`` is not an int >= 2.
+    """
+    k = _check_group_size(group_size)
+    rewards = tf.convert_to_tensor(rewards, tf.float32)  # [B*K]
+    grouped = tf.reshape(rewards, [-1, k])  # [B, K]
+    total = tf.reduce_sum(grouped, axis=1, keepdims=True)  # [B, 1]
+    baseline = (total - grouped) / float(k - 1)  # [B, K]
+    return tf.reshape(baseline, tf.shape(rewards))
+
+
+def rloo_advantages(rewards, group_size):
+    """REINFORCE leave-one-out advantages ``r_i - mean_{j != i} r_j``.
+
+    Equal to ``K / (K - 1) * (r_i - mean_group)``.
+
+    Args:
+      rewards: float32 ``[B * K]``, groups in consecutive rows.
+      group_size: Python int ``K >= 2``.
+
+    Returns:
+      float32 ``[B * K]``.
+    """
+    rewards = tf.convert_to_tensor(rewards, tf.float32)
+    return rewards - leave_one_out_baseline(rewards, group_size)
+
+
+def group_normalized_advantages(rewards, group_size, scale_by_std=True, epsilon=1e-4):
+    """GRPO advantages: rewards normalised within each group.
+
+    ``A_i = (r_i - mean_group) / (std_group + epsilon)`` (``scale_by_std=False``, as
+    in Dr. GRPO: ``A_i = r_i - mean_group``). ``std_group`` is the *unbiased* sample
+    standard deviation (``ddof=1``), as ``torch.std`` in TRL's ``GRPOTrainer``, and
+    ``epsilon`` is added to the standard deviation (not the variance), also as TRL.
+
+    A group whose rewards are all exactly equal carries no learning signal: it is
+    flagged in ``zero_std`` and its advantages are exactly 0 (rather than rounding
+    noise from the mean divided by ``epsilon``).
+
+    Args:
+      rewards: float32 ``[B * K]``, each prompt's ``K`` samples in consecutive rows.
+      group_size: Python int ``K >= 2``.
+      scale_by_std: divide by the group standard deviation.
+      epsilon: added to the standard deviation.
+
+    Returns:
+      advantages: float32 ``[B * K]``.
+      zero_std: float32 ``[B]``, 1 for groups whose rewards are all equal (their mean
+        is the ``zero_std_fraction`` metric).
+
+    Raises:
+      ValueError: if ``group_size`` is not an int >= 2.
+    """
+    k = _check_group_size(group_size)
+    rewards = tf.convert_to_tensor(rewards, tf.float32)  # [B*K]
+    grouped = tf.reshape(rewards, [-1, k])  # [B, K]
+    mean = tf.reduce_mean(grouped, axis=1, keepdims=True)  # [B, 1]
+    centered = grouped - mean  # [B, K]
+    std = tf.sqrt(tf.reduce_sum(tf.square(centered), axis=1, keepdims=True) / float(k - 1))
+    is_zero_std = tf.equal(
+        tf.reduce_max(grouped, axis=1), tf.reduce_min(grouped, axis=1)
+    )  # [B]
+    advantages = centered / (std + epsilon) if scale_by_std else centered
+    advantages = tf.where(is_zero_std[:, None], 0.0, advantages)  # [B, K]
+    return tf.reshape(advantages, tf.shape(rewards)), tf.cast(is_zero_std, tf.float32)
+
+
+def sequence_score_to_token_rewards(scores, mask):
+    """Places each sequence's score on its last real token.
+
+    Args:
+      scores: float32 ``[B]`` one score per completion.
+      mask: float32 ``[B, T]``, 1 = real token.
+
+    Returns:
+      float32 ``[B, T]``: ``scores[b]`` at the index of the last 1 of ``mask[b]``,
+      0 elsewhere; an all-zero mask row gives an all-zero row.
+    """
+    scores = tf.convert_to_tensor(scores, tf.float32)  # [B]
+    real = _real(mask)  # [B, T]
+    length = tf.shape(real)[1]
+    positions = tf.range(length)[None, :]  # [1, T]
+    last = tf.reduce_max(tf.where(real, positions, -1), axis=1)  # [B], -1 if none
+    at_last = tf.equal(positions, last[:, None])  # [B, T]
+    return tf.where(at_last, scores[:, None], 0.0)
+
+
+def broadcast_sequence_advantages(advantages, mask):
+    """Gives every real token its sequence's advantage.
+
+    Args:
+      advantages: float32 ``[B]``.
+      mask: float32 ``[B, T]``, 1 = real token.
+
+    Returns:
+      float32 ``[B, T]``: ``advantages[b]`` at real tokens, 0 elsewhere.
+    """
+    advantages = tf.convert_to_tensor(advantages, tf.float32)  # [B]
+    return tf.where(_real(mask), advantages[:, None], 0.0)
