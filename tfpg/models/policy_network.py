@@ -40,7 +40,8 @@ class PolicyNetwork(keras.Model):
         self.lm_head = keras.layers.Dense(vocab_size, dtype="float32", name="lm_head")
 
     def build(self, input_shape=None):
-        self.backbone.build(input_shape)
+        if not self.backbone.built:  # a shared trunk is already built
+            self.backbone.build(input_shape)
         self.lm_head.build((None, None, self.backbone.output_dim))
         self.built = True
 

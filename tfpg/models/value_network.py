@@ -45,7 +45,8 @@ class ValueNetwork(keras.Model):
         return critic
 
     def build(self, input_shape=None):
-        self.backbone.build(input_shape)
+        if not self.backbone.built:  # a shared trunk is already built
+            self.backbone.build(input_shape)
         self.value_head.build((None, None, self.backbone.output_dim))
         self.built = True
 
