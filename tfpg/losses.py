@@ -1,0 +1,448 @@
+"""Per-token log-probabilities, entropies, KL estimators and policy-gradient losses.
+
+Pure TensorFlow functions (plus one Keras loss class), float32 in and out, usable
+eagerly or inside ``tf.function`` with an unknown batch dimension. Batch-major:
+``B`` batch, ``T`` completion positions, ``V`` vocabulary.
+
+Per-token functions return ``[B, T]`` and do not aggregate; the trainer reduces with
+:func:`aggregate_loss` (losses) or :func:`masked_mean` (metrics). Masks are float32
+``[B, T]`` with 1 = real token. The masked reductions here select with ``tf.where``
+rather than multiplying, so an ``inf`` / ``NaN`` at a masked position (e.g. the
+``-inf`` log-probability of a pad id outside the top-k support) never reaches the
+result.
+
+Logits are cast to float32 before any softmax (mixed-precision safety). Logits may
+hold ``-inf`` (or very negative values) for entries removed by top-k / top-p
+filtering; every function here stays exact and NaN-free, values and gradients, for
+the entries that remain.
+"""
+
+import keras
+import tensorflow as tf
+
+__all__ = [
+    "token_log_probs",
+    "entropy",
+    "kl_penalty",
+    "full_kl",
+    "ppo_clipped_surrogate",
+    "value_loss",
+    "masked_sum",
+    "masked_mean",
+    "aggregate_loss_terms",
+    "aggregate_loss",
+    "AdvantageWeightedCrossentropy",
+    "AGGREGATION_MODES",
+    "KL_ESTIMATORS",
+]
+
+AGGREGATION_MODES = ("token_mean", "sequence_mean", "sequence_sum", "constant")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+
+
+def _scaled_logits(logits, temperature):
+    """float32 ``logits / temperature``; temperature 1 is skipped."""
+    logits = tf.cast(logits, tf.float32)  # [B, T, V]
+    if isinstance(temperature, (int, float)) and temperature == 1.0:
+        return logits
+    return logits / tf.cast(temperature, tf.float32)
+
+
+def _real(mask, like):
+    """Boolean "is a real token", broadcast to the shape of ``like``."""
+    return tf.broadcast_to(tf.convert_to_tensor(mask) > 0, tf.shape(like))
+
+
+def token_log_probs(logits, token_ids, temperature=1.0, mask=None):
+    """Log-probability of each chosen token under ``softmax(logits / temperature)``.
+
+    Use the same temperature (and the same top-k / top-p filtered logits) that the
+    tokens were sampled with, so the log-probs are those of the sampling distribution.
+
+    Args:
+      logits: ``[B, T, V]`` (any float dtype; computed in float32). Entries may be
+        ``-inf`` for filtered-out tokens.
+      token_ids: int ``[B, T]`` chosen ids; ``logits[:, t]`` is the distribution
+        ``token_ids[:, t]`` was drawn from.
+      temperature: scalar ``> 0``.
+      mask: optional float32 ``[B, T]``. When given, masked positions return exactly 0
+        (recommended: a pad id after EOS may lie outside the top-k support, where its
+        log-prob is ``-inf`` and ``exp`` / products of it give NaN gradients).
+
+    Returns:
+      float32 ``[B, T]``.
+    """
+    log_probs = tf.nn.log_softmax(_scaled_logits(logits, temperature), axis=-1)  # [B,T,V]
+    token_ids = tf.cast(token_ids, tf.int32)  # [B, T]
+    chosen = tf.gather(log_probs, token_ids[..., None], axis=-1, batch_dims=2)[..., 0]
+    if mask is not None:
+        chosen = tf.where(_real(mask, chosen), chosen, 0.0)
+    return chosen  # [B, T]
+
+
+def entropy(logits, temperature=1.0):
+    """Entropy of ``softmax(logits / temperature)`` at every position.
+
+    ``-inf`` logits (zero-probability entries) contribute 0, in value and gradient.
+
+    Args:
+      logits: ``[B, T, V]`` (any float dtype; computed in float32).
+      temperature: scalar ``> 0``.
+
+    Returns:
+      float32 ``[B, T]`` in nats.
+    """
+    logits = _scaled_logits(logits, temperature)  # [B, T, V]
+    log_p = tf.nn.log_softmax(logits, axis=-1)
+    p = tf.exp(log_p)
+    safe_log_p = tf.where(p > 0, log_p, 0.0)  # no 0 * -inf, no NaN gradient
+    return -tf.reduce_sum(p * safe_log_p, axis=-1)
+
+
+def kl_penalty(log_probs, ref_log_probs, estimator="k1"):
+    """Per-token sample estimate of ``KL(pi || ref)`` for tokens sampled from ``pi``.
+
+    With ``log_r = ref_log_probs - log_probs`` (Schulman, "Approximating KL
+    divergence", 2020):
+
+    * ``"k1"``: ``-log_r = log_probs - ref_log_probs`` (unbiased, can be negative);
+    * ``"k2"``: ``0.5 * log_r**2`` (biased, non-negative, low variance);
+    * ``"k3"``: ``exp(log_r) - log_r - 1`` (unbiased, non-negative; GRPO's penalty).
+
+    Gradients flow into both arguments; stop them yourself where needed (the
+    reference model is normally frozen).
+
+    Args:
+      log_probs: float32 ``[B, T]`` log-probs under the policy.
+      ref_log_probs: float32 ``[B, T]`` log-probs under the reference policy.
+      estimator: one of ``KL_ESTIMATORS``.
+
+    Returns:
+      float32 ``[B, T]``.
+    """
+    log_probs = tf.cast(log_probs, tf.float32)
+    ref_log_probs = tf.cast(ref_log_probs, tf.float32)
+    log_ratio = ref_log_probs - log_probs  # [B, T] log(ref / pi)
+    if estimator == "k1":
+        return -log_ratio
+    if estimator == "k2":
+        return 0.5 * tf.square(log_ratio)
+    if estimator == "k3":
+        return tf.exp(log_ratio) - log_ratio - 1.0
+    raise ValueError(f"estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
+
+
+def full_kl(logits, ref_logits, temperature=1.0):
+    """Exact ``KL(pi || ref) = sum_v pi(v) (log pi(v) - log ref(v))`` at every position.
+
+    Args:
+      logits: ``[B, T, V]`` policy logits; ``-inf`` entries (probability 0) contribute 0.
+      ref_logits: ``[B, T, V]`` reference logits.
+      temperature: scalar ``> 0`` applied to both.
+
+    Returns:
+      float32 ``[B, T]`` (``inf`` where ``ref`` gives 0 probability to a token that
+      ``pi`` can sample).
+    """
+    log_p = tf.nn.log_softmax(_scaled_logits(logits, temperature), axis=-1)  # [B,T,V]
+    log_q = tf.nn.log_softmax(_scaled_logits(ref_logits, temperature), axis=-1)
+    p = tf.exp(log_p)
+    diff = tf.where(p > 0, log_p - log_q, 0.0)
+    return tf.reduce_sum(p * diff, axis=-1)
+
+
+def ppo_clipped_surrogate(log_probs, old_log_probs, advantages, clip_epsilon=0.2, mask=None):
+    """PPO's clipped surrogate objective, per token, as a loss to minimise.
+
+    ``ratio = exp(log_probs - old_log_probs)`` and
+    ``loss = -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A)``
+    ``     = max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))``.
+
+    ``clipped`` is TRL's / CleanRL's clip-fraction indicator
+    ``(-A * clip(ratio)) > (-A * ratio)``: the clipped term is the active one, which
+    is ``(ratio > 1 + eps and A > 0) or (ratio < 1 - eps and A < 0)``. Where it is 1
+    the token gets no gradient.
+
+    ``advantages`` and ``old_log_probs`` are wrapped in ``tf.stop_gradient``.
+
+    Args:
+      log_probs: float32 ``[B, T]`` under the current policy (differentiable).
+      old_log_probs: float32 ``[B, T]`` under the policy that sampled the tokens.
+      advantages: float32 ``[B, T]``.
+      clip_epsilon: scalar.
+      mask: optional float32 ``[B, T]``; masked positions get ``ratio = 1`` and
+        ``loss = clipped = 0`` (guards against ``-inf`` log-probs there).
+
+    Returns:
+      loss: float32 ``[B, T]``.
+      ratio: float32 ``[B, T]``.
+      clipped: float32 ``[B, T]`` in {0, 1}.
+    """
+    log_probs = tf.cast(log_probs, tf.float32)
+    old_log_probs = tf.stop_gradient(tf.cast(old_log_probs, tf.float32))
+    advantages = tf.stop_gradient(tf.cast(advantages, tf.float32))
+    eps = tf.cast(clip_epsilon, tf.float32)
+    log_ratio = log_probs - old_log_probs  # [B, T]
+    if mask is not None:
+        real = _real(mask, log_ratio)
+        log_ratio = tf.where(real, log_ratio, 0.0)
+        advantages = tf.where(real, advantages, 0.0)
+    ratio = tf.exp(log_ratio)
+    unclipped_loss = -advantages * ratio
+    clipped_loss = -advantages * tf.clip_by_value(ratio, 1.0 - eps, 1.0 + eps)
+    loss = tf.maximum(unclipped_loss, clipped_loss)
+    clipped = tf.cast(clipped_loss > unclipped_loss, tf.float32)
+    return loss, ratio, clipped
+
+
+def value_loss(values, returns, old_values=None, clip_range=None):
+    """Squared-error value loss ``0.5 * (V - R)**2``, per token.
+
+    With ``old_values`` and ``clip_range`` (PPO value clipping):
+    ``0.5 * max((V - R)**2, (clip(V, old - c, old + c) - R)**2)``.
+    ``returns`` and ``old_values`` are wrapped in ``tf.stop_gradient``.
+
+    Args:
+      values: float32 ``[B, T]`` current value predictions (differentiable).
+      returns: float32 ``[B, T]`` targets.
+      old_values: optional float32 ``[B, T]`` predictions at rollout time.
+      clip_range: optional scalar ``c``; requires ``old_values``.
+
+    Returns:
+      float32 ``[B, T]``.
+    """
+    values = tf.cast(values, tf.float32)
+    returns = tf.stop_gradient(tf.cast(returns, tf.float32))
+    squared = tf.square(values - returns)
+    if clip_range is None:
+        return 0.5 * squared
+    if old_values is None:
+        raise ValueError("value clipping (clip_range) needs old_values")
+    old_values = tf.stop_gradient(tf.cast(old_values, tf.float32))
+    c = tf.cast(clip_range, tf.float32)
+    clipped_values = old_values + tf.clip_by_value(values - old_values, -c, c)
+    return 0.5 * tf.maximum(squared, tf.square(clipped_values - returns))
+
+
+def masked_sum(x, mask, axis=None):
+    """``sum(x * mask)`` over ``axis``, ignoring whatever ``x`` holds where mask is 0.
+
+    Args:
+      x: float ``[B, T]`` (any shape).
+      mask: float, broadcastable to ``x``'s shape.
+      axis: reduction axis / axes (None: all).
+
+    Returns:
+      float32, ``x``'s shape reduced over ``axis``.
+    """
+    x = tf.cast(x, tf.float32)
+    mask = tf.broadcast_to(tf.cast(mask, tf.float32), tf.shape(x))
+    return tf.reduce_sum(tf.where(mask != 0, x * mask, 0.0), axis=axis)
+
+
+def masked_mean(x, mask, axis=None):
+    """``sum(x * mask) / sum(mask)`` over ``axis``; 0 where ``sum(mask)`` is 0.
+
+    Args:
+      x: float ``[B, T]`` (any shape).
+      mask: float, broadcastable to ``x``'s shape.
+      axis: reduction axis / axes (None: all).
+
+    Returns:
+      float32, ``x``'s shape reduced over ``axis``.
+    """
+    x = tf.cast(x, tf.float32)
+    mask = tf.broadcast_to(tf.cast(mask, tf.float32), tf.shape(x))
+    return tf.math.divide_no_nan(masked_sum(x, mask, axis), tf.reduce_sum(mask, axis=axis))
+
+
+def aggregate_loss_terms(per_token, mask, mode="token_mean", normalizer=None):
+    """Numerator and denominator of :func:`aggregate_loss` (for all-reducing).
+
+    ==================  ================================  =====================
+    mode                numerator                         denominator
+    ==================  ================================  =====================
+    ``token_mean``      ``sum_bt l*m``                    ``sum_bt m``
+    ``sequence_mean``   ``sum_b (sum_t l*m / sum_t m)``   ``B``
+    ``sequence_sum``    ``sum_bt l*m``                    ``B``
+    ``constant``        ``sum_bt l*m``                    ``B * normalizer``
+    ==================  ================================  =====================
+
+    ``token_mean`` is DAPO's / TRL's "token-level" loss (long completions weigh
+    more), ``sequence_mean`` the original GRPO loss (each sequence weighs the same;
+    rows without real tokens contribute 0 and still count in ``B``, as in TRL),
+    ``sequence_sum`` plain REINFORCE (``sum_t log pi`` per sequence), ``constant``
+    Dr. GRPO (``normalizer`` a constant such as ``max_new_tokens``).
+
+    Args:
+      per_token: float32 ``[B, T]`` per-token loss.
+      mask: float32 ``[B, T]``, 1 = real token.
+      mode: one of ``AGGREGATION_MODES``.
+      normalizer: Python / scalar constant, required for ``"constant"``.
+
+    Returns:
+      numerator: float32 ``[]``; denominator: float32 ``[]``.
+    """
+    per_token = tf.cast(per_token, tf.float32)  # [B, T]
+    mask = tf.broadcast_to(tf.cast(mask, tf.float32), tf.shape(per_token))  # [B, T]
+    batch_size = tf.cast(tf.shape(per_token)[0], tf.float32)
+    if mode == "token_mean":
+        return masked_sum(per_token, mask), tf.reduce_sum(mask)
+    if mode == "sequence_mean":
+        return tf.reduce_sum(masked_mean(per_token, mask, axis=-1)), batch_size
+    if mode == "sequence_sum":
+        return masked_sum(per_token, mask), batch_size
+    if mode == "constant":
+        if normalizer is None:
+            raise ValueError('mode="constant" needs a normalizer (e.g. max_new_tokens)')
+        return masked_sum(per_token, mask), batch_size * tf.cast(normalizer, tf.float32)
+    raise ValueError(f"mode must be one of {AGGREGATION_MODES}, got {mode!r}")
+
+
+def aggregate_loss(per_token, mask, mode="token_mean", normalizer=None, global_denominator=None):
+    """Reduces a per-token loss to a scalar (see :func:`aggregate_loss_terms`).
+
+    Returns ``numerator / denominator``, 0 when the denominator is 0 (all masked).
+
+    Distributed training: pass ``global_denominator``, the denominator summed over
+    all replicas (e.g. ``strategy``/``replica_ctx.all_reduce("SUM", denominator)``
+    of the local denominators: global real-token count for ``token_mean``, global
+    batch size for the other modes, times ``normalizer`` for ``constant``). Each
+    replica then returns its share ``local_numerator / global_denominator``, and the
+    replicas' losses (and gradients, which ``tf.distribute`` sums) add up to the
+    single-device loss. Do not also divide by ``num_replicas_in_sync``.
+
+    ``sequence_mean`` per replica then divides by the global batch size, which is
+    exact; ``token_mean`` with per-replica denominators (no ``global_denominator``)
+    would weight replicas unequally whenever their token counts differ.
+
+    Args:
+      per_token: float32 ``[B, T]``.
+      mask: float32 ``[B, T]``.
+      mode: one of ``AGGREGATION_MODES``.
+      normalizer: constant for ``"constant"`` mode.
+      global_denominator: optional float32 ``[]`` replacing the local denominator.
+
+    Returns:
+      float32 ``[]``.
+    """
+    numerator, denominator = aggregate_loss_terms(per_token, mask, mode, normalizer)
+    if global_denominator is not None:
+        denominator = tf.cast(global_denominator, tf.float32)
+    return tf.math.divide_no_nan(numerator, denominator)
+
+
+@keras.saving.register_keras_serializable(package="tfpg")
+class AdvantageWeightedCrossentropy(keras.losses.Loss):
+    """Token cross-entropy weighted by an advantage, for ``model.fit`` on logged data.
+
+    REINFORCE from logged ``(prompt, completion, reward)`` triples with plain Keras::
+
+        policy.compile(optimizer="adam", loss=tfpg.losses.AdvantageWeightedCrossentropy())
+        policy.fit(input_ids, target_ids, sample_weight=advantages)   # advantages [B] or [B, T]
+
+    ``y_true`` are the target ids ``int [B, T]`` (``ignore_class``, default 0 = pad,
+    is ignored), ``y_pred`` the logits ``[B, T, V]`` (or probabilities with
+    ``from_logits=False``). ``call`` returns the per-token cross-entropy ``[B, T]``,
+    0 at ignored tokens; ``__call__`` weights and reduces it (the real tokens are
+    those of ``y_true``; a Keras mask carried by ``y_pred`` is not used).
+
+    ``sample_weight`` may be per sequence ``[B]`` (broadcast over time; plain Keras
+    would fail to broadcast a ``[B]`` weight against a ``[B, T]`` loss, so this class
+    expands it to ``[B, 1]``) or per token ``[B, T]``. With the default reduction
+    ``"sum_over_batch_size"`` Keras divides by the number of real tokens, so::
+
+        loss = -sum_{b,t} A_b * log pi(y_bt) * m_bt / sum_{b,t} m_bt
+
+    i.e. the mean advantage-weighted negative log-likelihood per real token (with no
+    ``sample_weight`` it equals ``SparseCategoricalCrossentropy(from_logits=True,
+    ignore_class=0)``). Use ``reduction="sum"`` for the un-normalised sum. Avoid
+    ``"mean_with_sample_weight"``: advantages sum to about 0.
+
+    Args:
+      from_logits: whether ``y_pred`` are logits (default) or probabilities.
+      ignore_class: target id to ignore (default 0, the pad id); None ignores none.
+      reduction: Keras reduction.
+      name: loss name.
+      dtype: Keras loss dtype (default floatx, float32).
+    """
+
+    def __init__(
+        self,
+        from_logits=True,
+        ignore_class=0,
+        reduction="sum_over_batch_size",
+        name="advantage_weighted_crossentropy",
+        dtype=None,
+    ):
+        if dtype is None:  # older Keras 3 releases take no dtype argument
+            super().__init__(name=name, reduction=reduction)
+        else:
+            super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.from_logits = from_logits
+        self.ignore_class = ignore_class
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        # The reduction is done here rather than by keras.losses.Loss.__call__ so
+        # that a per-sequence [B] weight broadcasts over time and the mean runs over
+        # real tokens, with public APIs only.
+        with tf.name_scope(self.name):
+            nll, valid = self._per_token(y_true, y_pred)  # [B, T], [B, T]
+            weights = tf.cast(valid, tf.float32)  # [B, T]
+            if sample_weight is not None:
+                sample_weight = tf.cast(tf.convert_to_tensor(sample_weight), tf.float32)
+                if sample_weight.shape.rank == 1:
+                    sample_weight = sample_weight[:, None]  # [B] -> [B, 1]
+                elif sample_weight.shape.rank == 3:
+                    sample_weight = tf.squeeze(sample_weight, axis=-1)  # [B, T, 1]
+                weights = weights * sample_weight
+            weighted = tf.where(valid, nll * weights, 0.0)  # [B, T]
+            if self.reduction is None or self.reduction == "none":
+                return tf.cast(weighted, self.dtype)
+            total = tf.reduce_sum(weighted)
+            if self.reduction == "sum":
+                return tf.cast(total, self.dtype)
+            if self.reduction == "mean_with_sample_weight":
+                divisor = tf.reduce_sum(weights)
+            else:  # "sum_over_batch_size", "mean": per real token
+                divisor = tf.reduce_sum(tf.cast(valid, tf.float32))
+            loss = tf.math.divide_no_nan(total, divisor)
+            # Same convention as Keras' own reductions: a replica's loss is scaled by
+            # 1 / num_replicas, and tf.distribute sums the replicas' gradients.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            if replicas > 1:
+                loss = loss / float(replicas)
+            return tf.cast(loss, self.dtype)
+
+    def call(self, y_true, y_pred):
+        """Per-token negative log-likelihood ``[B, T]``, 0 at ignored targets."""
+        nll, _ = self._per_token(y_true, y_pred)
+        return tf.cast(nll, self.dtype)
+
+    def _per_token(self, y_true, y_pred):
+        # y_true: [B, T] (or [B, T, 1]) ids, maybe as floats; y_pred: [B, T, V].
+        ids = tf.convert_to_tensor(y_true)
+        if ids.dtype.is_floating:
+            ids = tf.round(ids)
+        ids = tf.cast(ids, tf.int32)
+        if ids.shape.rank == 3:
+            ids = tf.squeeze(ids, axis=-1)
+        if self.ignore_class is None:
+            valid = tf.ones_like(ids, tf.bool)
+        else:
+            valid = tf.not_equal(ids, self.ignore_class)
+        safe_ids = tf.where(valid, ids, 0)
+        if self.from_logits:
+            nll = -token_log_probs(y_pred, safe_ids)  # [B, T]
+        else:
+            probs = tf.cast(y_pred, tf.float32)
+            eps = keras.config.epsilon()
+            probs = tf.clip_by_value(probs, eps, 1.0 - eps)
+            chosen = tf.gather(probs, safe_ids[..., None], axis=-1, batch_dims=2)[..., 0]
+            nll = -tf.math.log(chosen)
+        return tf.where(valid, nll, 0.0), valid
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"from_logits": self.from_logits, "ignore_class": self.ignore_class})
+        return config
