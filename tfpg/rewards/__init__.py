@@ -1,0 +1,24 @@
+"""Rewards for policy-gradient fine-tuning.
+
+Every reward is a callable `reward_fn(prompt_ids, completion_ids, completion_mask,
+batch) -> float32 [B]`; trainers call it through `compute_rewards`, which
+validates the result and masks invalid samples (see `tfpg.rewards.base`).
+"""
+
+from tfpg.rewards.base import (ON_INVALID, InvalidRewardError, Reward, RewardResult,
+                               compact_ids, completion_tokens, compute_rewards, reward_name)
+from tfpg.rewards.bleu import BLEU, SMOOTHING_METHODS, corpus_bleu, sentence_bleu
+from tfpg.rewards.combine import WeightedSum
+from tfpg.rewards.keyword import Keyword
+from tfpg.rewards.length import Length
+from tfpg.rewards.match import ExactMatch
+from tfpg.rewards.perplexity import Perplexity
+from tfpg.rewards.python_reward import PythonReward
+from tfpg.rewards.reward_model import RewardModel, train_reward_model
+
+__all__ = [
+    "BLEU", "ExactMatch", "InvalidRewardError", "Keyword", "Length", "ON_INVALID",
+    "Perplexity", "PythonReward", "Reward", "RewardModel", "RewardResult",
+    "SMOOTHING_METHODS", "WeightedSum", "compact_ids", "completion_tokens",
+    "compute_rewards", "corpus_bleu", "reward_name", "sentence_bleu", "train_reward_model",
+]

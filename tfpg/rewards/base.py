@@ -1,0 +1,298 @@
+"""The reward interface, and the checks the trainers run on every reward.
+
+A reward is any callable
+
+    reward_fn(prompt_ids, completion_ids, completion_mask, batch) -> float32 [B]
+
+with `prompt_ids` int32 [B, P] (left-padded, BOS first), `completion_ids` int32
+[B, N] (EOS included where generation stopped), `completion_mask` float32 [B, N]
+(1 on real tokens, EOS included) and `batch` the dataset element dict. Plain
+functions work; classes subclass `Reward` for a name and a config.
+
+Trainers never call a reward directly: they call `compute_rewards`, which
+
+* checks the result's type, dtype and shape when the step is traced, raising
+  `TypeError` / `ValueError` that name the reward (no value exists yet to mask,
+  so these always raise);
+* casts to float32 and squeezes `[B, 1]` to `[B]`;
+* finds non-finite rewards (NaN, +-inf) at run time and, per `on_invalid`:
+
+  - "raise" (default): fails with "reward BLEU returned nan for sample 3
+    (completion ids [...])". Eagerly this is an `InvalidRewardError`; inside
+    `tf.function` / `model.fit` it is a `tf.errors.InvalidArgumentError` with the
+    same text;
+  - "zero": the sample's reward becomes 0 and it stays in the loss
+    (`valid` = 1);
+  - "skip": the sample's reward becomes 0 and `valid` = 0, so the trainer
+    drops it from the loss;
+
+  and counts them in `invalid_count`. Invalid values are replaced with
+  `tf.where`, never multiplied by a mask, so a NaN cannot reach the gradients.
+* evaluates the components of a `WeightedSum` one by one (each checked under its
+  own name) and reports them in `RewardResult.components`.
+
+`PythonReward` follows `on_invalid` too: with "raise" an exception inside the
+user function fails the step naming the reward and the offending prompt and
+completion; with "zero" / "skip" the sample gets NaN, which is then masked.
+"""
+
+import contextlib
+import contextvars
+import typing
+
+import numpy as np
+import tensorflow as tf
+
+ON_INVALID = ("raise", "zero", "skip")
+
+_ON_INVALID = contextvars.ContextVar("tfpg_rewards_on_invalid", default="raise")
+
+
+class InvalidRewardError(ValueError):
+    """A reward returned an unusable value (raised eagerly; inside a graph the
+    same message arrives as `tf.errors.InvalidArgumentError`)."""
+
+
+class Reward:
+    """Base class for rewards: a name, `__call__` and `get_config`.
+
+    Subclasses implement `__call__(prompt_ids, completion_ids, completion_mask,
+    batch) -> float32 [B]` with TensorFlow ops (or `tf.numpy_function`), so
+    they work inside `tf.function`.
+
+    >>> class Ones(Reward):
+    ...     def __call__(self, prompt_ids, completion_ids, completion_mask, batch):
+    ...         return tf.ones(tf.shape(completion_ids)[:1])
+    >>> Ones().name, Ones(name="one").get_config()
+    ('Ones', {'name': 'one'})
+    """
+
+    def __init__(self, name=None):
+        self.name = name or type(self).__name__
+
+    def __call__(self, prompt_ids, completion_ids, completion_mask, batch):
+        raise NotImplementedError(f"{type(self).__name__} must implement __call__")
+
+    def get_config(self):
+        return {"name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+def reward_name(reward_fn):
+    """The name errors and metrics use: `.name`, else `__name__`, else the class."""
+    name = getattr(reward_fn, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    return getattr(reward_fn, "__name__", None) or type(reward_fn).__name__
+
+
+def current_on_invalid():
+    """The `on_invalid` policy of the enclosing `compute_rewards` ("raise" outside).
+
+    Rewards that run Python code (`PythonReward`) read it while being traced to
+    decide whether an exception fails the step or yields NaN for the sample.
+    """
+    return _ON_INVALID.get()
+
+
+@contextlib.contextmanager
+def _on_invalid_scope(on_invalid):
+    token = _ON_INVALID.set(on_invalid)
+    try:
+        yield
+    finally:
+        _ON_INVALID.reset(token)
+
+
+def completion_tokens(completion_ids, completion_mask, eos_id=2):
+    """The completion's text tokens: ids with EOS and everything after it set to 0.
+
+    Args:
+        completion_ids: int [B, N].
+        completion_mask: float [B, N], 1 on generated tokens (EOS included).
+        eos_id: id to cut at (the first one in a row); None keeps every masked-in id.
+
+    Returns:
+        int32 [B, N], still aligned with the input (zeros are padding).
+
+    >>> completion_tokens(tf.constant([[5, 6, 2, 7]]), tf.constant([[1., 1., 1., 0.]])).numpy()
+    array([[5, 6, 0, 0]], dtype=int32)
+    """
+    ids = tf.cast(completion_ids, tf.int32)
+    keep = tf.cast(completion_mask, tf.float32) > 0  # [B, N]
+    if eos_id is not None:
+        is_eos = tf.cast(tf.equal(ids, eos_id), tf.int32)
+        keep &= tf.equal(tf.cumsum(is_eos, axis=1), 0)
+    return tf.where(keep, ids, 0)
+
+
+def compact_ids(ids):
+    """Moves the nonzero ids of each row to the front, keeping their order.
+
+    Args:
+        ids: int32 [..., T], 0 = padding anywhere in a row.
+
+    Returns:
+        (compacted int32 [..., T], lengths int32 [...]).
+
+    >>> [x.numpy().tolist() for x in compact_ids(tf.constant([[0, 5, 0, 6]]))]
+    [[[5, 6, 0, 0]], [2]]
+    """
+    is_pad = tf.cast(tf.equal(ids, 0), tf.int32)
+    order = tf.argsort(is_pad, axis=-1, stable=True)
+    lengths = tf.reduce_sum(1 - is_pad, axis=-1)
+    return tf.gather(ids, order, batch_dims=ids.shape.rank - 1), lengths
+
+
+class RewardResult(typing.NamedTuple):
+    """What `compute_rewards` returns.
+
+    Attributes:
+        rewards: float32 [B], finite; invalid samples hold 0.
+        valid: float32 [B]; 0 for samples dropped by on_invalid="skip", else 1.
+        invalid_count: float32 scalar, number of samples with a non-finite reward
+            (any component), whatever `on_invalid` did with them.
+        components: dict name -> float32 [B] for each `WeightedSum` component
+            (unweighted, invalid samples 0); empty for other rewards.
+    """
+
+    rewards: tf.Tensor
+    valid: tf.Tensor
+    invalid_count: tf.Tensor
+    components: dict
+
+    def metrics(self):
+        """Scalars to log: `reward/<name>` (mean of each component over valid
+        samples) and `invalid_rewards`."""
+        denominator = tf.maximum(tf.reduce_sum(self.valid), 1.0)
+        logs = {f"reward/{name}": tf.reduce_sum(value * self.valid) / denominator
+                for name, value in self.components.items()}
+        logs["invalid_rewards"] = self.invalid_count
+        return logs
+
+
+def compute_rewards(reward_fn, prompt_ids, completion_ids, completion_mask, batch,
+                    on_invalid="raise"):
+    """Calls `reward_fn`, validates its output and masks invalid samples.
+
+    Args:
+        reward_fn: a `Reward`, a `WeightedSum` or any callable with the reward
+            signature.
+        prompt_ids: int32 [B, P].
+        completion_ids: int32 [B, N].
+        completion_mask: float32 [B, N].
+        batch: dict of the dataset element's columns, each with leading dim B.
+        on_invalid: "raise", "zero" or "skip" (see the module docstring).
+
+    Returns:
+        A `RewardResult`.
+
+    >>> result = compute_rewards(lambda p, c, m, b: tf.constant([1.0, float("nan")]),
+    ...                          tf.ones([2, 1], tf.int32), tf.ones([2, 3], tf.int32),
+    ...                          tf.ones([2, 3]), {}, on_invalid="skip")
+    >>> result.rewards.numpy(), result.valid.numpy(), float(result.invalid_count)
+    (array([1., 0.], dtype=float32), array([1., 0.], dtype=float32), 1.0)
+    """
+    if on_invalid not in ON_INVALID:
+        raise ValueError(f"on_invalid must be one of {ON_INVALID}, got {on_invalid!r}")
+    if not callable(reward_fn):
+        raise TypeError(f"reward_fn must be callable, got {type(reward_fn).__name__}")
+    batch = {} if batch is None else batch
+    batch_size = tf.shape(completion_ids)[0]
+    args = (prompt_ids, completion_ids, completion_mask, batch)
+
+    parts = getattr(reward_fn, "weighted_components", None)
+    if parts is None:
+        parts = [(reward_name(reward_fn), reward_fn, 1.0)]
+        report = False
+    else:
+        report = True
+
+    total, finite, components = 0.0, tf.ones([batch_size], tf.bool), {}
+    for name, fn, weight in parts:
+        label = name if report else None
+        with _on_invalid_scope(on_invalid):
+            value = fn(*args)
+        value = _as_rewards(value, _describe(fn, label), batch_size)
+        ok = tf.math.is_finite(value)
+        if on_invalid == "raise":
+            value = _assert_finite(value, ok, _describe(fn, label), completion_ids)
+        value = tf.where(ok, value, 0.0)  # [B]
+        finite &= ok
+        total += weight * value
+        if report:
+            components[name] = value
+
+    total = tf.where(finite, total * tf.ones([batch_size]), 0.0)  # [B]
+    invalid = 1.0 - tf.cast(finite, tf.float32)
+    valid = 1.0 - invalid if on_invalid == "skip" else tf.ones_like(invalid)
+    return RewardResult(rewards=total, valid=valid, invalid_count=tf.reduce_sum(invalid),
+                        components=components)
+
+
+def _describe(fn, component=None):
+    """"BLEU" for a plain reward, "'bleu' (BLEU)" for a named component."""
+    name = reward_name(fn)
+    if component is None or component == name:
+        return name
+    return f"'{component}' ({name})"
+
+
+def _as_rewards(value, name, batch_size):
+    """Trace-time checks and casts: any float/int/bool tensor [B] or [B, 1] -> float32 [B]."""
+    if value is None:
+        raise TypeError(f"reward {name} returned None; expected a float32 tensor of "
+                        "shape [B] (did the function forget to return?)")
+    if not isinstance(value, (tf.Tensor, tf.Variable, np.ndarray)):
+        raise TypeError(f"reward {name} returned {type(value).__name__} {value!r:.80}; "
+                        "expected a float32 tensor of shape [B]")
+    value = tf.convert_to_tensor(value)
+    if not (value.dtype.is_floating or value.dtype.is_integer or value.dtype == tf.bool):
+        raise TypeError(f"reward {name} returned dtype {value.dtype.name}; expected "
+                        "float32 (or another real dtype, which is cast)")
+    value = tf.cast(value, tf.float32)
+    rank = value.shape.rank
+    if rank == 2 and value.shape[1] == 1:
+        value = value[:, 0]  # [B, 1] scorers (Dense(1) heads) are accepted
+    elif rank is not None and rank != 1:
+        raise ValueError(f"reward {name} returned shape {value.shape}; expected [B]")
+    if rank is None:
+        value = tf.reshape(value, [-1])
+    tf.debugging.assert_equal(
+        tf.size(value), batch_size,
+        message=f"reward {name} returned the wrong number of values; expected one "
+                "per completion, shape [B]")
+    return tf.reshape(value, [batch_size])
+
+
+def _assert_finite(value, ok, name, completion_ids):
+    """Fails naming the reward, the first bad sample, its value and its completion."""
+    if tf.executing_eagerly():
+        if not bool(tf.reduce_all(ok)):
+            i = int(tf.argmin(tf.cast(ok, tf.int32)))
+            raise InvalidRewardError(
+                f"reward {name} returned {float(value[i])} for sample {i} "
+                f"(completion ids {np.asarray(completion_ids[i]).tolist()})")
+        return value
+    all_ok = tf.reduce_all(ok)
+    # Built only on failure so a healthy step pays for one reduce_all.
+    message = tf.cond(
+        all_ok, lambda: tf.constant(""),
+        lambda: _failure_message(value, ok, name, completion_ids))
+    check = tf.debugging.Assert(all_ok, [message])
+    with tf.control_dependencies([check]):
+        return tf.identity(value)
+
+
+def _failure_message(value, ok, name, completion_ids):
+    i = tf.argmin(tf.cast(ok, tf.int32))
+    template = f"reward {name.replace('{', '{{').replace('}', '}}')} returned {{}} for " \
+               "sample {} (completion ids {})"
+    return tf.strings.format(template, (value[i], i, completion_ids[i]), summarize=-1)

@@ -1,0 +1,141 @@
+"""`PythonReward`: a batched Python/numpy function of decoded strings as a reward."""
+
+import inspect
+
+import numpy as np
+import tensorflow as tf
+
+from tfpg.rewards.base import InvalidRewardError, Reward, completion_tokens, current_on_invalid
+
+
+def _to_python(column):
+    """numpy column from `tf.numpy_function` -> list (bytes decoded to str)."""
+    if column.dtype == object:
+        return np.vectorize(
+            lambda x: x.decode("utf-8", "replace") if isinstance(x, bytes) else x,
+            otypes=[object])(column).tolist()
+    return column.tolist()
+
+
+def _accepted_columns(fn, columns):
+    """The batch columns `fn` takes by keyword: all of them if it has **kwargs."""
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # builtins without a signature
+        return list(columns)
+    if any(p.kind == p.VAR_KEYWORD for p in parameters):
+        return list(columns)
+    names = {p.name for p in parameters[2:]
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return [c for c in columns if c in names]
+
+
+class PythonReward(Reward):
+    """Wraps `fn(prompts, completions, **columns) -> sequence of B floats`.
+
+    `fn` gets the whole batch at once: `prompts` and `completions` as lists of
+    strings decoded with `tokenizer` (pad and BOS dropped, completions cut before
+    EOS), and every other column of the dataset element it names as a keyword
+    parameter (all of them if it takes `**kwargs`), as Python lists (strings
+    decoded from UTF-8). Without a tokenizer, prompts and completions are lists of
+    token ids instead. It runs through `tf.numpy_function`, so it works inside
+    `tf.function` (not under XLA).
+
+    Errors follow `compute_rewards(..., on_invalid=...)`: with "raise" an
+    exception, a None or a non-finite value fails the step with the reward's name
+    and the offending prompt and completion; with "zero" / "skip" the offending
+    samples get NaN (the whole batch when the output itself is unusable), which
+    `compute_rewards` then masks.
+
+    Args:
+        fn: the Python function.
+        tokenizer: a `tfpg.Tokenizer` (or anything with `decode(ids [B, T]) ->
+            list[str]`); None passes token ids.
+        name: defaults to the function's name.
+
+    >>> def short(prompts, completions):
+    ...     return [1.0 if len(c) < 3 else 0.0 for c in completions]
+    >>> reward = PythonReward(short)
+    >>> reward(tf.constant([[1, 4]]), tf.constant([[5, 6, 2]]), tf.ones([1, 3]), {}).numpy()
+    array([1.], dtype=float32)
+    """
+
+    def __init__(self, fn, tokenizer=None, name=None):
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+        super().__init__(name=name or getattr(fn, "__name__", None) or type(fn).__name__)
+        self.fn = fn
+        self.tokenizer = tokenizer
+
+    def get_config(self):
+        return {"fn": self.fn, "tokenizer": self.tokenizer, "name": self.name}
+
+    def __call__(self, prompt_ids, completion_ids, completion_mask, batch):
+        on_invalid = current_on_invalid()  # fixed when traced, like the graph itself
+        columns = _accepted_columns(self.fn, sorted(k for k in batch if k != "prompt"))
+        text_ids = completion_tokens(completion_ids, completion_mask)  # [B, N]
+
+        def run(prompt, completion, *values):
+            prompts, completions = self._decode(prompt), self._decode(completion)
+            extras = {c: _to_python(v) for c, v in zip(columns, values)}
+            return self._run(prompts, completions, extras, on_invalid)
+
+        out = tf.numpy_function(
+            run, [tf.cast(prompt_ids, tf.int32), text_ids] + [batch[c] for c in columns],
+            tf.float32, stateful=True, name="python_reward")
+        out.set_shape(completion_ids.shape[:1])
+        return out  # [B]
+
+    def _decode(self, ids):
+        if self.tokenizer is not None:
+            return list(self.tokenizer.decode(ids))
+        return [[int(i) for i in row if i > 1] for row in ids]  # drop pad (0) and BOS (1)
+
+    def _call(self, prompts, completions, extras, size):
+        """One call of `fn`, its output as float32 [size]; raises on a bad output."""
+        values = self.fn(prompts, completions, **extras)
+        if values is None:
+            raise InvalidRewardError(f"reward {self.name} returned None; expected a "
+                                     f"sequence of {size} floats")
+        values = np.asarray(values, dtype=np.float64).reshape(-1)  # None items -> nan
+        if values.shape != (size,):
+            raise InvalidRewardError(f"reward {self.name} returned {values.size} values for "
+                                     f"a batch of {size}")
+        return values.astype(np.float32)
+
+    def _run(self, prompts, completions, extras, on_invalid):
+        size = len(completions)
+        try:
+            values = self._call(prompts, completions, extras, size)
+        except Exception as error:  # noqa: BLE001 -- reported or masked per sample below
+            values = self._run_one_by_one(prompts, completions, extras, on_invalid, error)
+        bad = np.flatnonzero(~np.isfinite(values))
+        if on_invalid == "raise" and bad.size:
+            i = int(bad[0])
+            raise InvalidRewardError(
+                f"reward {self.name} returned {values[i]} for sample {i}: "
+                f"prompt={prompts[i]!r} completion={completions[i]!r}")
+        return values
+
+    def _run_one_by_one(self, prompts, completions, extras, on_invalid, batch_error):
+        """After a failed batched call: finds the failing samples (NaN, or raise)."""
+        values = np.full([len(completions)], np.nan, np.float32)
+        for i in range(len(completions)):
+            one = {k: v[i:i + 1] for k, v in extras.items()}
+            try:
+                values[i] = self._call(prompts[i:i + 1], completions[i:i + 1], one, 1)[0]
+            except Exception as error:  # noqa: BLE001
+                if on_invalid == "raise":
+                    raise InvalidRewardError(
+                        f"reward {self.name} raised {type(error).__name__}: {error} on "
+                        f"sample {i}: prompt={prompts[i]!r} completion={completions[i]!r}"
+                    ) from error
+        if np.isnan(values).any():
+            return values
+        # Every sample works alone, so the batch as a whole is the problem.
+        if on_invalid == "raise":
+            raise InvalidRewardError(
+                f"reward {self.name} raised {type(batch_error).__name__}: {batch_error} "
+                f"on a batch of {len(completions)} (first prompt={prompts[0]!r} "
+                f"completion={completions[0]!r})") from batch_error
+        return np.full([len(completions)], np.nan, np.float32)
