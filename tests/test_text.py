@@ -4,6 +4,7 @@ import doctest
 import json
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -89,6 +90,9 @@ def test_encode_bytes_and_invalid_utf8(word_tok):
         word_tok.encode(b"the \xffcat")
     with pytest.raises(TypeError, match="expected str or bytes, got int"):
         word_tok.encode([3])
+    with pytest.raises(TypeError, match="expected str, bytes or a list of them, got int"):
+        word_tok.encode(3)
+    assert word_tok.encode(tf.constant("a cat")) == [1, 7, 5]
 
 
 def test_encode_max_length_truncation(word_tok):
@@ -178,7 +182,7 @@ def test_save_load_round_trip(tmp_path, word_tok, char_tok):
      "unsupported tokenizer version 7"),
     (b"{\"format\": \"tfpg.Tokenizer\", \"version\": 1, \"level\": \"word\"}",
      "corrupt tokenizer file"),
-    (b"{\"format\": \"tfpg.Tokenizer\", \"version\": 1, \"level\": \"word\", \"vocabulary\": [\"a\"]}",
+    (b'{"format": "tfpg.Tokenizer", "version": 1, "level": "word", "vocabulary": ["a"]}',
      "corrupt tokenizer file \\(vocabulary must start with"),
 ])
 def test_load_rejects_bad_files_with_one_line_error(tmp_path, content, message):
@@ -259,7 +263,7 @@ def test_ids_to_string_matches_decode(word_tok, char_tok, level):
 
 def test_ids_to_string_edge_cases(word_tok):
     layer = word_tok.ids_to_string_layer()
-    out = layer(tf.constant([[0, 1, 4, 5, 2, 4], [1, 11, -5, 9, 0, 0], [2, 4, 5, 6, 7, 8]],
+    out = layer(tf.constant([[0, 1, 4, 5, 2, 4], [1, 11, 2**32 + 4, 9, 0, 0], [2, 4, 5, 6, 7, 8]],
                             tf.int64))
     # Out-of-range ids become "<unk>" in-graph rather than failing a serving request.
     assert out.numpy().tolist() == [b"the cat", b"<unk> <unk> mat", b""]
@@ -300,3 +304,17 @@ def test_layers_inside_saved_model(tmp_path, word_tok):
     texts = tf.constant(["the cat sat on the mat", "dog zebra", ""])
     assert loaded.encode(texts).numpy().tolist() == [[1, 4, 5, 6], [0, 1, 8, 3], [0, 0, 0, 1]]
     assert loaded.round_trip(texts).numpy().tolist() == [b"the cat sat", b"dog <unk>", b""]
+
+
+def test_layers_in_functional_model_and_empty_vocabulary(word_tok):
+    texts = keras.Input(shape=(), dtype="string")
+    ids = word_tok.string_to_ids_layer()(texts)
+    assert (ids.shape, ids.dtype) == ((None, None), "int32")
+    model = keras.Model(texts, [ids, word_tok.ids_to_string_layer()(ids)])
+    got_ids, got_text = model(tf.constant(["a zebra", "on"]))
+    assert got_ids.numpy().tolist() == [[1, 7, 3], [0, 1, 10]]
+    assert got_text.numpy().tolist() == [b"a <unk>", b"on"]
+    empty = Tokenizer.from_texts([""])
+    assert empty.vocabulary_size == 4
+    assert empty.string_to_ids_layer()(tf.constant(["x y", ""])).numpy().tolist() == [
+        [1, 3, 3], [0, 0, 1]]

@@ -206,14 +206,19 @@ class Tokenizer:
         """
         _check_max_length(max_length)
         _check_truncate(truncate)
-        if isinstance(texts, (str, bytes, np.bytes_, np.str_)):
-            return self._encode_one(texts, max_length, add_bos, truncate)
         if isinstance(texts, tf.Tensor):
             texts = texts.numpy()
+        if isinstance(texts, (str, bytes)):
+            return self._encode_one(texts, max_length, add_bos, truncate)
         if isinstance(texts, np.ndarray):
             if texts.ndim != 1:
                 raise ValueError(f"texts must be 1-D, got shape {texts.shape}")
             texts = texts.tolist()
+        try:
+            texts = list(texts)
+        except TypeError:
+            raise TypeError(f"expected str, bytes or a list of them, "
+                            f"got {type(texts).__name__}") from None
         return [self._encode_one(t, max_length, add_bos, truncate) for t in texts]
 
     def _encode_one(self, text, max_length, add_bos, truncate):
@@ -343,10 +348,12 @@ def _split(text, level):
 def _vocabulary_table(vocabulary):
     """Hash table token -> id over the learned tokens; everything else -> unk."""
     learned = vocabulary[len(SPECIAL_TOKENS):]
-    keys = tf.constant(learned or [""], tf.string)
-    # An empty learned vocabulary still needs one key; "" never occurs as a token.
-    values = tf.range(len(SPECIAL_TOKENS), len(SPECIAL_TOKENS) + max(len(learned), 1),
-                      dtype=tf.int32)
+    values = list(range(len(SPECIAL_TOKENS), len(vocabulary)))
+    if not learned:
+        # A table needs at least one key; "" is never produced by either splitter.
+        learned, values = [""], [Tokenizer.unk_id]
+    keys = tf.constant(learned, tf.string)
+    values = tf.constant(values, tf.int32)
     return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, values),
                                      default_value=Tokenizer.unk_id)
 
@@ -398,8 +405,8 @@ class StringToIds(keras.layers.Layer):
         ids = tf.concat([bos, ids], axis=1)  # [B, (n + 1)]
         return _left_pad(ids)
 
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], None)
+    def compute_output_spec(self, texts):
+        return keras.KerasTensor((texts.shape[0], None), dtype="int32")
 
     def get_config(self):
         config = super().get_config()
@@ -440,20 +447,21 @@ class IdsToString(keras.layers.Layer):
         self.built = True
 
     def call(self, ids):
-        ids = tf.cast(ids, tf.int32)  # [B, T]
+        # int64 so that no id can wrap into range before the range check below.
+        ids = tf.cast(ids, tf.int64)  # [B, T]
         size = len(self.vocabulary)
         is_eos = tf.cast(tf.equal(ids, Tokenizer.eos_id), tf.int32)
         before_eos = tf.equal(tf.cumsum(is_eos, axis=1), 0)  # [B, T], false from EOS on
         keep = before_eos & (ids != Tokenizer.pad_id) & (ids != Tokenizer.bos_id)
         in_range = (ids >= 0) & (ids < size)
-        ids = tf.where(in_range, ids, Tokenizer.unk_id)
+        ids = tf.where(in_range, ids, tf.constant(Tokenizer.unk_id, tf.int64))
         tokens = tf.gather(tf.constant(self.vocabulary, tf.string), ids)  # [B, T]
         tokens = tf.ragged.boolean_mask(tokens, keep)  # [B, (n)]
         return tf.strings.reduce_join(tokens, axis=1,
                                       separator=" " if self.level == "word" else "")
 
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0],)
+    def compute_output_spec(self, ids):
+        return keras.KerasTensor((ids.shape[0],), dtype="string")
 
     def get_config(self):
         config = super().get_config()
