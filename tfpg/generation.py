@@ -72,9 +72,31 @@ def _seed_tensor(seed):
     return tf.cast(seed, tf.int32)
 
 
+def _gumbel_max_sample(logits, seed, step, noise_rows):
+    """Samples one id per row of logits [B, V] by the Gumbel-max trick.
+
+    The noise of step `step` is one [total_rows, V] draw from `seed`, of which these B
+    rows are rows offset..offset+B-1 (`noise_rows = (offset, total_rows)`). A replica
+    holding a slice of a global batch thus draws exactly the samples a single device
+    would draw for the same rows, so distributed and single-device runs agree.
+    """
+    batch_size, vocab_size = tf.shape(logits)[0], tf.shape(logits)[1]
+    offset, total_rows = noise_rows if noise_rows is not None else (0, batch_size)
+    step_seed = tf.random.experimental.stateless_fold_in(seed, step)
+    uniform = tf.random.stateless_uniform([total_rows, vocab_size], step_seed,
+                                          minval=1e-20, maxval=1.0)
+    uniform = uniform[offset:offset + batch_size]                   # [B, V]
+    gumbel = -tf.math.log(-tf.math.log(uniform))
+    return tf.argmax(logits + gumbel, axis=-1, output_type=tf.int32)
+
+
 def decode_loop(policy, prompt_ids, max_new_tokens, seed, temperature, top_k, top_p,
-                greedy, eos_id, suppress_ids):
-    """The decode graph (call inside a `tf.function`). See `generate` for arguments."""
+                greedy, eos_id, suppress_ids, noise_rows=None):
+    """The decode graph (call inside a `tf.function`). See `generate` for arguments.
+
+    `noise_rows` = (offset, total_rows) places this batch inside a larger one for the
+    sampling noise (see `_gumbel_max_sample`); None means the batch stands alone.
+    """
     batch_size = tf.shape(prompt_ids)[0]
     prompt_length = tf.shape(prompt_ids)[1]
     cache = policy.initial_cache(batch_size, prompt_length + max_new_tokens)
@@ -89,9 +111,7 @@ def decode_loop(policy, prompt_ids, max_new_tokens, seed, temperature, top_k, to
         if greedy:
             token = tf.argmax(filtered, axis=-1, output_type=tf.int32)
         else:
-            step_seed = tf.random.experimental.stateless_fold_in(seed, step)
-            token = tf.random.stateless_categorical(filtered, 1, step_seed,
-                                                    dtype=tf.int32)[:, 0]
+            token = _gumbel_max_sample(filtered, seed, step, noise_rows)
         log_prob = tf.gather(tf.nn.log_softmax(filtered), token, batch_dims=1)
         alive = tf.logical_not(finished)
         token = tf.where(alive, token, 0)
