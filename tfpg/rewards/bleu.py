@@ -243,6 +243,12 @@ def _to_id_arrays(hypotheses, references):
     return hyp, refs
 
 
+@tf.function(reduce_retracing=True)
+def _corpus_statistics(hyp, refs, max_order):
+    # Evaluation calls this with many small corpora: one graph beats eager ops.
+    return bleu_statistics(hyp, refs, max_order)
+
+
 def corpus_bleu(hypotheses, references, max_order=4, smoothing="none"):
     """Corpus-level BLEU with nltk's `corpus_bleu` semantics, for evaluation.
 
@@ -268,7 +274,10 @@ def corpus_bleu(hypotheses, references, max_order=4, smoothing="none"):
     """
     max_order, smoothing = _check_args(max_order, smoothing)
     hyp, refs = _to_id_arrays(hypotheses, references)
-    num, den, h, r = bleu_statistics(hyp, refs, max_order)
+    refs = tf.cast(refs, tf.int32)
+    if refs.shape.rank == 2:
+        refs = refs[:, None, :]
+    num, den, h, r = _corpus_statistics(tf.cast(hyp, tf.int32), refs, max_order)
     totals = [tf.reduce_sum(x, axis=0, keepdims=True) for x in (num, den, h, r)]
     return float(bleu_from_statistics(*totals, smoothing=smoothing)[0])
 
