@@ -157,7 +157,7 @@ def temporal_difference_advantages(rewards, values, mask, gamma=1.0):
     return generalized_advantage_estimation(rewards, values, mask, gamma=gamma, lam=0.0)
 
 
-def whiten(values, mask=None, shift_mean=True, epsilon=1e-8):
+def whiten(values, mask=None, shift_mean=True, epsilon=1e-8, sum_fn=None):
     """Normalises to zero mean and unit variance over the real entries.
 
     Mean and variance are taken over all entries with ``mask > 0`` (the whole tensor
@@ -168,6 +168,9 @@ def whiten(values, mask=None, shift_mean=True, epsilon=1e-8):
       mask: float32, same shape as ``values``, or None.
       shift_mean: if False, the mean is added back (only the scale changes).
       epsilon: added to the variance.
+      sum_fn: applied to the local sums (count, sum, sum of squares) before they
+        are divided; a cross-replica all-reduce here whitens with the statistics of
+        the global batch. None keeps them local.
 
     Returns:
       float32, same shape as ``values``: ``(x - mean) / sqrt(var + epsilon)``
@@ -180,11 +183,17 @@ def whiten(values, mask=None, shift_mean=True, epsilon=1e-8):
     else:
         real = tf.broadcast_to(_real(mask), tf.shape(values))
     weights = tf.cast(real, tf.float32)
-    count = tf.reduce_sum(weights)  # []
     safe = tf.where(real, values, 0.0)
-    mean = tf.math.divide_no_nan(tf.reduce_sum(safe), count)  # []
+    sums = tf.stack([tf.reduce_sum(weights), tf.reduce_sum(safe)])  # [2]
+    if sum_fn is not None:
+        sums = sum_fn(sums)
+    count = sums[0]  # []
+    mean = tf.math.divide_no_nan(sums[1], count)  # []
     centered = tf.where(real, values - mean, 0.0)
-    variance = tf.math.divide_no_nan(tf.reduce_sum(tf.square(centered)), count)  # []
+    squares = tf.reduce_sum(tf.square(centered))  # []
+    if sum_fn is not None:
+        squares = sum_fn(squares)
+    variance = tf.math.divide_no_nan(squares, count)  # []
     whitened = centered * tf.math.rsqrt(variance + epsilon)
     if not shift_mean:
         whitened = whitened + mean

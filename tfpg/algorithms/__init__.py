@@ -1,0 +1,19 @@
+"""Policy-gradient algorithms, each a `keras.Model` with its own `train_step`.
+
+All share `PolicyGradientTrainer` (rollout, rewards, update loop, distribution);
+each module holds only its advantages and loss.
+"""
+
+from tfpg.algorithms.a2c import A2C
+from tfpg.algorithms.base import PolicyGradientTrainer
+from tfpg.algorithms.grpo import GRPO
+from tfpg.algorithms.ppo import PPO
+from tfpg.algorithms.reinforce import REINFORCE
+from tfpg.algorithms.rloo import RLOO
+from tfpg.algorithms.scst import SCST
+
+ALGORITHMS = {"reinforce": REINFORCE, "scst": SCST, "rloo": RLOO, "grpo": GRPO,
+              "a2c": A2C, "ppo": PPO}
+
+__all__ = ["REINFORCE", "SCST", "RLOO", "GRPO", "A2C", "PPO", "PolicyGradientTrainer",
+           "ALGORITHMS"]

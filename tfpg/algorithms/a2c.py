@@ -1,0 +1,44 @@
+"""Advantage actor-critic (Mnih et al., 2016), one update per rollout."""
+
+import keras
+
+from tfpg import advantages as adv
+from tfpg.algorithms.base import PolicyGradientTrainer
+
+
+@keras.saving.register_keras_serializable(package="tfpg")
+class A2C(PolicyGradientTrainer):
+    """Actor-critic with TD advantages A_t = r_t + gamma V(s_{t+1}) - V(s_t).
+
+    `gae_lambda=0` (the default) is the one-step TD advantage; values up to 1 blend in
+    longer returns (GAE). The critic (`value_model=`) is fitted to the lambda-returns.
+    Loss: -A log pi + value_coef * value loss - entropy_coef * entropy, token mean.
+
+    Example:
+    >>> agent = tfpg.algorithms.A2C(policy, reward_fn=reward,
+    ...                             value_model=tfpg.ValueNetwork(tok.vocabulary_size))
+    """
+
+    uses_value_model = True
+
+    def __init__(self, policy, reward_fn, value_model=None, gamma=1.0, gae_lambda=0.0,
+                 entropy_coef=0.01, **options):
+        super().__init__(policy, reward_fn, value_model=value_model,
+                         entropy_coef=entropy_coef, **options)
+        self.gamma = gamma
+        self.gae_lambda = gae_lambda
+
+    def compute_advantages(self, rollout, batch):
+        advantages, returns = adv.generalized_advantage_estimation(
+            rollout["token_rewards"], rollout["values"], rollout["completion_mask"],
+            self.gamma, self.gae_lambda)
+        return {"advantages": advantages, "returns": returns}
+
+    def loss_terms(self, minibatch, log_probs, values, logits):
+        return {"policy_loss": self.policy_gradient_term(minibatch, log_probs),
+                "value_loss": self.value_term(minibatch, values)}, {}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(gamma=self.gamma, gae_lambda=self.gae_lambda)
+        return config

@@ -1,0 +1,444 @@
+"""`PolicyGradientTrainer`: the machinery every algorithm shares.
+
+One `train_step` is:
+
+1. rollout: sample completions of the batch's prompts in-graph (`group_size` per
+   prompt), score them with the reward, and record the log-probs, reference log-probs
+   and values the update needs (`collect_rollout`);
+2. advantages: the algorithm's own `compute_advantages`;
+3. update: `num_epochs` passes of `num_minibatches` minibatches over the rollout, each
+   a forward pass under `tf.GradientTape`, the algorithm's `loss_terms`, gradient
+   clipping by global norm and `optimizer.apply`.
+
+An algorithm subclass only says how advantages are made and which per-token losses it
+minimises. Everything that touches distribution (loss scaling, cross-replica
+statistics, gradient all-reduce) lives here, once.
+
+Conventions: `B` rows in the rollout (prompts x group_size), `P` prompt length, `N`
+`max_new_tokens`, `V` vocabulary. Dropout is off during policy-gradient updates
+(`training=False`), as in TRL: the log-probs of the update must be those of the policy
+that sampled.
+"""
+
+import keras
+import tensorflow as tf
+
+from tfpg import advantages as adv
+from tfpg import losses
+from tfpg.generation import decode_loop, filter_logits, resolve_sampler
+from tfpg.rewards.base import ON_INVALID, compute_rewards
+
+SUM = tf.distribute.ReduceOp.SUM
+
+
+def _replica_context():
+    return tf.distribute.get_replica_context()
+
+
+def cross_replica_sum(value):
+    """Sum over replicas inside `fit` under a strategy; identity on one device."""
+    context = _replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_reduce(SUM, value)
+
+
+def _num_replicas():
+    context = _replica_context()
+    return 1 if context is None else context.num_replicas_in_sync
+
+
+def _replica_rows(batch_size):
+    """(offset, total rows) of this replica's slice in the global batch."""
+    context = _replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return None
+    replica = tf.cast(context.replica_id_in_sync_group, tf.int32)
+    return replica * batch_size, batch_size * context.num_replicas_in_sync
+
+
+def sequence_return(rollout):
+    """Total reward of each completion, any KL penalty in the reward included: [B]."""
+    return tf.reduce_sum(rollout["token_rewards"] * rollout["completion_mask"], axis=1)
+
+
+def frozen_copy(model):
+    """A non-trainable copy of `model` with the same weights (the KL reference)."""
+    if not model.built:
+        model.build()
+    copy = model.__class__.from_config(model.get_config())
+    copy.build()
+    copy.set_weights(model.get_weights())
+    copy.trainable = False
+    return copy
+
+
+class PolicyGradientTrainer(keras.Model):
+    """Base class of the algorithms in `tfpg.algorithms`; not used directly.
+
+    Args:
+        policy: the `PolicyNetwork` to train.
+        reward_fn: `reward_fn(prompt_ids, completion_ids, completion_mask, batch)
+            -> float32 [B]` (see `tfpg.rewards`).
+        value_model: a `ValueNetwork` critic, for algorithms that use one.
+        reference_model: the frozen model of the KL penalty; a frozen copy of the
+            policy (as it is at construction) is made when `kl_coef > 0` and none is
+            given.
+        max_new_tokens, sampler, temperature, top_k, top_p, eos_id, suppress_ids: the
+            sampling options of `tfpg.generate`.
+        group_size: completions sampled per prompt (RLOO / GRPO need >= 2).
+        kl_coef: weight of the KL penalty to the reference.
+        kl_estimator: "k1", "k2" or "k3" (per-token estimator of KL(pi || ref)).
+        kl_in_reward: True subtracts `kl_coef * kl_t` from the per-token reward
+            (PPO / RLHF style); False adds `kl_coef * kl` to the loss (GRPO style).
+        target_kl: with a value, `kl_coef` adapts towards this KL per sequence
+            (Ziegler et al. 2019's proportional controller, horizon `kl_horizon`).
+        entropy_coef: weight of the entropy bonus.
+        value_coef: weight of the value loss.
+        num_epochs, num_minibatches: passes and minibatches over each rollout.
+        max_grad_norm: global-norm gradient clipping (None disables).
+        loss_aggregation: "token_mean", "sequence_mean", "sequence_sum" or
+            "constant" (sum / (B * max_new_tokens)); None takes the algorithm's default.
+        on_invalid_reward: "raise", "zero" or "skip" for NaN / inf / failing rewards.
+        seed: seeds the sampling; a run with the same seed samples the same tokens.
+    """
+
+    default_loss_aggregation = "token_mean"
+    uses_value_model = False
+    uses_ratio = False          # clipped-surrogate algorithms log clip_fraction, approx_kl
+    min_group_size = 1
+
+    def __init__(self, policy, reward_fn, value_model=None, reference_model=None,
+                 max_new_tokens=32, sampler="sample", temperature=1.0, top_k=None,
+                 top_p=None, eos_id=2, suppress_ids=None, group_size=1, kl_coef=0.0,
+                 kl_estimator="k1", kl_in_reward=True, target_kl=None, kl_horizon=10000,
+                 entropy_coef=0.0, value_coef=0.5, num_epochs=1, num_minibatches=1,
+                 max_grad_norm=1.0, loss_aggregation=None, on_invalid_reward="raise",
+                 seed=0, **kwargs):
+        super().__init__(**kwargs)
+        resolve_sampler(sampler, temperature, top_k, top_p)
+        if self.uses_value_model and value_model is None:
+            raise ValueError(f"{type(self).__name__} needs value_model= (a ValueNetwork)")
+        if group_size < self.min_group_size:
+            raise ValueError(f"{type(self).__name__} needs group_size >= "
+                             f"{self.min_group_size}, got {group_size}")
+        if kl_estimator not in losses.KL_ESTIMATORS:
+            raise ValueError(f"kl_estimator must be one of {losses.KL_ESTIMATORS}")
+        if on_invalid_reward not in ON_INVALID:
+            raise ValueError(f"on_invalid_reward must be one of {ON_INVALID}")
+        loss_aggregation = loss_aggregation or self.default_loss_aggregation
+        if loss_aggregation not in losses.AGGREGATION_MODES:
+            raise ValueError(f"loss_aggregation must be one of {losses.AGGREGATION_MODES}")
+        self.policy = policy
+        self.reward_fn = reward_fn
+        self.value_model = value_model
+        if reference_model is None and (kl_coef > 0 or target_kl is not None):
+            reference_model = frozen_copy(policy)
+        self.reference_model = reference_model
+        self.max_new_tokens = int(max_new_tokens)
+        self.sampler = sampler
+        self.temperature = float(temperature)
+        self.top_k = top_k
+        self.top_p = top_p
+        self.eos_id = eos_id
+        self.suppress_ids = tuple(suppress_ids) if suppress_ids else None
+        self.group_size = int(group_size)
+        self.kl_estimator = kl_estimator
+        self.kl_in_reward = kl_in_reward
+        self.target_kl = target_kl
+        self.kl_horizon = kl_horizon
+        self.entropy_coef = entropy_coef
+        self.value_coef = value_coef
+        self.num_epochs = int(num_epochs)
+        self.num_minibatches = int(num_minibatches)
+        self.max_grad_norm = max_grad_norm
+        self.loss_aggregation = loss_aggregation
+        self.on_invalid_reward = on_invalid_reward
+        self.seed = int(seed)
+        self.initial_kl_coef = float(kl_coef)
+        self.kl_coef = self.add_weight(shape=(), initializer=keras.initializers.Constant(
+            kl_coef), trainable=False, name="kl_coef", aggregation="only_first_replica")
+        for model in (policy, value_model, reference_model):
+            if model is not None and not model.built:
+                model.build()
+        self._trackers = {name: keras.metrics.Mean(name=name) for name in self.metric_names()}
+        self.built = True
+
+    # ----------------------------------------------------------------- metrics
+
+    def metric_names(self):
+        """The logs this trainer returns from `train_step` (DESIGN.md names)."""
+        names = ["reward", "reward_std", "policy_loss", "entropy", "completion_length",
+                 "truncated_fraction"]
+        if self.reference_model is not None:
+            names.append("kl")
+        if self.target_kl is not None:
+            names.append("kl_coef")
+        if self.value_model is not None:
+            names.append("value_loss")
+        if self.uses_ratio:
+            names += ["clip_fraction", "approx_kl"]
+        if self.group_size > 1:
+            names.append("zero_std_fraction")
+        if self.on_invalid_reward != "raise":
+            names.append("invalid_rewards")
+        names += [f"reward/{name}" for name, _, _ in
+                  getattr(self.reward_fn, "weighted_components", None) or ()]
+        return names
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values())
+
+    def _record(self, values):
+        for name, value in values.items():
+            if name in self._trackers:
+                self._trackers[name].update_state(value)
+
+    # ----------------------------------------------------------------- rollout
+
+    def _sampling_seed(self):
+        """A fresh [2] seed per optimizer step, reproducible from `seed`."""
+        step = tf.cast(self.optimizer.iterations, tf.int32)
+        return tf.stack([tf.constant(self.seed, tf.int32), step])
+
+    def sample(self, prompt_ids, seed, greedy=False):
+        """Completions of prompt_ids [B, P] with the trainer's sampling options."""
+        return decode_loop(self.policy, prompt_ids, self.max_new_tokens, seed,
+                           self.temperature, self.top_k, self.top_p,
+                           greedy or self.sampler == "greedy", self.eos_id,
+                           self.suppress_ids, _replica_rows(tf.shape(prompt_ids)[0]))
+
+    def completion_logits(self, model, prompt_ids, completion_ids, completion_mask):
+        """Logits [B, N, V] that `model` gives each completion position."""
+        sequence = tf.concat([prompt_ids, completion_ids], axis=1)
+        padding = tf.concat([tf.not_equal(prompt_ids, 0), completion_mask > 0], axis=1)
+        prompt_length = tf.shape(prompt_ids)[1]
+        logits = model(sequence, padding_mask=padding, training=False)
+        return logits[:, prompt_length - 1:-1]
+
+    def completion_values(self, prompt_ids, completion_ids, completion_mask):
+        """V(s_t) [B, N]: the value of the state before each completion token."""
+        sequence = tf.concat([prompt_ids, completion_ids], axis=1)
+        padding = tf.concat([tf.not_equal(prompt_ids, 0), completion_mask > 0], axis=1)
+        values = self.value_model(sequence, padding_mask=padding, training=False)
+        return values[:, tf.shape(prompt_ids)[1] - 1:-1] * completion_mask
+
+    def sampled_log_probs(self, logits, completion_ids, completion_mask):
+        """Log-probs [B, N] under the distribution that was sampled (filters applied)."""
+        filtered = filter_logits(logits, self.temperature, self.top_k, self.top_p,
+                                 self.suppress_ids)
+        return losses.token_log_probs(filtered, completion_ids, mask=completion_mask), filtered
+
+    def collect_rollout(self, batch):
+        """Samples, scores and annotates completions. Returns a dict of [B, ...] tensors."""
+        if self.group_size > 1:
+            # Groups are made here, inside the step, so no shuffle can split one.
+            batch = {key: tf.repeat(value, self.group_size, axis=0)
+                     for key, value in batch.items()}
+        prompt_ids = tf.cast(batch["prompt"], tf.int32)
+        generated = self.sample(prompt_ids, self._sampling_seed())
+        completion_ids, mask = generated.token_ids, generated.mask
+        completion_ids.set_shape([None, self.max_new_tokens])
+        mask.set_shape([None, self.max_new_tokens])
+
+        logits = self.completion_logits(self.policy, prompt_ids, completion_ids, mask)
+        old_log_probs, _ = self.sampled_log_probs(logits, completion_ids, mask)
+        scored = compute_rewards(self.reward_fn, prompt_ids, completion_ids, mask, batch,
+                                 self.on_invalid_reward)
+        rollout = {"prompt_ids": prompt_ids, "completion_ids": completion_ids,
+                   "completion_mask": mask, "loss_mask": mask * scored.valid[:, None],
+                   "old_log_probs": old_log_probs, "scores": scored.rewards}
+        self._record(scored.metrics())
+
+        token_rewards = adv.sequence_score_to_token_rewards(scored.rewards, mask)
+        if self.reference_model is not None:
+            ref_logits = self.completion_logits(self.reference_model, prompt_ids,
+                                                completion_ids, mask)
+            # KL between the models' own (temperature-scaled) distributions: a top-k
+            # filter on the reference would make KL infinite for tokens it excludes.
+            ref_log_probs = losses.token_log_probs(ref_logits, completion_ids,
+                                                   self.temperature, mask)
+            policy_log_probs = losses.token_log_probs(logits, completion_ids,
+                                                      self.temperature, mask)
+            kl = losses.kl_penalty(policy_log_probs, ref_log_probs, self.kl_estimator)
+            kl = kl * mask                                                   # [B, N]
+            rollout["ref_log_probs"] = ref_log_probs
+            if self.kl_in_reward:
+                token_rewards -= self.kl_coef * kl
+            rollout["kl"] = kl
+        rollout["token_rewards"] = token_rewards                             # [B, N]
+        if self.value_model is not None:
+            rollout["values"] = self.completion_values(prompt_ids, completion_ids, mask)
+        self._record_rollout_metrics(rollout, scored)
+        return rollout, batch
+
+    def _record_rollout_metrics(self, rollout, scored):
+        mask = rollout["completion_mask"]
+        lengths = tf.reduce_sum(mask, axis=1)                                 # [B]
+        scores = rollout["scores"]
+        truncated = tf.cast(lengths >= self.max_new_tokens, tf.float32)
+        if self.eos_id is not None:
+            last = tf.gather(rollout["completion_ids"],
+                             tf.maximum(tf.cast(lengths, tf.int32) - 1, 0), batch_dims=1)
+            truncated *= tf.cast(tf.not_equal(last, self.eos_id), tf.float32)
+        valid = scored.valid
+        reward_mean, reward_sq, count = self._global_moments(scores, valid)
+        values = {
+            "reward": reward_mean,
+            "reward_std": tf.sqrt(tf.maximum(reward_sq - reward_mean ** 2, 0.0)),
+            "completion_length": lengths,
+            "truncated_fraction": truncated,
+        }
+        if "kl" in rollout:
+            values["kl"] = tf.reduce_sum(rollout["kl"], axis=1)              # per sequence
+        if self.group_size > 1:
+            _, values["zero_std_fraction"] = adv.group_normalized_advantages(
+                scores, self.group_size)                                     # per group
+        self._record(values)
+        if self.target_kl is not None:
+            self._update_kl_coef(tf.reduce_sum(rollout["kl"], axis=1), count)
+
+    def _global_moments(self, values, weights):
+        """Weighted mean and mean of squares of values [B] over all replicas."""
+        totals = cross_replica_sum(tf.stack([
+            tf.reduce_sum(values * weights), tf.reduce_sum(values ** 2 * weights),
+            tf.reduce_sum(weights)]))
+        count = tf.maximum(totals[2], 1.0)
+        return totals[0] / count, totals[1] / count, totals[2]
+
+    def _update_kl_coef(self, sequence_kl, count):
+        mean_kl, _, _ = self._global_moments(sequence_kl, tf.ones_like(sequence_kl))
+        error = tf.clip_by_value(mean_kl / self.target_kl - 1.0, -0.2, 0.2)
+        self.kl_coef.assign(self.kl_coef * (1.0 + error * count / self.kl_horizon))
+        self._record({"kl_coef": self.kl_coef})
+
+    # -------------------------------------------------------------- algorithm
+
+    def compute_advantages(self, rollout, batch):
+        """Returns a dict with "advantages" [B, N] (and "returns" [B, N] with a critic)."""
+        raise NotImplementedError
+
+    def loss_terms(self, minibatch, log_probs, values, logits):
+        """Per-token losses of one minibatch.
+
+        `log_probs` [b, N] are under the sampled distribution; `logits` [b, N, V] are
+        the policy's raw logits (for a KL to the reference); `values` [b, N] or None.
+        Returns (terms, token_metrics): `terms` maps a log name to
+        (per_token [b, N], coefficient, aggregation mode); `token_metrics` maps a log
+        name to per-token values averaged over real tokens.
+        """
+        raise NotImplementedError
+
+    def policy_gradient_term(self, minibatch, log_probs):
+        """-A_t log pi(a_t | s_t): the REINFORCE term (advantages are constants)."""
+        per_token = -tf.stop_gradient(minibatch["advantages"]) * log_probs
+        return per_token, 1.0, self.loss_aggregation
+
+    def value_term(self, minibatch, values, clip_range=None):
+        per_token = losses.value_loss(values, minibatch["returns"],
+                                      minibatch.get("values"), clip_range)
+        return per_token, self.value_coef, "token_mean"
+
+    # ------------------------------------------------------------------ update
+
+    def _aggregate(self, per_token, mask, mode):
+        """Scalar loss whose sum over replicas is the single-device loss."""
+        numerator, denominator = losses.aggregate_loss_terms(per_token, mask, mode,
+                                                             self.max_new_tokens)
+        return tf.math.divide_no_nan(numerator,
+                                     cross_replica_sum(tf.stop_gradient(denominator)))
+
+    def loss_and_gradients(self, minibatch):
+        """Total loss, its gradients and the logs of one minibatch."""
+        mask = minibatch["loss_mask"]
+        with tf.GradientTape() as tape:
+            logits = self.completion_logits(self.policy, minibatch["prompt_ids"],
+                                            minibatch["completion_ids"],
+                                            minibatch["completion_mask"])
+            log_probs, filtered = self.sampled_log_probs(
+                logits, minibatch["completion_ids"], mask)
+            values = None
+            if self.value_model is not None:
+                values = self.completion_values(minibatch["prompt_ids"],
+                                                minibatch["completion_ids"],
+                                                minibatch["completion_mask"])
+            terms, token_metrics = self.loss_terms(minibatch, log_probs, values, logits)
+            entropy = self._aggregate(losses.entropy(filtered), mask, "token_mean")
+            total = -self.entropy_coef * entropy
+            logs = {"entropy": entropy}
+            for name, (per_token, coefficient, mode) in terms.items():
+                logs[name] = self._aggregate(per_token, mask, mode)
+                total += coefficient * logs[name]
+        variables = self.trainable_variables
+        gradients = tape.gradient(total, variables)
+        for name, per_token in token_metrics.items():
+            logs[name] = self._aggregate(per_token, mask, "token_mean")
+        return total, gradients, {name: cross_replica_sum(value) for name, value in logs.items()}
+
+    def _apply(self, gradients):
+        replicas = _num_replicas()
+        if replicas > 1:
+            # Clip the global gradient, not each replica's share: all-reduce first,
+            # then hand the optimizer 1/replicas of it (it sums over replicas again).
+            gradients = cross_replica_sum(gradients)
+        if self.max_grad_norm is not None:
+            gradients, _ = tf.clip_by_global_norm(gradients, self.max_grad_norm)
+        if replicas > 1:
+            gradients = [g / replicas if g is not None else None for g in gradients]
+        self.optimizer.apply(gradients, self.trainable_variables)
+
+    def _minibatches(self, rollout, epoch, seed):
+        size = tf.shape(rollout["completion_ids"])[0]
+        if self.num_minibatches == 1:
+            yield rollout
+            return
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(size), tf.random.experimental.stateless_fold_in(seed, epoch))
+        per_minibatch = (size + self.num_minibatches - 1) // self.num_minibatches
+        for index in range(self.num_minibatches):
+            rows = order[index * per_minibatch:(index + 1) * per_minibatch]
+            yield {key: tf.gather(value, rows) for key, value in rollout.items()}
+
+    def train_step(self, data):
+        batch = data if isinstance(data, dict) else {"prompt": data}
+        rollout, batch = self.collect_rollout(batch)
+        rollout.update(self.compute_advantages(rollout, batch))
+        seed = self._sampling_seed()
+        for epoch in range(self.num_epochs):
+            for minibatch in self._minibatches(rollout, epoch, seed):
+                total, gradients, logs = self.loss_and_gradients(minibatch)
+                tf.debugging.check_numerics(
+                    total, f"{type(self).__name__}: the loss is not finite")
+                self._apply(gradients)
+                self._record(logs)
+        return {tracker.name: tracker.result() for tracker in self.metrics}
+
+    def gradients(self, batch):
+        """Gradients of one rollout's loss w.r.t. `trainable_variables` (no update).
+
+        For analysis and tests (e.g. against `tfpg.testing.exact_policy_gradient`).
+        """
+        if not hasattr(self, "optimizer") or self.optimizer is None:
+            self.compile(optimizer="sgd")
+        rollout, batch = self.collect_rollout(batch)
+        rollout.update(self.compute_advantages(rollout, batch))
+        _, gradients, _ = self.loss_and_gradients(rollout)
+        return gradients
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            policy=keras.saving.serialize_keras_object(self.policy),
+            value_model=keras.saving.serialize_keras_object(self.value_model),
+            max_new_tokens=self.max_new_tokens, sampler=self.sampler,
+            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+            eos_id=self.eos_id, suppress_ids=self.suppress_ids,
+            group_size=self.group_size, kl_coef=self.initial_kl_coef,
+            kl_estimator=self.kl_estimator, kl_in_reward=self.kl_in_reward,
+            target_kl=self.target_kl, kl_horizon=self.kl_horizon,
+            entropy_coef=self.entropy_coef, value_coef=self.value_coef,
+            num_epochs=self.num_epochs, num_minibatches=self.num_minibatches,
+            max_grad_norm=self.max_grad_norm, loss_aggregation=self.loss_aggregation,
+            on_invalid_reward=self.on_invalid_reward, seed=self.seed)
+        return config
