@@ -205,7 +205,6 @@ def compute_rewards(reward_fn, prompt_ids, completion_ids, completion_mask, batc
     if not callable(reward_fn):
         raise TypeError(f"reward_fn must be callable, got {type(reward_fn).__name__}")
     batch = {} if batch is None else batch
-    batch_size = tf.shape(completion_ids)[0]
     args = (prompt_ids, completion_ids, completion_mask, batch)
 
     parts = getattr(reward_fn, "weighted_components", None)
@@ -215,22 +214,22 @@ def compute_rewards(reward_fn, prompt_ids, completion_ids, completion_mask, batc
     else:
         report = True
 
-    total, finite, components = 0.0, tf.ones([batch_size], tf.bool), {}
+    total, finite, components = None, None, {}
     for name, fn, weight in parts:
-        label = name if report else None
+        described = _describe(fn, name if report else None)
         with _on_invalid_scope(on_invalid):
             value = fn(*args)
-        value = _as_rewards(value, _describe(fn, label), batch_size)
+        value = _as_rewards(value, described, completion_ids)  # float32 [B]
         ok = tf.math.is_finite(value)
         if on_invalid == "raise":
-            value = _assert_finite(value, ok, _describe(fn, label), completion_ids)
-        value = tf.where(ok, value, 0.0)  # [B]
-        finite &= ok
-        total += weight * value
+            value = _assert_finite(value, ok, described, completion_ids)
+        value = tf.where(ok, value, 0.0)
+        finite = ok if finite is None else finite & ok
+        total = weight * value if total is None else total + weight * value
         if report:
             components[name] = value
 
-    total = tf.where(finite, total * tf.ones([batch_size]), 0.0)  # [B]
+    total = tf.where(finite, total, 0.0)  # [B]
     invalid = 1.0 - tf.cast(finite, tf.float32)
     valid = 1.0 - invalid if on_invalid == "skip" else tf.ones_like(invalid)
     return RewardResult(rewards=total, valid=valid, invalid_count=tf.reduce_sum(invalid),
@@ -245,8 +244,12 @@ def _describe(fn, component=None):
     return f"'{component}' ({name})"
 
 
-def _as_rewards(value, name, batch_size):
-    """Trace-time checks and casts: any float/int/bool tensor [B] or [B, 1] -> float32 [B]."""
+def _as_rewards(value, name, completion_ids):
+    """Checks and casts: any float/int/bool tensor [B] or [B, 1] -> float32 [B].
+
+    Type, dtype and rank are checked when traced; B against `completion_ids`
+    [B, N] when traced if both are static, else when run.
+    """
     if value is None:
         raise TypeError(f"reward {name} returned None; expected a float32 tensor of "
                         "shape [B] (did the function forget to return?)")
@@ -265,11 +268,17 @@ def _as_rewards(value, name, batch_size):
         raise ValueError(f"reward {name} returned shape {value.shape}; expected [B]")
     if rank is None:
         value = tf.reshape(value, [-1])
-    tf.debugging.assert_equal(
-        tf.size(value), batch_size,
-        message=f"reward {name} returned the wrong number of values; expected one "
-                "per completion, shape [B]")
-    return tf.reshape(value, [batch_size])
+    message = (f"reward {name} returned the wrong number of values; expected one per "
+               "completion, shape [B]")
+    if value.shape[0] is not None and completion_ids.shape[0] is not None:
+        if value.shape[0] != completion_ids.shape[0]:
+            raise ValueError(f"{message}, got {value.shape[0]} for B = {completion_ids.shape[0]}")
+        return value
+    # Checked through a control dependency, not a reshape to [B]: grappler's
+    # constant folding can drop a Reshape feeding tf.where(is_finite(x), x, 0).
+    check = tf.debugging.assert_equal(tf.size(value), tf.shape(completion_ids)[0], message=message)
+    with tf.control_dependencies([check]):
+        return tf.identity(value)
 
 
 def _assert_finite(value, ok, name, completion_ids):
