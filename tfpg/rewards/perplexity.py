@@ -1,5 +1,6 @@
 """`Perplexity`: how likely a reference language model finds the completion."""
 
+import keras
 import tensorflow as tf
 
 from tfpg.rewards.base import Reward
@@ -24,12 +25,11 @@ class Perplexity(Reward):
     An empty completion (mask all 0) has mean log-prob 0 (perplexity 1).
 
     Args:
-        reference_model: callable ids int32 [B, T] -> logits [B, T, V]; it is
-            called with `training=False` when it accepts that argument.
+        reference_model: callable ids int32 [B, T] -> logits [B, T, V]; Keras
+            layers and models are called with `training=False`.
         mode: "mean_log_prob" or "neg_perplexity".
         name: defaults to "Perplexity".
 
-    >>> import keras
     >>> uniform = lambda ids: tf.zeros(tf.concat([tf.shape(ids), [4]], 0))  # 4-way uniform
     >>> Perplexity(uniform, mode="neg_perplexity")(
     ...     tf.constant([[1, 3]]), tf.constant([[3, 2]]), tf.ones([1, 2]), {}).numpy()
@@ -53,9 +53,9 @@ class Perplexity(Reward):
         mask = tf.cast(completion_mask, tf.float32)  # [B, N]
         targets = tf.where(mask > 0, tf.cast(completion_ids, tf.int32), 0)  # [B, N]
         ids = tf.concat([prompt_ids, targets], axis=1)  # [B, P + N]
-        try:
-            logits = self.reference_model(ids, training=False)
-        except TypeError:  # plain callables without a training argument
+        if isinstance(self.reference_model, keras.Layer):
+            logits = self.reference_model(ids, training=False)  # no dropout
+        else:
             logits = self.reference_model(ids)
         p = tf.shape(prompt_ids)[1]
         n = tf.shape(targets)[1]

@@ -91,13 +91,16 @@ class PythonReward(Reward):
             return list(self.tokenizer.decode(ids))
         return [[int(i) for i in row if i > 1] for row in ids]  # drop pad (0) and BOS (1)
 
-    def _call(self, prompts, completions, extras, size):
-        """One call of `fn`, its output as float32 [size]; raises on a bad output."""
-        values = self.fn(prompts, completions, **extras)
+    def _values(self, values, size):
+        """`fn`'s output as float32 [size]; InvalidRewardError when unusable."""
         if values is None:
             raise InvalidRewardError(f"reward {self.name} returned None; expected a "
                                      f"sequence of {size} floats")
-        values = np.asarray(values, dtype=np.float64).reshape(-1)  # None items -> nan
+        try:
+            values = np.asarray(values, dtype=np.float64).reshape(-1)  # None items -> nan
+        except (TypeError, ValueError) as error:
+            raise InvalidRewardError(f"reward {self.name} returned values that are not "
+                                     f"numbers ({error})") from None
         if values.shape != (size,):
             raise InvalidRewardError(f"reward {self.name} returned {values.size} values for "
                                      f"a batch of {size}")
@@ -106,9 +109,15 @@ class PythonReward(Reward):
     def _run(self, prompts, completions, extras, on_invalid):
         size = len(completions)
         try:
-            values = self._call(prompts, completions, extras, size)
+            values = self.fn(prompts, completions, **extras)
         except Exception as error:  # noqa: BLE001 -- reported or masked per sample below
             values = self._run_one_by_one(prompts, completions, extras, on_invalid, error)
+        try:
+            values = self._values(values, size)
+        except InvalidRewardError:
+            if on_invalid == "raise":
+                raise
+            values = np.full([size], np.nan, np.float32)  # the whole batch is unusable
         bad = np.flatnonzero(~np.isfinite(values))
         if on_invalid == "raise" and bad.size:
             i = int(bad[0])
@@ -118,19 +127,22 @@ class PythonReward(Reward):
         return values
 
     def _run_one_by_one(self, prompts, completions, extras, on_invalid, batch_error):
-        """After a failed batched call: finds the failing samples (NaN, or raise)."""
+        """After `fn` raised on the batch: finds the failing samples (NaN, or raise)."""
         values = np.full([len(completions)], np.nan, np.float32)
+        failed = False
         for i in range(len(completions)):
             one = {k: v[i:i + 1] for k, v in extras.items()}
             try:
-                values[i] = self._call(prompts[i:i + 1], completions[i:i + 1], one, 1)[0]
+                values[i] = self._values(
+                    self.fn(prompts[i:i + 1], completions[i:i + 1], **one), 1)[0]
             except Exception as error:  # noqa: BLE001
                 if on_invalid == "raise":
                     raise InvalidRewardError(
                         f"reward {self.name} raised {type(error).__name__}: {error} on "
                         f"sample {i}: prompt={prompts[i]!r} completion={completions[i]!r}"
                     ) from error
-        if np.isnan(values).any():
+                failed = True
+        if failed:
             return values
         # Every sample works alone, so the batch as a whole is the problem.
         if on_invalid == "raise":

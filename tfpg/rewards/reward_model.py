@@ -13,8 +13,8 @@ class RewardModel(Reward):
     The model sees the completion's tokens before EOS, right-padded with 0
     (the layout `train_reward_model` trains on: `tokenizer.encode(texts,
     add_bos=False)`), or, with `include_prompt=True`, the left-padded prompt
-    followed by them. It is called with `training=False`; its output is cast to
-    float32 and squeezed to [B].
+    followed by them. Keras models are called with `training=False`; the output
+    is cast to float32 and squeezed to [B].
 
     Args:
         model: the `keras.Model` (or any callable with that signature).
@@ -56,7 +56,11 @@ class RewardModel(Reward):
         ids = completion_tokens(completion_ids, completion_mask, self.eos_id)  # [B, N]
         if self.include_prompt:
             ids = tf.concat([tf.cast(prompt_ids, tf.int32), ids], axis=1)  # [B, P + N]
-        scores = tf.cast(self.model(ids, training=False), tf.float32)  # [B] or [B, 1]
+        if isinstance(self.model, keras.Layer):
+            scores = self.model(ids, training=False)
+        else:
+            scores = self.model(ids)
+        scores = tf.cast(scores, tf.float32)  # [B] or [B, 1]
         if scores.shape.rank == 2 and scores.shape[1] == 1:
             scores = scores[:, 0]
         return scores  # [B]
