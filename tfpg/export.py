@@ -1,0 +1,467 @@
+"""Export a `PolicyNetwork` + `Tokenizer` as a self-contained SavedModel, and load it back.
+
+`export_saved_model` writes a TensorFlow SavedModel whose graphs map prompt *strings*
+to completion *strings*: the vocabulary lives inside the graph (the tokenizer's
+`StringToIds` / `IdsToString` layers), so `saved_model_cli`, TF Serving or any TF
+runtime can serve it without Python from this package.
+
+Signatures (all batch-major, `B` prompts):
+
+* `generate` and `serving_default`: `prompts` string [B] -> `completions` string [B],
+  `token_ids` int32 [B, N]. Uses the generation defaults chosen at export time
+  (greedy decoding unless another `sampler` was exported).
+* `generate_with_options`: the same plus the inputs `max_new_tokens` (int32 []),
+  `temperature` (float32 []), `top_k` (int32 []), `top_p` (float32 []) and `seed`
+  (int64 []). A value <= 0 (for `seed`: < 0) means "not given": the export default
+  is used (for `seed`, a fresh random seed). Giving any of `temperature`, `top_k`,
+  `top_p` or `seed` switches greedy decoding to sampling.
+* `log_probs`: `prompts` string [B], `completions` string [B] -> `log_probs` float32
+  [B, N], `mask` float32 [B, N] and `token_ids` int32 [B, N]. Each completion is
+  tokenized without BOS and with EOS appended (as the trainers see it) and scored
+  token by token under the policy's softmax at temperature 1; 0 at padding.
+
+Why two generate signatures: a SignatureDef has no optional inputs. Every consumer
+that runs a signature through a session (`saved_model_cli run`, TF Serving, the C++
+API) must feed all of its inputs, and a TF2 `loaded.signatures[...]` function needs
+all its keyword arguments. So `generate` takes `prompts` alone (this is what
+`saved_model_cli run --signature_def generate --input_exprs 'prompts=[...]'` and
+`signatures["generate"](prompts=...)` need), and `generate_with_options` takes every
+option, with "<= 0 = default" sentinels. `load(path).generate(prompts, **options)`
+makes the options truly optional by choosing the signature for you.
+
+Beside the SavedModel files the directory holds `tokenizer.json` (the tokenizer) and
+`tfpg_export.json` (format marker, version, generation defaults, vocabulary size,
+free-form metadata), which `load` uses to recognise a tfpg export.
+
+Exports are atomic: the model is written into a sibling `PATH.tmp-<random>` and then
+renamed into place. An existing export is first renamed to `PATH.tfpg-backup` and
+deleted only once the new one is in place, so an interruption at any moment leaves
+either the old or the new export; `recover` (run by `export_saved_model`, `load`
+and `SavedModelExport`) puts a stranded backup back. Do not export to the same path
+from two processes at once.
+
+Example:
+>>> tfpg.export_saved_model(policy, tok, "saved_models/run", max_new_tokens=16)
+'saved_models/run'
+>>> gen = tfpg.load("saved_models/run")
+>>> gen.generate(["3 + 4 ="])
+['7']
+>>> gen.generate(["3 + 4 ="], temperature=0.8, seed=1)   # sampled
+"""
+
+import glob
+import json
+import os
+import secrets
+import shutil
+import zipfile
+
+import numpy as np
+import tensorflow as tf
+
+from tfpg import __version__
+from tfpg.generation import decode_loop, policy_is_positional, resolve_sampler
+from tfpg.losses import token_log_probs
+from tfpg.text import Tokenizer
+
+__all__ = ["export_saved_model", "load", "recover", "GeneratorModel"]
+
+FORMAT = "tfpg.SavedModel"
+FORMAT_VERSION = 1
+METADATA_FILE = "tfpg_export.json"
+TOKENIZER_FILE = "tokenizer.json"
+BACKUP_SUFFIX = ".tfpg-backup"
+TMP_SUFFIX = ".tmp-"
+SIGNATURES = ("generate", "generate_with_options", "log_probs", "serving_default")
+# top_p above 1 keeps every token even where float32 cumulative sums round to 1.0,
+# so "no top-p" gives exactly the unfiltered distribution.
+_NO_TOP_P = 2.0
+
+
+def _prompt_spec():
+    return tf.TensorSpec([None], tf.string, name="prompts")
+
+
+class _ExportModule(tf.Module):
+    """The object graph that is saved: policy, tokenizer layers, serving functions."""
+
+    def __init__(self, policy, tokenizer, defaults, max_prompt_length):
+        super().__init__(name="tfpg_export")
+        # Held untracked (written to __dict__, bypassing tracking): a tracked Keras 3
+        # model saves each weight twice (its variable wrapper exports a copy), and
+        # session-based loaders (saved_model_cli, TF Serving) restore only the copy,
+        # leaving the handles that the graphs read uninitialised. `track_variables`
+        # tracks the raw tf.Variables the traced functions capture instead.
+        self.__dict__["policy"] = policy
+        # Prompts keep their *last* tokens when too long: the text nearest to the
+        # continuation matters most for what comes next.
+        self.prompt_to_ids = tokenizer.string_to_ids_layer(
+            max_length=max_prompt_length, truncate="left", name="prompt_to_ids")
+        self.text_to_ids = tokenizer.string_to_ids_layer(name="text_to_ids")
+        self.ids_to_text = tokenizer.ids_to_string_layer(name="ids_to_text")
+        self._defaults = defaults
+        self._vocab_size = tokenizer.vocabulary_size
+        self._max_length = policy.max_length if policy_is_positional(policy) else None
+
+        self.generate_with_options = tf.function(self._generate_with_options,
+                                                 input_signature=[
+            _prompt_spec(),
+            tf.TensorSpec([], tf.int32, name="max_new_tokens"),
+            tf.TensorSpec([], tf.float32, name="temperature"),
+            tf.TensorSpec([], tf.int32, name="top_k"),
+            tf.TensorSpec([], tf.float32, name="top_p"),
+            tf.TensorSpec([], tf.int64, name="seed"),
+        ])
+        self.generate = tf.function(self._generate, input_signature=[_prompt_spec()])
+        self.log_probs = tf.function(self._log_probs, input_signature=[
+            _prompt_spec(), tf.TensorSpec([None], tf.string, name="completions")])
+
+    def track_variables(self, concrete_functions):
+        """Tracks every variable the traced functions read, so they are saved."""
+        seen = {}
+        for function in concrete_functions:
+            for variable in function.variables:
+                seen.setdefault(id(variable), variable)
+        self.weights = list(seen.values())
+
+    def _generate(self, prompts):
+        return self.generate_with_options(
+            prompts, tf.constant(0), tf.constant(0.0), tf.constant(0), tf.constant(0.0),
+            tf.constant(-1, tf.int64))
+
+    def _generate_with_options(self, prompts, max_new_tokens, temperature, top_k, top_p,
+                               seed):
+        d = self._defaults
+        prompt_ids = self.prompt_to_ids(prompts)                        # [B, P]
+        n = tf.where(max_new_tokens > 0, max_new_tokens, d["max_new_tokens"])
+        if self._max_length is not None:
+            # Position ids must stay inside the Transformer's table.
+            n = tf.minimum(n, self._max_length - tf.shape(prompt_ids)[1])
+        n = tf.maximum(n, 0)
+        sample = tf.logical_or(d["sampler"] != "greedy", tf.reduce_any(
+            [temperature > 0, top_k > 0, top_p > 0, seed >= 0]))
+        temperature = tf.where(temperature > 0, temperature, d["temperature"])
+        top_k = tf.where(top_k > 0, top_k, d["top_k"] or self._vocab_size)
+        top_p = tf.where(top_p > 0, top_p, d["top_p"] or _NO_TOP_P)
+        # An int seed s samples like tfpg.generate(seed=s): the stateless seed [s, 0].
+        seed_pair = tf.cast(tf.stack([seed % 2**32, seed // 2**32]), tf.int32)
+        seed_pair = tf.where(seed >= 0, seed_pair,
+                             tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32))
+
+        def decode(greedy):
+            return decode_loop(self.policy, prompt_ids, n, seed_pair, temperature,
+                               None if greedy else top_k, None if greedy else top_p,
+                               greedy, d["eos_id"], None).token_ids
+
+        def decode_batch():
+            return tf.cond(sample, lambda: decode(False), lambda: decode(True))
+
+        # decode_loop cannot stack zero rows, so an empty request is answered here.
+        token_ids = tf.cond(tf.shape(prompt_ids)[0] > 0, decode_batch,
+                            lambda: tf.zeros([0, n], tf.int32))         # [B, N]
+        return {"completions": self.ids_to_text(token_ids), "token_ids": token_ids}
+
+    def _log_probs(self, prompts, completions):
+        prompt_ids = self.prompt_to_ids(prompts)                        # [B, P]
+        with_bos = self.text_to_ids(completions)                        # [B, C] left-padded
+        tokens = tf.ragged.boolean_mask(with_bos, with_bos > Tokenizer.bos_id)
+        if self._defaults["eos_id"] is not None:
+            eos = tf.fill([tf.shape(with_bos)[0], 1], self._defaults["eos_id"])
+            tokens = tf.concat([tokens, eos], axis=1)
+        token_ids = tokens.to_tensor(0)                                 # [B, N] right-padded
+        mask = tf.cast(token_ids != 0, tf.float32)
+        sequence = tf.concat([prompt_ids, token_ids], axis=1)           # [B, P + N]
+        padding_mask = sequence != 0
+        if self._max_length is not None:
+            tf.debugging.assert_less_equal(
+                tf.reduce_max(tf.reduce_sum(tf.cast(padding_mask, tf.int32), axis=1)),
+                self._max_length,
+                message="prompt + completion is longer than the model's max_length")
+        logits = self.policy(sequence, padding_mask=padding_mask)       # [B, P + N, V]
+        prompt_length = tf.shape(prompt_ids)[1]
+        step_logits = logits[:, prompt_length - 1:-1]                   # [B, N, V]
+        return {"log_probs": token_log_probs(step_logits, token_ids, mask=mask),
+                "mask": mask, "token_ids": token_ids}
+
+
+def export_saved_model(policy, tokenizer, path, max_new_tokens=32, sampler="greedy",
+                       temperature=1.0, top_k=None, top_p=None, eos_id=2,
+                       max_prompt_length=None, metadata=None):
+    """Exports `policy` and `tokenizer` as a string-in, string-out SavedModel.
+
+    Args:
+        policy: a `PolicyNetwork`.
+        tokenizer: the `Tokenizer` the policy was trained with.
+        path: target directory. It is replaced atomically if it holds a previous
+            tfpg export; any other non-empty directory is refused.
+        max_new_tokens, sampler, temperature, top_k, top_p, eos_id: generation
+            defaults of the `generate` signature (see `tfpg.generate`).
+        max_prompt_length: longer prompts keep their last tokens (BOS stays). For a
+            Transformer the default is `policy.max_length - max_new_tokens`.
+        metadata: JSON-serialisable dict stored in `tfpg_export.json`.
+
+    Returns:
+        `path`.
+
+    Example:
+    >>> tfpg.export_saved_model(policy, tok, "saved_models/run", max_new_tokens=16)
+    'saved_models/run'
+    """
+    _, top_k, top_p = resolve_sampler(sampler, temperature, top_k, top_p)
+    if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    vocab_size = getattr(policy, "vocab_size", None)
+    if vocab_size is not None and vocab_size < tokenizer.vocabulary_size:
+        raise ValueError(f"the policy has vocab_size={vocab_size} but the tokenizer has "
+                         f"{tokenizer.vocabulary_size} tokens; export the tokenizer the "
+                         "policy was trained with")
+    if policy_is_positional(policy) and max_prompt_length is None:
+        max_prompt_length = policy.max_length - max_new_tokens
+        if max_prompt_length < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a "
+                             f"prompt in the model's max_length={policy.max_length}")
+    defaults = {"max_new_tokens": int(max_new_tokens), "sampler": sampler,
+                "temperature": float(temperature),
+                "top_k": None if top_k is None else int(top_k),
+                "top_p": None if top_p is None else float(top_p),
+                "eos_id": None if eos_id is None else int(eos_id)}
+    path = _normalize(path)
+    recover(path)
+    _check_replaceable(path)
+    if not policy.built:
+        policy.build()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + TMP_SUFFIX + secrets.token_hex(4)
+    try:
+        _write_saved_model(policy, tokenizer, defaults, max_prompt_length, tmp)
+        tokenizer.save(os.path.join(tmp, TOKENIZER_FILE))
+        # Written last: its presence marks the directory as a complete export.
+        _write_json(os.path.join(tmp, METADATA_FILE), {
+            "format": FORMAT, "version": FORMAT_VERSION, "tfpg_version": __version__,
+            "vocabulary_size": tokenizer.vocabulary_size,
+            "max_prompt_length": max_prompt_length,
+            "generation": defaults, "metadata": metadata or {}})
+        _move_into_place(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _write_saved_model(policy, tokenizer, defaults, max_prompt_length, directory):
+    """Traces the serving functions and saves them to `directory` (the slow step)."""
+    module = _ExportModule(policy, tokenizer, defaults, max_prompt_length)
+    signatures = {"generate": module.generate.get_concrete_function(),
+                  "serving_default": module.generate.get_concrete_function(),
+                  "generate_with_options": module.generate_with_options.get_concrete_function(),
+                  "log_probs": module.log_probs.get_concrete_function()}
+    module.track_variables(signatures.values())
+    tf.saved_model.save(module, directory, signatures=signatures)
+
+
+def recover(path):
+    """Repairs what an interrupted export left at `path`.
+
+    Restores `path` from `PATH.tfpg-backup` when only the backup exists, deletes a
+    backup whose replacement is in place, and removes stale `PATH.tmp-*` folders.
+    Returns True when a backup was restored.
+    """
+    path = _normalize(path)
+    backup = path + BACKUP_SUFFIX
+    restored = False
+    if os.path.isdir(backup):
+        if os.path.exists(path):
+            # The new export was renamed into place before the crash: it is complete.
+            shutil.rmtree(backup)
+        else:
+            os.rename(backup, path)
+            restored = True
+    for stale in glob.glob(glob.escape(path) + TMP_SUFFIX + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return restored
+
+
+def _normalize(path):
+    # normpath drops a trailing "/", which would otherwise put "PATH/.tfpg-backup"
+    # inside the export instead of beside it.
+    return os.path.normpath(os.fspath(path))
+
+
+def _check_replaceable(path):
+    if not os.path.exists(path):
+        return
+    if not os.path.isdir(path):
+        raise ValueError(f"{path}: exists and is not a directory; refusing to replace it "
+                         "with a SavedModel")
+    if os.listdir(path) and not os.path.isfile(os.path.join(path, METADATA_FILE)):
+        raise ValueError(f"{path}: is a non-empty directory that is not a tfpg export; "
+                         "refusing to replace it (choose another path or empty it)")
+
+
+def _move_into_place(tmp, path):
+    backup = path + BACKUP_SUFFIX
+    if os.path.exists(path):
+        os.rename(path, backup)
+    os.rename(tmp, path)
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def _write_json(path, payload):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=1, ensure_ascii=False)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _read_export_info(path):
+    """Returns the parsed `tfpg_export.json` of `path` or raises a one-line error."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such directory (expected a tfpg SavedModel)")
+    if os.path.isfile(path):
+        if zipfile.is_zipfile(path) or path.endswith((".keras", ".h5")):
+            raise ValueError(f"{path}: is a Keras model file, not a tfpg SavedModel; "
+                             "export it with tfpg.export_saved_model (or `tfpg export`)")
+        raise ValueError(f"{path}: is a file, not a tfpg SavedModel directory")
+    if not os.listdir(path):
+        raise ValueError(f"{path}: is an empty directory, not a tfpg SavedModel")
+    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+        raise ValueError(f"{path}: is not a SavedModel (no saved_model.pb)")
+    info_path = os.path.join(path, METADATA_FILE)
+    if not os.path.isfile(info_path):
+        raise ValueError(f"{path}: is a SavedModel but not a complete tfpg export "
+                         f"(no {METADATA_FILE})")
+    try:
+        with open(info_path, encoding="utf-8") as f:
+            info = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{info_path}: invalid JSON ({str(e).splitlines()[0]})") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise ValueError(f"{info_path}: not a tfpg export marker "
+                         f"(missing \"format\": \"{FORMAT}\")")
+    if info.get("version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: unsupported tfpg export version {info.get('version')!r} "
+                         f"(this tfpg reads version {FORMAT_VERSION})")
+    return info
+
+
+def read_export_info(path):
+    """The `tfpg_export.json` contents of the export at `path` (a dict).
+
+    Raises the same one-line errors as `load` for anything that is not a tfpg export.
+    """
+    return _read_export_info(_normalize(path))
+
+
+def load(path):
+    """Loads a directory written by `export_saved_model` as a `GeneratorModel`.
+
+    Raises FileNotFoundError (missing path) or ValueError (anything else that is not
+    a complete tfpg export: a file, an empty or foreign directory, a half-written or
+    corrupt SavedModel) with one line naming the path and the problem.
+
+    >>> gen = tfpg.load("saved_models/run")
+    >>> gen.generate(["3 + 4 ="])
+    ['7']
+    """
+    path = _normalize(path)
+    recover(path)
+    info = _read_export_info(path)
+    tokenizer = Tokenizer.load(os.path.join(path, TOKENIZER_FILE))
+    try:
+        loaded = tf.saved_model.load(path)
+    except Exception as e:  # TF raises many types for corrupt files; report any as one line
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{path}: cannot load the SavedModel ({first_line})") from None
+    missing = [name for name in SIGNATURES if name not in loaded.signatures]
+    if missing:
+        raise ValueError(f"{path}: tfpg export is missing signatures {missing}")
+    return GeneratorModel(path, loaded, tokenizer, info)
+
+
+def _as_string_list(texts, what):
+    if isinstance(texts, (str, bytes)):
+        raise TypeError(f"{what} must be a list of strings, not a single string")
+    texts = list(texts)
+    for text in texts:
+        if not isinstance(text, (str, bytes)):
+            raise TypeError(f"{what} must hold strings, got {type(text).__name__}")
+    return texts
+
+
+class GeneratorModel:
+    """A loaded tfpg export: prompt strings in, completion strings out.
+
+    Attributes:
+        path: the export directory.
+        tokenizer: its `Tokenizer`.
+        generation_defaults: the defaults chosen at export time (dict).
+        metadata: the `metadata` dict given at export time.
+        signatures: the SavedModel's signature functions (`generate`,
+            `generate_with_options`, `log_probs`, `serving_default`).
+
+    Example:
+    >>> gen = tfpg.load("saved_models/run")
+    >>> gen.generate(["3 + 4 =", "2 + 2 ="], max_new_tokens=4)
+    ['7', '4']
+    >>> gen.score(["3 + 4 ="], ["7"])         # log p("7" <eos> | "3 + 4 =")
+    [-0.0312]
+    """
+
+    def __init__(self, path, loaded, tokenizer, info):
+        self.path = path
+        self.tokenizer = tokenizer
+        self.generation_defaults = dict(info["generation"])
+        self.metadata = dict(info.get("metadata") or {})
+        self._loaded = loaded
+        self.signatures = loaded.signatures
+
+    def generate(self, prompts, max_new_tokens=None, temperature=None, top_k=None,
+                 top_p=None, seed=None):
+        """Completes each prompt; returns list[str] in the order of `prompts`.
+
+        Options left as None take the export defaults; giving `temperature`,
+        `top_k`, `top_p` or `seed` samples instead of decoding greedily (an int
+        `seed` makes the sample reproducible).
+        """
+        prompts = _as_string_list(prompts, "prompts")
+        options = (max_new_tokens, temperature, top_k, top_p, seed)
+        if all(option is None for option in options):
+            out = self.signatures["generate"](prompts=tf.constant(prompts, tf.string))
+        else:
+            if max_new_tokens is not None and max_new_tokens < 1:
+                raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+            resolve_sampler("sample", 1.0 if temperature is None else temperature,
+                            top_k, top_p)
+            if seed is not None and seed < 0:
+                raise ValueError(f"seed must be >= 0, got {seed}")
+            out = self.signatures["generate_with_options"](
+                prompts=tf.constant(prompts, tf.string),
+                max_new_tokens=tf.constant(max_new_tokens or 0, tf.int32),
+                temperature=tf.constant(temperature or 0.0, tf.float32),
+                top_k=tf.constant(top_k or 0, tf.int32),
+                top_p=tf.constant(top_p or 0.0, tf.float32),
+                seed=tf.constant(-1 if seed is None else seed, tf.int64))
+        return [text.decode("utf-8") for text in out["completions"].numpy().tolist()]
+
+    def log_probs(self, prompts, completions):
+        """Per-token log-probs of each completion (EOS included) given its prompt.
+
+        Returns a list of float32 arrays, one per completion, of length
+        `len(tokenizer.encode(completion, add_bos=False)) + 1`.
+        """
+        prompts = _as_string_list(prompts, "prompts")
+        completions = _as_string_list(completions, "completions")
+        if len(prompts) != len(completions):
+            raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
+        out = self.signatures["log_probs"](prompts=tf.constant(prompts, tf.string),
+                                           completions=tf.constant(completions, tf.string))
+        log_probs, mask = out["log_probs"].numpy(), out["mask"].numpy()
+        return [row[m > 0] for row, m in zip(log_probs, mask)]
+
+    def score(self, prompts, completions):
+        """Sum of the completion's token log-probs given the prompt: list[float]."""
+        return [float(np.sum(row)) for row in self.log_probs(prompts, completions)]
+
+    def __repr__(self):
+        return (f"GeneratorModel(path={self.path!r}, "
+                f"vocabulary_size={self.tokenizer.vocabulary_size})")
