@@ -1,0 +1,570 @@
+"""Keras callbacks for policy-gradient runs: reward logs, sample tables, SavedModel exports.
+
+* `RewardLogger` writes the trainer's `fit` logs (reward, reward_std, kl, entropy, ...)
+  to a CSV file and to TensorBoard scalars, plus histograms of the last rollout's
+  rewards and advantages.
+* `SampleLogger` completes a fixed list of prompts every N epochs (or steps) and
+  writes prompt | completion | reward | reference tables to TensorBoard (text
+  plugin) and to markdown / JSONL files.
+* `SavedModelExport` exports the policy with `tfpg.export_saved_model` at epoch end,
+  atomically, optionally only when a monitored log improves.
+
+They work with any `keras.Model` trainer that has a `policy` attribute (the
+`tfpg.algorithms` trainers) and read optional trainer attributes when present
+(`last_rollout`, `reward_fn`, `max_new_tokens`, `temperature`, `eos_id`, ...).
+Under a multi-worker strategy only the chief writes files.
+
+Example:
+>>> agent.fit(dataset, epochs=5, callbacks=[
+...     tfpg.callbacks.RewardLogger(csv_path="logs/run/rewards.csv", logdir="logs/run"),
+...     tfpg.callbacks.SampleLogger("logs/run", tokenizer=tok, prompts=["3 + 4 ="]),
+...     tfpg.callbacks.SavedModelExport("saved_models/run", tokenizer=tok)])
+"""
+
+import collections.abc
+import csv
+import io
+import json
+import math
+import os
+import warnings
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfpg.export import export_saved_model, read_export_info, recover
+from tfpg.generation import generate
+
+__all__ = ["RewardLogger", "SampleLogger", "SavedModelExport"]
+
+
+def _is_chief(model):
+    """False on the non-chief workers of a multi-worker strategy (they must not write)."""
+    strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def _numpy(value):
+    return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+
+
+def _scalars(logs):
+    """The numeric scalar entries of a Keras logs dict, as Python floats, in order."""
+    scalars = {}
+    for name, value in (logs or {}).items():
+        try:
+            array = _numpy(value)
+        except (TypeError, ValueError):
+            continue
+        if array.size == 1 and array.dtype.kind in "biuf":
+            scalars[name] = float(array.reshape(()))
+    return scalars
+
+
+def _policy_of(model):
+    """The `PolicyNetwork` a trainer holds (or the model itself when it is the policy)."""
+    policy = getattr(model, "policy", None)
+    return model if policy is None else policy
+
+
+def _left_pad(rows):
+    """list of id lists -> int32 [B, P], left-padded with 0 (how prompts are batched)."""
+    width = max(len(row) for row in rows)
+    array = np.zeros([len(rows), width], np.int32)
+    for i, row in enumerate(rows):
+        array[i, width - len(row):] = row
+    return array
+
+
+def _right_pad(rows):
+    """list of id lists -> int32 [B, R], right-padded with 0 (how references are batched)."""
+    array = np.zeros([len(rows), max([1] + [len(row) for row in rows])], np.int32)
+    for i, row in enumerate(rows):
+        array[i, :len(row)] = row
+    return array
+
+
+class _CsvLog:
+    """A CSV file that grows one complete line per `append`.
+
+    Each row is written with a single `write` of a whole line, so an interrupted
+    process leaves at most one partial last line, which the next `_CsvLog` on the file
+    drops. A row with new columns rewrites the file (temp file + rename) with the
+    wider header.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self.fields, self.rows = None, []
+        if os.path.isfile(path):
+            with open(path, newline="", encoding="utf-8") as f:
+                text = f.read()
+            if not text.endswith("\n"):
+                text = text[:text.rfind("\n") + 1]
+            reader = csv.DictReader(io.StringIO(text))
+            self.rows = list(reader)
+            self.fields = reader.fieldnames
+        if self.fields is None:
+            self.fields = []
+            self._rewrite()
+
+    def drop_rows(self, keep):
+        """Keeps only the rows (dicts of strings) for which `keep(row)` is true."""
+        kept = [row for row in self.rows if keep(row)]
+        if len(kept) != len(self.rows):
+            self.rows = kept
+            self._rewrite()
+
+    def append(self, row):
+        new_fields = [name for name in row if name not in self.fields]
+        row = {name: "" if value is None else str(value) for name, value in row.items()}
+        self.rows.append(row)
+        if new_fields:
+            self.fields = self.fields + new_fields
+            self._rewrite()
+            return
+        with open(self.path, "a", newline="", encoding="utf-8") as f:
+            f.write(self._format([row]))
+
+    def _format(self, rows, header=False):
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, self.fields, lineterminator="\n")
+        if header:
+            writer.writeheader()
+        writer.writerows(rows)
+        return buffer.getvalue()
+
+    def _rewrite(self):
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            if self.fields:
+                f.write(self._format(self.rows, header=True))
+        os.replace(tmp, self.path)
+
+
+class RewardLogger(keras.callbacks.Callback):
+    """Logs reward statistics from the `fit` logs to CSV and TensorBoard.
+
+    Every numeric scalar in the logs is recorded under its own name: the trainers'
+    `reward`, `reward_std`, `reward_min`, `reward_max`, `kl`, `entropy`,
+    `completion_length`, `truncated_fraction`, `reward/<component>`, losses, and
+    `val_*` entries at epoch end.
+
+    * CSV (`csv_path`): columns `kind` ("epoch" or "batch"), `epoch`, `step`, then one
+      column per log name. Rows are appended as they come. When training starts again
+      at epoch k (a resumed run, or a fresh run at 0), rows of epochs >= k are first
+      dropped, so the file never holds two versions of an epoch.
+    * TensorBoard (`logdir`): the run `logdir/rewards` gets one scalar per log name at
+      each epoch end (step = epoch index, as keras.callbacks.TensorBoard), and
+      `batch/<name>` at the global batch step when `update_freq` asks for batches.
+      Keras reports batch logs as running means since the start of the epoch (the
+      trainers' metrics are `keras.metrics.Mean`), so batch rows are those means.
+    * Histograms, every `histogram_freq` epochs (0 disables), from the trainer's
+      last rollout under the protocol below; skipped silently when the trainer does
+      not follow it.
+
+    Rollout protocol: a trainer may expose `last_rollout`, a mapping (of
+    `tf.Variable`s, tensors or arrays) updated by each `train_step` with
+
+    * "scores": float [B], the rewards of the last rollout -> histogram `rewards`;
+    * "advantages": float [B, N] per token (or [B] per sequence) -> histogram
+      `advantages`, restricted to real tokens when
+    * "completion_mask": float [B, N] (1 = real completion token) is present;
+    * "prompt_ids" (optional): int [B, P], used by `SampleLogger` for default prompts.
+
+    Args:
+        csv_path: CSV file to write, or None.
+        logdir: TensorBoard log directory, or None.
+        histogram_freq: epochs between histograms; 0 disables them.
+        update_freq: "epoch", "batch", or an int N (every N batches) for batch rows.
+
+    Example:
+    >>> logger = RewardLogger(csv_path="logs/run/rewards.csv", logdir="logs/run")
+    >>> agent.fit(dataset, epochs=3, callbacks=[logger])
+    >>> logger.history[-1]["reward"]
+    0.61
+    """
+
+    def __init__(self, csv_path=None, logdir=None, histogram_freq=1, update_freq="epoch"):
+        super().__init__()
+        if update_freq not in ("epoch", "batch") and not (
+                isinstance(update_freq, int) and update_freq >= 1):
+            raise ValueError(f"update_freq must be 'epoch', 'batch' or a positive int, "
+                             f"got {update_freq!r}")
+        if not isinstance(histogram_freq, int) or histogram_freq < 0:
+            raise ValueError(f"histogram_freq must be an int >= 0, got {histogram_freq!r}")
+        self.csv_path = None if csv_path is None else os.fspath(csv_path)
+        self.logdir = None if logdir is None else os.fspath(logdir)
+        self.histogram_freq = histogram_freq
+        self.update_freq = 1 if update_freq == "batch" else update_freq
+        self.history = []  # the rows written, as dicts, also when nothing goes to disk
+        self._writer = None
+        self._csv = None
+        self._epoch = 0
+        self._step = 0
+        self._first_epoch = True
+
+    def on_train_begin(self, logs=None):
+        self._first_epoch = True
+        if not _is_chief(self.model):
+            return
+        if self.logdir is not None and self._writer is None:
+            self._writer = tf.summary.create_file_writer(os.path.join(self.logdir, "rewards"))
+        if self.csv_path is not None:
+            self._csv = _CsvLog(self.csv_path)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        if self._first_epoch and self._csv is not None:
+            self._csv.drop_rows(lambda row: _int_or_none(row.get("epoch")) is not None
+                                and int(row["epoch"]) < epoch)
+        self._first_epoch = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
+        if self.update_freq != "epoch" and self._step % self.update_freq == 0:
+            self._record("batch", logs, self._step, prefix="batch/")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._record("epoch", logs, epoch, prefix="")
+        if self.histogram_freq and epoch % self.histogram_freq == 0:
+            self._log_histograms(epoch)
+        if self._writer is not None:
+            self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.flush()
+
+    def _record(self, kind, logs, tb_step, prefix):
+        scalars = _scalars(logs)
+        row = {"kind": kind, "epoch": self._epoch, "step": self._step, **scalars}
+        self.history.append(row)
+        if self._csv is not None:
+            self._csv.append(row)
+        if self._writer is not None:
+            with self._writer.as_default():
+                for name, value in scalars.items():
+                    tf.summary.scalar(prefix + name, value, step=tb_step)
+
+    def _log_histograms(self, epoch):
+        rollout = getattr(self.model, "last_rollout", None)
+        if self._writer is None or not isinstance(rollout, collections.abc.Mapping):
+            return
+        with self._writer.as_default():
+            if rollout.get("scores") is not None:
+                tf.summary.histogram("rewards", _numpy(rollout["scores"]).reshape(-1),
+                                     step=epoch)
+            if rollout.get("advantages") is not None:
+                advantages = _numpy(rollout["advantages"])
+                mask = rollout.get("completion_mask")
+                if mask is not None and _numpy(mask).shape == advantages.shape:
+                    advantages = advantages[_numpy(mask) > 0]
+                tf.summary.histogram("advantages", advantages.reshape(-1), step=epoch)
+
+
+def _int_or_none(text):
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _markdown_cell(value):
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    # Pipes would split the cell and newlines the row.
+    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", "<br>")
+
+
+class SampleLogger(keras.callbacks.Callback):
+    """Completes fixed evaluation prompts during training and logs the results.
+
+    Every `every_n_epochs` epochs (or, when `every_n_steps` is given, every that
+    many batches instead) it generates completions with `model.policy` (or the model
+    itself when it is a `PolicyNetwork`) via `tfpg.generate`, scores them with the
+    reward, and writes a markdown table prompt | completion | reward | reference:
+
+    * TensorBoard text summary `samples` in the run `logdir/samples` (step = epoch
+      index, or the global batch step when triggered by steps);
+    * `logdir/samples/epoch_0001.md` (after the first epoch) or `step_00000100.md`;
+    * one JSON line per sample appended to `logdir/samples/samples.jsonl`.
+
+    Args:
+        logdir: TensorBoard log directory.
+        tokenizer: the `Tokenizer` of the policy.
+        prompts: evaluation prompt strings. None takes up to 4 distinct prompts of
+            the first rollout (`model.last_rollout["prompt_ids"]`, see `RewardLogger`)
+            and keeps them; without one, the empty prompt (samples from BOS).
+        references: reference strings, one per prompt (shown in the table and passed
+            to the reward as `batch["reference"]`, encoded without BOS and
+            right-padded with 0).
+        every_n_steps: log every N training batches instead of every N epochs.
+        every_n_epochs: log every N epochs.
+        max_new_tokens: completion length; default the trainer's `max_new_tokens`
+            (else 32).
+        sampler: "greedy" (default, comparable across epochs) or a sampler of
+            `tfpg.generate`; sampling uses the trainer's `temperature`, `top_k` and
+            `top_p` and the fixed `seed`.
+        reward_fn: `reward_fn(prompt_ids, completion_ids, completion_mask, batch)`;
+            default the trainer's `reward_fn`. A reward that fails here (e.g. it
+            needs dataset columns this callback cannot supply) is reported in a
+            warning once and the reward column is left empty.
+        seed: sampling seed.
+
+    Example:
+    >>> SampleLogger("logs/run", tokenizer=tok, prompts=["3 + 4 =", "2 + 5 ="],
+    ...              references=["7", "7"], every_n_epochs=1)
+    """
+
+    def __init__(self, logdir, tokenizer, prompts=None, references=None, every_n_steps=None,
+                 every_n_epochs=1, max_new_tokens=None, sampler="greedy", reward_fn=None,
+                 seed=0):
+        super().__init__()
+        if isinstance(prompts, str) or isinstance(references, str):
+            raise TypeError("prompts and references must be lists of strings")
+        if references is not None and prompts is None:
+            raise ValueError("references need prompts (one reference per prompt)")
+        if references is not None and len(references) != len(prompts):
+            raise ValueError(f"got {len(prompts)} prompts but {len(references)} references")
+        if prompts is not None and not prompts:
+            raise ValueError("prompts is empty")
+        for name, value in (("every_n_steps", every_n_steps),
+                            ("every_n_epochs", every_n_epochs)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+        self.logdir = os.fspath(logdir)
+        self.tokenizer = tokenizer
+        self.prompts = None if prompts is None else list(prompts)
+        self.references = None if references is None else list(references)
+        self.every_n_steps = every_n_steps
+        self.every_n_epochs = every_n_epochs
+        self.max_new_tokens = max_new_tokens
+        self.sampler = sampler
+        self.reward_fn = reward_fn
+        self.seed = seed
+        self._prompt_ids = None if prompts is None else tokenizer.encode(self.prompts)
+        self._step = 0
+        self._writer = None
+        self._reward_warned = False
+
+    @property
+    def sample_dir(self):
+        """Where the markdown and JSONL files go: `logdir/samples`."""
+        return os.path.join(self.logdir, "samples")
+
+    def on_train_begin(self, logs=None):
+        if _is_chief(self.model) and self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.sample_dir)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
+        if self.every_n_steps and self._step % self.every_n_steps == 0:
+            self.log_samples(tb_step=self._step, name=f"step_{self._step:08d}",
+                             title=f"step {self._step}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (not self.every_n_steps and self.every_n_epochs
+                and (epoch + 1) % self.every_n_epochs == 0):
+            self.log_samples(tb_step=epoch, name=f"epoch_{epoch + 1:04d}",
+                             title=f"epoch {epoch + 1} (step {self._step})", epoch=epoch + 1)
+
+    def log_samples(self, tb_step, name, title, epoch=None):
+        """Generates, scores and writes one table; returns the sample records."""
+        if self._writer is None:
+            return []
+        records = self._samples()
+        for record in records:
+            record.update(epoch=epoch, step=self._step)
+        table = self._markdown(title, records)
+        os.makedirs(self.sample_dir, exist_ok=True)
+        with open(os.path.join(self.sample_dir, name + ".md"), "w", encoding="utf-8") as f:
+            f.write(table)
+        with open(os.path.join(self.sample_dir, "samples.jsonl"), "a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        with self._writer.as_default():
+            tf.summary.text("samples", table, step=tb_step)
+        self._writer.flush()
+        return records
+
+    def _default_prompt_ids(self):
+        rollout = getattr(self.model, "last_rollout", None)
+        if isinstance(rollout, collections.abc.Mapping) and rollout.get("prompt_ids") is not None:
+            rows = []
+            for row in _numpy(rollout["prompt_ids"]).tolist():
+                row = [i for i in row if i != 0]
+                if row and row not in rows:
+                    rows.append(row)
+                if len(rows) == 4:
+                    break
+            if rows:
+                return rows
+        return [self.tokenizer.encode("")]
+
+    def _samples(self):
+        model = self.model
+        if self._prompt_ids is None:
+            self._prompt_ids = self._default_prompt_ids()
+        prompt_ids = tf.constant(_left_pad(self._prompt_ids))
+        sampling = {} if self.sampler == "greedy" else {
+            "temperature": getattr(model, "temperature", 1.0),
+            "top_k": getattr(model, "top_k", None), "top_p": getattr(model, "top_p", None)}
+        out = generate(_policy_of(model), prompt_ids,
+                       max_new_tokens=self.max_new_tokens or getattr(model, "max_new_tokens", 32),
+                       sampler=self.sampler,
+                       eos_id=getattr(model, "eos_id", self.tokenizer.eos_id),
+                       seed=self.seed, suppress_ids=getattr(model, "suppress_ids", None),
+                       **sampling)
+        rewards = self._rewards(prompt_ids, out)
+        completions = self.tokenizer.decode(out.token_ids.numpy())
+        prompts = self.prompts or self.tokenizer.decode(self._prompt_ids)
+        return [{"prompt": prompts[i], "completion": completions[i],
+                 "reward": None if rewards is None else float(rewards[i]),
+                 "reference": None if self.references is None else self.references[i]}
+                for i in range(len(prompts))]
+
+    def _rewards(self, prompt_ids, out):
+        reward_fn = self.reward_fn or getattr(self.model, "reward_fn", None)
+        if reward_fn is None:
+            return None
+        batch = {"prompt": prompt_ids}
+        if self.references is not None:
+            batch["reference"] = tf.constant(_right_pad(
+                self.tokenizer.encode(self.references, add_bos=False)))
+        try:
+            rewards = _numpy(reward_fn(prompt_ids, out.token_ids, out.mask, batch))
+            return rewards.reshape(len(self._prompt_ids))
+        except Exception as e:  # a logging callback must not end the training run
+            if not self._reward_warned:
+                warnings.warn(f"SampleLogger: the reward failed on the evaluation prompts, "
+                              f"logging samples without rewards ({type(e).__name__}: {e})")
+                self._reward_warned = True
+            return None
+
+    def _markdown(self, title, records):
+        columns = ["prompt", "completion"]
+        if any(r["reward"] is not None for r in records):
+            columns.append("reward")
+        if self.references is not None:
+            columns.append("reference")
+        lines = [f"**{title}**", "", "| " + " | ".join(columns) + " |",
+                 "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(_markdown_cell(r[c]) for c in columns) + " |"
+                  for r in records]
+        return "\n".join(lines) + "\n"
+
+
+_GENERATION_OPTIONS = ("max_new_tokens", "sampler", "temperature", "top_k", "top_p",
+                       "eos_id", "max_prompt_length")
+
+
+class SavedModelExport(keras.callbacks.Callback):
+    """Exports the trainer's policy as a SavedModel (`tfpg.export_saved_model`) at epoch end.
+
+    Every `every_n_epochs` epochs the policy is exported to `path`, atomically: the
+    new export is written beside `path` and renamed into place, so an interrupted
+    export never replaces a good one (a stranded backup is restored at train begin).
+
+    With `save_best_only`, an export happens only when the log `monitor` improves
+    (`mode` "max" or "min") on the best value so far. The monitored value is stored
+    in the export's `tfpg_export.json` metadata, so a resumed run compares against
+    the export already on disk.
+
+    Args:
+        path: export directory.
+        tokenizer: the policy's `Tokenizer` (its vocabulary goes into the graph).
+        every_n_epochs: epochs between exports.
+        monitor: log name to compare with `save_best_only`.
+        mode: "max" or "min".
+        save_best_only: export only on improvement.
+        **generation_defaults: `max_new_tokens`, `sampler`, `temperature`, `top_k`,
+            `top_p`, `eos_id`, `max_prompt_length` of `export_saved_model`;
+            `max_new_tokens` and `eos_id` default to the trainer's.
+
+    Example:
+    >>> SavedModelExport("saved_models/run", tokenizer=tok, save_best_only=True,
+    ...                  monitor="reward", mode="max")
+    """
+
+    def __init__(self, path, tokenizer, every_n_epochs=1, monitor="reward", mode="max",
+                 save_best_only=False, **generation_defaults):
+        super().__init__()
+        unknown = sorted(set(generation_defaults) - set(_GENERATION_OPTIONS))
+        if unknown:
+            raise TypeError(f"SavedModelExport got unknown options {unknown}; "
+                            f"generation options are {list(_GENERATION_OPTIONS)}")
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be a positive int, got {every_n_epochs!r}")
+        self.path = os.fspath(path)
+        self.tokenizer = tokenizer
+        self.every_n_epochs = every_n_epochs
+        self.monitor = monitor
+        self.mode = mode
+        self.save_best_only = save_best_only
+        self.generation_defaults = generation_defaults
+        self.best = None
+        self._missing_warned = False
+
+    def on_train_begin(self, logs=None):
+        if not _is_chief(self.model):
+            return
+        recover(self.path)
+        if self.save_best_only and self.best is None:
+            self.best = self._best_on_disk()
+
+    def _best_on_disk(self):
+        try:
+            metadata = read_export_info(self.path).get("metadata") or {}
+        except (OSError, ValueError):
+            return None
+        if metadata.get("monitor") == self.monitor and metadata.get("mode") == self.mode:
+            return metadata.get("monitor_value")
+        return None
+
+    def _improves(self, value):
+        if value is None or math.isnan(value):
+            return False
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not _is_chief(self.model) or (epoch + 1) % self.every_n_epochs:
+            return
+        scalars = _scalars(logs)
+        value = scalars.get(self.monitor)
+        if self.save_best_only:
+            if value is None:
+                if not self._missing_warned:
+                    warnings.warn(f"SavedModelExport: monitor {self.monitor!r} is not in the "
+                                  f"logs ({sorted(scalars)}); nothing is exported")
+                    self._missing_warned = True
+                return
+            if not self._improves(value):
+                return
+            self.best = value
+        self.export(epoch, scalars)
+
+    def export(self, epoch, logs):
+        """Exports now; `epoch` (0-based) and `logs` go into the export's metadata."""
+        options = dict(self.generation_defaults)
+        for name in ("max_new_tokens", "eos_id"):
+            if name not in options and hasattr(self.model, name):
+                options[name] = getattr(self.model, name)
+        metadata = {"epoch": epoch + 1, "monitor": self.monitor, "mode": self.mode,
+                    "monitor_value": logs.get(self.monitor), "logs": logs}
+        return export_saved_model(_policy_of(self.model), self.tokenizer, self.path,
+                                  metadata=metadata, **options)
