@@ -377,6 +377,9 @@ class PolicyGradientTrainer(keras.Model):
         return total, gradients, {name: cross_replica_sum(value) for name, value in logs.items()}
 
     def _apply(self, gradients):
+        # Dense: the global norm of IndexedSlices (embedding gradients) counts
+        # repeated ids separately, which is not the norm of the gradient.
+        gradients = [tf.convert_to_tensor(g) if g is not None else None for g in gradients]
         replicas = _num_replicas()
         if replicas > 1:
             # Clip the global gradient, not each replica's share: all-reduce first,
@@ -388,30 +391,45 @@ class PolicyGradientTrainer(keras.Model):
             gradients = [g / replicas if g is not None else None for g in gradients]
         self.optimizer.apply(gradients, self.trainable_variables)
 
-    def _minibatches(self, rollout, epoch, seed):
-        size = tf.shape(rollout["completion_ids"])[0]
-        if self.num_minibatches == 1:
-            yield rollout
+    def _update_step(self, minibatch):
+        total, gradients, logs = self.loss_and_gradients(minibatch)
+        total = tf.debugging.check_numerics(
+            total, f"{type(self).__name__}: the loss is not finite")
+        with tf.control_dependencies([total]):
+            self._apply(gradients)
+        self._record(logs)
+
+    def update(self, rollout):
+        """`num_epochs` x `num_minibatches` gradient steps over one rollout.
+
+        A `tf.while_loop` rather than a Python loop, so the graph holds one copy of
+        the update however many steps there are (tracing stays fast).
+        """
+        steps = self.num_epochs * self.num_minibatches
+        if steps == 1:
+            self._update_step(rollout)
             return
-        order = tf.random.experimental.stateless_shuffle(
-            tf.range(size), tf.random.experimental.stateless_fold_in(seed, epoch))
+        size = tf.shape(rollout["completion_ids"])[0]
         per_minibatch = (size + self.num_minibatches - 1) // self.num_minibatches
-        for index in range(self.num_minibatches):
-            rows = order[index * per_minibatch:(index + 1) * per_minibatch]
-            yield {key: tf.gather(value, rows) for key, value in rollout.items()}
+        seed = self._sampling_seed()
+        orders = tf.stack([                                             # [epochs, B]
+            tf.random.experimental.stateless_shuffle(
+                tf.range(size), tf.random.experimental.stateless_fold_in(seed, epoch))
+            for epoch in range(self.num_epochs)])
+
+        def body(step):
+            epoch, index = step // self.num_minibatches, step % self.num_minibatches
+            rows = orders[epoch][index * per_minibatch:(index + 1) * per_minibatch]
+            self._update_step({key: tf.gather(value, rows) for key, value in rollout.items()})
+            return step + 1
+
+        tf.while_loop(lambda step: step < steps, body, [tf.constant(0)])
 
     def train_step(self, data):
         batch = data if isinstance(data, dict) else {"prompt": data}
         rollout, batch = self.collect_rollout(batch)
         rollout.update(self.compute_advantages(rollout, batch))
-        seed = self._sampling_seed()
-        for epoch in range(self.num_epochs):
-            for minibatch in self._minibatches(rollout, epoch, seed):
-                total, gradients, logs = self.loss_and_gradients(minibatch)
-                tf.debugging.check_numerics(
-                    total, f"{type(self).__name__}: the loss is not finite")
-                self._apply(gradients)
-                self._record(logs)
+        self.update(rollout)
         return {tracker.name: tracker.result() for tracker in self.metrics}
 
     def gradients(self, batch):

@@ -1,0 +1,171 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+import tfpg
+from tfpg.algorithms import ALGORITHMS, GRPO, PPO, REINFORCE, RLOO
+from tfpg.testing import exact_policy_gradient
+
+VOCAB = 8
+
+
+def count_fives(prompt_ids, completion_ids, completion_mask, batch):
+    """Toy reward: the fraction of real completion tokens that are id 5."""
+    hits = tf.cast(tf.equal(completion_ids, 5), tf.float32) * completion_mask
+    return tf.reduce_sum(hits, axis=1) / tf.maximum(tf.reduce_sum(completion_mask, 1), 1.0)
+
+
+def toy_dataset(batch_size=16):
+    prompts = np.array([[1, 4], [1, 6], [1, 7], [0, 1]] * 8, np.int32)
+    return tf.data.Dataset.from_tensor_slices({"prompt": prompts}).batch(batch_size)
+
+
+def make_agent(name, **overrides):
+    keras.utils.set_random_seed(0)
+    options = dict(max_new_tokens=6, eos_id=None, seed=0)
+    if name in ("a2c", "ppo"):
+        options["value_model"] = tfpg.ValueNetwork(VOCAB, 16, 32)
+    if name in ("rloo", "grpo"):
+        options["group_size"] = 4
+    options.update(overrides)
+    agent = ALGORITHMS[name](tfpg.PolicyNetwork(VOCAB, 16, 32), count_fives, **options)
+    agent.compile(optimizer=keras.optimizers.Adam(1e-2))
+    return agent
+
+
+COMMON = {"reward", "reward_std", "entropy", "policy_loss", "completion_length",
+          "truncated_fraction"}
+EXPECTED_METRICS = {
+    "reinforce": COMMON,
+    "scst": COMMON,
+    "rloo": COMMON | {"zero_std_fraction"},
+    "grpo": COMMON | {"zero_std_fraction", "kl", "clip_fraction", "approx_kl"},
+    "a2c": COMMON | {"value_loss"},
+    "ppo": COMMON | {"kl", "value_loss", "clip_fraction", "approx_kl"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_algorithm_raises_reward_and_logs_its_metrics(name):
+    agent = make_agent(name, **({"num_epochs": 2} if name == "ppo" else {}))
+    history = agent.fit(toy_dataset(), epochs=15, verbose=0).history
+    assert set(history) == EXPECTED_METRICS[name]
+    rewards = history["reward"]
+    assert rewards[0] < 0.3                 # 1/8 of tokens are 5 by chance
+    assert rewards[-1] > rewards[0] + 0.4, rewards
+
+
+def flatten(gradients):
+    return np.concatenate([tf.convert_to_tensor(g).numpy().ravel() for g in gradients])
+
+
+def reward_for_exact_test(prompt_ids, completion_ids, completion_mask, batch):
+    threes = tf.reduce_sum(tf.cast(tf.equal(completion_ids, 3), tf.float32), axis=1)
+    return threes + tf.cast(tf.equal(completion_ids[:, 0], 1), tf.float32)
+
+
+@pytest.mark.parametrize("name,options,repeats", [
+    ("reinforce", {}, 4000),
+    ("rloo", {"group_size": 4}, 1000),
+    ("value", {"baseline": "value"}, 4000),
+])
+def test_sampled_gradient_matches_exact_policy_gradient(name, options, repeats):
+    keras.utils.set_random_seed(0)
+    policy = tfpg.PolicyNetwork(4, 8, 8)               # vocab 4, 3 new tokens: 64 completions
+    prompts = tf.constant([[1, 2], [0, 3]], tf.int32)
+    _, exact = exact_policy_gradient(policy, prompts, reward_for_exact_test, 3)
+    if name == "value":
+        options = dict(options, value_model=tfpg.ValueNetwork(4, 8, 8))
+    trainer = RLOO if name == "rloo" else REINFORCE
+    agent = trainer(policy, reward_for_exact_test, max_new_tokens=3, eos_id=None, seed=1,
+                    **options)
+    gradients = agent.gradients({"prompt": tf.repeat(prompts, repeats, axis=0)})
+    position = {id(v): i for i, v in enumerate(agent.trainable_variables)}
+    estimate = -flatten([gradients[position[id(v)]] for v in policy.trainable_variables])
+    exact = flatten(exact)
+    cosine = estimate @ exact / np.linalg.norm(estimate) / np.linalg.norm(exact)
+    assert cosine >= 0.99
+
+
+@pytest.mark.parametrize("name", ["ppo", "grpo"])
+def test_first_minibatch_has_ratio_one_and_zero_kl(name):
+    agent = make_agent(name, num_epochs=1, kl_coef=0.1, eos_id=2)
+    history = agent.fit(toy_dataset().take(1), epochs=1, verbose=0).history
+    assert history["approx_kl"] == [0.0]        # log ratio exactly 0 on every token
+    assert history["clip_fraction"] == [0.0]
+    assert history["kl"] == [0.0]               # the policy still equals its reference
+
+
+def test_later_ppo_epochs_move_the_ratio():
+    agent = make_agent("ppo", num_epochs=4, num_minibatches=2)
+    history = agent.fit(toy_dataset().take(1), epochs=1, verbose=0).history
+    assert history["approx_kl"][0] > 0
+
+
+def test_adaptive_kl_controller_moves_the_coefficient():
+    agent = make_agent("ppo", kl_coef=0.2, target_kl=1e-6, kl_horizon=100, num_epochs=2)
+    agent.fit(toy_dataset(), epochs=3, verbose=0)
+    # KL far above target: the coefficient grows by at most 20% * batch / horizon per step.
+    assert 0.2 < float(agent.kl_coef) <= 0.2 * (1 + 0.2 * 16 / 100) ** 6 + 1e-6
+
+
+def test_nan_reward_is_refused_by_default_and_skipped_on_request():
+    def half_nan(prompt_ids, completion_ids, completion_mask, batch):
+        rewards = count_fives(prompt_ids, completion_ids, completion_mask, batch)
+        rows = tf.range(tf.shape(rewards)[0])
+        return tf.where(rows % 2 == 0, rewards, float("nan"))
+
+    keras.utils.set_random_seed(0)
+    agent = REINFORCE(tfpg.PolicyNetwork(VOCAB, 8, 8), half_nan, max_new_tokens=3)
+    agent.compile(optimizer="adam")
+    with pytest.raises(Exception, match="nan"):
+        agent.fit(toy_dataset(), epochs=1, verbose=0)
+
+    agent = REINFORCE(tfpg.PolicyNetwork(VOCAB, 8, 8), half_nan, max_new_tokens=3,
+                      on_invalid_reward="skip")
+    agent.compile(optimizer="adam")
+    history = agent.fit(toy_dataset(), epochs=1, verbose=0).history
+    assert history["invalid_rewards"] == [8.0]
+    assert all(np.isfinite(v.numpy()).all() for v in agent.trainable_variables)
+
+
+def test_train_step_does_not_retrace_across_batches_and_epochs():
+    agent = make_agent("rloo")
+    traces = []
+    original = agent.train_step
+
+    def counting_train_step(data):
+        traces.append(1)             # Python runs only while tf.function traces
+        return original(data)
+
+    object.__setattr__(agent, "train_step", counting_train_step)
+    dataset = toy_dataset(batch_size=8)  # 4 batches of the same shape per epoch
+    agent.fit(dataset, epochs=3, verbose=0)
+    assert len(traces) == 1
+
+
+def test_options_are_validated():
+    policy = tfpg.PolicyNetwork(VOCAB, 8, 8)
+    with pytest.raises(ValueError, match="value_model"):
+        PPO(policy, count_fives)
+    with pytest.raises(ValueError, match="group_size >= 2"):
+        GRPO(policy, count_fives, group_size=1)
+    with pytest.raises(ValueError, match="baseline must be one of"):
+        REINFORCE(policy, count_fives, baseline="median")
+
+
+def test_one_step_under_mirrored_strategy_equals_single_device():
+    script = os.path.join(os.path.dirname(__file__), "scripts", "mirrored_step.py")
+    result = subprocess.run([sys.executable, script], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split() for line in result.stdout.splitlines()]
+    assert sorted(row[0] for row in rows) == sorted(ALGORITHMS)
+    for name, difference, update in rows:
+        assert float(update) > 1e-3, name       # the step really changed the weights
+        assert float(difference) <= 1e-5, name
