@@ -102,6 +102,17 @@ def test_single_reference_rank2_and_padding_holes(method):
     assert np.max(np.abs(ours - expected)) <= 1e-6
 
 
+@pytest.mark.parametrize("scale", [1, 10_000, 60_000, 2 ** 28])
+def test_large_token_ids_stay_exact(scale):
+    # Ids up to 2^30: from 60_000 on, packed 4-gram keys would overflow int64, so
+    # they are ranked per row first (10_000 still packs); results must not change.
+    hyp, refs, hyps, ref_lists = random_cases(500, seed=5, vocab=4)
+    ids = lambda x: np.where(x > 0, (x - 3) * scale + 3, 0)  # noqa: E731
+    ours = sentence_bleu(ids(hyp), ids(refs), smoothing="method1").numpy()
+    expected = [nltk_sentence(r, h, "method1") for h, r in zip(hyps, ref_lists)]
+    assert np.max(np.abs(ours - expected)) <= 1e-6
+
+
 def test_works_inside_tf_function_with_unknown_shapes(cases):
     hyp, refs, hyps, ref_lists = cases
 

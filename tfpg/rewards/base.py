@@ -146,9 +146,13 @@ def compact_ids(ids):
     [[[5, 6, 0, 0]], [2]]
     """
     is_pad = tf.cast(tf.equal(ids, 0), tf.int32)
-    order = tf.argsort(is_pad, axis=-1, stable=True)
     lengths = tf.reduce_sum(1 - is_pad, axis=-1)
-    return tf.gather(ids, order, batch_dims=ids.shape.rank - 1), lengths
+    # Usually rows are already right-padded: skip the sort then.
+    compact = tf.reduce_all(is_pad[..., 1:] >= is_pad[..., :-1])
+    return tf.cond(
+        compact, lambda: tf.identity(ids),
+        lambda: tf.gather(ids, tf.argsort(is_pad, axis=-1, stable=True),
+                          batch_dims=ids.shape.rank - 1)), lengths
 
 
 class RewardResult(typing.NamedTuple):

@@ -54,6 +54,50 @@ def _check_args(max_order, smoothing):
     return int(max_order), smoothing
 
 
+def _ngram_keys(tokens, max_order):
+    """Exact int64 keys of the n-grams starting at every position.
+
+    Args:
+        tokens: int32 [B, L], each row the concatenation of one hypothesis and
+            its references (compacted, so each sequence's n-grams lie within it).
+        max_order: longest n-gram.
+
+    Returns:
+        int64 [B, max_order, L]; within a row, two positions have equal order-n
+        keys exactly when their n-token windows are equal.
+
+    With V = max id + 1, the key of (a, b, c) is (a V + b) V + c while V^max_order
+    fits in int64 (any vocabulary up to 55k for BLEU-4). For larger vocabularies
+    each order's keys are first replaced by their rank within the row (sort +
+    searchsorted), which keeps the next order's keys below L V, so keys stay
+    exact (never hashed with collisions) at a higher cost.
+    """
+    length = tf.shape(tokens)[1]
+    padded = tf.cast(tf.pad(tokens, [[0, 0], [0, max_order]]), tf.int64)  # [B, L + max_order]
+    vocab = tf.reduce_max(padded) + 1
+
+    def extend(key, n):  # order n-1 keys -> order n keys
+        return key * vocab + padded[:, n - 1:n - 1 + length]
+
+    def packed():
+        keys = [padded[:, :length]]
+        for n in range(2, max_order + 1):
+            keys.append(extend(keys[-1], n))
+        return tf.stack(keys, axis=1)
+
+    def ranked():
+        keys = [padded[:, :length]]
+        for n in range(2, max_order + 1):
+            rank = tf.searchsorted(tf.sort(keys[-1], axis=1), keys[-1], out_type=tf.int64)
+            keys.append(extend(rank, n))
+        return tf.stack(keys, axis=1)
+
+    if max_order == 1:
+        return packed()
+    fits = tf.cast(vocab, tf.float64) ** max_order < 2.0 ** 62
+    return tf.cond(fits, packed, ranked)
+
+
 def bleu_statistics(hypothesis_ids, reference_ids, max_order=4):
     """Per-sentence BLEU sufficient statistics, as nltk computes them.
 
@@ -71,10 +115,10 @@ def bleu_statistics(hypothesis_ids, reference_ids, max_order=4):
         reference_lengths [B]: closest reference length (ties -> shorter; 0
         when every reference is missing).
 
-    N-grams are compared position by position (an n-gram pair matches when its
-    (n-1)-gram prefixes match and the last ids match), which is the same as
-    comparing exact int keys of the n-grams but cannot collide for any
-    vocabulary size or order.
+    All orders are computed at once by comparing exact int64 n-gram keys (see
+    `_ngram_keys`) pairwise: hypothesis x hypothesis [B, max_order, T, T] and
+    hypothesis x references [B, max_order, T, K * R]; few large ops beat a loop
+    of small ones on CPU. Memory grows as B * max_order * T * (T + K * R).
     """
     max_order = int(max_order)
     hyp = tf.cast(tf.convert_to_tensor(hypothesis_ids), tf.int32)
@@ -91,38 +135,36 @@ def bleu_statistics(hypothesis_ids, reference_ids, max_order=4):
 
     hyp, hyp_len = compact_ids(hyp)  # [B, T], [B]
     refs, ref_len = compact_ids(refs)  # [B, K, R], [B, K]
-    # Zero columns on the right keep every n-gram slice below non-empty, even for
-    # rows shorter than max_order; the validity masks ignore them.
-    hyp = tf.pad(hyp, [[0, 0], [0, max_order]])  # [B, T']
-    refs = tf.pad(refs, [[0, 0], [0, 0], [0, max_order]])  # [B, K, R']
+    b, t = tf.shape(hyp)[0], tf.shape(hyp)[1]
+    k, r = tf.shape(refs)[1], tf.shape(refs)[2]
+    keys = _ngram_keys(tf.concat([hyp, tf.reshape(refs, [b, k * r])], axis=1), max_order)
 
-    # Unigram equality; n-gram equality is built from it by shifting.
-    eq_hyp_ref_1 = tf.equal(hyp[:, None, :, None], refs[:, :, None, :])  # [B, K, T', R']
-    eq_hyp_hyp_1 = tf.equal(hyp[:, :, None], hyp[:, None, :])  # [B, T', T']
-    eq_hyp_ref, eq_hyp_hyp = eq_hyp_ref_1, eq_hyp_hyp_1
+    orders = tf.range(1, max_order + 1)  # [N]
+    positions = tf.range(t)  # [T]
+    ref_positions = tf.tile(tf.range(r), [k])  # [K * R]
+    hyp_valid = (positions[None, None, :] + orders[None, :, None]
+                 <= hyp_len[:, None, None])  # [B, N, T]
+    ref_valid = (ref_positions[None, None, :] + orders[None, :, None]
+                 <= tf.repeat(ref_len, r, axis=1)[:, None, :])  # [B, N, K * R]
+    # Windows running past a sequence's end get keys that match nothing real
+    # (real keys are >= 0); invalid hypothesis windows are never counted anyway.
+    hyp_key = tf.where(hyp_valid, keys[:, :, :t], tf.constant(-1, tf.int64))  # [B, N, T]
+    ref_key = tf.where(ref_valid, keys[:, :, t:], tf.constant(-2, tf.int64))  # [B, N, K * R]
 
-    numerators, denominators = [], []
-    for n in range(1, max_order + 1):
-        if n > 1:
-            eq_hyp_ref = eq_hyp_ref[..., :-1, :-1] & eq_hyp_ref_1[..., n - 1:, n - 1:]
-            eq_hyp_hyp = eq_hyp_hyp[..., :-1, :-1] & eq_hyp_hyp_1[..., n - 1:, n - 1:]
-        positions = tf.range(tf.shape(eq_hyp_hyp)[-1])  # [Tn]
-        hyp_valid = positions[None, :] + n <= hyp_len[:, None]  # [B, Tn]
-        ref_positions = tf.range(tf.shape(eq_hyp_ref)[-1])  # [Rn]
-        ref_valid = ref_positions[None, None, :] + n <= ref_len[:, :, None]  # [B, K, Rn]
-
-        same = eq_hyp_hyp & hyp_valid[:, None, :]  # [B, Tn(i), Tn(j)]
-        hyp_count = tf.reduce_sum(tf.cast(same, tf.int32), axis=-1)  # [B, Tn]
-        # Count each distinct n-gram once: at its first occurrence.
-        earlier = positions[None, :] < positions[:, None]  # [Tn(i), Tn(j)]: j < i
-        first = hyp_valid & ~tf.reduce_any(same & earlier[None], axis=-1)  # [B, Tn]
-
-        in_ref = eq_hyp_ref & ref_valid[:, :, None, :]  # [B, K, Tn, Rn]
-        ref_count = tf.reduce_sum(tf.cast(in_ref, tf.int32), axis=-1)  # [B, K, Tn]
-        max_ref_count = tf.reduce_max(ref_count, axis=1)  # [B, Tn]
-        clipped = tf.where(first, tf.minimum(hyp_count, max_ref_count), 0)
-        numerators.append(tf.reduce_sum(clipped, axis=-1))  # [B]
-        denominators.append(tf.maximum(1, hyp_len - n + 1))  # [B]
+    # Clipping without finding distinct n-grams: the j-th occurrence (from 0) of
+    # an n-gram in the hypothesis is matched iff some reference holds it more
+    # than j times, which sums to min(count, max reference count) per n-gram.
+    # int16 counts halve the memory traffic; they need T, R < 32768, far beyond
+    # what the pairwise tensors could hold anyway.
+    earlier = positions[None, :] < positions[:, None]  # [T(i), T(j)]: j < i
+    same_before = tf.equal(hyp_key[..., :, None], hyp_key[..., None, :]) & earlier
+    occurrence = tf.reduce_sum(tf.cast(same_before, tf.int16), axis=-1)  # [B, N, T]
+    in_ref = tf.cast(tf.equal(hyp_key[..., :, None], ref_key[..., None, :]), tf.int16)
+    in_ref = tf.reshape(in_ref, [b, max_order, t, k, r])  # [B, N, T, K, R]
+    ref_count = tf.reduce_max(tf.reduce_sum(in_ref, axis=-1), axis=-1)  # [B, N, T]
+    matched = hyp_valid & (occurrence < ref_count)
+    numerators = tf.reduce_sum(tf.cast(matched, tf.int32), axis=-1)  # [B, N]
+    denominators = tf.maximum(1, hyp_len[:, None] - orders[None, :] + 1)  # [B, N]
 
     if one_reference:
         closest = ref_len[:, 0]
@@ -136,8 +178,7 @@ def bleu_statistics(hypothesis_ids, reference_ids, max_order=4):
         closest = tf.where(tf.reduce_any(present, axis=1), closest, 0)  # [B]
 
     as64 = lambda x: tf.cast(x, tf.float64)  # noqa: E731
-    return (as64(tf.stack(numerators, axis=1)), as64(tf.stack(denominators, axis=1)),
-            as64(hyp_len), as64(closest))
+    return as64(numerators), as64(denominators), as64(hyp_len), as64(closest)
 
 
 def bleu_from_statistics(numerators, denominators, hypothesis_lengths, reference_lengths,
