@@ -15,12 +15,15 @@ policy-gradient fine-tuning is what turns a flawed adder into a correct one, and
 held-out metrics split by carry / no carry show where the gain comes from
 (`dropped_carry` tracks how often the model still writes the teacher's flawed answer).
 
-Operand pairs of the three parts (held-out prompts, fine-tuning prompts, teaching
-examples) are disjoint, so held-out accuracy measures the learned rule, not memory.
+Held-out operand pairs occur neither in the teaching data nor among the fine-tuning
+prompts, so held-out accuracy measures the learned rule, not memory. Two-digit
+operands by default: a 128-unit LSTM learns that (most-significant digit first, as
+people write sums) from the 6000 teaching examples in a minute or two on a laptop CPU;
+three digits take several times longer.
 
 >>> task = ArithmeticTask(seed=0, num_train=4, num_heldout=2, num_pretrain=6)
 >>> task.train.prompts[0], task.train.references[0]
-('68+921=', '989')
+('34+96=', '130')
 >>> task.evaluate(["457+38=", "12+34="], ["485", "46"])
 {'exact_match': 0.5, 'exact_match_carry': 0.0, 'exact_match_no_carry': 1.0, 'dropped_carry': 1.0}
 """
@@ -71,8 +74,8 @@ class ArithmeticTask(Task):
 
     Args:
         seed: seed of every random draw.
-        min_digits, max_digits: operand sizes in digits (each operand draws its
-            size uniformly, then its value uniformly).
+        min_digits, max_digits: operand sizes in digits (operands are uniform
+            over all numbers of those sizes).
         flaw_rate: fraction of the teaching examples *with a carry* whose answer
             drops every carry; examples without a carry are never flawed.
         num_train: fine-tuning prompts.
@@ -87,8 +90,8 @@ class ArithmeticTask(Task):
     level = "char"
     primary_metric = "exact_match"
 
-    def __init__(self, seed=0, min_digits=2, max_digits=3, flaw_rate=0.6, num_train=2000,
-                 num_heldout=500, num_pretrain=5000):
+    def __init__(self, seed=0, min_digits=2, max_digits=2, flaw_rate=0.6, num_train=2000,
+                 num_heldout=400, num_pretrain=6000):
         check_positive(min_digits=min_digits, max_digits=max_digits, num_train=num_train,
                        num_heldout=num_heldout, num_pretrain=num_pretrain)
         check_rate(flaw_rate=flaw_rate)
@@ -102,30 +105,25 @@ class ArithmeticTask(Task):
         self.max_new_tokens = max_digits + 2
 
         rng = np.random.default_rng(seed)
-        pairs = self._unique_pairs(rng, num_heldout + num_train + num_pretrain)
-        self.heldout = self._split(pairs[:num_heldout])
-        self.train = self._split(pairs[num_heldout:num_heldout + num_train])
-        teaching = pairs[num_heldout + num_train:]
-        flawed = rng.random(len(teaching)) < flaw_rate
+        first = 10 ** (min_digits - 1)
+        operands = 10 ** max_digits - first
+        space = operands ** 2  # pair index i <-> (first + i // operands, first + i % operands)
+        if num_heldout + max(num_train, num_pretrain) > space:
+            raise ValueError(f"{min_digits}-{max_digits}-digit operands give {space} sums, "
+                             f"too few for num_heldout + max(num_train, num_pretrain)")
+        heldout = rng.choice(space, size=num_heldout + num_pretrain, replace=False)
+        heldout, teaching = heldout[:num_heldout], heldout[num_heldout:]
+        # Fine-tuning prompts avoid the held-out pairs (they may repeat teaching pairs).
+        train = rng.choice(space, size=num_heldout + num_train, replace=False)
+        train = train[~np.isin(train, heldout)][:num_train]
+        pairs = lambda indices: [(first + int(i) // operands, first + int(i) % operands)
+                                 for i in indices]  # noqa: E731
+        self.heldout = self._split(pairs(heldout))
+        self.train = self._split(pairs(train))
+        flawed = rng.random(num_pretrain) < flaw_rate
         self.pretrain_texts = [
             f"{a}+{b}={carry_free_sum(a, b) if flaw and has_carry(a, b) else a + b}"
-            for (a, b), flaw in zip(teaching, flawed)]
-
-    def _unique_pairs(self, rng, count):
-        """`count` distinct (a, b) operand pairs, in draw order."""
-        sizes = range(self.min_digits, self.max_digits + 1)
-        numbers = sum(9 * 10 ** (d - 1) for d in sizes)
-        if count > numbers ** 2 // 2:
-            raise ValueError(f"{count} examples are too many for operands of "
-                             f"{self.min_digits}-{self.max_digits} digits")
-        pairs, seen = [], set()
-        while len(pairs) < count:
-            digits = rng.integers(self.min_digits, self.max_digits + 1, size=2)
-            a, b = (int(rng.integers(10 ** (d - 1), 10 ** d)) for d in digits)
-            if (a, b) not in seen:
-                seen.add((a, b))
-                pairs.append((a, b))
-        return pairs
+            for (a, b), flaw in zip(pairs(teaching), flawed)]
 
     @staticmethod
     def _split(pairs):

@@ -19,8 +19,9 @@ policy can collapse to "was wonderful ." for every prompt. It is meant to be
 combined with a KL penalty to the pre-trained model (the trainer's `kl_coef`), and the
 held-out metrics show both sides of that trade-off: "satisfaction" (the constraint)
 and "distinct_1" / "distinct_2" (diversity, which collapse destroys). The KL itself
-is measured by the trainer. Held-out prompts are sentence starts that occur neither
-in the teaching corpus nor among the fine-tuning prompts.
+is measured by the trainer. A quarter of the (determiner, noun) pairs ("this album")
+are held out: their sentence starts occur neither in the teaching corpus nor among
+the fine-tuning prompts.
 
 >>> task = KeywordsTask(seed=0, num_train=4, num_heldout=2, num_pretrain=4)
 >>> task.evaluate(["the soup", "my song"], ["was lovely .", "seemed loud today ."])
@@ -102,7 +103,7 @@ class KeywordsTask(Task):
         num_train: fine-tuning prompts (drawn, with repeats, from the training
             sentence starts).
         num_heldout: evaluation prompts (drawn, with repeats, from the held-out
-            sentence starts, a quarter of all starts).
+            sentence starts: those of a quarter of the (determiner, noun) pairs).
         num_pretrain: teaching sentences (`pretrain_texts`).
 
     Splits: `references` hold one corpus continuation per prompt (for rewards
@@ -129,13 +130,13 @@ class KeywordsTask(Task):
         self.keywords = keywords
 
         rng = np.random.default_rng(seed)
-        starts = [(f"{det} {noun}" + (f" {place}" if place else ""), topic)
-                  for topic, (nouns, places, _) in TOPICS.items()
-                  for noun in nouns for det in DETERMINERS for place in (None,) + places]
-        order = rng.permutation(len(starts))
-        cut = int(round(_HELDOUT_FRACTION * len(starts)))
-        heldout_starts = [starts[i] for i in order[:cut]]
-        train_starts = [starts[i] for i in order[cut:]]
+        # Held out by (determiner, noun): no held-out prompt begins any teaching text.
+        heads = [(f"{det} {noun}", topic) for topic, (nouns, _, _) in TOPICS.items()
+                 for noun in nouns for det in DETERMINERS]
+        order = rng.permutation(len(heads))
+        cut = int(round(_HELDOUT_FRACTION * len(heads)))
+        heldout_starts = self._starts([heads[i] for i in order[:cut]])
+        train_starts = self._starts([heads[i] for i in order[cut:]])
         self.heldout = self._split(rng, heldout_starts, num_heldout)
         self.train = self._split(rng, train_starts, num_train)
         self.pretrain_texts = []
@@ -143,6 +144,12 @@ class KeywordsTask(Task):
             start, topic = train_starts[i]
             keyword = rng.random() < keyword_rate
             self.pretrain_texts.append(f"{start} {self._continuation(rng, topic, keyword)}")
+
+    @staticmethod
+    def _starts(heads):
+        """(start, topic) for each head alone and with each of its topic's places."""
+        return [(head + (f" {place}" if place else ""), topic) for head, topic in heads
+                for place in (None,) + TOPICS[topic][1]]
 
     def _continuation(self, rng, topic, keyword):
         """verb [adverb] adj [connective adj] [time] "." with one keyword if asked."""
