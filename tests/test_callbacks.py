@@ -301,3 +301,16 @@ def test_saved_model_export_schedule_and_monitor(tmp_path, policy, tokenizer, da
                                     save_best_only=True), [1.]) == []
     with pytest.raises(TypeError, match="unknown options"):
         SavedModelExport(path, tokenizer, beam_width=4)
+
+
+def test_sample_logger_on_a_policy_being_pretrained(tmp_path, tokenizer):
+    keras.utils.set_random_seed(5)
+    policy = PolicyNetwork(tokenizer.vocabulary_size, 8, 8)
+    policy.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, ignore_class=0))
+    ids = np.array([tokenizer.encode(" ".join(WORDS))] * 4, np.int32)
+    logger = SampleLogger(tmp_path, tokenizer, prompts=["one two"], max_new_tokens=3)
+    policy.fit(ids[:, :-1], ids[:, 1:], epochs=1, verbose=0, callbacks=[logger])
+    records = [json.loads(line) for line in open(tmp_path / "samples" / "samples.jsonl")]
+    assert [(r["prompt"], r["reward"]) for r in records] == [("one two", None)]
+    assert records[0]["completion"] == greedy_completions(policy, tokenizer, ["one two"], 3)[0]

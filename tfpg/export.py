@@ -17,7 +17,8 @@ Signatures (all batch-major, `B` prompts):
   `top_p` or `seed` switches greedy decoding to sampling.
 * `log_probs`: `prompts` string [B], `completions` string [B] -> `log_probs` float32
   [B, N], `mask` float32 [B, N] and `token_ids` int32 [B, N]. Each completion is
-  tokenized without BOS and with EOS appended (as the trainers see it) and scored
+  tokenized without BOS and with the export's `eos_id` appended (as the trainers see
+  it; nothing is appended when it was exported with `eos_id=None`) and scored
   token by token under the policy's softmax at temperature 1; 0 at padding.
 
 Why two generate signatures: a SignatureDef has no optional inputs. Every consumer
@@ -64,7 +65,7 @@ from tfpg.generation import decode_loop, policy_is_positional, resolve_sampler
 from tfpg.losses import token_log_probs
 from tfpg.text import Tokenizer
 
-__all__ = ["export_saved_model", "load", "recover", "GeneratorModel"]
+__all__ = ["export_saved_model", "load", "recover", "read_export_info", "GeneratorModel"]
 
 FORMAT = "tfpg.SavedModel"
 FORMAT_VERSION = 1
@@ -447,7 +448,8 @@ class GeneratorModel:
         """Per-token log-probs of each completion (EOS included) given its prompt.
 
         Returns a list of float32 arrays, one per completion, of length
-        `len(tokenizer.encode(completion, add_bos=False)) + 1`.
+        `len(tokenizer.encode(completion, add_bos=False)) + 1` (the EOS; no + 1 for
+        an export with `eos_id=None`).
         """
         prompts = _as_string_list(prompts, "prompts")
         completions = _as_string_list(completions, "completions")
