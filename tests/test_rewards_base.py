@@ -252,3 +252,20 @@ def test_completion_tokens_cuts_at_first_eos_and_mask():
         [4, 0, 0, 0], [4, 5, 6, 0], [0, 0, 0, 0]]
     assert completion_tokens(ids, tf.ones([3, 4]), eos_id=None).numpy().tolist() == \
         ids.numpy().tolist()
+
+
+def test_xla_compiles_and_still_masks():
+    """Under jit_compile the in-graph rewards compile; the "raise" assertion is
+    compiled away by XLA, so the NaN is zeroed and counted instead."""
+    total = WeightedSum({"bleu": (BLEU(), 1.0), "bad": (Constant(NAN_AT_3), 0.0)})
+
+    @tf.function(jit_compile=True)
+    def step(prompt, completion, mask, batch):
+        result = compute_rewards(total, prompt, completion, mask, batch)
+        return result.rewards, result.invalid_count, result.components["bleu"]
+
+    rewards, count, bleu = step(*ARGS)
+    expected = BLEU()(*ARGS).numpy()
+    np.testing.assert_allclose(bleu.numpy(), expected, atol=1e-7)
+    np.testing.assert_allclose(rewards.numpy(), list(expected[:3]) + [0.0], atol=1e-7)
+    assert float(count) == 1.0

@@ -20,20 +20,27 @@ Trainers never call a reward directly: they call `compute_rewards`, which
   - "raise" (default): fails with "reward BLEU returned nan for sample 3
     (completion ids [...])". Eagerly this is an `InvalidRewardError`; inside
     `tf.function` / `model.fit` it is a `tf.errors.InvalidArgumentError` with the
-    same text;
+    same text. XLA (`jit_compile=True`) compiles assertions away, so there
+    "raise" cannot stop the step: it acts as "zero" (the count still shows);
   - "zero": the sample's reward becomes 0 and it stays in the loss
     (`valid` = 1);
   - "skip": the sample's reward becomes 0 and `valid` = 0, so the trainer
     drops it from the loss;
 
   and counts them in `invalid_count`. Invalid values are replaced with
-  `tf.where`, never multiplied by a mask, so a NaN cannot reach the gradients.
+  `tf.where`, never multiplied by a mask, so a NaN cannot reach the gradients,
+  in every mode.
 * evaluates the components of a `WeightedSum` one by one (each checked under its
   own name) and reports them in `RewardResult.components`.
 
 `PythonReward` follows `on_invalid` too: with "raise" an exception inside the
 user function fails the step naming the reward and the offending prompt and
 completion; with "zero" / "skip" the sample gets NaN, which is then masked.
+
+The in-graph rewards (`BLEU` with backend="tf", `ExactMatch` on ids, `Length`,
+`Keyword`, `Perplexity`, `RewardModel`, `WeightedSum` of those) also compile
+under XLA; rewards that run Python (`PythonReward`, backend="nltk", a
+normalizer) need `jit_compile=False`.
 """
 
 import contextlib
@@ -160,7 +167,10 @@ class RewardResult(typing.NamedTuple):
 
     Attributes:
         rewards: float32 [B], finite; invalid samples hold 0.
-        valid: float32 [B]; 0 for samples dropped by on_invalid="skip", else 1.
+        valid: float32 [B]; 0 for samples dropped by on_invalid="skip", else 1
+            (with "zero" an invalid sample stays in the loss with reward 0).
+            Trainers multiply per-sample losses by it and should leave invalid
+            samples out of baselines and group statistics too.
         invalid_count: float32 scalar, number of samples with a non-finite reward
             (any component), whatever `on_invalid` did with them.
         components: dict name -> float32 [B] for each `WeightedSum` component
@@ -274,13 +284,15 @@ def _as_rewards(value, name, completion_ids):
         value = tf.reshape(value, [-1])
     message = (f"reward {name} returned the wrong number of values; expected one per "
                "completion, shape [B]")
-    if value.shape[0] is not None and completion_ids.shape[0] is not None:
-        if value.shape[0] != completion_ids.shape[0]:
-            raise ValueError(f"{message}, got {value.shape[0]} for B = {completion_ids.shape[0]}")
+    size, batch_size = value.shape[0], completion_ids.shape[0]
+    if size is not None and batch_size is not None:
+        if size != batch_size:
+            raise ValueError(f"{message}, got {size} for B = {batch_size}")
         return value
     # Checked through a control dependency, not a reshape to [B]: grappler's
     # constant folding can drop a Reshape feeding tf.where(is_finite(x), x, 0).
-    check = tf.debugging.assert_equal(tf.size(value), tf.shape(completion_ids)[0], message=message)
+    check = tf.debugging.assert_equal(tf.size(value), tf.shape(completion_ids)[0],
+                                      message=message)
     with tf.control_dependencies([check]):
         return tf.identity(value)
 
@@ -295,17 +307,32 @@ def _assert_finite(value, ok, name, completion_ids):
                 f"(completion ids {np.asarray(completion_ids[i]).tolist()})")
         return value
     all_ok = tf.reduce_all(ok)
-    # Built only on failure so a healthy step pays for one reduce_all.
-    message = tf.cond(
-        all_ok, lambda: tf.constant(""),
-        lambda: _failure_message(value, ok, name, completion_ids))
-    check = tf.debugging.Assert(all_ok, [message])
+    if _maybe_xla():
+        # XLA has no string ops and compiles Assert away: the values are still
+        # zeroed by the caller and counted in `invalid_count`.
+        i = tf.argmin(tf.cast(ok, tf.int32))
+        data = [f"reward {name} returned a non-finite value for sample", i, "value", value[i],
+                "completion ids", completion_ids[i]]
+    else:
+        # The message is built only on failure: a healthy step pays one reduce_all.
+        data = [tf.cond(all_ok, lambda: tf.constant(""),
+                        lambda: _failure_message(value, ok, name, completion_ids))]
+    check = tf.debugging.Assert(all_ok, data, summarize=-1)
     with tf.control_dependencies([check]):
         return tf.identity(value)
 
 
+def _maybe_xla():
+    """False only when the graph being traced is known not to be XLA-compiled."""
+    try:
+        from tensorflow.python.ops import control_flow_util  # no public equivalent
+    except ImportError:
+        return True
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
 def _failure_message(value, ok, name, completion_ids):
-    i = tf.argmin(tf.cast(ok, tf.int32))
-    template = f"reward {name.replace('{', '{{').replace('}', '}}')} returned {{}} for " \
-               "sample {} (completion ids {})"
+    i = tf.argmin(tf.cast(ok, tf.int32))  # the first non-finite sample
+    escaped = name.replace("{", "{{").replace("}", "}}")  # braces are placeholders
+    template = f"reward {escaped} returned {{}} for sample {{}} (completion ids {{}})"
     return tf.strings.format(template, (value[i], i, completion_ids[i]), summarize=-1)

@@ -20,10 +20,14 @@ Both follow `nltk.translate.bleu_score` exactly, including its corner cases:
   leaves zero precisions alone when that length is 1, which drops them from the
   geometric mean.
 
-Token id 0 is padding and is ignored anywhere in a row: a row stands for its
-nonzero ids in order. References are `[B, R]` (one per hypothesis) or `[B, K, R]`
-(up to K per hypothesis; all-zero rows are missing references, not empty ones).
-A hypothesis whose references are all missing scores 0.
+Token ids are non-negative; id 0 is padding and is ignored anywhere in a row: a
+row stands for its nonzero ids in order. References are `[B, R]` (one per
+hypothesis) or `[B, K, R]` (up to K per hypothesis; all-zero rows are missing
+references, not empty ones). A hypothesis whose references are all missing
+scores 0.
+
+`BLEU` is the reward: `sentence_bleu` of each completion (cut before EOS)
+against `batch["reference"]`.
 """
 
 import math
@@ -44,14 +48,18 @@ _K = 5.0
 _LOG_FLOAT_MIN = math.log(sys.float_info.min)
 
 
-def _check_args(max_order, smoothing):
-    if smoothing is None:
-        smoothing = "none"
+def _check_smoothing(smoothing):
+    """None means "none", as nltk's smoothing_function=None."""
+    smoothing = "none" if smoothing is None else smoothing
     if smoothing not in SMOOTHING_METHODS:
         raise ValueError(f"smoothing must be one of {SMOOTHING_METHODS}, got {smoothing!r}")
+    return smoothing
+
+
+def _check_max_order(max_order):
     if not isinstance(max_order, (int, np.integer)) or max_order < 1:
         raise ValueError(f"max_order must be a positive int, got {max_order!r}")
-    return int(max_order), smoothing
+    return int(max_order)
 
 
 def _ngram_keys(tokens, max_order):
@@ -101,6 +109,8 @@ def _ngram_keys(tokens, max_order):
 def bleu_statistics(hypothesis_ids, reference_ids, max_order=4):
     """Per-sentence BLEU sufficient statistics, as nltk computes them.
 
+    `sentence_bleu` scores them row by row, `corpus_bleu` sums them first.
+
     Args:
         hypothesis_ids: int [B, T], 0 = padding.
         reference_ids: int [B, R] or [B, K, R], 0 = padding; all-zero rows of a
@@ -120,7 +130,7 @@ def bleu_statistics(hypothesis_ids, reference_ids, max_order=4):
     hypothesis x references [B, max_order, T, K * R]; few large ops beat a loop
     of small ones on CPU. Memory grows as B * max_order * T * (T + K * R).
     """
-    max_order = int(max_order)
+    max_order = _check_max_order(max_order)
     hyp = tf.cast(tf.convert_to_tensor(hypothesis_ids), tf.int32)
     refs = tf.cast(tf.convert_to_tensor(reference_ids), tf.int32)
     hyp.shape.assert_has_rank(2)
@@ -195,7 +205,7 @@ def bleu_from_statistics(numerators, denominators, hypothesis_lengths, reference
     Returns:
         float64 [B] with uniform weights 1/N.
     """
-    _, smoothing = _check_args(1, smoothing)
+    smoothing = _check_smoothing(smoothing)
     num, den = numerators, denominators
     h, r = hypothesis_lengths, reference_lengths
     max_order = num.shape[-1]
@@ -251,7 +261,7 @@ def sentence_bleu(hypothesis_ids, reference_ids, max_order=4, smoothing="method1
     >>> [round(float(x), 4) for x in sentence_bleu(hyp, refs)]
     [1.0, 0.1495]
     """
-    max_order, smoothing = _check_args(max_order, smoothing)
+    max_order, smoothing = _check_max_order(max_order), _check_smoothing(smoothing)
     stats = bleu_statistics(hypothesis_ids, reference_ids, max_order)
     return tf.cast(bleu_from_statistics(*stats, smoothing=smoothing), tf.float32)
 
@@ -262,9 +272,13 @@ def _to_id_arrays(hypotheses, references):
     Returns (hyp int32 [B, T], refs int32 [B, K, R]). Arrays and tensors of ids
     pass through unchanged.
     """
-    if isinstance(hypotheses, (np.ndarray, tf.Tensor)) and isinstance(
-            references, (np.ndarray, tf.Tensor)):
+    arrays = [isinstance(x, (np.ndarray, tf.Tensor)) for x in (hypotheses, references)]
+    if all(arrays):
         return hypotheses, references
+    if any(arrays):
+        # A padded id array's zeros would otherwise become tokens.
+        raise TypeError("corpus_bleu needs hypotheses and references both as padded id "
+                        "arrays or both as lists of token sequences")
     hypotheses = [list(h) for h in hypotheses]
     references = [[list(r) for r in refs] for refs in references]
     if len(hypotheses) != len(references):
@@ -313,7 +327,7 @@ def corpus_bleu(hypotheses, references, max_order=4, smoothing="none"):
     >>> corpus_bleu([["a", "b", "c", "d"], ["a", "b"]], [[["a", "b", "c", "d"]], [["a", "c"]]])
     0.6756000774035172
     """
-    max_order, smoothing = _check_args(max_order, smoothing)
+    max_order, smoothing = _check_max_order(max_order), _check_smoothing(smoothing)
     hyp, refs = _to_id_arrays(hypotheses, references)
     refs = tf.cast(refs, tf.int32)
     if refs.shape.rank == 2:
@@ -325,7 +339,7 @@ def corpus_bleu(hypotheses, references, max_order=4, smoothing="none"):
 
 def _nltk_sentence_bleu(hyp, refs, max_order, smoothing):
     """nltk's own sentence_bleu on numpy id arrays, row by row (the reference)."""
-    from nltk.translate import bleu_score  # only this backend needs it at call time
+    from nltk.translate import bleu_score  # a slow import that only this backend needs
 
     smoothing_function = None if smoothing == "none" else getattr(
         bleu_score.SmoothingFunction(), smoothing)
@@ -372,7 +386,8 @@ class BLEU(Reward):
     def __init__(self, max_order=4, smoothing="method1", reference_key="reference",
                  backend="tf", eos_id=2, name=None):
         super().__init__(name=name)
-        self.max_order, self.smoothing = _check_args(max_order, smoothing)
+        self.max_order = _check_max_order(max_order)
+        self.smoothing = _check_smoothing(smoothing)
         if backend not in ("tf", "nltk"):
             raise ValueError(f"backend must be 'tf' or 'nltk', got {backend!r}")
         self.reference_key = reference_key
