@@ -108,10 +108,13 @@ def test_later_ppo_epochs_move_the_ratio():
 
 
 def test_adaptive_kl_controller_moves_the_coefficient():
-    agent = make_agent("ppo", kl_coef=0.2, target_kl=1e-6, kl_horizon=100, num_epochs=2)
+    agent = make_agent("ppo", kl_coef=0.2, target_kl=1e-6, kl_horizon=100, num_epochs=2,
+                       kl_estimator="k3")
     agent.fit(toy_dataset(), epochs=3, verbose=0)
-    # KL far above target: the coefficient grows by at most 20% * batch / horizon per step.
-    assert 0.2 < float(agent.kl_coef) <= 0.2 * (1 + 0.2 * 16 / 100) ** 6 + 1e-6
+    # Step 1: KL is 0 (policy == reference), below target: x (1 - 0.2 * 16 / 100).
+    # Steps 2-6: KL far above target: x (1 + 0.2 * 16 / 100) each, the clipped maximum.
+    expected = 0.2 * (1 - 0.032) * (1 + 0.032) ** 5
+    assert float(agent.kl_coef) == pytest.approx(expected, rel=1e-5)
 
 
 def test_nan_reward_is_refused_by_default_and_skipped_on_request():

@@ -8,12 +8,14 @@
 
 __version__ = "0.1.0"
 
-from tfpg import advantages, data, losses
+from tfpg import advantages, algorithms, callbacks, data, losses, rewards, testing
+from tfpg.export import export_saved_model, load
 from tfpg.generation import GenerationOutput, generate
 from tfpg.models import PolicyNetwork, ValueNetwork
 from tfpg.text import Tokenizer
 
 __all__ = [
     "Tokenizer", "PolicyNetwork", "ValueNetwork", "generate", "GenerationOutput",
-    "advantages", "losses", "data",
+    "export_saved_model", "load", "advantages", "algorithms", "callbacks", "data",
+    "losses", "rewards", "testing",
 ]

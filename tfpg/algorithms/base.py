@@ -162,7 +162,25 @@ class PolicyGradientTrainer(keras.Model):
             if model is not None and not model.built:
                 model.build()
         self._trackers = {name: keras.metrics.Mean(name=name) for name in self.metric_names()}
+        # The last rollout, for callbacks (reward / advantage histograms). Set with
+        # object.__setattr__ so Keras does not track these as weights or checkpoint them.
+        object.__setattr__(self, "_last_rollout", {
+            key: tf.Variable(tf.zeros([0] * rank), shape=tf.TensorShape([None] * rank),
+                             trainable=False, name=f"last_{key}")
+            for key, rank in (("scores", 1), ("advantages", 2), ("completion_mask", 2))})
         self.built = True
+
+    @property
+    def last_rollout(self):
+        """The previous train step's "scores" [B], "advantages" [B, N] and
+        "completion_mask" [B, N] (not kept under a multi-replica strategy)."""
+        return {key: variable.value() for key, variable in self._last_rollout.items()}
+
+    def compile(self, optimizer="adam", **kwargs):
+        super().compile(optimizer=optimizer, **kwargs)
+        # Build the optimizer's slots now: created during the first trace of the
+        # train function they would make tf.function trace it a second time.
+        self.optimizer.build(self.trainable_variables)
 
     # ----------------------------------------------------------------- metrics
 
@@ -403,12 +421,28 @@ class PolicyGradientTrainer(keras.Model):
         """`num_epochs` x `num_minibatches` gradient steps over one rollout.
 
         A `tf.while_loop` rather than a Python loop, so the graph holds one copy of
-        the update however many steps there are (tracing stays fast).
+        the update however many steps there are (tracing stays fast). Under a
+        multi-replica strategy the steps are unrolled instead: `tf.distribute` cannot
+        synchronise replicas (all-reduce) inside a while loop.
         """
         steps = self.num_epochs * self.num_minibatches
         if steps == 1:
             self._update_step(rollout)
             return
+        minibatches = self._minibatch_rows(rollout)
+        if _num_replicas() > 1:
+            for step in range(steps):
+                self._update_step(minibatches(tf.constant(step)))
+            return
+
+        def body(step):
+            self._update_step(minibatches(step))
+            return step + 1
+
+        tf.while_loop(lambda step: step < steps, body, [tf.constant(0)])
+
+    def _minibatch_rows(self, rollout):
+        """A function of the step index giving that step's minibatch of the rollout."""
         size = tf.shape(rollout["completion_ids"])[0]
         per_minibatch = (size + self.num_minibatches - 1) // self.num_minibatches
         seed = self._sampling_seed()
@@ -417,18 +451,20 @@ class PolicyGradientTrainer(keras.Model):
                 tf.range(size), tf.random.experimental.stateless_fold_in(seed, epoch))
             for epoch in range(self.num_epochs)])
 
-        def body(step):
+        def minibatch(step):
             epoch, index = step // self.num_minibatches, step % self.num_minibatches
             rows = orders[epoch][index * per_minibatch:(index + 1) * per_minibatch]
-            self._update_step({key: tf.gather(value, rows) for key, value in rollout.items()})
-            return step + 1
+            return {key: tf.gather(value, rows) for key, value in rollout.items()}
 
-        tf.while_loop(lambda step: step < steps, body, [tf.constant(0)])
+        return minibatch
 
     def train_step(self, data):
         batch = data if isinstance(data, dict) else {"prompt": data}
         rollout, batch = self.collect_rollout(batch)
         rollout.update(self.compute_advantages(rollout, batch))
+        if _num_replicas() == 1:
+            for key, variable in self._last_rollout.items():
+                variable.assign(rollout[key])
         self.update(rollout)
         return {tracker.name: tracker.result() for tracker in self.metrics}
 
