@@ -130,3 +130,11 @@ def test_bad_options_are_clear_errors():
         generate(policy, PROMPTS, 4, temperature=0)
     with pytest.raises(ValueError, match="exceeds the model's max_length"):
         generate(policy, PROMPTS, 100)
+
+
+def test_empty_batch_and_zero_new_tokens_give_empty_outputs():
+    policy = make_policy("lstm")
+    none = generate(policy, PROMPTS, 0)
+    assert none.token_ids.shape == (3, 0) and none.mask.shape == (3, 0)
+    empty = generate(policy, tf.zeros([0, 5], tf.int32), 4)
+    assert empty.token_ids.shape == (0, 4)

@@ -136,8 +136,10 @@ def decode_loop(policy, prompt_ids, max_new_tokens, seed, temperature, top_k, to
     # Sequences may all stop early: pad the [steps, B] arrays out to max_new_tokens.
     outputs = []
     for array in arrays:
-        stacked = tf.transpose(array.stack())                       # [B, steps]
-        stacked = tf.reshape(stacked, [batch_size, -1])             # steps may be 0
+        # An empty TensorArray (no step ran: max_new_tokens 0 or an empty batch)
+        # cannot be stacked, its element shape being unknown.
+        stacked = tf.cond(array.size() > 0, lambda: tf.transpose(array.stack()),
+                          lambda: tf.zeros([batch_size, 0], array.dtype))  # [B, steps]
         padding = max_new_tokens - tf.shape(stacked)[1]
         outputs.append(tf.pad(stacked, [[0, 0], [0, padding]]))
     return GenerationOutput(*outputs)
