@@ -88,6 +88,8 @@ def test_tokenizer_covers_all_text_without_unk(name, tasks):
 def test_interface_attributes(name, tasks):
     task = tasks[name]
     assert task.name == name
+    assert task.level in ("word", "char")
+    assert isinstance(task.pretrain_epochs, int) and task.pretrain_epochs > 0
     assert task.primary_metric in task.evaluate(task.heldout.prompts[:4],
                                                  ["x"] * 4, "heldout")
     tokenizer = task.tokenizer()

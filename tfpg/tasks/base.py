@@ -83,15 +83,19 @@ def check_rate(**values):
 class Task:
     """Base class of the bundled tasks (see the module docstring).
 
-    Subclasses set the class attributes `name`, `level`, `primary_metric` and
-    `max_new_tokens`, fill `pretrain_texts`, `train` and `heldout` in their
-    constructor, and implement `reward` and `evaluate`.
+    Subclasses set the class attributes `name`, `level` ("word" or "char"),
+    `primary_metric`, `max_new_tokens` (room for the longest answer and its EOS)
+    and `pretrain_epochs` (maximum-likelihood epochs after which a 128-unit LSTM
+    has learned the teaching data, flaws included: a default for the CLI), fill
+    `pretrain_texts`, `train` and `heldout` in their constructor, and implement
+    `reward` and `evaluate`.
     """
 
     name = None
     level = None
     primary_metric = None
     max_new_tokens = None
+    pretrain_epochs = None
 
     pretrain_texts: list
     train: Split
@@ -120,7 +124,11 @@ class Task:
         raise NotImplementedError
 
     def evaluate(self, prompts, completions, split="heldout"):
-        """Metrics (name -> float) of decoded `completions` for `prompts` of `split`."""
+        """Metrics (name -> float) of decoded `completions` for `prompts` of `split`.
+
+        `split` names where the prompts come from, for tasks that look answers up
+        there; the bundled tasks derive the answers from the prompts themselves.
+        """
         raise NotImplementedError
 
     def prompt_dataset(self, tokenizer, split="train", batch_size=32, **options):

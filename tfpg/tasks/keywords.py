@@ -99,7 +99,9 @@ class KeywordsTask(Task):
         seed: seed of every random draw.
         keyword_rate: fraction of teaching sentences that use a keyword (one of
             their adjectives replaced by a random keyword).
-        keywords: the positive words the completion should contain (any one).
+        keywords: the words the completion should contain (any one); single
+            words, positive ones by default. A keyword that is also a word of the
+            grammar (e.g. "cold") occurs more often than `keyword_rate`.
         num_train: fine-tuning prompts (drawn, with repeats, from the training
             sentence starts).
         num_heldout: evaluation prompts (drawn, with repeats, from the held-out
@@ -115,6 +117,7 @@ class KeywordsTask(Task):
     primary_metric = "satisfaction"
     # The longest completion has 7 words: verb adverb adj and adj time "."; +1 EOS.
     max_new_tokens = 10
+    pretrain_epochs = 10
 
     def __init__(self, seed=0, keyword_rate=0.15, keywords=DEFAULT_KEYWORDS, num_train=1000,
                  num_heldout=200, num_pretrain=3000):

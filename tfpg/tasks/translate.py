@@ -118,7 +118,8 @@ class _Sentence:
         return self.subject.feminine() or bool(self.obj and self.obj.feminine())
 
     def targets(self, agree=True):
-        """All valid translations (agreement on), as strings, in a fixed order."""
+        """All valid translations as strings, in a fixed order (subject adjective,
+        object adjective, verb synonyms); `agree=False` renders the teacher's flaw."""
         stems = {**TRANSITIVE_VERBS, **INTRANSITIVE_VERBS}[self.verb]
         verbs = [stem + ("an" if self.subject.plural else "as") for stem in stems]
         objects = self.obj.targets(agree) if self.obj else [[]]
@@ -183,6 +184,7 @@ class TranslateTask(Task):
     primary_metric = "bleu"
     # The longest target has 7 words: det noun adj det noun ka verb; +1 for EOS.
     max_new_tokens = 10
+    pretrain_epochs = 15
 
     def __init__(self, seed=0, flaw_rate=0.6, num_train=2000, num_heldout=300,
                  num_pretrain=4000):
@@ -217,10 +219,11 @@ class TranslateTask(Task):
         return _Sentence(noun_phrase(adjective if where == 0 else None), verb,
                          noun_phrase(adjective if where == 1 else None))
 
-    def _unique_sentences(self, rng, count):
+    @staticmethod
+    def _unique_sentences(rng, count):
         sentences, seen = [], set()
         for _ in range(50 * count):
-            sentence = self._random_sentence(rng)
+            sentence = TranslateTask._random_sentence(rng)
             if sentence.source() not in seen:
                 seen.add(sentence.source())
                 sentences.append(sentence)
