@@ -118,17 +118,18 @@ def check_config(config):
 
 
 def check_writable(path):
-    """Fails early (before training) when `path`'s parent cannot take new files."""
-    parent = os.path.dirname(os.path.abspath(path)) or "."
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"cannot create {parent}: {error.strerror}") from None
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"{parent} is not writable")
-    free = shutil.disk_usage(parent).free
+    """Fails early (before training, creating nothing) when `path` cannot be written:
+    its nearest existing ancestor must be a writable directory with 50 MiB free."""
+    ancestor = os.path.abspath(path)
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise UsageError(f"{ancestor} is a file, so {path} cannot be created")
+    if not os.access(ancestor, os.W_OK):
+        raise UsageError(f"{ancestor} is not writable, so {path} cannot be created")
+    free = shutil.disk_usage(ancestor).free
     if free < 50 * 2**20:
-        raise UsageError(f"only {free // 2**20} MiB free in {parent}; need at least 50 MiB")
+        raise UsageError(f"only {free // 2**20} MiB free in {ancestor}; need at least 50 MiB")
 
 
 # --------------------------------------------------------------------- data
@@ -288,10 +289,22 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.started = time.time()
 
 
+def variable_checkpoint(**groups):
+    """A `tf.train.Checkpoint` of named lists of Keras variables.
+
+    Keras 3 models are not trackable object graphs for `tf.train.Checkpoint`, so
+    each variable is named by its group and position (`policy/3`), which is stable
+    for models built from the same options.
+    """
+    return tf.train.Checkpoint(**{
+        name: tf.train.Checkpoint(**{str(i): v.value for i, v in enumerate(variables)})
+        for name, variables in groups.items()})
+
+
 def _restore(checkpoint, directory, name):
     prefix = os.path.join(directory, name)
     if tf.io.gfile.exists(prefix + ".index"):
-        checkpoint.read(prefix).expect_partial()
+        checkpoint.read(prefix).assert_existing_objects_matched()
 
 
 # --------------------------------------------------------------- evaluation
@@ -360,11 +373,11 @@ def run_training(config, log=print):
     check_config(config)
     output = config.output or os.path.join("saved_models", config.run_name)
     logdir = config.logdir or os.path.join("logs", config.run_name)
-    check_writable(output)
-    check_writable(os.path.join(logdir, "x"))
     job = make_job(config)
     if not job.pretrain_texts or not len(job.train) or not len(job.heldout):
         raise UsageError("empty dataset: nothing to train or evaluate on")
+    check_writable(output)
+    check_writable(logdir)
     checkpoint_dir = output.rstrip("/") + ".checkpoint"
     state = RunState(checkpoint_dir, config)
     if state.resumed:
@@ -387,7 +400,8 @@ def run_training(config, log=print):
                        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True,
                                                                        ignore_class=0))
         policy.optimizer.build(policy.trainable_variables)
-    pretrain_checkpoint = tf.train.Checkpoint(policy=policy, optimizer=policy.optimizer)
+    pretrain_checkpoint = variable_checkpoint(policy=policy.variables,
+                                              optimizer=policy.optimizer.variables)
     _restore(pretrain_checkpoint, checkpoint_dir, "pretrain")
 
     # 1. maximum-likelihood pre-training
@@ -411,7 +425,10 @@ def run_training(config, log=print):
         agent = ALGORITHMS[config.algorithm](policy, job.reward_fn,
                                              **_algorithm_options(config, job, vocabulary_size))
         agent.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
-    finetune_checkpoint = tf.train.Checkpoint(agent=agent, optimizer=agent.optimizer)
+    policy_ids = {id(v) for v in policy.variables}
+    finetune_checkpoint = variable_checkpoint(
+        policy=policy.variables, optimizer=agent.optimizer.variables,
+        trainer=[v for v in agent.variables if id(v) not in policy_ids])
     _restore(finetune_checkpoint, checkpoint_dir, "finetune")
     reference = agent.reference_model or _frozen_reference(policy, checkpoint_dir)
     before = state["before"]
@@ -466,7 +483,8 @@ def _frozen_reference(policy, checkpoint_dir):
     """The pre-trained policy, for measuring KL when the algorithm keeps no reference."""
     reference = PolicyNetwork.from_config(policy.get_config())
     reference.build()
-    _restore(tf.train.Checkpoint(policy=reference), checkpoint_dir, "pretrain")
+    prefix = os.path.join(checkpoint_dir, "pretrain")
+    variable_checkpoint(policy=reference.variables).read(prefix).expect_partial()
     return reference
 
 
@@ -500,15 +518,12 @@ def export_from_source(source, output, tokenizer_path=None):
                                config.hidden_dim, backbone=config.backbone,
                                num_layers=config.num_layers, max_length=256)
         policy.build()
-        if tf.io.gfile.exists(os.path.join(source, "finetune.index")):
-            holder = tf.Module()
-            holder.policy = policy
-            tf.train.Checkpoint(agent=holder).read(
-                os.path.join(source, "finetune")).expect_partial()
-        elif tf.io.gfile.exists(os.path.join(source, "pretrain.index")):
-            _restore(tf.train.Checkpoint(policy=policy), source, "pretrain")
-        else:
+        phases = [name for name in ("finetune", "pretrain")
+                  if tf.io.gfile.exists(os.path.join(source, name + ".index"))]
+        if not phases:
             raise UsageError(f"{source}: no completed epoch to export yet")
+        variable_checkpoint(policy=policy.variables).read(
+            os.path.join(source, phases[0])).expect_partial()
         max_new_tokens = state.get("max_new_tokens", 32)
     elif source.endswith(".keras") and os.path.isfile(source):
         tokenizer_path = tokenizer_path or os.path.join(os.path.dirname(source),

@@ -1,0 +1,123 @@
+"""The `tfpg` command end to end, in subprocesses, as a user runs it."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import tfpg
+
+TFPG = [sys.executable, "-m", "tfpg.cli"]
+SMALL = ["train", "--pretrain-epochs", "4", "--epochs", "2", "--batch-size", "128"]
+
+
+def run(args, cwd, timeout=600):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run(TFPG + args, cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def assert_usage_error(result, *words):
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("tfpg: error:")]
+    assert len(lines) == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One small `tfpg train` run shared by the tests that need an export."""
+    workdir = tmp_path_factory.mktemp("run")
+    result = run(SMALL + ["--output", "out/model", "--logdir", "out/logs"], workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir, result
+
+
+def test_train_writes_export_metrics_and_logs(trained):
+    workdir, result = trained
+    assert "held-out" in result.stdout and "before" in result.stdout
+    metrics = json.loads((workdir / "out/model/metrics.json").read_text())
+    assert metrics["task"] == "arithmetic" and metrics["algorithm"] == "rloo"
+    for phase in ("before", "after"):
+        assert {"exact_match", "reward"} <= set(metrics[phase])
+    assert metrics["seconds"] > 0
+    assert (workdir / "out/logs/rewards.csv").exists()
+    generator = tfpg.load(str(workdir / "out/model"))
+    assert len(generator.generate(["12+34="])) == 1
+
+
+def test_generate_evaluate_and_export_subcommands(trained):
+    workdir, _ = trained
+    generated = run(["generate", "out/model", "12+34=", "57+68="], workdir)
+    assert generated.returncode == 0, generated.stderr[-2000:]
+    assert len(generated.stdout.strip().splitlines()) == 2
+
+    evaluated = run(["evaluate", "out/model"], workdir)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert "exact_match" in json.loads(evaluated.stdout)
+
+    exported = run(["export", "out/model.checkpoint", "--output", "copy"], workdir)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    again = run(["generate", "copy", "12+34=", "57+68="], workdir)
+    assert again.stdout == generated.stdout   # same weights as the trained export
+
+
+@pytest.mark.parametrize("args,words", [
+    (["train", "--task", "chess"], ["unknown task", "chess"]),
+    (["train", "--algorithm", "dqn"], ["unknown algorithm", "dqn"]),
+    (["train", "--train-file", "missing.tsv"], ["missing.tsv", "not found"]),
+    (["train", "--train-file", "empty.tsv"], ["empty.tsv", "no examples"]),
+    (["train", "--train-file", "malformed.tsv"], ["malformed.tsv:2"]),
+    (["train", "--reward", "no_such_module:fn"], ["no_such_module"]),
+    (["train", "--reward", "os:no_such_function"], ["no_such_function"]),
+    (["train", "--reward", "sparkle"], ["unknown reward", "sparkle"]),
+    (["train", "--config", "bad.yaml"], ["unknown option", "learning_rat"]),
+    (["train", "--epochs", "many"], ["epochs"]),
+    (["generate", "nowhere", "hi"], ["nowhere"]),
+    (["frobnicate"], ["frobnicate"]),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, words):
+    (tmp_path / "empty.tsv").write_text("")
+    (tmp_path / "malformed.tsv").write_text("a prompt\tits reference\nno tab on this line\n")
+    (tmp_path / "bad.yaml").write_text("learning_rat: 0.1\n")
+    before = set(os.listdir(tmp_path))
+    result = run(args + ["--output", "out/model"] if args[0] == "train" else args, tmp_path)
+    assert_usage_error(result, *words)
+    assert set(os.listdir(tmp_path)) == before      # no half-written output or logs
+
+
+def test_killed_run_resumes_from_its_last_epoch(tmp_path):
+    args = ["train", "--pretrain-epochs", "6", "--epochs", "2", "--batch-size", "128",
+            "--output", "out/model", "--logdir", "out/logs"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    process = subprocess.Popen(TFPG + args, cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state_path = tmp_path / "out/model.checkpoint/state.json"
+    deadline = time.time() + 400
+    while time.time() < deadline and process.poll() is None:
+        if state_path.exists():
+            try:
+                if json.loads(state_path.read_text())["pretrain_epochs_done"] >= 2:
+                    break
+            except (ValueError, KeyError):
+                pass                        # caught mid-replace: read again
+        time.sleep(0.2)
+    assert process.poll() is None, "training ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = json.loads(state_path.read_text())["pretrain_epochs_done"]
+    assert 2 <= done < 6
+    assert not (tmp_path / "out/model").exists()     # nothing exported yet
+
+    result = run(args, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resuming from out/model.checkpoint: pre-training epoch {done}/6" in result.stdout
+    assert f"Epoch {done + 1}/6" in result.stdout
+    assert "Epoch 1/6" not in result.stdout          # resumed, not restarted
+    assert tfpg.load(str(tmp_path / "out/model")).generate(["12+34="])
