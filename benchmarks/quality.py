@@ -1,0 +1,374 @@
+"""Quality: maximum likelihood vs policy-gradient fine-tuning, per task and algorithm.
+
+For each task and seed the policy is pre-trained once with cross-entropy on the
+task's (flawed) teaching data; then every algorithm fine-tunes a copy of it, and the
+pre-trained policy itself keeps training with cross-entropy for the same wall-clock
+time ("ML continued": what the fine-tuning compute buys without a reward). Every row
+is scored on the held-out split:
+
+* the task's metric on greedy completions (arithmetic exact match %, translate
+  corpus BLEU, keywords satisfaction %),
+* the mean reward of those greedy completions,
+* KL(policy || pre-trained) per sequence, Monte-Carlo on sampled completions,
+* seconds of training (pre-training for the ML row; `fit` wall-clock, tracing
+  included, for the others).
+
+Results are mean +- std over seeds; the JSON holds every run and every setting.
+
+    python benchmarks/quality.py                          # 3 tasks x 3 seeds, all rows
+    python benchmarks/quality.py --tasks arithmetic --seeds 0 --algorithms rloo ppo
+    python benchmarks/quality.py --quick                  # a smoke run, minutes
+
+Runs are saved as they finish (`--output`); run the same command again to resume.
+"""
+
+import argparse
+import json
+import math
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import tfpg
+from tfpg.algorithms import ALGORITHMS
+from tfpg.tasks import get_task
+from tfpg.training import Job, evaluate_policy, variable_checkpoint
+
+TASKS = ("arithmetic", "translate", "keywords")
+ML, ML_CONTINUED = "maximum likelihood", "ML continued"
+
+# Shared settings: the `tfpg train` defaults (LSTM 64/128, Adam 3e-3 for
+# pre-training, 1e-3 for fine-tuning, batches of 64 samples).
+MODEL = {"backbone": "lstm", "embedding_dim": 64, "hidden_dim": 128, "num_layers": 1}
+PRETRAIN = {"learning_rate": 3e-3, "batch_size": 64}
+FINETUNE = {"learning_rate": 1e-3, "samples_per_step": 64, "epochs": 4,
+            "sampler": "sample", "temperature": 1.0, "max_grad_norm": 1.0}
+# Per-algorithm options (beyond the shared ones). RLOO / GRPO sample group_size
+# completions per prompt, so their batches hold samples_per_step / group_size prompts:
+# every algorithm sees the same number of sampled completions per step.
+ALGORITHM_OPTIONS = {
+    "reinforce": {"baseline": "moving_average"},
+    "scst": {},
+    "rloo": {"group_size": 4},
+    "grpo": {"group_size": 4, "num_epochs": 1},
+    "a2c": {"gae_lambda": 0.95, "entropy_coef": 0.01},
+    "ppo": {"num_epochs": 2, "num_minibatches": 1},
+}
+# The KL coefficient per task (None: each algorithm's default, 0 for REINFORCE / SCST /
+# RLOO / A2C, 0.04 for GRPO, 0.05 for PPO). The keywords reward alone is hackable
+# ("was wonderful ." everywhere), so there every algorithm pays the same KL price.
+TASK_KL_COEF = {"arithmetic": None, "translate": None, "keywords": 0.1}
+QUICK = {"task_options": {"arithmetic": dict(num_train=256, num_heldout=64, num_pretrain=1000),
+                          "translate": dict(num_train=256, num_heldout=64, num_pretrain=800),
+                          "keywords": dict(num_train=256, num_heldout=64, num_pretrain=600)},
+         "pretrain_epochs": 3, "epochs": 1}
+
+
+def make_job(task_name, seed, quick):
+    options = QUICK["task_options"][task_name] if quick else {}
+    task = get_task(task_name, seed=seed, **options)
+    tokenizer = task.tokenizer()
+    return Job(task_name, task.pretrain_texts, task.train, task.heldout, tokenizer,
+               task.reward(tokenizer),
+               lambda prompts, completions: task.evaluate(prompts, completions, "heldout"),
+               task.primary_metric, task.max_new_tokens,
+               QUICK["pretrain_epochs"] if quick else task.pretrain_epochs,
+               QUICK["epochs"] if quick else FINETUNE["epochs"])
+
+
+def new_policy(job):
+    policy = tfpg.PolicyNetwork(job.tokenizer.vocabulary_size, MODEL["embedding_dim"],
+                                MODEL["hidden_dim"], backbone=MODEL["backbone"],
+                                num_layers=MODEL["num_layers"], max_length=256)
+    policy.build()
+    return policy
+
+
+def copy_policy(policy, trainable=True):
+    copy = tfpg.PolicyNetwork.from_config(policy.get_config())
+    copy.build()
+    copy.set_weights(policy.get_weights())
+    copy.trainable = trainable
+    return copy
+
+
+def teaching_dataset(job, seed):
+    longest = max(len(row) for row in job.tokenizer.encode(job.pretrain_texts))
+    return tfpg.data.language_model_dataset(job.pretrain_texts, job.tokenizer,
+                                            sequence_length=min(longest, 128),
+                                            batch_size=PRETRAIN["batch_size"], seed=seed)
+
+
+def pretrain(job, seed, cache_dir):
+    """The pre-trained policy (compiled, its optimizer state kept) and its seconds.
+
+    Cached in `cache_dir` (weights + optimizer) so that a resumed benchmark does not
+    pre-train again.
+    """
+    keras.utils.set_random_seed(seed)
+    policy = new_policy(job)
+    policy.compile(optimizer=keras.optimizers.Adam(PRETRAIN["learning_rate"]),
+                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True,
+                                                                   ignore_class=0))
+    policy.optimizer.build(policy.trainable_variables)
+    checkpoint = variable_checkpoint(policy=policy.variables,
+                                     optimizer=policy.optimizer.variables)
+    prefix = os.path.join(cache_dir, f"{job.name}-{seed}-pretrained")
+    if os.path.exists(prefix + ".json"):
+        checkpoint.read(prefix).assert_existing_objects_matched()
+        with open(prefix + ".json") as f:
+            return policy, json.load(f)["seconds"]
+    start = time.perf_counter()
+    policy.fit(teaching_dataset(job, seed), epochs=job.pretrain_epochs, verbose=0)
+    seconds = time.perf_counter() - start
+    os.makedirs(cache_dir, exist_ok=True)
+    checkpoint.write(prefix)
+    with open(prefix + ".json", "w") as f:
+        json.dump({"seconds": seconds, "epochs": job.pretrain_epochs}, f)
+    return policy, seconds
+
+
+def algorithm_options(name, job, seed):
+    options = {"max_new_tokens": job.max_new_tokens, "eos_id": job.tokenizer.eos_id,
+               "seed": seed, "sampler": FINETUNE["sampler"],
+               "temperature": FINETUNE["temperature"],
+               "max_grad_norm": FINETUNE["max_grad_norm"], **ALGORITHM_OPTIONS[name]}
+    if TASK_KL_COEF[job.name] is not None:
+        options["kl_coef"] = TASK_KL_COEF[job.name]
+    return options
+
+
+def fine_tune(name, pretrained, job, seed):
+    """Fine-tunes a copy of `pretrained`; returns (policy, seconds, last logs)."""
+    keras.utils.set_random_seed(seed)
+    policy = copy_policy(pretrained)
+    options = algorithm_options(name, job, seed)
+    if ALGORITHMS[name].uses_value_model or options.get("baseline") == "value":
+        options["value_model"] = tfpg.ValueNetwork(
+            job.tokenizer.vocabulary_size, MODEL["embedding_dim"], MODEL["hidden_dim"],
+            backbone=MODEL["backbone"], num_layers=MODEL["num_layers"])
+    agent = ALGORITHMS[name](policy, job.reward_fn, **options)
+    agent.compile(optimizer=keras.optimizers.Adam(FINETUNE["learning_rate"]))
+    prompts_per_step = FINETUNE["samples_per_step"] // options.get("group_size", 1)
+    train = job.train
+    prompts = tfpg.data.prompt_dataset(train.prompts, job.tokenizer,
+                                       references=train.references,
+                                       extras=train.extras or None,
+                                       batch_size=prompts_per_step, shuffle=True, seed=seed,
+                                       drop_remainder=True)
+    # The same number of steps (and of sampled completions) for every algorithm.
+    steps = len(train) // FINETUNE["samples_per_step"]
+    start = time.perf_counter()
+    history = agent.fit(prompts.repeat().take(steps), epochs=job.finetune_epochs, verbose=0)
+    seconds = time.perf_counter() - start
+    logs = {key: float(values[-1]) for key, values in history.history.items()}
+    return policy, seconds, logs, steps * job.finetune_epochs
+
+
+class StopAfter(keras.callbacks.Callback):
+    """Stops `fit` once `seconds` of wall-clock have passed (checked every batch)."""
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds, self.steps = seconds, 0
+
+    def on_train_begin(self, logs=None):
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        if time.perf_counter() - self.start >= self.seconds:
+            self.model.stop_training = True
+
+
+def continue_ml(pretrained, job, seed, seconds):
+    """Keeps training `pretrained` (in place, same optimizer) with cross-entropy."""
+    keras.utils.set_random_seed(seed + 1000)
+    stop = StopAfter(seconds)
+    start = time.perf_counter()
+    pretrained.fit(teaching_dataset(job, seed + 1000), epochs=10_000, verbose=0,
+                   callbacks=[stop])
+    return time.perf_counter() - start, stop.steps
+
+
+def evaluate(policy, job, reference):
+    metrics, completions = evaluate_policy(policy, job, reference)
+    metrics["samples"] = [{"prompt": p, "completion": c}
+                          for p, c in zip(job.heldout.prompts[:3], completions[:3])]
+    return metrics
+
+
+# ------------------------------------------------------------------- tables
+
+METRIC_SCALE = {"arithmetic": ("exact_match", "exact match %", 100.0),
+                "translate": ("bleu", "BLEU", 1.0),
+                "keywords": ("satisfaction", "satisfaction %", 100.0)}
+
+
+def summarize(runs, tasks, methods):
+    """{task: {method: {column: (mean, std, n)}}} over seeds."""
+    summary = {}
+    for task in tasks:
+        metric, _, scale = METRIC_SCALE[task]
+        summary[task] = {}
+        for method in methods:
+            rows = [r for r in runs if r["task"] == task and r["method"] == method]
+            if not rows:
+                continue
+            columns = {"metric": [scale * r["metrics"][metric] for r in rows],
+                       "reward": [r["metrics"]["reward"] for r in rows],
+                       "kl": [r["metrics"]["kl"] for r in rows],
+                       "seconds": [r["seconds"] for r in rows]}
+            summary[task][method] = {
+                name: (float(np.mean(v)), float(np.std(v)), len(v))
+                for name, v in columns.items()}
+    return summary
+
+
+def markdown(summary, caption):
+    def cell(value, digits):
+        mean, std, n = value
+        return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
+
+    lines = [caption, ""]
+    for task, rows in summary.items():
+        if not rows:
+            continue
+        _, label, _ = METRIC_SCALE[task]
+        seeds = max(v["metric"][2] for v in rows.values())
+        lines += [f"**{task}** ({seeds} seed{'s' if seeds > 1 else ''})", "",
+                  f"| method | held-out {label} (greedy) | reward | KL (nats/seq) | seconds |",
+                  "|---|---:|---:|---:|---:|"]
+        for method, v in rows.items():
+            lines.append(f"| {method} | {cell(v['metric'], 1)} | {cell(v['reward'], 3)} | "
+                         f"{cell(v['kl'], 2)} | {cell(v['seconds'], 0)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def caption(quick):
+    algos = "; ".join(f"{name}: {', '.join(f'{k}={v}' for k, v in opts.items()) or 'defaults'}"
+                      for name, opts in ALGORITHM_OPTIONS.items())
+    return (f"Held-out quality{' (QUICK smoke run, not meaningful)' if quick else ''}. "
+            f"LSTM {MODEL['embedding_dim']}/{MODEL['hidden_dim']} pre-trained with "
+            f"cross-entropy (Adam {PRETRAIN['learning_rate']}, the task's epochs); every "
+            f"algorithm fine-tunes a copy for {FINETUNE['epochs']} epochs of "
+            f"len(train)/{FINETUNE['samples_per_step']} steps of "
+            f"{FINETUNE['samples_per_step']} sampled completions (Adam "
+            f"{FINETUNE['learning_rate']}, clip {FINETUNE['max_grad_norm']}, temperature 1; "
+            f"{algos}; value models the policy's size; KL coefficient: keywords "
+            f"{TASK_KL_COEF['keywords']} for all algorithms, elsewhere each algorithm's "
+            f"default (0 except GRPO 0.04, PPO 0.05)). ML continued: the pre-trained policy "
+            f"trained on with cross-entropy for the mean fine-tuning wall-clock. Metric and "
+            f"reward on greedy completions; KL(policy || pre-trained) per sequence on "
+            f"sampled completions; seconds: training wall-clock on 2 shared CPU cores "
+            f"(pre-training for the ML row). Mean ± std over seeds.")
+
+
+# --------------------------------------------------------------------- main
+
+
+def load_runs(path, quick):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        saved = json.load(f)
+    return [r for r in saved.get("runs", []) if r.get("quick", False) == quick]
+
+
+def save(path, markdown_path, runs, tasks, methods, quick):
+    summary = summarize(runs, tasks, methods)
+    result = {"caption": caption(quick), "quick": quick,
+              "settings": {"model": MODEL, "pretrain": PRETRAIN, "finetune": FINETUNE,
+                           "algorithms": ALGORITHM_OPTIONS, "kl_coef": TASK_KL_COEF,
+                           "ml_continued": "same optimizer, wall-clock = mean fine-tuning "
+                                           "seconds of the algorithms of that task and seed"},
+              "summary": {task: {method: {k: {"mean": v[0], "std": v[1], "n": v[2]}
+                                          for k, v in columns.items()}
+                                 for method, columns in rows.items()}
+                          for task, rows in summary.items()},
+              "runs": runs}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(tmp, path)
+    table = markdown(summary, caption(quick))
+    with open(markdown_path, "w") as f:
+        f.write(table + "\n")
+    return table
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS),
+                        choices=list(ALGORITHMS))
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny data, 3 pre-training epochs, 1 fine-tuning epoch, seed 0")
+    parser.add_argument("--output", default="benchmarks/results/quality.json")
+    parser.add_argument("--markdown", default=None,
+                        help="markdown table path (default: --output with .md)")
+    parser.add_argument("--cache", default=None,
+                        help="pre-trained weights cache (default: beside --output)")
+    parser.add_argument("--fresh", action="store_true", help="ignore saved runs")
+    args = parser.parse_args()
+    if args.quick and args.seeds == [0, 1, 2]:
+        args.seeds = [0]
+    markdown_path = args.markdown or os.path.splitext(args.output)[0] + ".md"
+    cache_dir = args.cache or os.path.join(
+        os.path.dirname(os.path.abspath(args.output)),
+        "quality-cache-quick" if args.quick else "quality-cache")
+    methods = [ML, ML_CONTINUED] + args.algorithms
+    runs = [] if args.fresh else load_runs(args.output, args.quick)
+
+    def done(task, seed, method):
+        return any(r["task"] == task and r["seed"] == seed and r["method"] == method
+                   for r in runs)
+
+    def record(task, seed, method, seconds, metrics, **extra):
+        runs.append({"task": task, "seed": seed, "method": method, "quick": args.quick,
+                     "seconds": round(seconds, 1), "metrics": metrics, **extra})
+        save(args.output, markdown_path, runs, args.tasks, methods, args.quick)
+        metric = METRIC_SCALE[task][0]
+        print(f"[{time.strftime('%H:%M:%S')}] {task} seed {seed} {method:<20} "
+              f"{metric} {metrics[metric]:.3f}  reward {metrics['reward']:.3f}  "
+              f"kl {metrics['kl']:.2f}  {seconds:.0f}s", flush=True)
+
+    for task in args.tasks:
+        for seed in args.seeds:
+            if all(done(task, seed, m) for m in methods):
+                continue
+            job = make_job(task, seed, args.quick)
+            pretrained, pretrain_seconds = pretrain(job, seed, cache_dir)
+            reference = copy_policy(pretrained, trainable=False)
+            if not done(task, seed, ML):
+                record(task, seed, ML, pretrain_seconds, evaluate(pretrained, job, None),
+                       epochs=job.pretrain_epochs)
+            for name in args.algorithms:
+                if done(task, seed, name):
+                    continue
+                policy, seconds, logs, steps = fine_tune(name, pretrained, job, seed)
+                record(task, seed, name, seconds, evaluate(policy, job, reference),
+                       steps=steps, options={k: v for k, v in
+                                             algorithm_options(name, job, seed).items()
+                                             if k != "value_model"},
+                       train_logs=logs)
+            if not done(task, seed, ML_CONTINUED):
+                spent = [r["seconds"] for r in runs if r["task"] == task
+                         and r["seed"] == seed and r["method"] in args.algorithms]
+                budget = float(np.mean(spent)) if spent else 0.0
+                seconds, steps = continue_ml(pretrained, job, seed, budget)
+                record(task, seed, ML_CONTINUED, seconds,
+                       evaluate(pretrained, job, reference), steps=steps,
+                       budget_seconds=round(budget, 1))
+    print()
+    print(save(args.output, markdown_path, runs, args.tasks, methods, args.quick))
+
+
+if __name__ == "__main__":
+    main()
