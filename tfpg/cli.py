@@ -6,6 +6,9 @@
     tfpg evaluate saved_models/arithmetic-rloo --task arithmetic
     tfpg export saved_models/arithmetic-rloo.checkpoint --output saved_models/copy
 
+    tfpg train --strategy mirrored --num-cpu-devices 2      # 2 replicas on one CPU
+    TF_CONFIG='{"cluster": ..., "task": ...}' tfpg train --strategy multi_worker
+
 Bad input ends with a one-line message and exit status 2; nothing half-written is
 left behind (`TFPG_DEBUG=1` shows the traceback instead).
 """
@@ -15,7 +18,8 @@ import json
 import os
 import sys
 
-from tfpg.training import STRATEGIES, TrainConfig, UsageError
+from tfpg.training import (ON_INVALID_REWARD, PRECISIONS, STRATEGIES, TRUNCATE_PROMPTS,
+                           TrainConfig, UsageError)
 
 ALGORITHM_NAMES = ("reinforce", "scst", "rloo", "grpo", "a2c", "ppo")
 TASK_NAMES = ("arithmetic", "translate", "keywords")
@@ -47,7 +51,28 @@ def _train_parser(subparsers):
     train.add_argument("--output", help="SavedModel directory (default "
                                         "saved_models/<task>-<algorithm>)")
     train.add_argument("--logdir", help="TensorBoard directory (default logs/<task>-<algorithm>)")
-    train.add_argument("--strategy", choices=STRATEGIES)
+    train.add_argument("--strategy", choices=STRATEGIES,
+                       help="default: one device; mirrored: all local GPUs (or "
+                            "--num-cpu-devices logical CPUs); multi_worker: "
+                            "MultiWorkerMirroredStrategy from TF_CONFIG")
+    train.add_argument("--num-cpu-devices", type=int,
+                       help="with --strategy mirrored and no GPU: split the CPU into N "
+                            "devices (also $TFPG_NUM_CPU_DEVICES)")
+    train.add_argument("--mixed-precision", choices=PRECISIONS,
+                       help="compute dtype policy (float32 weights, float32 log-softmax; "
+                            "loss scaling for mixed_float16)")
+    train.add_argument("--deterministic", action="store_true", default=None,
+                       help="TensorFlow op determinism: a rerun with the same seed gives "
+                            "the same metrics.json")
+    train.add_argument("--steps-per-epoch", type=int, help="fine-tuning steps per epoch")
+    train.add_argument("--max-new-tokens", type=int)
+    train.add_argument("--max-prompt-length", type=int,
+                       help="longest prompt in tokens, BOS included")
+    train.add_argument("--truncate-prompts", choices=TRUNCATE_PROMPTS,
+                       help="a longer prompt: error (default), or keep its left / right "
+                            "part, with a warning")
+    train.add_argument("--on-invalid-reward", choices=ON_INVALID_REWARD,
+                       help="NaN / inf rewards: raise (default), zero, or skip the sample")
 
 
 def _build_parser():
@@ -95,16 +120,21 @@ def _load_yaml(path):
 
 
 def _train(args):
-    from tfpg.training import format_table, run_training
+    from tfpg.training import configure_cpu_devices, format_table, run_training
     values = _load_yaml(args.config) if args.config else {}
     flags = {key: value for key, value in vars(args).items()
              if value is not None and key not in ("command", "config")}
     values.update(flags)
     if "train_file" in flags:
         values.pop("task", None)
-    metrics = run_training(TrainConfig.from_dict(values))
-    print(format_table(metrics))
-    print(f"exported to {metrics['output']} (metrics in {metrics['output']}/metrics.json)")
+    config = TrainConfig.from_dict(values)
+    if config.strategy == "mirrored":
+        # Logical devices exist only if made before TensorFlow runs its first op.
+        configure_cpu_devices(config.num_cpu_devices)
+    metrics = run_training(config)
+    if metrics.get("chief", True):
+        print(format_table(metrics))
+        print(f"exported to {metrics['output']} (metrics in {metrics['output']}/metrics.json)")
 
 
 def _generate(args):
@@ -169,10 +199,30 @@ def main(argv=None):
             raise
         status = 2 if isinstance(error, (UsageError, ValueError, FileNotFoundError,
                                          TypeError)) else 1
-        message = str(error).strip().splitlines()[0] if str(error).strip() else \
-            type(error).__name__
-        print(f"tfpg: error: {message}", file=sys.stderr)
+        print(f"tfpg: error: {_one_line(error)}", file=sys.stderr)
         return status
+
+
+def _one_line(error):
+    """The line of an exception that names the problem.
+
+    A TensorFlow runtime error (a NaN reward, a failing reward function inside
+    `fit`) starts with "Graph execution error:" and a node trace; its assertion
+    message or the error's own message is the useful line.
+    """
+    text = str(getattr(error, "message", None) or error).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    for line in lines:
+        if "assertion failed:" in line:
+            return line.split("assertion failed:", 1)[1].strip(" []")
+    generic = ("Graph execution error", "Detected at node", "File ", "Traceback")
+    useful = [line for line in lines if not line.startswith(generic)
+              and not line.startswith(("[[", "{{"))]
+    if useful and useful[0] != lines[0] and lines[0].startswith(generic):
+        return useful[0]
+    return lines[0]
 
 
 if __name__ == "__main__":

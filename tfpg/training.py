@@ -12,16 +12,30 @@ last completed epoch:
 
 Checkpoints live beside the export in `OUTPUT.checkpoint/` (a `tf.train.Checkpoint`
 of the policy, critic, reference, optimizers and KL controller, the tokenizer, and a
-`state.json` naming the last completed epoch of each phase). The export directory is
-only ever written whole, by rename.
+`state.json` naming the last completed epoch of each phase). Each epoch's checkpoint
+is written under a new name (`pretrain-3`, `finetune-1`) and only then named in
+`state.json`, which is replaced atomically: that rename is the commit, so a process
+killed at any instant leaves a state that names a complete checkpoint. The export
+directory is only ever written whole, by rename.
+
+Distribution (`strategy`): "default" (one device), "mirrored" (all local GPUs, or
+`num_cpu_devices` logical CPUs for testing) or "multi_worker"
+(`MultiWorkerMirroredStrategy` from `TF_CONFIG`; every worker runs the same command,
+the chief alone writes checkpoints, logs, metrics and the export, and `OUTPUT` must
+be on a file system every worker sees). Each worker reads its rows of every global
+batch (DATA sharding) and samples with the noise rows a single device would use for
+them, so a run gives the same weights whatever the strategy (to float rounding).
 """
 
 import dataclasses
+import glob
 import importlib
 import json
 import math
 import os
 import shutil
+import sys
+import tempfile
 import time
 
 import keras
@@ -32,7 +46,9 @@ from tfpg import callbacks as tfpg_callbacks
 from tfpg import data as tfpg_data
 from tfpg import rewards
 from tfpg.algorithms import ALGORITHMS
-from tfpg.export import export_saved_model
+from tfpg.algorithms.base import (DistributedFitMixin, apply_gradients, cross_replica_sum,
+                                  in_multi_worker_mode, scale_loss)
+from tfpg.export import METADATA_FILE, export_saved_model
 from tfpg.generation import generate
 from tfpg.losses import token_log_probs
 from tfpg.models import PolicyNetwork, ValueNetwork
@@ -41,7 +57,15 @@ from tfpg.text import Tokenizer
 
 STATE_VERSION = 1
 STRATEGIES = ("default", "mirrored", "multi_worker")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+TRUNCATE_PROMPTS = ("error", "left", "right")
 NAMED_REWARDS = ("bleu", "exact_match", "length")
+ON_INVALID_REWARD = ("raise", "zero", "skip")
+# Options that change how a run executes but not what it computes: a run may be
+# resumed with other values (e.g. on more devices).
+RUNTIME_OPTIONS = ("strategy", "num_cpu_devices", "deterministic", "logdir")
+NUM_CPU_DEVICES_ENV = "TFPG_NUM_CPU_DEVICES"
+MIN_FREE_MB_ENV = "TFPG_MIN_FREE_MB"
 
 
 class UsageError(ValueError):
@@ -73,6 +97,14 @@ class TrainConfig:
     group_size: int = 4
     max_new_tokens: int = None      # None: the task's default
     steps_per_epoch: int = None     # fine-tuning steps per epoch; None: whole train split
+    num_cpu_devices: int = None     # "mirrored" on N logical CPUs; None: $TFPG_NUM_CPU_DEVICES
+    mixed_precision: str = None     # None / "float32", "mixed_float16" or "mixed_bfloat16"
+    deterministic: bool = False     # tf.config.experimental.enable_op_determinism()
+    max_prompt_length: int = None   # tokens, BOS included; None: no limit (Transformer:
+                                    # its max_length - max_new_tokens)
+    truncate_prompts: str = "error"  # a longer prompt: "error", or keep its "left" /
+                                     # "right" part (with a warning)
+    on_invalid_reward: str = "raise"  # NaN / inf rewards: "raise", "zero" or "skip"
 
     @classmethod
     def from_dict(cls, values):
@@ -93,6 +125,7 @@ class TrainConfig:
 # Fine-tuning defaults per task: epochs over the train split and the held-out sizes
 # chosen so that `tfpg train` with no arguments finishes in minutes on 2 CPU cores.
 TASK_FINETUNE_EPOCHS = {"arithmetic": 4, "translate": 4, "keywords": 4}
+POLICY_MAX_LENGTH = 256
 
 
 def check_config(config):
@@ -106,9 +139,24 @@ def check_config(config):
         raise UsageError(f"unknown backbone {config.backbone!r}; known: lstm, gru, transformer")
     if config.strategy not in STRATEGIES:
         raise UsageError(f"unknown strategy {config.strategy!r}; known: {', '.join(STRATEGIES)}")
+    if config.mixed_precision not in (None,) + PRECISIONS:
+        raise UsageError(f"unknown --mixed-precision {config.mixed_precision!r}; "
+                         f"known: {', '.join(PRECISIONS)}")
+    if config.truncate_prompts not in TRUNCATE_PROMPTS:
+        raise UsageError(f"unknown --truncate-prompts {config.truncate_prompts!r}; "
+                         f"known: {', '.join(TRUNCATE_PROMPTS)}")
+    if config.on_invalid_reward not in ON_INVALID_REWARD:
+        raise UsageError(f"unknown --on-invalid-reward {config.on_invalid_reward!r}; "
+                         f"known: {', '.join(ON_INVALID_REWARD)}")
     for name in ("batch_size", "embedding_dim", "hidden_dim", "num_layers", "group_size"):
         if getattr(config, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
+    for name in ("num_cpu_devices", "max_prompt_length", "max_new_tokens", "steps_per_epoch"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
+    if config.num_cpu_devices not in (None, 1) and config.strategy != "mirrored":
+        raise UsageError("--num-cpu-devices needs --strategy mirrored")
     for name in ("pretrain_epochs", "epochs"):
         value = getattr(config, name)
         if value is not None and value < 0:
@@ -117,19 +165,53 @@ def check_config(config):
         raise UsageError(f"{config.train_file}: file not found")
 
 
-def check_writable(path):
+def check_writable(path, min_free_mb=None):
     """Fails early (before training, creating nothing) when `path` cannot be written:
-    its nearest existing ancestor must be a writable directory with 50 MiB free."""
+    its nearest existing ancestor must be a writable directory with `min_free_mb`
+    free (default 50 MiB, or $TFPG_MIN_FREE_MB). Writability is tested by creating
+    and deleting a file there, which also catches read-only file systems."""
+    if min_free_mb is None:
+        min_free_mb = float(os.environ.get(MIN_FREE_MB_ENV, 50))
     ancestor = os.path.abspath(path)
     while not os.path.exists(ancestor):
         ancestor = os.path.dirname(ancestor)
     if not os.path.isdir(ancestor):
         raise UsageError(f"{ancestor} is a file, so {path} cannot be created")
-    if not os.access(ancestor, os.W_OK):
+    if not os.access(ancestor, os.W_OK | os.X_OK):
         raise UsageError(f"{ancestor} is not writable, so {path} cannot be created")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".tfpg-write-test-", dir=ancestor)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise UsageError(f"{ancestor} is not writable ({error.strerror}), so {path} "
+                         "cannot be created") from None
     free = shutil.disk_usage(ancestor).free
-    if free < 50 * 2**20:
-        raise UsageError(f"only {free // 2**20} MiB free in {ancestor}; need at least 50 MiB")
+    if free < min_free_mb * 2**20:
+        raise UsageError(f"only {free // 2**20} MiB free in {ancestor}; need at least "
+                         f"{min_free_mb:g} MiB")
+
+
+def check_output(output, checkpoint_dir):
+    """Refuses, before training, an output that the final export would refuse (a
+    file, a non-empty directory that is not a tfpg export) and a checkpoint
+    directory holding something other than a tfpg run."""
+    if os.path.exists(output):
+        if not os.path.isdir(output):
+            raise UsageError(f"{output} exists and is not a directory; refusing to "
+                             "replace it with a SavedModel")
+        if os.listdir(output) and not os.path.isfile(os.path.join(output, METADATA_FILE)):
+            raise UsageError(f"{output} is a non-empty directory that is not a tfpg "
+                             "export; refusing to replace it (choose another --output)")
+    if os.path.exists(checkpoint_dir):
+        if not os.path.isdir(checkpoint_dir):
+            raise UsageError(f"{checkpoint_dir} exists and is not a directory")
+        ours = ("state.json", "tokenizer.json", "pretrain", "finetune", ".tokenizer-")
+        foreign = [name for name in os.listdir(checkpoint_dir)
+                   if not name.startswith(ours)]
+        if foreign:
+            raise UsageError(f"{checkpoint_dir} holds files that are not a tfpg "
+                             f"checkpoint ({foreign[0]}); choose another --output")
 
 
 # --------------------------------------------------------------------- data
@@ -150,6 +232,8 @@ class Job:
     max_new_tokens: int
     pretrain_epochs: int
     finetune_epochs: int
+    max_prompt_length: int = None   # tokens, BOS included; None: no limit
+    truncate: str = "error"         # "error", "left" or "right"
 
 
 def load_reward(spec, tokenizer, task_reward):
@@ -203,58 +287,225 @@ def _file_job(config):
 
     return Job(config.run_name, pretrain_texts, train, heldout, tokenizer,
                load_reward(config.reward or "bleu", tokenizer, None), evaluate, "bleu",
-               config.max_new_tokens or 32, config.pretrain_epochs or 10, config.epochs or 3)
+               config.max_new_tokens or 32,
+               10 if config.pretrain_epochs is None else config.pretrain_epochs,
+               3 if config.epochs is None else config.epochs)
 
 
 def make_job(config):
     if config.train_file is not None:
-        return _file_job(config)
-    task = get_task(config.task, seed=config.seed)
-    tokenizer = task.tokenizer()
-    return Job(config.task, task.pretrain_texts, task.train, task.heldout, tokenizer,
-               load_reward(config.reward, tokenizer, task.reward(tokenizer)),
-               lambda prompts, completions: task.evaluate(prompts, completions, "heldout"),
-               task.primary_metric, config.max_new_tokens or task.max_new_tokens,
-               task.pretrain_epochs if config.pretrain_epochs is None else config.pretrain_epochs,
-               TASK_FINETUNE_EPOCHS[config.task] if config.epochs is None else config.epochs)
+        job = _file_job(config)
+    else:
+        task = get_task(config.task, seed=config.seed)
+        tokenizer = task.tokenizer()
+        job = Job(config.task, task.pretrain_texts, task.train, task.heldout, tokenizer,
+                  load_reward(config.reward, tokenizer, task.reward(tokenizer)),
+                  lambda prompts, completions: task.evaluate(prompts, completions, "heldout"),
+                  task.primary_metric, config.max_new_tokens or task.max_new_tokens,
+                  task.pretrain_epochs if config.pretrain_epochs is None
+                  else config.pretrain_epochs,
+                  TASK_FINETUNE_EPOCHS[config.task] if config.epochs is None else config.epochs)
+    job.max_prompt_length = config.max_prompt_length
+    if job.max_prompt_length is None and config.backbone == "transformer":
+        # Position ids must stay inside the Transformer's table.
+        job.max_prompt_length = POLICY_MAX_LENGTH - job.max_new_tokens
+        if job.max_prompt_length < 2:
+            raise UsageError(f"--max-new-tokens {job.max_new_tokens} leaves no room for a "
+                             f"prompt in the Transformer's {POLICY_MAX_LENGTH} positions")
+    job.truncate = config.truncate_prompts
+    return job
+
+
+def check_prompt_lengths(job, warn):
+    """Applies the prompt length limit: a UsageError naming the first over-long
+    prompt, or (with `truncate` "left" / "right") a warning counting them."""
+    limit = job.max_prompt_length
+    if limit is None:
+        return
+    for split_name, split in (("training", job.train), ("held-out", job.heldout)):
+        lengths = [len(ids) for ids in job.tokenizer.encode(list(split.prompts))]
+        long = [i for i, n in enumerate(lengths) if n > limit]
+        if not long:
+            continue
+        if job.truncate == "error":
+            first = long[0]
+            raise UsageError(
+                f"{split_name} prompt {first} ({split.prompts[first][:40]!r}) has "
+                f"{lengths[first]} tokens, more than --max-prompt-length {limit} (BOS "
+                "included); shorten it or pass --truncate-prompts left|right")
+        warn(f"{len(long)} {split_name} prompt(s) longer than {limit} tokens were "
+             f"truncated, keeping their {job.truncate} part")
 
 
 # ----------------------------------------------------------------- strategy
 
 
-def make_strategy(name):
+def configure_cpu_devices(count):
+    """Splits the CPU into `count` logical devices (for "mirrored" without GPUs).
+
+    Must run before TensorFlow executes its first op; `tfpg train` does it first
+    thing. Also read from $TFPG_NUM_CPU_DEVICES when `count` is None.
+    """
+    if count is None:
+        count = int(os.environ.get(NUM_CPU_DEVICES_ENV) or 1)
+    if count <= 1:
+        return
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)])
+    except RuntimeError:
+        if len(tf.config.list_logical_devices("CPU")) != count:
+            raise UsageError(f"cannot split the CPU into {count} devices: TensorFlow is "
+                             "already running (set TFPG_NUM_CPU_DEVICES before it "
+                             "starts)") from None
+
+
+def make_strategy(name, num_cpu_devices=None):
+    """The `tf.distribute` strategy called `name` (see `STRATEGIES`)."""
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        gpus = tf.config.list_logical_devices("GPU")
+        if gpus:
+            return tf.distribute.MirroredStrategy()
+        configure_cpu_devices(num_cpu_devices)
+        cpus = [device.name for device in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(cpus)
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
             raise UsageError("--strategy multi_worker needs the TF_CONFIG environment variable")
+        try:
+            json.loads(os.environ["TF_CONFIG"])
+        except ValueError:
+            raise UsageError("TF_CONFIG is not valid JSON") from None
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def is_chief(strategy):
+    """False on the non-chief workers of a multi-worker strategy (they write nothing)."""
+    if not in_multi_worker_mode(strategy):
+        return True
+    resolver = strategy.cluster_resolver
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def shard_by_data(dataset):
+    """Each worker reads its own rows of every global batch (DATA auto-sharding).
+
+    The default (AUTO) finds no files to shard in an in-memory dataset and falls
+    back to DATA with a warning; saying so explicitly keeps the logs clean and the
+    behaviour independent of how the dataset was made.
+    """
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = \
+        tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+def set_precision(name):
+    """Sets the global Keras dtype policy; returns the previous policy's name."""
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(name or "float32")
+    return previous
+
+
+def float32_copy(policy, always=False):
+    """A float32 `PolicyNetwork` with `policy`'s weights, made outside any strategy,
+    for evaluation and export (mixed-precision weights are float32 already; only
+    the compute dtype changes). Returns `policy` itself when it is float32 and
+    `always` is False."""
+    if policy.dtype_policy.name == "float32" and not always:
+        return policy
+    previous = set_precision("float32")
+    try:
+        with tf.distribute.get_strategy().scope():     # the default strategy
+            copy = PolicyNetwork.from_config(dict(policy.get_config(), dtype="float32"))
+            copy.build()
+            copy.set_weights(policy.get_weights())
+    finally:
+        set_precision(previous)
+    return copy
+
+
+# ------------------------------------------------------------- pre-training
+
+
+class LanguageModelTrainer(DistributedFitMixin, keras.Model):
+    """Maximum-likelihood pre-training of a `PolicyNetwork` with `fit`.
+
+    The same loss as `policy.compile(loss=SparseCategoricalCrossentropy(
+    from_logits=True, ignore_class=0))` (mean over real target tokens), computed
+    so that it also runs under `MultiWorkerMirroredStrategy` (see
+    `DistributedFitMixin`): the token count is all-reduced, so the gradient is that
+    of the global batch on any number of replicas, and under mixed_float16 the loss
+    is scaled for the `LossScaleOptimizer`. Logs "loss".
+    """
+
+    def __init__(self, policy, **kwargs):
+        super().__init__(**kwargs)
+        self.policy = policy
+        if not policy.built:
+            policy.build()
+        self._loss_tracker = keras.metrics.Mean(name="loss")
+        self.built = True
+
+    @property
+    def metrics(self):
+        return [self._loss_tracker]
+
+    def compile(self, optimizer="adam", **kwargs):
+        super().compile(optimizer=optimizer, **kwargs)
+        self.optimizer.build(self.trainable_variables)
+
+    def train_step(self, data):
+        inputs, targets = data                                        # [B, L] each
+        mask = tf.cast(tf.not_equal(targets, 0), tf.float32)          # [B, L]
+        count = cross_replica_sum(tf.reduce_sum(mask))
+        with tf.GradientTape() as tape:
+            logits = self.policy(inputs, training=True)               # [B, L, V] float32
+            per_token = keras.losses.sparse_categorical_crossentropy(
+                targets, tf.cast(logits, tf.float32), from_logits=True)
+            loss = tf.math.divide_no_nan(tf.reduce_sum(per_token * mask), count)
+            scaled = scale_loss(self.optimizer, loss)
+        gradients = tape.gradient(scaled, self.trainable_variables)
+        apply_gradients(self.optimizer, gradients, self.trainable_variables)
+        self._loss_tracker.update_state(cross_replica_sum(loss))
+        return self.finalize_logs({"loss": self._loss_tracker.result()})
 
 
 # -------------------------------------------------------------- checkpoints
 
 
 class RunState:
-    """`state.json` of a run's checkpoint directory: which epochs are done."""
+    """`state.json` of a run's checkpoint directory: which epochs are done, and the
+    checkpoint holding each phase's last completed epoch."""
 
-    def __init__(self, directory, config):
+    def __init__(self, directory, config, writable=True):
         self.directory = directory
+        self.writable = writable
         self.path = os.path.join(directory, "state.json")
         self.values = {"version": STATE_VERSION, "config": dataclasses.asdict(config),
                        "pretrain_epochs_done": 0, "finetune_epochs_done": 0,
+                       "pretrain_checkpoint": None, "finetune_checkpoint": None,
                        "before": None, "seconds": 0.0}
         if os.path.exists(self.path):
             try:
                 with open(self.path) as f:
                     saved = json.load(f)
-            except (OSError, ValueError):
+                saved_config = _comparable(TrainConfig.from_dict(saved["config"]))
+            except (OSError, ValueError, KeyError, TypeError):
                 raise UsageError(f"{self.path}: unreadable checkpoint state; "
                                  "delete the directory to start over") from None
-            if saved.get("config") != self.values["config"]:
+            if saved_config != _comparable(config):
                 raise UsageError(f"{directory} holds a run with other options; "
                                  "use another --output or delete it to start over")
-            self.values = saved
+            for phase in ("pretrain", "finetune"):       # written by tfpg 0.1
+                if saved.get(f"{phase}_epochs_done") and f"{phase}_checkpoint" not in saved:
+                    saved[f"{phase}_checkpoint"] = phase
+            self.values.update(saved)
 
     @property
     def resumed(self):
@@ -265,27 +516,54 @@ class RunState:
 
     def save(self, **updates):
         self.values.update(updates)
+        if not self.writable:
+            return
         os.makedirs(self.directory, exist_ok=True)
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(self.values, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, self.path)
 
 
-class EpochCheckpoint(keras.callbacks.Callback):
-    """Saves `checkpoint` and marks the epoch done in the run state at each epoch end."""
+def _comparable(config):
+    values = dataclasses.asdict(config)
+    for name in RUNTIME_OPTIONS:
+        values.pop(name, None)
+    if values["mixed_precision"] == "float32":
+        values["mixed_precision"] = None
+    return values
 
-    def __init__(self, checkpoint, state, counter, started):
+
+def write_checkpoint(checkpoint, state, phase, epochs_done, **updates):
+    """Writes `checkpoint` as `PHASE-EPOCHS`, commits it in the run state, then
+    deletes the phase's older (or half-written) checkpoints."""
+    name = f"{phase}-{epochs_done}"
+    if state.writable:
+        checkpoint.write(os.path.join(state.directory, name))
+    state.save(**{f"{phase}_epochs_done": epochs_done, f"{phase}_checkpoint": name},
+               **updates)
+    if state.writable:
+        for path in glob.glob(os.path.join(glob.escape(state.directory), phase + "*")):
+            if os.path.basename(path).startswith(name + "."):
+                continue
+            if os.path.isdir(path):                  # a killed writer's temp folder
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Checkpoints and marks the epoch done in the run state at each epoch end."""
+
+    def __init__(self, checkpoint, state, phase, started):
         super().__init__()
-        self.checkpoint, self.state, self.counter, self.started = checkpoint, state, counter, started
+        self.checkpoint, self.state, self.phase, self.started = checkpoint, state, phase, started
 
     def on_epoch_end(self, epoch, logs=None):
-        prefix = os.path.join(self.state.directory, self.counter)
-        self.checkpoint.write(prefix + ".tmp")
-        for name in tf.io.gfile.glob(prefix + ".tmp*"):
-            os.replace(name, name.replace(".tmp", "", 1))
-        self.state.save(**{f"{self.counter}_epochs_done": epoch + 1,
-                           "seconds": self.state["seconds"] + time.time() - self.started})
+        write_checkpoint(self.checkpoint, self.state, self.phase, epoch + 1,
+                         seconds=self.state["seconds"] + time.time() - self.started)
         self.started = time.time()
 
 
@@ -302,18 +580,21 @@ def variable_checkpoint(**groups):
 
 
 def _restore(checkpoint, directory, name):
+    if name is None:
+        return
     prefix = os.path.join(directory, name)
-    if tf.io.gfile.exists(prefix + ".index"):
+    if not tf.io.gfile.exists(prefix + ".index"):
+        raise UsageError(f"{directory}: checkpoint {name} named in state.json is missing; "
+                         "delete the directory to start over")
+    try:
         checkpoint.read(prefix).assert_existing_objects_matched()
+    except (tf.errors.OpError, AssertionError, ValueError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UsageError(f"{prefix}: cannot restore the checkpoint ({first}); delete "
+                         f"{directory} to start over") from None
 
 
 # --------------------------------------------------------------- evaluation
-
-
-def _prompt_ids(tokenizer, prompts):
-    encoded = tokenizer.encode(list(prompts))
-    width = max(len(row) for row in encoded)
-    return np.array([[0] * (width - len(row)) + row for row in encoded], np.int32)
 
 
 def evaluate_policy(policy, job, reference=None, batch_size=256):
@@ -322,7 +603,9 @@ def evaluate_policy(policy, job, reference=None, batch_size=256):
     heldout = job.heldout
     dataset = tfpg_data.prompt_dataset(heldout.prompts, job.tokenizer,
                                        references=heldout.references,
-                                       extras=heldout.extras or None, batch_size=batch_size)
+                                       extras=heldout.extras or None, batch_size=batch_size,
+                                       max_prompt_length=job.max_prompt_length,
+                                       truncate=job.truncate)
     completions, reward_sum, kl_sum = [], 0.0, 0.0
     for batch in dataset:
         greedy = generate(policy, batch["prompt"], job.max_new_tokens, sampler="greedy")
@@ -355,7 +638,7 @@ def _sequence_kl(policy, reference, prompt_ids, sampled):
 
 def _algorithm_options(config, job, vocabulary_size):
     options = {"max_new_tokens": job.max_new_tokens, "eos_id": job.tokenizer.eos_id,
-               "seed": config.seed}
+               "seed": config.seed, "on_invalid_reward": config.on_invalid_reward}
     cls = ALGORITHMS[config.algorithm]
     if config.kl_coef is not None:
         options["kl_coef"] = config.kl_coef
@@ -364,45 +647,69 @@ def _algorithm_options(config, job, vocabulary_size):
     if cls.uses_value_model:
         options["value_model"] = ValueNetwork(vocabulary_size, config.embedding_dim,
                                               config.hidden_dim, backbone=config.backbone,
-                                              num_layers=config.num_layers)
+                                              num_layers=config.num_layers,
+                                              max_length=POLICY_MAX_LENGTH)
     return options
 
 
-def run_training(config, log=print):
-    """Runs (or resumes) the whole job; returns the metrics dict written to metrics.json."""
+def _warn(message):
+    print(f"tfpg: warning: {message}", file=sys.stderr, flush=True)
+
+
+def run_training(config, log=print, warn=_warn):
+    """Runs (or resumes) the whole job; returns the metrics dict written to metrics.json.
+
+    Under a multi-worker strategy every worker calls this; the non-chief workers
+    write nothing and return `{"chief": False, ...}` without evaluating.
+    """
     check_config(config)
-    output = config.output or os.path.join("saved_models", config.run_name)
+    output = os.path.normpath(config.output or os.path.join("saved_models", config.run_name))
     logdir = config.logdir or os.path.join("logs", config.run_name)
+    checkpoint_dir = output + ".checkpoint"
+    check_output(output, checkpoint_dir)
+    check_writable(output)
+    check_writable(logdir)
+    # Devices, strategy and determinism before anything runs a TensorFlow op.
+    strategy = make_strategy(config.strategy, config.num_cpu_devices)
+    chief = is_chief(strategy)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     job = make_job(config)
     if not job.pretrain_texts or not len(job.train) or not len(job.heldout):
         raise UsageError("empty dataset: nothing to train or evaluate on")
-    check_writable(output)
-    check_writable(logdir)
-    checkpoint_dir = output.rstrip("/") + ".checkpoint"
-    state = RunState(checkpoint_dir, config)
+    check_prompt_lengths(job, warn)
+    state = RunState(checkpoint_dir, config, writable=chief)
     if state.resumed:
         log(f"resuming from {checkpoint_dir}: pre-training epoch "
             f"{state['pretrain_epochs_done']}/{job.pretrain_epochs}, fine-tuning epoch "
             f"{state['finetune_epochs_done']}/{job.finetune_epochs}")
     else:
-        state.save(max_new_tokens=job.max_new_tokens)
-    job.tokenizer.save(os.path.join(checkpoint_dir, "tokenizer.json"))
+        state.save(max_new_tokens=job.max_new_tokens, max_prompt_length=job.max_prompt_length)
+    if chief:
+        job.tokenizer.save(os.path.join(checkpoint_dir, "tokenizer.json"))
+    previous_precision = set_precision(config.mixed_precision)
+    try:
+        return _run(config, job, strategy, chief, state, output, logdir, log)
+    finally:
+        set_precision(previous_precision)
+
+
+def _run(config, job, strategy, chief, state, output, logdir, log):
     keras.utils.set_random_seed(config.seed)
-    strategy = make_strategy(config.strategy)
     vocabulary_size = job.tokenizer.vocabulary_size
+    checkpoint_dir = state.directory
+    verbose = 2 if chief else 0
 
     with strategy.scope():
         policy = PolicyNetwork(vocabulary_size, config.embedding_dim, config.hidden_dim,
                                backbone=config.backbone, num_layers=config.num_layers,
-                               max_length=256)
+                               max_length=POLICY_MAX_LENGTH)
         policy.build()
-        policy.compile(optimizer=keras.optimizers.Adam(config.pretrain_learning_rate),
-                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True,
-                                                                       ignore_class=0))
-        policy.optimizer.build(policy.trainable_variables)
+        pretrainer = LanguageModelTrainer(policy)
+        pretrainer.compile(optimizer=keras.optimizers.Adam(config.pretrain_learning_rate))
     pretrain_checkpoint = variable_checkpoint(policy=policy.variables,
-                                              optimizer=policy.optimizer.variables)
-    _restore(pretrain_checkpoint, checkpoint_dir, "pretrain")
+                                              optimizer=pretrainer.optimizer.variables)
+    _restore(pretrain_checkpoint, checkpoint_dir, state["pretrain_checkpoint"])
 
     # 1. maximum-likelihood pre-training
     done = state["pretrain_epochs_done"]
@@ -416,9 +723,13 @@ def run_training(config, log=print):
                                                  sequence_length=min(longest, 128),
                                                  batch_size=config.batch_size,
                                                  seed=config.seed)
-        policy.fit(texts, epochs=job.pretrain_epochs, initial_epoch=done, verbose=2,
-                   callbacks=[EpochCheckpoint(pretrain_checkpoint, state, "pretrain",
-                                              time.time())])
+        pretrainer.fit(shard_by_data(texts), epochs=job.pretrain_epochs, initial_epoch=done,
+                       verbose=verbose,
+                       callbacks=[EpochCheckpoint(pretrain_checkpoint, state, "pretrain",
+                                                  time.time())])
+    if state["pretrain_checkpoint"] is None:
+        # No pre-training: the initial weights are the reference of the "after" KL.
+        write_checkpoint(pretrain_checkpoint, state, "pretrain", 0)
 
     # 2. the agent (its reference is the pre-trained policy) and "before" metrics
     with strategy.scope():
@@ -429,11 +740,10 @@ def run_training(config, log=print):
     finetune_checkpoint = variable_checkpoint(
         policy=policy.variables, optimizer=agent.optimizer.variables,
         trainer=[v for v in agent.variables if id(v) not in policy_ids])
-    _restore(finetune_checkpoint, checkpoint_dir, "finetune")
-    reference = agent.reference_model or _frozen_reference(policy, checkpoint_dir)
+    _restore(finetune_checkpoint, checkpoint_dir, state["finetune_checkpoint"])
     before = state["before"]
-    if before is None:
-        before, _ = evaluate_policy(policy, job)
+    if before is None and chief:
+        before, _ = evaluate_policy(float32_copy(policy, always=True), job)
         before["kl"] = 0.0
         state.save(before=before)
 
@@ -445,28 +755,42 @@ def run_training(config, log=print):
         prompts = tfpg_data.prompt_dataset(
             job.train.prompts, job.tokenizer, references=job.train.references,
             extras=job.train.extras or None, batch_size=config.batch_size, shuffle=True,
-            seed=config.seed, drop_remainder=len(job.train) >= config.batch_size)
+            seed=config.seed, drop_remainder=len(job.train) >= config.batch_size,
+            max_prompt_length=job.max_prompt_length, truncate=job.truncate)
         if config.steps_per_epoch:
             prompts = prompts.repeat().take(config.steps_per_epoch)
-        agent.fit(prompts, epochs=job.finetune_epochs, initial_epoch=done, verbose=2,
-                  callbacks=[tfpg_callbacks.RewardLogger(
-                                 csv_path=os.path.join(logdir, "rewards.csv"), logdir=logdir),
-                             keras.callbacks.TensorBoard(logdir),
-                             tfpg_callbacks.SampleLogger(
-                                 logdir, job.tokenizer, prompts=job.heldout.prompts[:8],
-                                 references=_first_references(job.heldout.references[:8])),
-                             EpochCheckpoint(finetune_checkpoint, state, "finetune",
-                                             time.time())])
+        callbacks = [EpochCheckpoint(finetune_checkpoint, state, "finetune", time.time())]
+        if chief:
+            callbacks[:0] = [
+                tfpg_callbacks.RewardLogger(csv_path=os.path.join(logdir, "rewards.csv"),
+                                            logdir=logdir),
+                keras.callbacks.TensorBoard(logdir),
+                tfpg_callbacks.SampleLogger(
+                    logdir, job.tokenizer, prompts=job.heldout.prompts[:8],
+                    references=_first_references(job.heldout.references[:8]))]
+        agent.fit(shard_by_data(prompts), epochs=job.finetune_epochs, initial_epoch=done,
+                  verbose=verbose, callbacks=callbacks)
 
-    # 4. "after", export, metrics.json
-    after, completions = evaluate_policy(policy, job, reference)
+    if not chief:
+        log("fine-tuning done; the chief evaluates and exports")
+        return {"chief": False, "output": output}
+
+    # 4. "after", export, metrics.json (from float32 copies outside the strategy)
+    exported = float32_copy(policy, always=True)
+    reference = float32_copy(
+        agent.reference_model or _frozen_reference(policy, checkpoint_dir,
+                                                   state["pretrain_checkpoint"]),
+        always=True)
+    after, completions = evaluate_policy(exported, job, reference)
     metrics = {"task": job.name, "algorithm": config.algorithm, "backbone": config.backbone,
+               "strategy": config.strategy, "replicas": strategy.num_replicas_in_sync,
+               "mixed_precision": config.mixed_precision or "float32",
                "primary_metric": job.primary_metric, "before": before, "after": after,
                "seconds": round(state["seconds"], 1), "output": output,
                "samples": [{"prompt": p, "completion": c}
                            for p, c in zip(job.heldout.prompts[:5], completions[:5])]}
-    export_saved_model(policy, job.tokenizer, output, max_new_tokens=job.max_new_tokens,
-                       eos_id=job.tokenizer.eos_id,
+    export_saved_model(exported, job.tokenizer, output, max_new_tokens=job.max_new_tokens,
+                       eos_id=job.tokenizer.eos_id, max_prompt_length=job.max_prompt_length,
                        metadata={"task": job.name, "algorithm": config.algorithm})
     tmp = os.path.join(output, "metrics.json.tmp")
     with open(tmp, "w") as f:
@@ -479,11 +803,11 @@ def _first_references(references):
     return [r if isinstance(r, str) else r[0] for r in references]
 
 
-def _frozen_reference(policy, checkpoint_dir):
+def _frozen_reference(policy, checkpoint_dir, name):
     """The pre-trained policy, for measuring KL when the algorithm keeps no reference."""
     reference = PolicyNetwork.from_config(policy.get_config())
     reference.build()
-    prefix = os.path.join(checkpoint_dir, "pretrain")
+    prefix = os.path.join(checkpoint_dir, name)
     variable_checkpoint(policy=reference.variables).read(prefix).expect_partial()
     return reference
 
@@ -510,21 +834,39 @@ def export_from_source(source, output, tokenizer_path=None):
         state_path = os.path.join(source, "state.json")
         if not os.path.exists(state_path):
             raise UsageError(f"{source}: not a tfpg checkpoint directory (no state.json)")
-        with open(state_path) as f:
-            state = json.load(f)
-        config = TrainConfig.from_dict(state["config"])
-        tokenizer = Tokenizer.load(tokenizer_path or os.path.join(source, "tokenizer.json"))
-        policy = PolicyNetwork(tokenizer.vocabulary_size, config.embedding_dim,
+        try:
+            with open(state_path) as f:
+                state = json.load(f)
+            config = TrainConfig.from_dict(state["config"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UsageError(f"{state_path}: unreadable checkpoint state") from None
+        own_tokenizer = os.path.join(source, "tokenizer.json")
+        if not os.path.exists(own_tokenizer):
+            raise UsageError(f"{source}: no tokenizer.json (a half-written checkpoint?)")
+        # The run's own tokenizer gives the model's shape; another one must match it.
+        model_vocabulary = Tokenizer.load(own_tokenizer).vocabulary_size
+        tokenizer = Tokenizer.load(tokenizer_path or own_tokenizer)
+        if tokenizer.vocabulary_size != model_vocabulary:
+            raise UsageError(f"tokenizer has {tokenizer.vocabulary_size} tokens but the model "
+                             f"{model_vocabulary}: they do not belong together")
+        policy = PolicyNetwork(model_vocabulary, config.embedding_dim,
                                config.hidden_dim, backbone=config.backbone,
-                               num_layers=config.num_layers, max_length=256)
+                               num_layers=config.num_layers, max_length=POLICY_MAX_LENGTH)
         policy.build()
-        phases = [name for name in ("finetune", "pretrain")
-                  if tf.io.gfile.exists(os.path.join(source, name + ".index"))]
-        if not phases:
+        names = [state.get(f"{phase}_checkpoint") or phase for phase in ("finetune", "pretrain")
+                 if state.get(f"{phase}_epochs_done") or state.get(f"{phase}_checkpoint")]
+        names = [name for name in names
+                 if tf.io.gfile.exists(os.path.join(source, name + ".index"))]
+        if not names:
             raise UsageError(f"{source}: no completed epoch to export yet")
-        variable_checkpoint(policy=policy.variables).read(
-            os.path.join(source, phases[0])).expect_partial()
+        try:
+            variable_checkpoint(policy=policy.variables).read(
+                os.path.join(source, names[0])).expect_partial()
+        except (tf.errors.OpError, ValueError) as error:
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise UsageError(f"{source}: cannot read checkpoint {names[0]} ({first})") from None
         max_new_tokens = state.get("max_new_tokens", 32)
+        max_prompt_length = state.get("max_prompt_length")
     elif source.endswith(".keras") and os.path.isfile(source):
         tokenizer_path = tokenizer_path or os.path.join(os.path.dirname(source),
                                                         "tokenizer.json")
@@ -538,10 +880,11 @@ def export_from_source(source, output, tokenizer_path=None):
         if not isinstance(policy, PolicyNetwork):
             raise UsageError(f"{source}: holds a {type(policy).__name__}, not a PolicyNetwork")
         max_new_tokens = 32
+        max_prompt_length = None
     else:
         raise UsageError(f"{source}: not a checkpoint directory or a .keras file")
     if policy.vocab_size != tokenizer.vocabulary_size:
         raise UsageError(f"tokenizer has {tokenizer.vocabulary_size} tokens but the model "
                          f"{policy.vocab_size}: they do not belong together")
     return export_saved_model(policy, tokenizer, output, max_new_tokens=max_new_tokens,
-                              eos_id=tokenizer.eos_id)
+                              eos_id=tokenizer.eos_id, max_prompt_length=max_prompt_length)

@@ -2,6 +2,11 @@
 
 Prints one line per algorithm: `NAME max_abs_weight_difference max_abs_update`. Run as a
 subprocess: logical devices must be configured before TensorFlow does anything.
+
+    python mirrored_step.py [--rows N] [ALGORITHM...]
+
+`--rows 7` gives a global batch that does not split evenly (4 + 3 rows): each replica
+must still sample with the noise rows of its own slice of the global batch.
 """
 
 import sys
@@ -37,10 +42,10 @@ def options(name):
     return extra
 
 
-def train_one_step(name, strategy):
-    data = {"prompt": np.array([[0, 1, 4], [1, 6, 7], [0, 1, 8], [1, 3, 3]] * 2, np.int32),
-            "bonus": np.arange(8, dtype=np.float32) / 8}
-    dataset = tf.data.Dataset.from_tensor_slices(data).batch(8)
+def train_one_step(name, strategy, rows=8):
+    prompts = np.array([[0, 1, 4], [1, 6, 7], [0, 1, 8], [1, 3, 3]] * 4, np.int32)[:rows]
+    data = {"prompt": prompts, "bonus": np.arange(rows, dtype=np.float32) / 8}
+    dataset = tf.data.Dataset.from_tensor_slices(data).batch(rows)
     with strategy.scope():
         keras.utils.set_random_seed(0)
         policy = tfpg.PolicyNetwork(VOCAB, 8, 12)
@@ -53,15 +58,18 @@ def train_one_step(name, strategy):
     return after, update
 
 
-def main(names):
+def main(names, rows=8):
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     single = tf.distribute.OneDeviceStrategy("/cpu:0")
     for name in names:
-        a, update = train_one_step(name, single)
-        b, _ = train_one_step(name, mirrored)
+        a, update = train_one_step(name, single, rows)
+        b, _ = train_one_step(name, mirrored, rows)
         diff = max(float(np.abs(x - y).max()) for x, y in zip(a, b))
         print(name, diff, update, flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or list(ALGORITHMS))
+    arguments, rows = sys.argv[1:], 8
+    if arguments[:1] == ["--rows"]:
+        rows, arguments = int(arguments[1]), arguments[2:]
+    main(arguments or list(ALGORITHMS), rows)

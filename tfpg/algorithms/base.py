@@ -48,13 +48,107 @@ def _num_replicas():
     return 1 if context is None else context.num_replicas_in_sync
 
 
+def in_multi_worker_mode(strategy=None):
+    """True under a `MultiWorkerMirroredStrategy` that spans more than one worker."""
+    strategy = strategy or tf.distribute.get_strategy()
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    check = getattr(strategy.extended, "_in_multi_worker_mode", None)  # what Keras tests
+    return bool(check()) if check is not None else True
+
+
 def _replica_rows(batch_size):
-    """(offset, total rows) of this replica's slice in the global batch."""
+    """(offset, total rows) of this replica's slice in the global batch.
+
+    `tf.distribute` splits a global batch into one chunk per replica, in chunk order
+    `local_replica * num_workers + worker` (the order Keras' `_multi_worker_concat`
+    undoes), and chunks may differ in size by one row when the batch does not divide
+    evenly. The sizes are all-reduced, so every replica knows where its rows start.
+    """
     context = _replica_context()
     if context is None or context.num_replicas_in_sync == 1:
         return None
+    replicas = context.num_replicas_in_sync
     replica = tf.cast(context.replica_id_in_sync_group, tf.int32)
-    return replica * batch_size, batch_size * context.num_replicas_in_sync
+    per_worker = len(getattr(context.strategy.extended, "worker_devices", ())) or replicas
+    workers = max(replicas // per_worker, 1)
+    chunk = (replica % per_worker) * workers + replica // per_worker
+    sizes = cross_replica_sum(tf.one_hot(chunk, replicas, dtype=tf.float32)
+                              * tf.cast(batch_size, tf.float32))            # [replicas]
+    offset = tf.reduce_sum(tf.where(tf.range(replicas) < chunk, sizes, 0.0))
+    return tf.cast(offset, tf.int32), tf.cast(tf.reduce_sum(sizes), tf.int32)
+
+
+def is_loss_scale_optimizer(optimizer):
+    return isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+def scale_loss(optimizer, loss):
+    """`loss` times the dynamic loss scale under a `LossScaleOptimizer` (float16)."""
+    return optimizer.scale_loss(loss) if is_loss_scale_optimizer(optimizer) else loss
+
+
+def apply_gradients(optimizer, gradients, variables, max_grad_norm=None):
+    """All-reduces, clips by global norm and applies gradients, the same on every replica.
+
+    `gradients` are this replica's share (their sum over replicas is the gradient of
+    the global loss), scaled by the loss scale under a `LossScaleOptimizer`. Every
+    replica ends with the same clipped, all-reduced gradients, so the loss scale
+    optimizer's finiteness test gives the same answer everywhere (a replica that
+    skipped the update while another applied it would deadlock the all-reduce).
+    """
+    # Dense: the global norm of IndexedSlices (embedding gradients) counts
+    # repeated ids separately, which is not the norm of the gradient.
+    gradients = [tf.convert_to_tensor(g) if g is not None else None for g in gradients]
+    replicas = _num_replicas()
+    if replicas > 1:
+        # Clip the global gradient, not each replica's share: all-reduce first,
+        # then hand the optimizer 1/replicas of it (it sums over replicas again).
+        gradients = cross_replica_sum(gradients)
+    if max_grad_norm is not None:
+        # Clipping commutes with the loss scale s: clip(s g, s c) = s clip(g, c).
+        # Non-finite (overflowed float16) gradients come out NaN, and the loss scale
+        # optimizer then skips the step and halves the scale.
+        clip_norm = max_grad_norm
+        if is_loss_scale_optimizer(optimizer):
+            clip_norm = max_grad_norm * optimizer.dynamic_scale
+        gradients, _ = tf.clip_by_global_norm(gradients, clip_norm)
+    if replicas > 1:
+        gradients = [g / replicas if g is not None else None for g in gradients]
+    optimizer.apply(gradients, variables)
+
+
+class DistributedFitMixin:
+    """Makes Keras 3 `fit` work under `MultiWorkerMirroredStrategy`.
+
+    Two Keras 3 problems (keras-team/keras#20585, #20329), worked around here:
+
+    * `fit` starts with a "symbolic build" that draws one batch from the dataset
+      and reduces it (a dict) with a single `strategy.reduce` call;
+      `MultiWorkerMirroredStrategy` cannot reduce a nested structure. The trainers
+      build every variable (model, optimizer, metrics) before `fit`, so the probe
+      is skipped. It is skipped under every strategy: the extra pass over the
+      dataset would also advance a seeded shuffle by one epoch, so a distributed
+      run would see other batches than a single-device one.
+    * `fit` reduces the logs of `train_step` with `strategy.reduce("MEAN", v,
+      axis=0)` in multi-worker mode, which fails for scalars ("Invalid reduction
+      dimension 0 for input with 0 dimensions"). `finalize_logs` returns each
+      log as a [1] tensor there; the reduction then averages the replicas and
+      callbacks see scalars, as on one device.
+    """
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if self.built and getattr(self.optimizer, "built", False):
+            return
+        if in_multi_worker_mode(self.distribute_strategy):
+            raise ValueError(f"{type(self).__name__}: build the model and compile "
+                             "it before fit under MultiWorkerMirroredStrategy")
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def finalize_logs(self, logs):
+        if in_multi_worker_mode(self.distribute_strategy):
+            return {name: tf.reshape(value, [1]) for name, value in logs.items()}
+        return logs
 
 
 def sequence_return(rollout):
@@ -73,7 +167,7 @@ def frozen_copy(model):
     return copy
 
 
-class PolicyGradientTrainer(keras.Model):
+class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
     """Base class of the algorithms in `tfpg.algorithms`; not used directly.
 
     Args:
@@ -368,7 +462,11 @@ class PolicyGradientTrainer(keras.Model):
                                      cross_replica_sum(tf.stop_gradient(denominator)))
 
     def loss_and_gradients(self, minibatch):
-        """Total loss, its gradients and the logs of one minibatch."""
+        """Total loss, its gradients and the logs of one minibatch.
+
+        The gradients are of the loss times the loss scale under a
+        `LossScaleOptimizer` (mixed_float16), as `optimizer.apply` expects them.
+        """
         mask = minibatch["loss_mask"]
         with tf.GradientTape() as tape:
             logits = self.completion_logits(self.policy, minibatch["prompt_ids"],
@@ -388,26 +486,16 @@ class PolicyGradientTrainer(keras.Model):
             for name, (per_token, coefficient, mode) in terms.items():
                 logs[name] = self._aggregate(per_token, mask, mode)
                 total += coefficient * logs[name]
+            scaled = scale_loss(self.optimizer, total)      # float16: loss scaling
         variables = self.trainable_variables
-        gradients = tape.gradient(total, variables)
+        gradients = tape.gradient(scaled, variables)
         for name, per_token in token_metrics.items():
             logs[name] = self._aggregate(per_token, mask, "token_mean")
         return total, gradients, {name: cross_replica_sum(value) for name, value in logs.items()}
 
     def _apply(self, gradients):
-        # Dense: the global norm of IndexedSlices (embedding gradients) counts
-        # repeated ids separately, which is not the norm of the gradient.
-        gradients = [tf.convert_to_tensor(g) if g is not None else None for g in gradients]
-        replicas = _num_replicas()
-        if replicas > 1:
-            # Clip the global gradient, not each replica's share: all-reduce first,
-            # then hand the optimizer 1/replicas of it (it sums over replicas again).
-            gradients = cross_replica_sum(gradients)
-        if self.max_grad_norm is not None:
-            gradients, _ = tf.clip_by_global_norm(gradients, self.max_grad_norm)
-        if replicas > 1:
-            gradients = [g / replicas if g is not None else None for g in gradients]
-        self.optimizer.apply(gradients, self.trainable_variables)
+        apply_gradients(self.optimizer, gradients, self.trainable_variables,
+                        self.max_grad_norm)
 
     def _update_step(self, minibatch):
         total, gradients, logs = self.loss_and_gradients(minibatch)
@@ -466,7 +554,7 @@ class PolicyGradientTrainer(keras.Model):
             for key, variable in self._last_rollout.items():
                 variable.assign(rollout[key])
         self.update(rollout)
-        return {tracker.name: tracker.result() for tracker in self.metrics}
+        return self.finalize_logs({tracker.name: tracker.result() for tracker in self.metrics})
 
     def gradients(self, batch):
         """Gradients of one rollout's loss w.r.t. `trainable_variables` (no update).
@@ -478,6 +566,10 @@ class PolicyGradientTrainer(keras.Model):
         rollout, batch = self.collect_rollout(batch)
         rollout.update(self.compute_advantages(rollout, batch))
         _, gradients, _ = self.loss_and_gradients(rollout)
+        if is_loss_scale_optimizer(self.optimizer):
+            scale = self.optimizer.dynamic_scale
+            gradients = [None if g is None else tf.convert_to_tensor(g) / scale
+                         for g in gradients]
         return gradients
 
     def get_config(self):
