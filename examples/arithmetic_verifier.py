@@ -7,7 +7,7 @@ removes it. The table splits held-out exact match (greedy decoding) by whether t
 sum carries, and counts how often the model still writes the teacher's carry-dropped
 answer.
 
-    python examples/arithmetic_verifier.py [--algorithm rloo] [--epochs 4] [--seed 0]
+    python examples/arithmetic_verifier.py [--algorithm rloo] [--epochs 8] [--seed 0]
 """
 
 import argparse
@@ -40,7 +40,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algorithm", default="rloo", choices=["reinforce", "scst", "rloo",
                                                                 "grpo", "ppo"])
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     started = time.perf_counter()
@@ -78,11 +78,13 @@ def main():
     after, after_completions = evaluate_policy(policy, job, reference)
 
     print()
-    print("examples (held-out, greedy):")
-    for prompt, old, new in list(zip(job.heldout.prompts, before_completions,
-                                     after_completions))[:6]:
+    print("sums the pre-trained policy got wrong (held-out, greedy):")
+    shown = 0
+    for prompt, old, new in zip(job.heldout.prompts, before_completions, after_completions):
         a, b = (int(x) for x in prompt.rstrip("=").split("+"))
-        print(f"  {prompt:<8} before {old:>4}   after {new:>4}   (correct {a + b})")
+        if old != str(a + b) and shown < 6:
+            shown += 1
+            print(f"  {prompt:<8} before {old:>4}   after {new:>4}   (correct {a + b})")
     print()
     print(f"held-out arithmetic ({len(job.heldout)} sums never seen in training), "
           f"greedy decoding, {args.algorithm}:")

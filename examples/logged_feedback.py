@@ -11,8 +11,10 @@ cross-entropy and the advantages passed as `sample_weight`:
 Task: `arithmetic` (the teacher drops carries; the reward is an exact-match
 verifier). Each round logs 4 sampled completions per training prompt from the current
 policy, turns rewards into advantages (reward minus the mean reward of the same
-prompt's logged completions) and fits one epoch on the log. The table shows held-out
-exact match (greedy) and the mean logged reward round by round.
+prompt's logged completions), keeps their positive part as `sample_weight` and fits
+one epoch on the log. The table shows held-out exact match (greedy) and the mean
+logged reward round by round, and what one round with the signed advantages does
+(off-policy, it collapses: keep weights non-negative on logged data).
 
     python examples/logged_feedback.py [--rounds 3] [--samples 4] [--log-dir DIR]
 """
@@ -102,6 +104,21 @@ def read_log(path, tokenizer):
     return x, y, advantages
 
 
+def fit_on_log(policy, path, tokenizer, signed=False):
+    """One epoch of advantage-weighted cross-entropy on a log, plain Keras `fit`."""
+    x, y, advantages = read_log(path, tokenizer)
+    if not signed:
+        # Keep the positive part: learn from the completions that beat their prompt's
+        # average. Negative weights on logged data keep pushing down completions the
+        # policy no longer writes (and the EOS and digits they share with correct
+        # answers) on every step, with no fresh samples to correct it; see the last
+        # row of the table.
+        advantages = np.maximum(advantages, 0.0)
+    policy.fit(x, y, sample_weight=advantages, batch_size=64, epochs=1, shuffle=True,
+               verbose=0)
+    return len(x), float(np.mean(advantages != 0))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -114,45 +131,59 @@ def main():
     started = time.perf_counter()
 
     job = make_job(TrainConfig(task="arithmetic", seed=args.seed))
+    tok = job.tokenizer
     print(f"pre-training on {len(job.pretrain_texts)} sums from a carry-dropping teacher "
           f"({job.pretrain_epochs} epochs) ...", flush=True)
     policy = pretrain(job, args.seed)
     reference = tfpg.PolicyNetwork.from_config(policy.get_config())
     reference.build()
     reference.set_weights(policy.get_weights())
-
-    # The policy is now trained like any Keras model on logged data.
-    policy.compile(optimizer=keras.optimizers.Adam(args.learning_rate),
-                   loss=tfpg.losses.AdvantageWeightedCrossentropy())
     directory = args.log_dir or tempfile.mkdtemp(prefix="tfpg-logs-")
     os.makedirs(directory, exist_ok=True)
+
+    def compile_for_logs(model):
+        # From here on the policy is trained like any Keras model on logged data.
+        model.compile(optimizer=keras.optimizers.Adam(args.learning_rate),
+                      loss=tfpg.losses.AdvantageWeightedCrossentropy())
+
+    compile_for_logs(policy)
     rows = []
     for round_ in range(args.rounds + 1):
         metrics, _ = evaluate_policy(policy, job, reference if round_ else None)
         path = os.path.join(directory, f"feedback-{round_}.jsonl")
         logged_reward = write_log(policy, job, path, args.samples, seed=args.seed + round_)
-        rows.append((round_, metrics, logged_reward))
-        if round_ == args.rounds:
-            break
-        x, y, advantages = read_log(path, job.tokenizer)
-        print(f"round {round_ + 1}: {len(x)} logged completions (mean reward "
-              f"{logged_reward:.3f}, {np.mean(advantages != 0):.0%} with a non-zero "
-              f"advantage) in {path}", flush=True)
-        policy.fit(x, y, sample_weight=advantages, batch_size=64, epochs=1, shuffle=True,
-                   verbose=0)
+        rows.append(("pre-trained" if round_ == 0 else f"after round {round_}", metrics,
+                     logged_reward))
+        if round_ < args.rounds:
+            count, weighted = fit_on_log(policy, path, tok)
+            print(f"round {round_ + 1}: fit on {count} logged completions (mean reward "
+                  f"{logged_reward:.3f}, {weighted:.0%} with a positive advantage) from "
+                  f"{path}", flush=True)
+
+    # For comparison: round 1 again, with the signed advantages.
+    signed = tfpg.PolicyNetwork.from_config(reference.get_config())
+    signed.build()
+    signed.set_weights(reference.get_weights())
+    compile_for_logs(signed)
+    fit_on_log(signed, os.path.join(directory, "feedback-0.jsonl"), tok, signed=True)
+    metrics, _ = evaluate_policy(signed, job, reference)
+    logged_reward = write_log(signed, job, os.path.join(directory, "feedback-signed.jsonl"),
+                              args.samples, seed=args.seed + 1)
+    rows.append(("round 1, signed A", metrics, logged_reward))
 
     print()
-    print(f"advantage-weighted fit on logged feedback (arithmetic, {args.samples} logged "
-          f"completions per prompt and round; held-out exact match is greedy)")
-    print(f"{'':<16}{'exact match':>12}{'carry':>8}{'no carry':>10}{'dropped':>9}"
+    print(f"advantage-weighted fit on logged feedback (arithmetic; {args.samples} logged "
+          f"completions per prompt and round; A = reward - the prompt's mean logged reward, "
+          f"sample_weight = max(A, 0); held-out exact match is greedy)")
+    print(f"{'':<19}{'exact match':>12}{'carry':>8}{'no carry':>10}{'dropped':>9}"
           f"{'logged reward':>15}{'KL':>7}")
-    for round_, metrics, logged_reward in rows:
-        name = "pre-trained" if round_ == 0 else f"after round {round_}"
-        print(f"{name:<16}{metrics['exact_match']:>12.3f}{metrics['exact_match_carry']:>8.3f}"
+    for name, metrics, logged_reward in rows:
+        print(f"{name:<19}{metrics['exact_match']:>12.3f}{metrics['exact_match_carry']:>8.3f}"
               f"{metrics['exact_match_no_carry']:>10.3f}{metrics['dropped_carry']:>9.3f}"
               f"{logged_reward:>15.3f}{metrics['kl']:>7.2f}")
-    print(f"\"logged reward\": mean verifier reward of that policy's sampled completions of "
-          f"the training prompts; whole script {time.perf_counter() - started:.0f} s")
+    print(f"logged reward: mean verifier reward of that policy's sampled completions of the "
+          f"training prompts; KL to the pre-trained policy per sequence; whole script "
+          f"{time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

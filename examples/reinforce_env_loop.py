@@ -150,7 +150,8 @@ def main():
     start = time.perf_counter()
     history = agent.fit(prompts.repeat().take(args.updates), epochs=1, verbose=0)
     fit_seconds = time.perf_counter() - start
-    print(f"  last batch: mean reward {history.history['reward'][-1]:.3f}")
+    print(f"  mean episode reward over the {args.updates} updates: "
+          f"{history.history['reward'][-1]:.3f}")
     fit_after = heldout_reward(policy, task, tokenizer, reward_fn)
 
     print()

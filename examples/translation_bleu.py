@@ -91,9 +91,13 @@ def main():
 
     heldout = job.heldout.prompts
     print()
-    print("examples (held-out, greedy):")
-    for prompt, old, new in list(zip(heldout, before_completions, after_completions))[:5]:
-        print(f"  {prompt}\n      before: {old}\n      after:  {new}")
+    print("examples the pre-trained policy got wrong (held-out, greedy):")
+    wrong = [(p, old, new) for p, old, new in zip(heldout, before_completions,
+                                                  after_completions)
+             if old not in parse_source(p[:-len(SEPARATOR)]).targets()]
+    for prompt, old, new in wrong[:5]:
+        ok = "ok" if new in parse_source(prompt[:-len(SEPARATOR)]).targets() else "wrong"
+        print(f"  {prompt}\n      before: {old}\n      after:  {new}   ({ok})")
     print()
     print(f"held-out translation ({len(heldout)} unseen sentences), greedy decoding, "
           f"{args.algorithm} on sentence BLEU:")
