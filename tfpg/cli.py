@@ -197,10 +197,18 @@ def main(argv=None):
     except Exception as error:  # noqa: BLE001 - the CLI's promise: one line, no traceback
         if os.environ.get("TFPG_DEBUG"):
             raise
+        message = _one_line(error)
         status = 2 if isinstance(error, (UsageError, ValueError, FileNotFoundError,
                                          TypeError)) else 1
-        print(f"tfpg: error: {_one_line(error)}", file=sys.stderr)
+        if message.startswith("reward ") and _is_tf_error(error):
+            status = 2          # a NaN or failing reward: bad input, like a bad file
+        print(f"tfpg: error: {message}", file=sys.stderr)
         return status
+
+
+def _is_tf_error(error):
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(error, tf.errors.OpError)
 
 
 def _one_line(error):
@@ -217,6 +225,11 @@ def _one_line(error):
     for line in lines:
         if "assertion failed:" in line:
             return line.split("assertion failed:", 1)[1].strip(" []")
+    if lines[0].startswith("in user code:"):
+        # AutoGraph's trace of user code: the exception itself is the last line.
+        last = lines[-1]
+        name = type(error).__name__ + ": "
+        return last[len(name):] if last.startswith(name) else last
     generic = ("Graph execution error", "Detected at node", "File ", "Traceback")
     useful = [line for line in lines if not line.startswith(generic)
               and not line.startswith(("[[", "{{"))]

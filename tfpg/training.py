@@ -28,8 +28,10 @@ them, so a run gives the same weights whatever the strategy (to float rounding).
 """
 
 import dataclasses
+import functools
 import glob
 import importlib
+import inspect
 import json
 import math
 import os
@@ -177,8 +179,6 @@ def check_writable(path, min_free_mb=None):
         ancestor = os.path.dirname(ancestor)
     if not os.path.isdir(ancestor):
         raise UsageError(f"{ancestor} is a file, so {path} cannot be created")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise UsageError(f"{ancestor} is not writable, so {path} cannot be created")
     try:
         fd, probe = tempfile.mkstemp(prefix=".tfpg-write-test-", dir=ancestor)
         os.close(fd)
@@ -257,7 +257,24 @@ def load_reward(spec, tokenizer, task_reward):
     reward_fn = getattr(module, attribute, None)
     if not callable(reward_fn):
         raise UsageError(f"--reward {spec}: {module_name} has no callable {attribute!r}")
-    return reward_fn
+    return _named_reward(reward_fn, spec)
+
+
+def _named_reward(reward_fn, spec):
+    """A plain function reward whose exceptions (raised while `fit` traces the step)
+    name the reward; reward objects (`PythonReward`, `WeightedSum`) report their own."""
+    if not inspect.isfunction(reward_fn):
+        return reward_fn
+
+    @functools.wraps(reward_fn)
+    def reward(*args):
+        try:
+            return reward_fn(*args)
+        except Exception as error:  # noqa: BLE001 - any failure of user code
+            raise UsageError(f"reward {spec} failed: {type(error).__name__}: "
+                             f"{error}") from error
+
+    return reward
 
 
 def _file_job(config):
@@ -588,7 +605,7 @@ def _restore(checkpoint, directory, name):
                          "delete the directory to start over")
     try:
         checkpoint.read(prefix).assert_existing_objects_matched()
-    except (tf.errors.OpError, AssertionError, ValueError) as error:
+    except Exception as error:  # noqa: BLE001 - TF raises many types for corrupt files
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise UsageError(f"{prefix}: cannot restore the checkpoint ({first}); delete "
                          f"{directory} to start over") from None
@@ -862,7 +879,7 @@ def export_from_source(source, output, tokenizer_path=None):
         try:
             variable_checkpoint(policy=policy.variables).read(
                 os.path.join(source, names[0])).expect_partial()
-        except (tf.errors.OpError, ValueError) as error:
+        except Exception as error:  # noqa: BLE001 - TF raises many types for corrupt files
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise UsageError(f"{source}: cannot read checkpoint {names[0]} ({first})") from None
         max_new_tokens = state.get("max_new_tokens", 32)

@@ -24,6 +24,7 @@ import tensorflow as tf  # noqa: E402
 
 import keras  # noqa: E402
 import tfpg  # noqa: E402
+from tfpg.training import shard_by_data  # noqa: E402
 from tfpg.algorithms import ALGORITHMS  # noqa: E402
 
 VOCAB = 9
@@ -41,7 +42,7 @@ def dataset():
     prompts = np.array([[0, 1, 4], [1, 6, 7], [0, 1, 8], [1, 3, 3]] * (rows // 4), np.int32)
     data = {"prompt": prompts, "bonus": np.arange(rows, dtype=np.float32) / 8}
     # Each worker reads its half of every global batch.
-    return tfpg.training.shard_by_data(
+    return shard_by_data(
         tf.data.Dataset.from_tensor_slices(data).batch(GLOBAL_BATCH))
 
 
