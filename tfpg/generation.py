@@ -7,8 +7,15 @@ batch size, prompt length and `max_new_tokens` are dynamic, so new shapes do not
 retrace. Log-probs are taken from the distribution that was actually sampled (after
 temperature, top-k, top-p and `suppress_ids`); `filter_logits` is that distribution
 and the trainers reuse it to score completions the same way.
+
+Speed (see benchmarks/generation.py): sampling is inverse-CDF with one uniform per row
+(not one per logit), the prefill projects only the last prompt position onto the
+vocabulary, the Transformer's key/value cache is updated in place, the loop runs one
+iteration at a time (no early start of the next step's ops competing for the cores)
+and skips the forward pass after the last token.
 """
 
+import inspect
 import weakref
 from typing import NamedTuple
 
@@ -72,22 +79,86 @@ def _seed_tensor(seed):
     return tf.cast(seed, tf.int32)
 
 
-def _gumbel_max_sample(logits, seed, step, noise_rows):
-    """Samples one id per row of logits [B, V] by the Gumbel-max trick.
+# Ids per block of the two-level inverse-CDF search in `_sample`.
+_BLOCK = 128
 
-    The noise of step `step` is one [total_rows, V] draw from `seed`, of which these B
-    rows are rows offset..offset+B-1 (`noise_rows = (offset, total_rows)`). A replica
-    holding a slice of a global batch thus draws exactly the samples a single device
-    would draw for the same rows, so distributed and single-device runs agree.
-    """
-    batch_size, vocab_size = tf.shape(logits)[0], tf.shape(logits)[1]
+
+def _row_uniforms(seed, step, noise_rows, batch_size):
+    """One uniform [0, 1) per row: rows offset..offset+B-1 of a [total_rows] draw."""
     offset, total_rows = noise_rows if noise_rows is not None else (0, batch_size)
-    step_seed = tf.random.experimental.stateless_fold_in(seed, step)
-    uniform = tf.random.stateless_uniform([total_rows, vocab_size], step_seed,
-                                          minval=1e-20, maxval=1.0)
-    uniform = uniform[offset:offset + batch_size]                   # [B, V]
-    gumbel = -tf.math.log(-tf.math.log(uniform))
-    return tf.argmax(logits + gumbel, axis=-1, output_type=tf.int32)
+    # Philox named explicitly, so that the stream does not depend on the device.
+    # (XLA implements it differently: under jit_compile the draws differ.)
+    step_seed = tf.random.experimental.stateless_fold_in(seed, step, alg="philox")
+    uniform = tf.random.stateless_uniform([total_rows], step_seed, alg="philox")
+    return uniform[offset:offset + batch_size]
+
+
+def _first_positive(weights):
+    """Index of the first entry > 0 along the last axis of weights [..., K]: int32 [...]."""
+    return tf.argmax(weights > 0, axis=-1, output_type=tf.int32)
+
+
+def _last_positive(weights):
+    """Index of the last entry > 0 along the last axis of weights [..., K]: int32 [...]."""
+    return weights.shape[-1] - 1 - _first_positive(tf.reverse(weights, [-1]))
+
+
+def _sample(logits, seed, step, noise_rows):
+    """Draws one id per row of logits [B, V]; returns (ids int32 [B], log-probs [B]).
+
+    Inverse-CDF sampling with one uniform per row: the uniform of step `step` for row
+    r is element offset + r of one [total_rows] draw from `seed`
+    (`noise_rows = (offset, total_rows)`), so a replica holding a slice of a global
+    batch draws exactly what a single device draws for the same rows. The search is
+    two-level: the block of `_BLOCK` ids whose cumulative weight passes the threshold,
+    then the id inside it, so only [B, V / _BLOCK] and [B, _BLOCK] cumulative sums
+    are taken. Ids of weight exactly 0 (filtered: exp(-1e9) == 0) are never returned,
+    rounding included. The sampling distribution is exactly softmax(logits), like the
+    Gumbel-max trick, at one uniform per row instead of one per logit.
+    """
+    batch_size = tf.shape(logits)[0]
+    vocab_size = logits.shape[-1]
+    if vocab_size is None:
+        raise ValueError("sampling needs a static vocabulary size")
+    shifted = logits - tf.reduce_max(logits, axis=-1, keepdims=True)           # [B, V]
+    weights = tf.exp(shifted)                                                  # [B, V]
+    pad = -vocab_size % _BLOCK
+    if pad:
+        weights = tf.pad(weights, [[0, 0], [0, pad]])
+    blocks = tf.reshape(weights, [batch_size, (vocab_size + pad) // _BLOCK, _BLOCK])
+    block_sums = tf.reduce_sum(blocks, axis=-1)                                # [B, nb]
+    block_cdf = tf.cumsum(block_sums, axis=-1)                                 # [B, nb]
+    total = block_cdf[:, -1]                                                   # [B]
+    threshold = _row_uniforms(seed, step, noise_rows, batch_size) * total      # [B]
+    # The first block whose cumulative weight exceeds the threshold (it has weight
+    # > 0); rounding can only push the count past the end, hence the clamp.
+    passed = tf.reduce_sum(tf.cast(block_cdf <= threshold[:, None], tf.int32), -1)
+    block = tf.minimum(passed, _last_positive(block_sums))                     # [B]
+    within = tf.gather(blocks, block, batch_dims=1)                            # [B, K]
+    before = tf.gather(tf.cumsum(block_sums, axis=-1, exclusive=True), block,
+                       batch_dims=1)                                           # [B]
+    local_cdf = tf.cumsum(within, axis=-1)                                     # [B, K]
+    passed = tf.reduce_sum(tf.cast(local_cdf <= (threshold - before)[:, None], tf.int32), -1)
+    # An id of weight 0 never ends the count (its cumulative sum equals its
+    # predecessor's), except at the ends of the block, where rounding may land.
+    index = tf.clip_by_value(passed, _first_positive(within), _last_positive(within))
+    token = block * _BLOCK + index                                             # [B]
+    log_prob = tf.gather(shifted, token, batch_dims=1) - tf.math.log(total)    # [B]
+    return token, log_prob
+
+
+def _decoding_options(policy):
+    """Keyword options of `policy.call_with_cache` that decoding may use."""
+    try:
+        parameters = inspect.signature(policy.call_with_cache).parameters
+    except (TypeError, ValueError):
+        return {}, {}
+    prefill, step = {}, {}
+    if "last_only" in parameters:
+        prefill["last_only"] = True
+    if "in_place" in parameters:
+        prefill["in_place"] = step["in_place"] = True
+    return prefill, step
 
 
 def decode_loop(policy, prompt_ids, max_new_tokens, seed, temperature, top_k, top_p,
@@ -95,54 +166,65 @@ def decode_loop(policy, prompt_ids, max_new_tokens, seed, temperature, top_k, to
     """The decode graph (call inside a `tf.function`). See `generate` for arguments.
 
     `noise_rows` = (offset, total_rows) places this batch inside a larger one for the
-    sampling noise (see `_gumbel_max_sample`); None means the batch stands alone.
+    sampling noise (see `_sample`); None means the batch stands alone.
+
+    With `max_new_tokens` a Python int every shape is static given the prompt's, and
+    the graph compiles with XLA (`tf.function(jit_compile=True)`).
     """
     batch_size = tf.shape(prompt_ids)[0]
     prompt_length = tf.shape(prompt_ids)[1]
     cache = policy.initial_cache(batch_size, prompt_length + max_new_tokens)
+    prefill_options, step_options = _decoding_options(policy)
     logits, _, cache = policy.call_with_cache(prompt_ids, cache, 0,
-                                              padding_mask=tf.not_equal(prompt_ids, 0))
-    next_logits = logits[:, -1]                                    # [B, V]
-    arrays = [tf.TensorArray(dtype, size=0, dynamic_size=True)
-              for dtype in (tf.int32, tf.float32, tf.float32)]
+                                              padding_mask=tf.not_equal(prompt_ids, 0),
+                                              **prefill_options)
+    next_logits = logits[:, -1]                                                # [B, V]
+    # Outputs by step: row `step` of each [N, B] buffer is written at step `step`;
+    # rows of steps that never ran (every sequence ended) stay 0.
+    buffers = [tf.zeros([max_new_tokens, batch_size], dtype)
+               for dtype in (tf.int32, tf.float32, tf.float32)]
 
-    def body(step, next_logits, cache, finished, ids_array, mask_array, log_prob_array):
+    def body(step, next_logits, cache, finished, ids, mask, log_probs):
         filtered = filter_logits(next_logits, temperature, top_k, top_p, suppress_ids)
         if greedy:
             token = tf.argmax(filtered, axis=-1, output_type=tf.int32)
+            log_prob = (tf.gather(filtered, token, batch_dims=1)
+                        - tf.reduce_logsumexp(filtered, axis=-1))
         else:
-            token = _gumbel_max_sample(filtered, seed, step, noise_rows)
-        log_prob = tf.gather(tf.nn.log_softmax(filtered), token, batch_dims=1)
+            token, log_prob = _sample(filtered, seed, step, noise_rows)
         alive = tf.logical_not(finished)
         token = tf.where(alive, token, 0)
         alive_float = tf.cast(alive, tf.float32)
-        ids_array = ids_array.write(step, token)
-        mask_array = mask_array.write(step, alive_float)
-        log_prob_array = log_prob_array.write(step, log_prob * alive_float)
+        row = tf.reshape(step, [1, 1])
+        ids = tf.tensor_scatter_nd_update(ids, row, token[None])
+        mask = tf.tensor_scatter_nd_update(mask, row, alive_float[None])
+        log_probs = tf.tensor_scatter_nd_update(log_probs, row, (log_prob * alive_float)[None])
         if eos_id is not None:
             finished = tf.logical_or(finished, tf.equal(token, eos_id))
-        logits, _, cache = policy.call_with_cache(
-            token[:, None], cache, prompt_length + step,
-            padding_mask=tf.ones([batch_size, 1], tf.bool))
-        return step + 1, logits[:, 0], cache, finished, ids_array, mask_array, log_prob_array
 
-    def keep_going(step, next_logits, cache, finished, *arrays):
+        def forward():
+            logits, _, new_cache = policy.call_with_cache(
+                token[:, None], cache, prompt_length + step,
+                padding_mask=tf.ones([batch_size, 1], tf.bool), **step_options)
+            return logits[:, 0], new_cache
+
+        # The logits after the last token are never used: skip that forward pass.
+        next_logits, cache = tf.cond(step + 1 < max_new_tokens, forward,
+                                     lambda: (next_logits, cache))
+        return step + 1, next_logits, cache, finished, ids, mask, log_probs
+
+    def keep_going(step, next_logits, cache, finished, *buffers):
         return tf.logical_and(step < max_new_tokens,
                               tf.logical_not(tf.reduce_all(finished)))
 
     finished = tf.zeros([batch_size], tf.bool)
-    _, _, _, _, *arrays = tf.while_loop(
-        keep_going, body, [tf.constant(0), next_logits, cache, finished, *arrays])
-    # Sequences may all stop early: pad the [steps, B] arrays out to max_new_tokens.
-    outputs = []
-    for array in arrays:
-        # An empty TensorArray (no step ran: max_new_tokens 0 or an empty batch)
-        # cannot be stacked, its element shape being unknown.
-        stacked = tf.cond(array.size() > 0, lambda: tf.transpose(array.stack()),
-                          lambda: tf.zeros([batch_size, 0], array.dtype))  # [B, steps]
-        padding = max_new_tokens - tf.shape(stacked)[1]
-        outputs.append(tf.pad(stacked, [[0, 0], [0, padding]]))
-    return GenerationOutput(*outputs)
+    # One iteration at a time: a step depends on the previous one's token anyway, and
+    # letting the executor start the next step's independent ops early only makes
+    # them compete with this step's matmuls for the same cores.
+    _, _, _, _, *buffers = tf.while_loop(
+        keep_going, body, [tf.constant(0), next_logits, cache, finished, *buffers],
+        parallel_iterations=1)
+    return GenerationOutput(*(tf.transpose(buffer) for buffer in buffers))   # [B, N]
 
 
 _COMPILED = weakref.WeakKeyDictionary()

@@ -56,13 +56,22 @@ class PolicyNetwork(keras.Model):
             self.build()
         return self.backbone.initial_cache(batch_size, max_length)
 
-    def call_with_cache(self, token_ids, cache, index, padding_mask=None, training=None):
+    def call_with_cache(self, token_ids, cache, index, padding_mask=None, training=None,
+                        last_only=False, in_place=False):
         """Feeds token_ids [B, T] at position `index` of the cache.
 
-        Returns (logits float32 [B, T, V], hidden [B, T, H], updated cache).
+        Returns (logits float32 [B, T, V], hidden [B, T, H], updated cache). With
+        `last_only=True` logits and hidden are those of the last position only
+        ([B, 1, V], [B, 1, H]): a prompt prefill then skips the vocabulary projection
+        of every other position. `in_place=True` lets the backbone update the buffers
+        of `cache` (from `initial_cache`) instead of copying them; the cache passed in
+        must then not be used again.
         """
         hidden, cache = self.backbone.call_with_cache(token_ids, cache, index,
-                                                      padding_mask, training)
+                                                      padding_mask, training,
+                                                      in_place=in_place)
+        if last_only:
+            hidden = hidden[:, -1:]
         return self.lm_head(hidden), hidden, cache
 
     def get_config(self):

@@ -65,13 +65,15 @@ class RecurrentBackbone(keras.layers.Layer):
         hidden, _ = self.call_with_cache(token_ids, None, 0, padding_mask, training)
         return hidden
 
-    def call_with_cache(self, token_ids, cache, index, padding_mask=None, training=None):
+    def call_with_cache(self, token_ids, cache, index, padding_mask=None, training=None,
+                        in_place=False):
         """Runs `token_ids` [B, T] from state `cache`; returns (hidden [B, T, H], cache).
 
-        `index` (the position of the first token) is accepted for interface parity with
-        the Transformer and unused: the state already summarises the past.
+        `index` (the position of the first token) and `in_place` are accepted for
+        interface parity with the Transformer and unused: the state already summarises
+        the past, and is small enough to be replaced at every step.
         """
-        del index
+        del index, in_place
         if padding_mask is None:
             padding_mask = tf.not_equal(token_ids, 0)
         padding_mask = tf.cast(padding_mask, tf.bool)

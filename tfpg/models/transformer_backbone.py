@@ -10,6 +10,47 @@ import tensorflow as tf
 _MASKED_SCORE = -1e9
 
 
+def _in_xla_context():
+    """True while tracing a function that XLA will compile (jit_compile=True)."""
+    try:
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # pragma: no cover - a TF without the helper
+        return False
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def _write_slots(cache, new, index, axis, in_place):
+    """cache with new written at slots index..index+T-1 of `axis` (-1 or -2).
+
+    Keys are cached as [B, H, D, S] (axis -1), values as [B, H, S, D] (axis -2).
+    `in_place=True` overwrites the slots in cache's own buffer (`InplaceUpdate` on a
+    flat view): O(B*T) work instead of a copy of the whole cache at every decoding
+    step; the cache passed in is modified too. Under XLA (which has no such op, and
+    updates loop buffers in place by itself) and by default, a functional update.
+    """
+    rank = len(cache.shape)
+    if not in_place or _in_xla_context():
+        start = [0] * rank
+        start[axis] = index
+        return keras.ops.slice_update(cache, start, new)
+    shape = tf.shape(cache)
+    # Rows of the flat view: one element per slot for keys, a D-vector for values.
+    width = 1 if axis == -1 else shape[-1]
+    slots, length = shape[axis], tf.shape(new)[axis]
+    outer = tf.reduce_prod(shape[:axis])
+    rows = tf.range(outer)[:, None] * slots + index + tf.range(length)[None, :]  # [.., T]
+    flat = tf.raw_ops.InplaceUpdate(x=tf.reshape(cache, [-1, width]),
+                                    i=tf.reshape(rows, [-1]),
+                                    v=tf.reshape(new, [-1, width]))
+    return tf.reshape(flat, shape)
+
+
+def _fresh_zeros(shape, dtype):
+    """A zero tensor in a buffer of its own: `Empty` is stateful, so unlike tf.zeros
+    it is never constant-folded or shared, and may be updated in place."""
+    return tf.raw_ops.Empty(shape=shape, dtype=dtype, init=True)
+
+
 @keras.saving.register_keras_serializable(package="tfpg")
 class CausalSelfAttention(keras.layers.Layer):
     """Multi-head self-attention over [B, T, E], optionally extending a key/value cache."""
@@ -33,27 +74,35 @@ class CausalSelfAttention(keras.layers.Layer):
         self.built = True
 
     def call(self, x, attention_mask, key_cache=None, value_cache=None, index=0,
-             training=None):
+             training=None, in_place=False):
         """x [B, T, E]; attention_mask bool [B, T, S] (S = T without a cache).
 
-        With `key_cache` / `value_cache` [B, S, heads, head_dim] the new keys and values
-        are written at positions index..index+T-1 and attention runs over all S slots.
+        With `key_cache` [B, heads, head_dim, S] and `value_cache`
+        [B, heads, S, head_dim] the new keys and values are written at slots
+        index..index+T-1 and attention runs over all S slots; `in_place=True` overwrites
+        those slots in the cache's own buffers (see `TransformerBackbone.call_with_cache`).
         Returns (output [B, T, E], key_cache, value_cache).
         """
         batch, length = tf.shape(x)[0], tf.shape(x)[1]
         qkv = tf.reshape(self.qkv(x), [batch, length, 3, self.num_heads, self.head_dim])
-        query, key, value = tf.unstack(qkv, axis=2)              # [B, T, H, D] each
-        if key_cache is not None:
-            start = [0, index, 0, 0]
-            key_cache = keras.ops.slice_update(key_cache, start, key)
-            value_cache = keras.ops.slice_update(value_cache, start, value)
-            key, value = key_cache, value_cache                  # [B, S, H, D]
-        scores = tf.einsum("bqhd,bkhd->bhqk", query, key) / math.sqrt(self.head_dim)
+        query, key, value = tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]))  # [B, H, T, D]
+        if key_cache is None:
+            scores = tf.matmul(query, key, transpose_b=True)             # [B, H, T, T]
+        else:
+            # Keys are cached transposed, [B, H, D, S], values as [B, H, S, D]: both
+            # products are then plain batched matmuls that stream the cache once (a
+            # transposed operand costs ~2x for a single query row).
+            key_cache = _write_slots(key_cache, tf.transpose(key, [0, 1, 3, 2]), index,
+                                     -1, in_place)
+            value_cache = _write_slots(value_cache, value, index, -2, in_place)
+            scores = tf.matmul(query, key_cache)                         # [B, H, T, S]
+            value = value_cache                                          # [B, H, S, D]
+        scores = scores / math.sqrt(self.head_dim)
         scores = tf.where(attention_mask[:, None, :, :], tf.cast(scores, tf.float32),
                           _MASKED_SCORE)
         weights = tf.cast(tf.nn.softmax(scores, axis=-1), x.dtype)  # [B, H, T, S]
         weights = self.dropout_layer(weights, training=training)
-        attended = tf.einsum("bhqk,bkhd->bqhd", weights, value)
+        attended = tf.transpose(tf.matmul(weights, value), [0, 2, 1, 3])  # [B, T, H, D]
         attended = tf.reshape(attended, [batch, length, self.model_dim])
         return self.output_projection(attended), key_cache, value_cache
 
@@ -92,10 +141,10 @@ class TransformerBlock(keras.layers.Layer):
         self.built = True
 
     def call(self, x, attention_mask, key_cache=None, value_cache=None, index=0,
-             training=None):
+             training=None, in_place=False):
         attended, key_cache, value_cache = self.attention(
             self.attention_norm(x), attention_mask, key_cache=key_cache,
-            value_cache=value_cache, index=index, training=training)
+            value_cache=value_cache, index=index, training=training, in_place=in_place)
         x = x + self.dropout_layer(attended, training=training)
         update = self.feedforward_out(self.feedforward_in(self.feedforward_norm(x)))
         x = x + self.dropout_layer(update, training=training)
@@ -115,8 +164,9 @@ class TransformerBackbone(keras.layers.Layer):
     Positions count real tokens only (`cumsum(padding_mask) - 1`), so a left-padded
     prompt is encoded exactly as the same prompt without padding.
 
-    The cache is a dict: `key` and `value`, tuples with one `[B, S, heads, head_dim]`
-    tensor per layer, `key_mask` bool `[B, S]` (which slots hold real tokens) and
+    The cache is a dict: `key` and `value`, tuples with one tensor per layer (keys
+    `[B, heads, head_dim, S]`, transposed for the score product; values
+    `[B, heads, S, head_dim]`), `key_mask` bool `[B, S]` (which slots hold real tokens) and
     `length` int32 `[B]` (real tokens seen so far, the next position id).
 
     Example:
@@ -157,13 +207,20 @@ class TransformerBackbone(keras.layers.Layer):
         self.built = True
 
     def initial_cache(self, batch_size, max_length):
-        """Empty cache with room for `max_length` tokens (prompt + completion)."""
+        """Empty cache with room for `max_length` tokens (prompt + completion).
+
+        Every key / value tensor has a buffer of its own, so that decoding may update
+        them in place (`call_with_cache(..., in_place=True)`).
+        """
         head_dim = self.embedding_dim // self.num_heads
-        shape = [batch_size, max_length, self.num_heads, head_dim]
-        empty = tf.zeros(shape, self.compute_dtype)
+        dtype = tf.as_dtype(self.compute_dtype)
+        key_shape = tf.cast(tf.stack([batch_size, self.num_heads, head_dim, max_length]),
+                            tf.int32)
+        value_shape = tf.cast(tf.stack([batch_size, self.num_heads, max_length, head_dim]),
+                              tf.int32)
         return {
-            "key": tuple(empty for _ in self.blocks),
-            "value": tuple(empty for _ in self.blocks),
+            "key": tuple(_fresh_zeros(key_shape, dtype) for _ in self.blocks),
+            "value": tuple(_fresh_zeros(value_shape, dtype) for _ in self.blocks),
             "key_mask": tf.zeros([batch_size, max_length], tf.bool),
             "length": tf.zeros([batch_size], tf.int32),
         }
@@ -186,15 +243,27 @@ class TransformerBackbone(keras.layers.Layer):
             x, _, _ = block(x, attention_mask, training=training)
         return self.final_norm(x)
 
-    def call_with_cache(self, token_ids, cache, index, padding_mask=None, training=None):
-        """Appends token_ids [B, T] at slot `index`; returns (hidden [B, T, E], cache)."""
+    def call_with_cache(self, token_ids, cache, index, padding_mask=None, training=None,
+                        in_place=False):
+        """Appends token_ids [B, T] at slot `index`; returns (hidden [B, T, E], cache).
+
+        `in_place=True` writes the new keys and values into the buffers of `cache`
+        (made by `initial_cache`) instead of copying them: a decoding step then costs
+        O(1) rather than O(S) in memory traffic for the update. The cache passed in is
+        modified and must not be used again (`generate` hands each cache on once).
+        """
         if padding_mask is None:
             padding_mask = tf.not_equal(token_ids, 0)
         padding_mask = tf.cast(padding_mask, tf.bool)
         new_tokens = tf.cast(padding_mask, tf.int32)
         positions = cache["length"][:, None] + tf.maximum(tf.cumsum(new_tokens, axis=1) - 1, 0)
-        key_mask = keras.ops.slice_update(cache["key_mask"], [0, index], padding_mask)
-        length, slots = tf.shape(token_ids)[1], tf.shape(key_mask)[1]
+        length, slots = tf.shape(token_ids)[1], tf.shape(cache["key_mask"])[1]
+        # key_mask[:, index:index + T] = padding_mask, elementwise (no XLA op).
+        slot_ids = tf.range(slots)
+        in_window = tf.logical_and(slot_ids >= index, slot_ids < index + length)   # [S]
+        written = tf.gather(padding_mask, tf.clip_by_value(slot_ids - index, 0, length - 1),
+                            axis=1)                                                 # [B, S]
+        key_mask = tf.where(in_window[None, :], written, cache["key_mask"])
         # Query t sits at slot index + t and may see slots up to and including its own.
         query_slot = index + tf.range(length)[:, None]                            # [T, 1]
         causal = tf.range(slots)[None, :] <= query_slot                            # [T, S]
@@ -204,7 +273,7 @@ class TransformerBackbone(keras.layers.Layer):
         for block, key_cache, value_cache in zip(self.blocks, cache["key"], cache["value"]):
             x, key_cache, value_cache = block(x, attention_mask, key_cache=key_cache,
                                               value_cache=value_cache, index=index,
-                                              training=training)
+                                              training=training, in_place=in_place)
             keys.append(key_cache)
             values.append(value_cache)
         cache = {"key": tuple(keys), "value": tuple(values), "key_mask": key_mask,

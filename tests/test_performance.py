@@ -1,0 +1,125 @@
+"""Properties the speed work relies on: in-place key/value cache, XLA-compatible decode,
+one trace of the decode loop however often training and callbacks call it."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+import tfpg
+from tfpg.generation import _compiled_decode, decode_loop, generate
+
+VOCAB = 19
+
+
+def make_policy(backbone):
+    keras.utils.set_random_seed(3)
+    policy = tfpg.PolicyNetwork(VOCAB, 16, 24, backbone=backbone, num_layers=2,
+                                num_heads=2, max_length=40)
+    policy.build()
+    policy.lm_head.kernel.assign(policy.lm_head.kernel * 6.0)  # sharper, varied argmax
+    return policy
+
+
+PROMPTS = tf.constant([[0, 0, 1, 5, 6], [1, 7, 8, 9, 10], [0, 1, 4, 4, 12]])
+
+
+def full_recompute_greedy(policy, prompt_ids, new_tokens):
+    """Greedy completions by a full forward pass per token (no cache): [B, N]."""
+    sequence = prompt_ids
+    for _ in range(new_tokens):
+        logits = policy(sequence)[:, -1]
+        sequence = tf.concat([sequence, tf.argmax(logits, -1, output_type=tf.int32)[:, None]],
+                             axis=1)
+    return sequence[:, prompt_ids.shape[1]:].numpy()
+
+
+def test_in_place_cache_gives_full_recompute_results_in_static_shape_graphs():
+    # Static shapes let grappler constant-fold a tf.zeros cache; an in-place update of
+    # a folded constant would leak one call's keys into the next. Two calls of the
+    # same graph must therefore agree with each other and with full recomputation.
+    policy = make_policy("transformer")
+
+    @tf.function
+    def greedy(prompt_ids):
+        return decode_loop(policy, prompt_ids, 7, tf.constant([0, 0]), 1.0, None, None,
+                           True, None, None).token_ids
+
+    first = greedy(PROMPTS).numpy()
+    second = greedy(PROMPTS).numpy()
+    other = greedy(PROMPTS[::-1]).numpy()
+    expected = full_recompute_greedy(policy, PROMPTS, 7)
+    np.testing.assert_array_equal(first, expected)
+    np.testing.assert_array_equal(second, expected)
+    np.testing.assert_array_equal(other, expected[::-1])
+
+
+def test_in_place_and_functional_cache_updates_agree():
+    policy = make_policy("transformer")
+    token_ids = tf.constant(np.random.default_rng(0).integers(1, VOCAB, (2, 9)), tf.int32)
+    outputs = {}
+    for in_place in (False, True):
+        cache = policy.initial_cache(2, 9)
+        logits, _, cache = policy.call_with_cache(token_ids[:, :4], cache, 0,
+                                                  in_place=in_place)
+        pieces = [logits]
+        for index in range(4, 9):
+            logits, _, cache = policy.call_with_cache(token_ids[:, index:index + 1], cache,
+                                                      index, in_place=in_place)
+            pieces.append(logits)
+        outputs[in_place] = tf.concat(pieces, axis=1).numpy()
+    np.testing.assert_allclose(outputs[True], outputs[False], atol=1e-6)
+    np.testing.assert_allclose(outputs[True], policy(token_ids).numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("backbone", ["lstm", "transformer"])
+def test_decode_loop_compiles_with_xla(backbone):
+    policy = make_policy(backbone)
+
+    def decode(prompt_ids, greedy):
+        out = decode_loop(policy, prompt_ids, 6, tf.constant([4, 2]), 1.0, None, None,
+                          greedy, 2, None)
+        return out.token_ids, out.mask, out.log_probs
+
+    graph = tf.function(decode)(PROMPTS, True)
+    xla = tf.function(decode, jit_compile=True)(PROMPTS, True)
+    for got, expected in zip(xla, graph):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-4)
+    # Sampling: XLA's Philox streams differ from TensorFlow's, so only the
+    # distribution is the same; the log-probs must be those of the sampled ids.
+    ids, mask, log_probs = tf.function(decode, jit_compile=True)(PROMPTS, False)
+    sequence = tf.concat([PROMPTS, ids], axis=1)
+    padding = tf.concat([tf.not_equal(PROMPTS, 0), mask > 0], axis=1)
+    logits = policy(sequence, padding_mask=padding)[:, PROMPTS.shape[1] - 1:-1]
+    expected = tf.gather(tf.nn.log_softmax(logits), ids, batch_dims=2) * mask
+    np.testing.assert_allclose(log_probs.numpy(), expected.numpy(), atol=1e-4)
+
+
+def test_sample_logger_and_training_trace_generation_once_across_epochs(tmp_path):
+    keras.utils.set_random_seed(0)
+    tokenizer = tfpg.Tokenizer.from_texts(["a b c d e f g"], level="word")
+    policy = tfpg.PolicyNetwork(tokenizer.vocabulary_size, 8, 16)
+    agent = tfpg.algorithms.RLOO(
+        policy, lambda p, c, m, b: tf.reduce_sum(m, axis=1), group_size=2,
+        max_new_tokens=4, eos_id=None)
+    agent.compile(optimizer=keras.optimizers.Adam(1e-3))
+    traces = []
+    original = agent.train_step
+
+    def counting_train_step(data):
+        traces.append(1)             # Python runs only while tf.function traces
+        return original(data)
+
+    object.__setattr__(agent, "train_step", counting_train_step)
+    prompts = tf.constant([[0, 1, 4], [1, 5, 6], [0, 1, 7], [1, 8, 9]] * 4)
+    dataset = tf.data.Dataset.from_tensor_slices({"prompt": prompts}).batch(4)
+    logger = tfpg.callbacks.SampleLogger(str(tmp_path), tokenizer=tokenizer,
+                                         prompts=["a b", "c"], every_n_epochs=1)
+    agent.fit(dataset, epochs=4, verbose=0, callbacks=[logger])
+    assert len(traces) == 1
+    # SampleLogger's greedy generate: one compiled decode, traced once for 4 epochs,
+    # and another batch size later does not retrace it either.
+    compiled = _compiled_decode(policy, True, False, False, None, None)
+    assert compiled.experimental_get_tracing_count() == 1
+    generate(policy, prompts[:3], 4, sampler="greedy", eos_id=None)
+    assert compiled.experimental_get_tracing_count() == 1
