@@ -26,6 +26,7 @@ import argparse
 import json
 import math
 import os
+import subprocess
 import time
 
 import keras
@@ -246,6 +247,17 @@ def markdown(summary, caption):
             lines.append(f"| {method} | {cell(v['metric'], 1)} | {cell(v['reward'], 3)} | "
                          f"{cell(v['kl'], 2)} | {cell(v['seconds'], 0)} |")
         lines.append("")
+    gaps = []
+    for task, rows in summary.items():
+        algorithms = {m: v for m, v in rows.items() if m not in (ML, ML_CONTINUED)}
+        if not algorithms or ML_CONTINUED not in rows:
+            continue
+        best = max(algorithms, key=lambda m: algorithms[m]["metric"][0])
+        gap = algorithms[best]["metric"][0] - rows[ML_CONTINUED]["metric"][0]
+        unit = "BLEU" if task == "translate" else "points"
+        gaps.append(f"{task} {gap:+.1f} {unit} ({best}, KL {algorithms[best]['kl'][0]:.2f})")
+    if gaps:
+        lines += ["Best algorithm minus ML continued: " + "; ".join(gaps) + ".", ""]
     return "\n".join(lines)
 
 
@@ -279,9 +291,25 @@ def load_runs(path, quick):
     return [r for r in saved.get("runs", []) if r.get("quick", False) == quick]
 
 
-def save(path, markdown_path, runs, tasks, methods, quick):
+def provenance():
+    """Where the numbers come from: commit, uncommitted package changes, versions."""
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True,
+                                  cwd=os.path.dirname(os.path.abspath(__file__)),
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    changed = git("status", "--porcelain", "--", "../tfpg")
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "uncommitted_package_files": [line.strip() for line in changed.splitlines()],
+            "tensorflow": tf.__version__, "keras": keras.__version__,
+            "cpu_count": os.cpu_count()}
+
+
+def save(path, markdown_path, runs, tasks, methods, quick, origin):
     summary = summarize(runs, tasks, methods)
-    result = {"caption": caption(quick), "quick": quick,
+    result = {"caption": caption(quick), "quick": quick, "provenance": origin,
               "settings": {"model": MODEL, "pretrain": PRETRAIN, "finetune": FINETUNE,
                            "algorithms": ALGORITHM_OPTIONS, "kl_coef": TASK_KL_COEF,
                            "ml_continued": "same optimizer, wall-clock = mean fine-tuning "
@@ -316,6 +344,8 @@ def main():
     parser.add_argument("--cache", default=None,
                         help="pre-trained weights cache (default: beside --output)")
     parser.add_argument("--fresh", action="store_true", help="ignore saved runs")
+    parser.add_argument("--table-only", action="store_true",
+                        help="rewrite the summary and the markdown from the saved runs")
     args = parser.parse_args()
     if args.quick and args.seeds == [0, 1, 2]:
         args.seeds = [0]
@@ -325,6 +355,12 @@ def main():
         "quality-cache-quick" if args.quick else "quality-cache")
     methods = [ML, ML_CONTINUED] + args.algorithms
     runs = [] if args.fresh else load_runs(args.output, args.quick)
+    origin = provenance()           # the code this process loaded
+    if args.table_only:
+        with open(args.output) as f:
+            origin = json.load(f).get("provenance")
+        print(save(args.output, markdown_path, runs, args.tasks, methods, args.quick, origin))
+        return
 
     def done(task, seed, method):
         return any(r["task"] == task and r["seed"] == seed and r["method"] == method
@@ -333,7 +369,7 @@ def main():
     def record(task, seed, method, seconds, metrics, **extra):
         runs.append({"task": task, "seed": seed, "method": method, "quick": args.quick,
                      "seconds": round(seconds, 1), "metrics": metrics, **extra})
-        save(args.output, markdown_path, runs, args.tasks, methods, args.quick)
+        save(args.output, markdown_path, runs, args.tasks, methods, args.quick, origin)
         metric = METRIC_SCALE[task][0]
         print(f"[{time.strftime('%H:%M:%S')}] {task} seed {seed} {method:<20} "
               f"{metric} {metrics[metric]:.3f}  reward {metrics['reward']:.3f}  "
@@ -367,7 +403,7 @@ def main():
                        evaluate(pretrained, job, reference), steps=steps,
                        budget_seconds=round(budget, 1))
     print()
-    print(save(args.output, markdown_path, runs, args.tasks, methods, args.quick))
+    print(save(args.output, markdown_path, runs, args.tasks, methods, args.quick, origin))
 
 
 if __name__ == "__main__":
