@@ -24,7 +24,6 @@ Runs are saved as they finish (`--output`); run the same command again to resume
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import time
