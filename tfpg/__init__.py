@@ -8,7 +8,7 @@
 
 __version__ = "0.1.0"
 
-from tfpg import advantages, algorithms, callbacks, data, losses, rewards, testing
+from tfpg import advantages, algorithms, callbacks, data, envs, losses, rewards, tasks, testing
 from tfpg.export import export_saved_model, load
 from tfpg.generation import GenerationOutput, generate
 from tfpg.models import PolicyNetwork, ValueNetwork
@@ -16,6 +16,6 @@ from tfpg.text import Tokenizer
 
 __all__ = [
     "Tokenizer", "PolicyNetwork", "ValueNetwork", "generate", "GenerationOutput",
-    "export_saved_model", "load", "advantages", "algorithms", "callbacks", "data",
-    "losses", "rewards", "testing",
+    "export_saved_model", "load", "advantages", "algorithms", "callbacks", "data", "envs",
+    "losses", "rewards", "tasks", "testing",
 ]
