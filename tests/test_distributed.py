@@ -21,7 +21,7 @@ import tensorflow as tf
 import keras
 import tfpg
 from tfpg import training
-from tfpg.algorithms import PPO, RLOO
+from tfpg.algorithms import PPO
 from tfpg.algorithms.base import apply_gradients
 
 SCRIPTS = os.path.join(os.path.dirname(__file__), "scripts")

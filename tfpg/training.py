@@ -758,9 +758,20 @@ def _run(config, job, strategy, chief, state, output, logdir, log):
         policy=policy.variables, optimizer=agent.optimizer.variables,
         trainer=[v for v in agent.variables if id(v) not in policy_ids])
     _restore(finetune_checkpoint, checkpoint_dir, state["finetune_checkpoint"])
+    copies = {}
+
+    def evaluation_policy():
+        """A float32 copy of the policy outside the strategy, made once (so that its
+        traced generation functions are reused) and refreshed with its weights."""
+        if "policy" not in copies:
+            copies["policy"] = float32_copy(policy, always=True)
+        else:
+            copies["policy"].set_weights(policy.get_weights())
+        return copies["policy"]
+
     before = state["before"]
     if before is None and chief:
-        before, _ = evaluate_policy(float32_copy(policy, always=True), job)
+        before, _ = evaluate_policy(evaluation_policy(), job)
         before["kl"] = 0.0
         state.save(before=before)
 
@@ -793,7 +804,7 @@ def _run(config, job, strategy, chief, state, output, logdir, log):
         return {"chief": False, "output": output}
 
     # 4. "after", export, metrics.json (from float32 copies outside the strategy)
-    exported = float32_copy(policy, always=True)
+    exported = evaluation_policy()
     reference = float32_copy(
         agent.reference_model or _frozen_reference(policy, checkpoint_dir,
                                                    state["pretrain_checkpoint"]),
