@@ -4,9 +4,10 @@
 
 Worker INDEX of a cluster on 127.0.0.1:PORT0 and 127.0.0.1:PORT1 (`TF_CONFIG` is set
 here, before TensorFlow starts) trains each algorithm (default: ppo rloo) for 3 steps
-of a global batch of 8 prompts, 4 rows per worker, and writes its trainable weights to
-OUTDIR/ALGORITHM-INDEX.npz. `train(name, strategy)` is the same run for any
-strategy: the single-process reference sees the combined batch of 8 on one device.
+of a global batch of 7 prompts, which does not split evenly (4 rows on worker 0, 3 on
+worker 1), and writes its trainable weights to OUTDIR/ALGORITHM-INDEX.npz.
+`train(name, strategy)` is the same run for any strategy: the single-process
+reference sees the combined batch of 7 on one device.
 """
 
 import json
@@ -29,7 +30,7 @@ from tfpg.algorithms import ALGORITHMS  # noqa: E402
 
 VOCAB = 9
 STEPS = 3
-GLOBAL_BATCH = 8
+GLOBAL_BATCH = 7
 
 
 def reward(prompt_ids, completion_ids, completion_mask, batch):
@@ -39,7 +40,7 @@ def reward(prompt_ids, completion_ids, completion_mask, batch):
 
 def dataset():
     rows = STEPS * GLOBAL_BATCH
-    prompts = np.array([[0, 1, 4], [1, 6, 7], [0, 1, 8], [1, 3, 3]] * (rows // 4), np.int32)
+    prompts = np.array([[0, 1, 4], [1, 6, 7], [0, 1, 8], [1, 3, 3]] * rows, np.int32)[:rows]
     data = {"prompt": prompts, "bonus": np.arange(rows, dtype=np.float32) / 8}
     # Each worker reads its half of every global batch.
     return shard_by_data(
