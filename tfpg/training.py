@@ -381,8 +381,7 @@ def configure_cpu_devices(count):
 def make_strategy(name, num_cpu_devices=None):
     """The `tf.distribute` strategy called `name` (see `STRATEGIES`)."""
     if name == "mirrored":
-        gpus = tf.config.list_logical_devices("GPU")
-        if gpus:
+        if tf.config.list_physical_devices("GPU"):     # does not start the runtime
             return tf.distribute.MirroredStrategy()
         configure_cpu_devices(num_cpu_devices)
         cpus = [device.name for device in tf.config.list_logical_devices("CPU")]
@@ -429,13 +428,10 @@ def set_precision(name):
     return previous
 
 
-def float32_copy(policy, always=False):
+def float32_copy(policy):
     """A float32 `PolicyNetwork` with `policy`'s weights, made outside any strategy,
     for evaluation and export (mixed-precision weights are float32 already; only
-    the compute dtype changes). Returns `policy` itself when it is float32 and
-    `always` is False."""
-    if policy.dtype_policy.name == "float32" and not always:
-        return policy
+    the compute dtype changes, and the copy's variables are plain ones)."""
     previous = set_precision("float32")
     try:
         with tf.distribute.get_strategy().scope():     # the default strategy
@@ -764,7 +760,7 @@ def _run(config, job, strategy, chief, state, output, logdir, log):
         """A float32 copy of the policy outside the strategy, made once (so that its
         traced generation functions are reused) and refreshed with its weights."""
         if "policy" not in copies:
-            copies["policy"] = float32_copy(policy, always=True)
+            copies["policy"] = float32_copy(policy)
         else:
             copies["policy"].set_weights(policy.get_weights())
         return copies["policy"]
@@ -807,8 +803,7 @@ def _run(config, job, strategy, chief, state, output, logdir, log):
     exported = evaluation_policy()
     reference = float32_copy(
         agent.reference_model or _frozen_reference(policy, checkpoint_dir,
-                                                   state["pretrain_checkpoint"]),
-        always=True)
+                                                   state["pretrain_checkpoint"]))
     after, completions = evaluate_policy(exported, job, reference)
     metrics = {"task": job.name, "algorithm": config.algorithm, "backbone": config.backbone,
                "strategy": config.strategy, "replicas": strategy.num_replicas_in_sync,

@@ -62,8 +62,10 @@ def _replica_rows(batch_size):
 
     `tf.distribute` splits a global batch into one chunk per replica, in chunk order
     `local_replica * num_workers + worker` (the order Keras' `_multi_worker_concat`
-    undoes), and chunks may differ in size by one row when the batch does not divide
-    evenly. The sizes are all-reduced, so every replica knows where its rows start.
+    undoes), and chunks may differ in size when the batch does not divide evenly
+    (7 rows on 2 replicas: 4 + 3). The sizes are all-reduced, so every replica knows
+    where its rows start. (Tested: several devices in one process, and one device per
+    worker process; for several GPUs per worker the order is Keras'.)
     """
     context = _replica_context()
     if context is None or context.num_replicas_in_sync == 1:
