@@ -455,6 +455,11 @@ class LanguageModelTrainer(DistributedFitMixin, keras.Model):
     `DistributedFitMixin`): the token count is all-reduced, so the gradient is that
     of the global batch on any number of replicas, and under mixed_float16 the loss
     is scaled for the `LossScaleOptimizer`. Logs "loss".
+
+    Gradients are applied dense, as in the policy-gradient trainers: Keras' own
+    `train_step` hands Adam the embedding gradient as `IndexedSlices`, a lazy update
+    (only the rows seen decay, repeated ids count twice in the second moment) that
+    gives other numbers and cannot be the same on one device and on several.
     """
 
     def __init__(self, policy, **kwargs):
