@@ -11,7 +11,9 @@ size and completion length, in one process and interleaved round-robin:
 * kerashub: `keras_hub.models.GPT2CausalLM.generate` with the "random" sampler on a
   GPT-2 of the Transformer's size (same width, layers, heads, feed-forward, vocabulary;
   FLOPs per token equal) -- only with the optional `bench` extra installed;
-* tfpg XLA: the same decode graph under `tf.function(jit_compile=True)`.
+* tfpg XLA: the same, `tfpg.generate(..., jit_compile=True)` (the decode graph
+  compiled by XLA). The "tfpg" column is the plain graph; `jit_compile="auto"`
+  picks the plain graph on CPU and XLA with a GPU (printed, and in the JSON).
 
 Reported per row: tokens/s (new tokens, best run), ratios tfpg / eager and
 tfpg / KerasHub, achieved matmul FLOP/s of tfpg and its fraction of the dense matmul
@@ -43,7 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 import tfpg  # noqa: E402
-from tfpg.generation import decode_loop  # noqa: E402
+from tfpg.xla import resolve_jit_compile  # noqa: E402
 
 VOCAB, WIDTH, PROMPT = 8192, 512, 8
 MODELS = {
@@ -76,18 +78,10 @@ def eager_loop(policy, prompt_ids, new_tokens):
     return sequence[:, prompt_ids.shape[1]:]
 
 
-def tfpg_fn(policy, prompt_ids, new_tokens):
+def tfpg_fn(policy, prompt_ids, new_tokens, jit_compile=False):
+    """`tfpg.generate`, the plain graph or (jit_compile=True) compiled by XLA."""
     return lambda: tfpg.generate(policy, prompt_ids, new_tokens, sampler="sample",
-                                 eos_id=None, seed=0).token_ids
-
-
-def xla_fn(policy, prompt_ids, new_tokens):
-    """The decode graph compiled by XLA (static shapes: new_tokens is a Python int)."""
-    compiled = tf.function(jit_compile=True)(
-        lambda prompts, seed: decode_loop(policy, prompts, new_tokens, seed, 1.0, None,
-                                          None, False, None, None).token_ids)
-    seed = tf.constant([0, 0])
-    return lambda: compiled(prompt_ids, seed)
+                                 eos_id=None, seed=0, jit_compile=jit_compile).token_ids
 
 
 def kerashub_model():
@@ -153,7 +147,7 @@ def main():
     parser.add_argument("--eager-repeats", type=int, default=1)
     parser.add_argument("--kerashub-max-rows", type=int, default=256 * 32,
                         help="run KerasHub where batch x new tokens is at most this")
-    parser.add_argument("--xla-new-tokens", nargs="+", type=int, default=[32],
+    parser.add_argument("--xla-new-tokens", nargs="+", type=int, default=[32, 128],
                         help="lengths at which the XLA variant is measured too")
     parser.add_argument("--flat-tokens", nargs="+", type=int, default=[32, 256])
     parser.add_argument("--flat-batch", type=int, default=64)
@@ -194,7 +188,7 @@ def main():
                     fns["kerashub"] = kerashub_fn(causal_lm, prompt_ids, new_tokens)
                     repeats["kerashub"] = args.repeats
                 if new_tokens in args.xla_new_tokens:
-                    fns["tfpg_xla"] = xla_fn(policy, prompt_ids, new_tokens)
+                    fns["tfpg_xla"] = tfpg_fn(policy, prompt_ids, new_tokens, True)
                     repeats["tfpg_xla"] = args.repeats
                 times, compile_s, peak = measure(timer, fns, repeats, warmups)
                 tokens = batch_size * new_tokens
@@ -264,6 +258,8 @@ def main():
         ("MFU", "mfu", "{:.0%}"),
         ("xla tok/s", "tfpg_xla_tokens_per_s", "{:.0f}"),
         ("xla/no-xla", "xla_over_tfpg", "{:.2f}x")], rows)
+    print(f'tfpg.generate(jit_compile="auto") on this device: '
+          f'{"XLA" if resolve_jit_compile("auto") else "plain graph (the tfpg column)"}')
     if flat_rows:
         short, long = min(args.flat_tokens), max(args.flat_tokens)
         print(f"\nCost per token vs position: tokens/s at {short} and {long} new tokens, "
@@ -279,6 +275,7 @@ def main():
         "peak_gflops": timer.peak_flops / 1e9,
         "peak_runs_s": timer.peak_times, "rows": rows, "flat": flat_rows,
         "kerashub": None if causal_lm is None else "GPT2CausalLM, sampler=random",
+        "auto_jit_compile_on_this_device": resolve_jit_compile("auto"),
         "args": vars(args)})
 
 

@@ -21,6 +21,8 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from tfpg.xla import resolve_jit_compile
+
 SAMPLERS = ("greedy", "sample", "top_k", "top_p")
 DEFAULT_TOP_K = 50
 DEFAULT_TOP_P = 0.9
@@ -230,11 +232,14 @@ def decode_loop(policy, prompt_ids, max_new_tokens, seed, temperature, top_k, to
 _COMPILED = weakref.WeakKeyDictionary()
 
 
-def _compiled_decode(policy, greedy, use_top_k, use_top_p, eos_id, suppress_ids):
+def _compiled_decode(policy, greedy, use_top_k, use_top_p, eos_id, suppress_ids,
+                     jit_compile=False):
     per_policy = _COMPILED.setdefault(policy, {})
-    key = (greedy, use_top_k, use_top_p, eos_id, suppress_ids)
+    key = (greedy, use_top_k, use_top_p, eos_id, suppress_ids, jit_compile)
     if key not in per_policy:
-        @tf.function(input_signature=[
+        # Under XLA, max_new_tokens sizes the output buffers: XLA compiles once per
+        # value (and per batch / prompt shape), the tf.function still traces once.
+        @tf.function(jit_compile=jit_compile, input_signature=[
             tf.TensorSpec([None, None], tf.int32, name="prompt_ids"),
             tf.TensorSpec([], tf.int32, name="max_new_tokens"),
             tf.TensorSpec([2], tf.int32, name="seed"),
@@ -269,7 +274,8 @@ def resolve_sampler(sampler, temperature, top_k, top_p):
 
 
 def generate(policy, prompt_ids, max_new_tokens=32, sampler="sample", temperature=1.0,
-             top_k=None, top_p=None, eos_id=2, seed=None, suppress_ids=None):
+             top_k=None, top_p=None, eos_id=2, seed=None, suppress_ids=None,
+             jit_compile="auto"):
     """Samples completions of left-padded prompts.
 
     Args:
@@ -283,6 +289,9 @@ def generate(policy, prompt_ids, max_new_tokens=32, sampler="sample", temperatur
         eos_id: a sequence stops after this token; None never stops early.
         seed: int or int [2] tensor for reproducible sampling; None draws a fresh one.
         suppress_ids: ids that are never sampled (e.g. pad).
+        jit_compile: compile the decode loop with XLA; "auto" picks the faster choice
+            for the device type (off on CPU, on with a GPU / TPU: see `tfpg.xla`).
+            XLA draws other random numbers than the plain graph for the same seed.
 
     Returns:
         `GenerationOutput(token_ids, mask, log_probs)`, each [B, N].
@@ -306,7 +315,7 @@ def generate(policy, prompt_ids, max_new_tokens=32, sampler="sample", temperatur
         raise ValueError(f"prompt length {prompt_ids.shape[1]} + max_new_tokens "
                          f"{max_new_tokens} exceeds the model's max_length {max_length}")
     compiled = _compiled_decode(policy, greedy, top_k is not None, top_p is not None,
-                                eos_id, suppress_ids)
+                                eos_id, suppress_ids, resolve_jit_compile(jit_compile))
     output = compiled(tf.cast(prompt_ids, tf.int32), tf.cast(max_new_tokens, tf.int32),
                       _seed_tensor(seed), tf.cast(temperature, tf.float32),
                       tf.cast(top_k if top_k is not None else 0, tf.int32),

@@ -27,6 +27,7 @@ from tfpg import advantages as adv
 from tfpg import losses
 from tfpg.generation import decode_loop, filter_logits, resolve_sampler
 from tfpg.rewards.base import ON_INVALID, compute_rewards
+from tfpg.xla import in_xla_context, resolve_jit_compile
 
 SUM = tf.distribute.ReduceOp.SUM
 
@@ -123,6 +124,8 @@ def apply_gradients(optimizer, gradients, variables, max_grad_norm=None):
 class DistributedFitMixin:
     """Makes Keras 3 `fit` work under `MultiWorkerMirroredStrategy`.
 
+    (Also: `shuffle` defaults to False, see `fit`.)
+
     Two Keras 3 problems (keras-team/keras#20585, #20329), worked around here:
 
     * `fit` starts with a "symbolic build" that draws one batch from the dataset
@@ -138,6 +141,12 @@ class DistributedFitMixin:
       log as a [1] tensor there; the reduction then averages the replicas and
       callbacks see scalars, as on one device.
     """
+
+    def fit(self, *args, shuffle=False, **kwargs):
+        """Keras `fit`, with `shuffle=False` by default: tfpg trains on `tf.data`
+        datasets, which shuffle themselves (Keras ignores `shuffle` for them, and
+        warns when it is True)."""
+        return super().fit(*args, shuffle=shuffle, **kwargs)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         if self.built and getattr(self.optimizer, "built", False):
@@ -269,11 +278,23 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
     @property
     def last_rollout(self):
         """The previous train step's "scores" [B], "advantages" [B, N] and
-        "completion_mask" [B, N] (not kept under a multi-replica strategy)."""
-        return {key: variable.value() for key, variable in self._last_rollout.items()}
+        "completion_mask" [B, N]; empty before the first step, under a multi-replica
+        strategy and under a whole-step XLA compile (none of these keep it)."""
+        rollout = {key: variable.value() for key, variable in self._last_rollout.items()}
+        return rollout if rollout["scores"].shape[0] else {}
 
-    def compile(self, optimizer="adam", **kwargs):
-        super().compile(optimizer=optimizer, **kwargs)
+    def compile(self, optimizer="adam", jit_compile="auto", **kwargs):
+        """Keras `compile`, with tfpg's XLA choices (see `tfpg.xla`).
+
+        jit_compile: "auto" (default) compiles the decode loop with XLA where that
+            is faster (with a GPU / TPU; not on CPU); True compiles the whole train
+            step (in-graph rewards only; a NaN reward then counts as "zero" since XLA
+            cannot raise, and `last_rollout` is not kept); False compiles nothing.
+        """
+        if jit_compile not in ("auto", True, False):
+            raise ValueError(f"jit_compile must be 'auto', True or False, got {jit_compile!r}")
+        self.jit_decode = resolve_jit_compile(jit_compile)
+        super().compile(optimizer=optimizer, jit_compile=jit_compile is True, **kwargs)
         # Build the optimizer's slots now: created during the first trace of the
         # train function they would make tf.function trace it a second time.
         self.optimizer.build(self.trainable_variables)
@@ -318,10 +339,24 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
 
     def sample(self, prompt_ids, seed, greedy=False):
         """Completions of prompt_ids [B, P] with the trainer's sampling options."""
+        greedy = greedy or self.sampler == "greedy"
+        noise_rows = _replica_rows(tf.shape(prompt_ids)[0])   # all-reduces: not in XLA
+        if getattr(self, "jit_decode", False) and not in_xla_context():
+            return self._xla_decode(greedy)(prompt_ids, seed, noise_rows)
         return decode_loop(self.policy, prompt_ids, self.max_new_tokens, seed,
-                           self.temperature, self.top_k, self.top_p,
-                           greedy or self.sampler == "greedy", self.eos_id,
-                           self.suppress_ids, _replica_rows(tf.shape(prompt_ids)[0]))
+                           self.temperature, self.top_k, self.top_p, greedy, self.eos_id,
+                           self.suppress_ids, noise_rows)
+
+    def _xla_decode(self, greedy):
+        """The decode loop as a function XLA compiles (one per greedy flag)."""
+        cache = self.__dict__.setdefault("_xla_decoders", {})
+        if greedy not in cache:
+            def decode(prompt_ids, seed, noise_rows):
+                return decode_loop(self.policy, prompt_ids, self.max_new_tokens, seed,
+                                   self.temperature, self.top_k, self.top_p, greedy,
+                                   self.eos_id, self.suppress_ids, noise_rows)
+            cache[greedy] = tf.function(decode, jit_compile=True)
+        return cache[greedy]
 
     def completion_logits(self, model, prompt_ids, completion_ids, completion_mask):
         """Logits [B, N, V] that `model` gives each completion position."""
@@ -536,9 +571,11 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         size = tf.shape(rollout["completion_ids"])[0]
         per_minibatch = (size + self.num_minibatches - 1) // self.num_minibatches
         seed = self._sampling_seed()
+        # A random permutation per epoch as the argsort of uniforms (XLA has no
+        # shuffle op; ties have probability ~0 and would still give a permutation).
         orders = tf.stack([                                             # [epochs, B]
-            tf.random.experimental.stateless_shuffle(
-                tf.range(size), tf.random.experimental.stateless_fold_in(seed, epoch))
+            tf.argsort(tf.random.stateless_uniform(
+                [size], tf.random.experimental.stateless_fold_in(seed, epoch)))
             for epoch in range(self.num_epochs)])
 
         def minibatch(step):
@@ -552,7 +589,7 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         batch = data if isinstance(data, dict) else {"prompt": data}
         rollout, batch = self.collect_rollout(batch)
         rollout.update(self.compute_advantages(rollout, batch))
-        if _num_replicas() == 1:
+        if _num_replicas() == 1 and not in_xla_context():   # XLA cannot resize variables
             for key, variable in self._last_rollout.items():
                 variable.assign(rollout[key])
         self.update(rollout)

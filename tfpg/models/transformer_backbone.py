@@ -5,18 +5,11 @@ import math
 import keras
 import tensorflow as tf
 
+from tfpg.xla import in_xla_context
+
 # A large finite negative instead of -inf: a row that is entirely masked (a left-padding
 # query) then gets a harmless uniform softmax rather than NaN.
 _MASKED_SCORE = -1e9
-
-
-def _in_xla_context():
-    """True while tracing a function that XLA will compile (jit_compile=True)."""
-    try:
-        from tensorflow.python.ops import control_flow_util
-    except ImportError:  # pragma: no cover - a TF without the helper
-        return False
-    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
 def _write_slots(cache, new, index, axis, in_place):
@@ -29,7 +22,7 @@ def _write_slots(cache, new, index, axis, in_place):
     updates loop buffers in place by itself) and by default, a functional update.
     """
     rank = len(cache.shape)
-    if not in_place or _in_xla_context():
+    if not in_place or in_xla_context():
         start = [0] * rank
         start[axis] = index
         return keras.ops.slice_update(cache, start, new)

@@ -1,0 +1,52 @@
+"""When tfpg compiles with XLA (`jit_compile`), decided once, here.
+
+`tfpg.generate(jit_compile=...)` and `PolicyGradientTrainer.compile(jit_compile=...)`
+take "auto" by default, which this module resolves per device type to the faster
+choice:
+
+* CPU: off. Measured on the 2-core CI machine (README "Performance";
+  `benchmarks/generation.py`, `benchmarks/training.py`): XLA generation runs at
+  0.91-1.03x the plain graph, an XLA train step at ~0.97x. The plain graph's big
+  matmuls already run at 75-85 % of the machine's matmul peak; XLA has little to fuse.
+* GPU / TPU: XLA for the decode loop (the rollout). A decode step is dozens of small
+  kernels per token; XLA fuses them and removes the per-op launch cost, which
+  dominates on an accelerator (KerasHub's `generate` and Keras' own "auto" make the
+  same choice). No GPU was available to this project's benchmarks: this half of the
+  default follows those libraries, not a measurement of ours.
+* Under a multi-replica `tf.distribute` strategy: off, as Keras' "auto" does.
+
+Only the decode loop, not the whole train step, is compiled by "auto": a step that
+calls a Python reward (`PythonReward`, BLEU with backend="nltk") cannot be compiled,
+and inside XLA the reward checks cannot raise (`on_invalid_reward="raise"` would act
+as "zero"). `compile(jit_compile=True)` compiles the whole step for rewards that are
+in-graph (see `tfpg.rewards.base`).
+"""
+
+import tensorflow as tf
+
+JIT_CHOICES = ("auto", True, False)
+
+
+def has_accelerator():
+    """True when TensorFlow sees a GPU or TPU."""
+    return any(device.device_type in ("GPU", "TPU")
+               for device in tf.config.list_logical_devices())
+
+
+def resolve_jit_compile(jit_compile):
+    """"auto" -> the faster choice for this machine's device type; bools pass through."""
+    if jit_compile == "auto":
+        strategy = tf.distribute.get_strategy()
+        return has_accelerator() and strategy.num_replicas_in_sync == 1
+    if jit_compile not in (True, False):
+        raise ValueError(f"jit_compile must be 'auto', True or False, got {jit_compile!r}")
+    return bool(jit_compile)
+
+
+def in_xla_context():
+    """True while tracing a function that XLA will compile (jit_compile=True)."""
+    try:
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # pragma: no cover - a TF without the helper
+        return False
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
