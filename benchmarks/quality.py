@@ -35,7 +35,7 @@ import tensorflow as tf
 import tfpg
 from tfpg.algorithms import ALGORITHMS
 from tfpg.tasks import get_task
-from tfpg.training import Job, evaluate_policy, variable_checkpoint
+from tfpg.training import Job, copy_policy, evaluate_policy, pretrain, variable_checkpoint
 
 TASKS = ("arithmetic", "translate", "keywords")
 ML, ML_CONTINUED = "maximum likelihood", "ML continued"
@@ -87,48 +87,32 @@ def new_policy(job):
     return policy
 
 
-def copy_policy(policy, trainable=True):
-    copy = tfpg.PolicyNetwork.from_config(policy.get_config())
-    copy.build()
-    copy.set_weights(policy.get_weights())
-    copy.trainable = trainable
-    return copy
-
-
-def teaching_dataset(job, seed):
-    longest = max(len(row) for row in job.tokenizer.encode(job.pretrain_texts))
-    return tfpg.data.language_model_dataset(job.pretrain_texts, job.tokenizer,
-                                            sequence_length=min(longest, 128),
-                                            batch_size=PRETRAIN["batch_size"], seed=seed)
-
-
-def pretrain(job, seed, cache_dir):
-    """The pre-trained policy (compiled, its optimizer state kept) and its seconds.
+def pretrained_policy(job, seed, cache_dir):
+    """The pre-trained policy, its optimizer (to continue with) and its seconds.
 
     Cached in `cache_dir` (weights + optimizer) so that a resumed benchmark does not
     pre-train again.
     """
     keras.utils.set_random_seed(seed)
     policy = new_policy(job)
-    policy.compile(optimizer=keras.optimizers.Adam(PRETRAIN["learning_rate"]),
-                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True,
-                                                                   ignore_class=0))
-    policy.optimizer.build(policy.trainable_variables)
-    checkpoint = variable_checkpoint(policy=policy.variables,
-                                     optimizer=policy.optimizer.variables)
-    prefix = os.path.join(cache_dir, f"{job.name}-{seed}-pretrained")
+    optimizer = keras.optimizers.Adam(PRETRAIN["learning_rate"])
+    optimizer.build(policy.trainable_variables)
+    checkpoint = variable_checkpoint(policy=policy.variables, optimizer=optimizer.variables)
+    # "-lm": pre-trained by tfpg.training.pretrain (earlier caches: Keras' own fit).
+    prefix = os.path.join(cache_dir, f"{job.name}-{seed}-pretrained-lm")
     if os.path.exists(prefix + ".json"):
         checkpoint.read(prefix).assert_existing_objects_matched()
         with open(prefix + ".json") as f:
-            return policy, json.load(f)["seconds"]
+            return policy, optimizer, json.load(f)["seconds"]
     start = time.perf_counter()
-    policy.fit(teaching_dataset(job, seed), epochs=job.pretrain_epochs, verbose=0)
+    pretrain(job.pretrain_texts, job.tokenizer, job.pretrain_epochs, policy=policy,
+             optimizer=optimizer, seed=seed, batch_size=PRETRAIN["batch_size"])
     seconds = time.perf_counter() - start
     os.makedirs(cache_dir, exist_ok=True)
     checkpoint.write(prefix)
     with open(prefix + ".json", "w") as f:
         json.dump({"seconds": seconds, "epochs": job.pretrain_epochs}, f)
-    return policy, seconds
+    return policy, optimizer, seconds
 
 
 def algorithm_options(name, job, seed):
@@ -184,13 +168,13 @@ class StopAfter(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def continue_ml(pretrained, job, seed, seconds):
+def continue_ml(pretrained, optimizer, job, seed, seconds):
     """Keeps training `pretrained` (in place, same optimizer) with cross-entropy."""
-    keras.utils.set_random_seed(seed + 1000)
     stop = StopAfter(seconds)
     start = time.perf_counter()
-    pretrained.fit(teaching_dataset(job, seed + 1000), epochs=10_000, verbose=0,
-                   callbacks=[stop])
+    pretrain(job.pretrain_texts, job.tokenizer, 10_000, policy=pretrained,
+             optimizer=optimizer, seed=seed + 1000, batch_size=PRETRAIN["batch_size"],
+             callbacks=[stop])
     return time.perf_counter() - start, stop.steps
 
 
@@ -379,7 +363,7 @@ def main():
             if all(done(task, seed, m) for m in methods):
                 continue
             job = make_job(task, seed, args.quick)
-            pretrained, pretrain_seconds = pretrain(job, seed, cache_dir)
+            pretrained, optimizer, pretrain_seconds = pretrained_policy(job, seed, cache_dir)
             reference = copy_policy(pretrained, trainable=False)
             if not done(task, seed, ML):
                 record(task, seed, ML, pretrain_seconds, evaluate(pretrained, job, None),
@@ -397,7 +381,7 @@ def main():
                 spent = [r["seconds"] for r in runs if r["task"] == task
                          and r["seed"] == seed and r["method"] in args.algorithms]
                 budget = float(np.mean(spent)) if spent else 0.0
-                seconds, steps = continue_ml(pretrained, job, seed, budget)
+                seconds, steps = continue_ml(pretrained, optimizer, job, seed, budget)
                 record(task, seed, ML_CONTINUED, seconds,
                        evaluate(pretrained, job, reference), steps=steps,
                        budget_seconds=round(budget, 1))

@@ -17,7 +17,8 @@ import keras
 
 import tfpg
 from tfpg.algorithms import ALGORITHMS
-from tfpg.training import TrainConfig, evaluate_policy, make_job
+from tfpg.algorithms.base import frozen_copy
+from tfpg.training import TrainConfig, copy_policy, evaluate_policy, make_job, pretrain
 
 # Settings per algorithm; every one samples 64 completions per step (RLOO / GRPO as
 # 16 prompts x a group of 4).
@@ -30,30 +31,6 @@ OPTIONS = {
     "ppo": {"num_epochs": 2},
 }
 SAMPLES_PER_STEP = 64
-
-
-def pretrain(job, seed):
-    """Plain-Keras maximum likelihood on the task's teaching texts."""
-    keras.utils.set_random_seed(seed)
-    policy = tfpg.PolicyNetwork(job.tokenizer.vocabulary_size, embedding_dim=64,
-                                hidden_dim=128)
-    policy.compile(optimizer=keras.optimizers.Adam(3e-3),
-                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True,
-                                                                   ignore_class=0))
-    longest = max(len(ids) for ids in job.tokenizer.encode(job.pretrain_texts))
-    policy.fit(tfpg.data.language_model_dataset(job.pretrain_texts, job.tokenizer,
-                                                sequence_length=longest, batch_size=64,
-                                                seed=seed),
-               epochs=job.pretrain_epochs, verbose=0)
-    return policy
-
-
-def copy_of(policy, trainable=True):
-    copy = tfpg.PolicyNetwork.from_config(policy.get_config())
-    copy.build()
-    copy.set_weights(policy.get_weights())
-    copy.trainable = trainable
-    return copy
 
 
 def main():
@@ -76,16 +53,16 @@ def main():
     print(f"pre-training on {len(job.pretrain_texts)} {args.task} texts "
           f"({job.pretrain_epochs} epochs) ...", flush=True)
     start = time.perf_counter()
-    pretrained = pretrain(job, args.seed)
+    pretrained = pretrain(job.pretrain_texts, tok, job.pretrain_epochs, seed=args.seed)
     pretrain_seconds = time.perf_counter() - start
-    reference = copy_of(pretrained, trainable=False)
+    reference = frozen_copy(pretrained)
     before, _ = evaluate_policy(pretrained, job)
 
     steps = len(job.train) // SAMPLES_PER_STEP
     results = []
     for name in args.algorithms:
         keras.utils.set_random_seed(args.seed)
-        policy = copy_of(pretrained)
+        policy = copy_policy(pretrained)
         options = dict(OPTIONS[name])
         if args.kl_coef is not None:
             options["kl_coef"] = args.kl_coef

@@ -19,31 +19,8 @@ import tensorflow as tf
 
 import tfpg
 from tfpg.tasks.keywords import distinct_n
-from tfpg.training import TrainConfig, evaluate_policy, make_job
-
-
-def pretrain(job, seed):
-    """Plain-Keras maximum likelihood on the topic corpus."""
-    keras.utils.set_random_seed(seed)
-    policy = tfpg.PolicyNetwork(job.tokenizer.vocabulary_size, embedding_dim=64,
-                                hidden_dim=128)
-    policy.compile(optimizer=keras.optimizers.Adam(3e-3),
-                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True,
-                                                                   ignore_class=0))
-    longest = max(len(ids) for ids in job.tokenizer.encode(job.pretrain_texts))
-    policy.fit(tfpg.data.language_model_dataset(job.pretrain_texts, job.tokenizer,
-                                                sequence_length=longest, batch_size=64,
-                                                seed=seed),
-               epochs=job.pretrain_epochs, verbose=0)
-    return policy
-
-
-def copy_of(policy, trainable=True):
-    copy = tfpg.PolicyNetwork.from_config(policy.get_config())
-    copy.build()
-    copy.set_weights(policy.get_weights())
-    copy.trainable = trainable
-    return copy
+from tfpg.algorithms.base import frozen_copy
+from tfpg.training import TrainConfig, copy_policy, evaluate_policy, make_job, pretrain
 
 
 def sampled_stats(policy, job, samples=4):
@@ -74,8 +51,8 @@ def main():
     tok = job.tokenizer
     print(f"pre-training on {len(job.pretrain_texts)} topic sentences "
           f"({job.pretrain_epochs} epochs) ...", flush=True)
-    pretrained = pretrain(job, args.seed)
-    reference = copy_of(pretrained, trainable=False)
+    pretrained = pretrain(job.pretrain_texts, tok, job.pretrain_epochs, seed=args.seed)
+    reference = frozen_copy(pretrained)
 
     metrics, _ = evaluate_policy(pretrained, job)
     sampled, distinct, completions = sampled_stats(pretrained, job)
@@ -84,7 +61,7 @@ def main():
     steps = len(job.train) // 64
     for kl_coef in args.kl_coefs:
         keras.utils.set_random_seed(args.seed)
-        policy = copy_of(pretrained)
+        policy = copy_policy(pretrained)
         agent = tfpg.algorithms.RLOO(policy, reward_fn=job.reward_fn, group_size=4,
                                      kl_coef=kl_coef, reference_model=reference,
                                      max_new_tokens=job.max_new_tokens, eos_id=tok.eos_id,

@@ -30,23 +30,8 @@ import keras
 import numpy as np
 
 import tfpg
-from tfpg.training import TrainConfig, evaluate_policy, make_job
-
-
-def pretrain(job, seed):
-    """Plain-Keras maximum likelihood on the (flawed) teaching texts."""
-    keras.utils.set_random_seed(seed)
-    policy = tfpg.PolicyNetwork(job.tokenizer.vocabulary_size, embedding_dim=64,
-                                hidden_dim=128)
-    policy.compile(optimizer=keras.optimizers.Adam(3e-3),
-                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True,
-                                                                   ignore_class=0))
-    longest = max(len(ids) for ids in job.tokenizer.encode(job.pretrain_texts))
-    policy.fit(tfpg.data.language_model_dataset(job.pretrain_texts, job.tokenizer,
-                                                sequence_length=longest, batch_size=64,
-                                                seed=seed),
-               epochs=job.pretrain_epochs, verbose=0)
-    return policy
+from tfpg.algorithms.base import frozen_copy
+from tfpg.training import TrainConfig, copy_policy, evaluate_policy, make_job, pretrain
 
 
 def write_log(policy, job, path, samples, seed):
@@ -134,10 +119,8 @@ def main():
     tok = job.tokenizer
     print(f"pre-training on {len(job.pretrain_texts)} sums from a carry-dropping teacher "
           f"({job.pretrain_epochs} epochs) ...", flush=True)
-    policy = pretrain(job, args.seed)
-    reference = tfpg.PolicyNetwork.from_config(policy.get_config())
-    reference.build()
-    reference.set_weights(policy.get_weights())
+    policy = pretrain(job.pretrain_texts, tok, job.pretrain_epochs, seed=args.seed)
+    reference = frozen_copy(policy)
     directory = args.log_dir or tempfile.mkdtemp(prefix="tfpg-logs-")
     os.makedirs(directory, exist_ok=True)
 
@@ -161,9 +144,7 @@ def main():
                   f"{path}", flush=True)
 
     # For comparison: round 1 again, with the signed advantages.
-    signed = tfpg.PolicyNetwork.from_config(reference.get_config())
-    signed.build()
-    signed.set_weights(reference.get_weights())
+    signed = copy_policy(reference)
     compile_for_logs(signed)
     fit_on_log(signed, os.path.join(directory, "feedback-0.jsonl"), tok, signed=True)
     metrics, _ = evaluate_policy(signed, job, reference)

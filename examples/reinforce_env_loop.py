@@ -22,28 +22,7 @@ import tensorflow as tf
 import tfpg
 from tfpg.envs import TextGenerationEnv
 from tfpg.tasks import get_task
-
-
-def pretrain(task, tokenizer, seed):
-    """Plain-Keras maximum likelihood on the task's teaching texts."""
-    keras.utils.set_random_seed(seed)
-    policy = tfpg.PolicyNetwork(tokenizer.vocabulary_size, embedding_dim=64, hidden_dim=128)
-    policy.compile(optimizer=keras.optimizers.Adam(3e-3),
-                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True,
-                                                                   ignore_class=0))
-    longest = max(len(ids) for ids in tokenizer.encode(task.pretrain_texts))
-    policy.fit(tfpg.data.language_model_dataset(task.pretrain_texts, tokenizer,
-                                                sequence_length=longest, batch_size=64,
-                                                seed=seed),
-               epochs=task.pretrain_epochs, verbose=0)
-    return policy
-
-
-def copy_of(policy):
-    copy = tfpg.PolicyNetwork.from_config(policy.get_config())
-    copy.build()
-    copy.set_weights(policy.get_weights())
-    return copy
+from tfpg.training import copy_policy, pretrain
 
 
 def heldout_reward(policy, task, tokenizer, reward_fn, samples=4):
@@ -120,7 +99,8 @@ def main():
     reward_fn = task.reward(tokenizer)
     print(f"pre-training on {len(task.pretrain_texts)} {args.task} texts "
           f"({task.pretrain_epochs} epochs) ...", flush=True)
-    pretrained = pretrain(task, tokenizer, args.seed)
+    pretrained = pretrain(task.pretrain_texts, tokenizer, task.pretrain_epochs,
+                          seed=args.seed)
     before = heldout_reward(pretrained, task, tokenizer, reward_fn)
     budget = args.updates * args.episodes
     print(f"held-out reward of the pre-trained policy: {before:.3f}; budget: "
@@ -129,7 +109,7 @@ def main():
     # 1. The hand-written loop over the env.
     print("hand-written episode loop (TextGenerationEnv):")
     keras.utils.set_random_seed(args.seed)
-    policy = copy_of(pretrained)
+    policy = copy_policy(pretrained)
     env = TextGenerationEnv(policy, task.train, tokenizer, reward_fn,
                             max_new_tokens=task.max_new_tokens, seed=args.seed)
     start = time.perf_counter()
@@ -140,7 +120,7 @@ def main():
     # 2. The same algorithm and budget with tfpg: one compiled train step per batch.
     print("tfpg.algorithms.REINFORCE.fit:")
     keras.utils.set_random_seed(args.seed)
-    policy = copy_of(pretrained)
+    policy = copy_policy(pretrained)
     agent = tfpg.algorithms.REINFORCE(policy, reward_fn, baseline="moving_average",
                                       max_new_tokens=task.max_new_tokens,
                                       eos_id=tokenizer.eos_id, seed=args.seed)

@@ -20,23 +20,8 @@ import keras
 import tfpg
 from tfpg.algorithms import ALGORITHMS
 from tfpg.tasks.translate import SEPARATOR, parse_source
-from tfpg.training import TrainConfig, evaluate_policy, make_job
-
-
-def pretrain(job, seed):
-    """Plain-Keras maximum likelihood on the (flawed) parallel texts."""
-    keras.utils.set_random_seed(seed)
-    policy = tfpg.PolicyNetwork(job.tokenizer.vocabulary_size, embedding_dim=64,
-                                hidden_dim=128)
-    policy.compile(optimizer=keras.optimizers.Adam(3e-3),
-                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True,
-                                                                   ignore_class=0))
-    longest = max(len(ids) for ids in job.tokenizer.encode(job.pretrain_texts))
-    policy.fit(tfpg.data.language_model_dataset(job.pretrain_texts, job.tokenizer,
-                                                sequence_length=longest, batch_size=64,
-                                                seed=seed),
-               epochs=job.pretrain_epochs, verbose=0)
-    return policy
+from tfpg.algorithms.base import frozen_copy
+from tfpg.training import TrainConfig, evaluate_policy, make_job, pretrain
 
 
 def agreement_errors(prompts, completions):
@@ -64,10 +49,8 @@ def main():
     tok = job.tokenizer
     print(f"pre-training on {len(job.pretrain_texts)} sentence pairs "
           f"({job.pretrain_epochs} epochs) ...", flush=True)
-    policy = pretrain(job, args.seed)
-    reference = tfpg.PolicyNetwork.from_config(policy.get_config())
-    reference.build()
-    reference.set_weights(policy.get_weights())
+    policy = pretrain(job.pretrain_texts, tok, job.pretrain_epochs, seed=args.seed)
+    reference = frozen_copy(policy)
     before, before_completions = evaluate_policy(policy, job)
 
     # The reward: sentence BLEU (smoothing method1) of the completion against every

@@ -49,7 +49,7 @@ from tfpg import data as tfpg_data
 from tfpg import rewards
 from tfpg.algorithms import ALGORITHMS
 from tfpg.algorithms.base import (DistributedFitMixin, apply_gradients, cross_replica_sum,
-                                  in_multi_worker_mode, scale_loss)
+                                  frozen_copy, in_multi_worker_mode, scale_loss)
 from tfpg.export import METADATA_FILE, export_saved_model
 from tfpg.generation import generate
 from tfpg.losses import token_log_probs
@@ -492,6 +492,72 @@ class LanguageModelTrainer(DistributedFitMixin, keras.Model):
         apply_gradients(self.optimizer, gradients, self.trainable_variables)
         self._loss_tracker.update_state(cross_replica_sum(loss))
         return self.finalize_logs({"loss": self._loss_tracker.result()})
+
+
+def pretrain(texts, tokenizer, epochs, *, policy=None, seed=0, batch_size=64,
+             learning_rate=3e-3, optimizer=None, max_sequence_length=128,
+             embedding_dim=64, hidden_dim=128, backbone="lstm", num_layers=1,
+             max_length=POLICY_MAX_LENGTH, callbacks=None, verbose=0):
+    """Pre-trains a `PolicyNetwork` on `texts` with maximum likelihood; returns it.
+
+    The pre-training of `tfpg train` as one call: `LanguageModelTrainer` (mean
+    cross-entropy over real target tokens, dense Adam) fitted on
+    `tfpg.data.language_model_dataset` windows as long as the longest text (at most
+    `max_sequence_length` next-token pairs; longer texts are cut into windows).
+
+    Args:
+        texts: the training texts, a list of strings.
+        tokenizer: the `tfpg.Tokenizer` that encodes them.
+        epochs: passes over `texts`.
+        policy: a `PolicyNetwork` to train (in place); None builds a new one of
+            `tokenizer.vocabulary_size` tokens from `embedding_dim`, `hidden_dim`,
+            `backbone`, `num_layers` and `max_length` (the `tfpg train` defaults).
+        seed: seeds Keras first (`keras.utils.set_random_seed`: a new policy's
+            initial weights) and the order of the texts in every epoch.
+        batch_size: windows per batch.
+        learning_rate: of the Adam optimizer made when `optimizer` is None.
+        optimizer: a Keras optimizer to use instead; give the same one to a later
+            call to train on with its state (moments, step count).
+        max_sequence_length: the longest window, in next-token pairs.
+        callbacks, verbose: passed to `fit`.
+
+    Example:
+
+    >>> from tfpg.tasks import get_task
+    >>> task = get_task("arithmetic", seed=0, num_train=8, num_heldout=8, num_pretrain=64)
+    >>> tokenizer = task.tokenizer()
+    >>> policy = pretrain(task.pretrain_texts, tokenizer, epochs=1, hidden_dim=32)
+    >>> out = generate(policy, [tokenizer.encode("12+34=")], max_new_tokens=4, seed=0)
+    >>> out.token_ids.shape
+    TensorShape([1, 4])
+    """
+    if isinstance(texts, (str, bytes)):
+        raise TypeError("pretrain: texts must be a list of strings, not a single string")
+    if policy is not None and policy.vocab_size != tokenizer.vocabulary_size:
+        raise ValueError(f"tokenizer has {tokenizer.vocabulary_size} tokens but the policy "
+                         f"{policy.vocab_size}: they do not belong together")
+    longest = max((len(ids) for ids in tokenizer.encode(list(texts))), default=1)
+    dataset = tfpg_data.language_model_dataset(
+        texts, tokenizer, sequence_length=min(longest, max_sequence_length),
+        batch_size=batch_size, seed=seed)
+    keras.utils.set_random_seed(seed)
+    if policy is None:
+        policy = PolicyNetwork(tokenizer.vocabulary_size, embedding_dim, hidden_dim,
+                               backbone=backbone, num_layers=num_layers,
+                               max_length=max_length)
+    trainer = LanguageModelTrainer(policy)
+    trainer.compile(optimizer=optimizer or keras.optimizers.Adam(learning_rate))
+    trainer.fit(dataset, epochs=epochs, verbose=verbose, callbacks=callbacks)
+    return policy
+
+
+def copy_policy(policy, trainable=True):
+    """A new model of `policy`'s class and config holding a copy of its weights:
+    trainable (to fine-tune a copy of a pre-trained policy) or, with
+    `trainable=False`, frozen like `tfpg.algorithms.base.frozen_copy` (a reference)."""
+    copy = frozen_copy(policy)
+    copy.trainable = trainable
+    return copy
 
 
 # -------------------------------------------------------------- checkpoints
