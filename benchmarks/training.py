@@ -130,7 +130,9 @@ def main():
     parser.add_argument("--embedding", type=int, default=512)
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--xla", nargs="*", default=["reinforce", "ppo"],
-                        help="algorithms whose step is also timed under XLA")
+                        help="algorithms whose step is also timed with an XLA decode loop")
+    parser.add_argument("--xla-step", nargs="*", default=["reinforce", "ppo"],
+                        help="algorithms whose step is also timed compiled whole by XLA")
     parser.add_argument("--quick", action="store_true",
                         help="reinforce and ppo only, hidden 512, one repeat")
     parser.add_argument("--output", default="benchmarks/results/training.json")
@@ -138,6 +140,7 @@ def main():
     if args.quick:
         args.algorithms, args.hidden, args.repeats = ["reinforce", "ppo"], 512, 1
         args.xla = [a for a in args.xla if a in args.algorithms][:1]
+        args.xla_step = [a for a in args.xla_step if a in args.algorithms][:1]
 
     config = model_config(args)
     timer = common.Timer()
@@ -168,11 +171,13 @@ def main():
                "update_mfu": flops["update"] / split["update"] / peak,
                "sample_mfu": flops["sample"] / split["sample"] / peak,
                "times": {k: common.summary(v) for k, v in times.items()}}
-        if name in args.xla:
+        if name in args.xla or name in args.xla_step:
             # The two XLA modes of `compile(jit_compile=...)`: the decode loop only
             # (what "auto" picks with a GPU), and the whole step (True).
             variants = {"no_xla": fns["train_step"]}
-            for mode in ("xla_decode", "xla_step"):
+            modes = [mode for mode, names in (("xla_decode", args.xla),
+                                              ("xla_step", args.xla_step)) if name in names]
+            for mode in modes:
                 xla_agent = make_agent(name, args, jit_compile=mode == "xla_step")
                 xla_agent.jit_decode = mode == "xla_decode"
                 step = tf.function(xla_agent.train_step, jit_compile=mode == "xla_step")

@@ -548,14 +548,18 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         A `tf.while_loop` rather than a Python loop, so the graph holds one copy of
         the update however many steps there are (tracing stays fast). Under a
         multi-replica strategy the steps are unrolled instead: `tf.distribute` cannot
-        synchronise replicas (all-reduce) inside a while loop.
+        synchronise replicas (all-reduce) inside a while loop; under XLA too (see
+        below).
         """
         steps = self.num_epochs * self.num_minibatches
         if steps == 1:
             self._update_step(rollout)
             return
         minibatches = self._minibatch_rows(rollout)
-        if _num_replicas() > 1:
+        # XLA compiles a while loop of optimizer updates very slowly (minutes for a
+        # small PPO on CPU) and runs it slower still: unrolled, it compiles like
+        # `steps` copies of one update.
+        if _num_replicas() > 1 or in_xla_context():
             for step in range(steps):
                 self._update_step(minibatches(tf.constant(step)))
             return
