@@ -252,6 +252,13 @@ def _check_group_size(group_size, minimum=2):
     return group_size
 
 
+def _grouped(rewards, group_size):
+    """(rewards float32 [B*K], the same as [B, K] groups, K) after checking K."""
+    k = _check_group_size(group_size)
+    rewards = tf.convert_to_tensor(rewards, tf.float32)
+    return rewards, tf.reshape(rewards, [-1, k]), k
+
+
 def leave_one_out_baseline(rewards, group_size):
     """Mean of the other ``K - 1`` rewards of each sample's group (RLOO baseline).
 
@@ -265,9 +272,7 @@ def leave_one_out_baseline(rewards, group_size):
     Raises:
       ValueError: if ``group_size`` is not an int >= 2.
     """
-    k = _check_group_size(group_size)
-    rewards = tf.convert_to_tensor(rewards, tf.float32)  # [B*K]
-    grouped = tf.reshape(rewards, [-1, k])  # [B, K]
+    rewards, grouped, k = _grouped(rewards, group_size)  # [B*K], [B, K]
     total = tf.reduce_sum(grouped, axis=1, keepdims=True)  # [B, 1]
     baseline = (total - grouped) / float(k - 1)  # [B, K]
     return tf.reshape(baseline, tf.shape(rewards))
@@ -315,9 +320,7 @@ def group_normalized_advantages(rewards, group_size, scale_by_std=True, epsilon=
     Raises:
       ValueError: if ``group_size`` is not an int >= 2.
     """
-    k = _check_group_size(group_size)
-    rewards = tf.convert_to_tensor(rewards, tf.float32)  # [B*K]
-    grouped = tf.reshape(rewards, [-1, k])  # [B, K]
+    rewards, grouped, k = _grouped(rewards, group_size)  # [B*K], [B, K]
     mean = tf.reduce_mean(grouped, axis=1, keepdims=True)  # [B, 1]
     centered = grouped - mean  # [B, K]
     std = tf.sqrt(tf.reduce_sum(tf.square(centered), axis=1, keepdims=True) / float(k - 1))

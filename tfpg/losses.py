@@ -242,15 +242,7 @@ def masked_sum(x, mask, axis=None):
 
 def masked_mean(x, mask, axis=None):
     """``sum(x * mask) / sum(mask)`` over ``axis``; 0 where ``sum(mask)`` is 0.
-
-    Args:
-      x: float ``[B, T]`` (any shape).
-      mask: float, broadcastable to ``x``'s shape.
-      axis: reduction axis / axes (None: all).
-
-    Returns:
-      float32, ``x``'s shape reduced over ``axis``.
-    """
+    Arguments and result as for `masked_sum`."""
     x = tf.cast(x, tf.float32)
     mask = tf.broadcast_to(tf.cast(mask, tf.float32), tf.shape(x))
     return tf.math.divide_no_nan(masked_sum(x, mask, axis), tf.reduce_sum(mask, axis=axis))

@@ -1,4 +1,7 @@
-"""Builds the backbone named by a `PolicyNetwork` / `ValueNetwork` constructor."""
+"""Builds the backbone named by a `PolicyNetwork` / `ValueNetwork` constructor, and
+the base class the two share."""
+
+import keras
 
 from tfpg.models.recurrent_backbone import RecurrentBackbone
 from tfpg.models.transformer_backbone import TransformerBackbone
@@ -15,3 +18,41 @@ def make_backbone(vocab_size, embedding_dim, hidden_dim, backbone, num_layers, n
         return TransformerBackbone(vocab_size, embedding_dim, hidden_dim, num_layers,
                                    num_heads, dropout, max_length, name="backbone")
     raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}; got {backbone!r}")
+
+
+class BackboneModel(keras.Model):
+    """What `PolicyNetwork` and `ValueNetwork` share: the backbone options, the
+    backbone, building a head on it, and the config. Subclasses create `self.head`
+    (under their own attribute name too) and define `call`."""
+
+    def __init__(self, vocab_size, embedding_dim=128, hidden_dim=256, backbone="lstm",
+                 num_layers=1, num_heads=4, dropout=0.0, max_length=512, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size = vocab_size
+        self.embedding_dim = embedding_dim
+        self.hidden_dim = hidden_dim
+        self.backbone_type = backbone
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.max_length = max_length
+        self.backbone = make_backbone(vocab_size, embedding_dim, hidden_dim, backbone,
+                                      num_layers, num_heads, dropout, max_length)
+
+    def backbone_config(self):
+        """The constructor arguments that describe the backbone."""
+        return dict(vocab_size=self.vocab_size, embedding_dim=self.embedding_dim,
+                    hidden_dim=self.hidden_dim, backbone=self.backbone_type,
+                    num_layers=self.num_layers, num_heads=self.num_heads,
+                    dropout=self.dropout, max_length=self.max_length)
+
+    def build(self, input_shape=None):
+        if not self.backbone.built:  # a shared trunk is already built
+            self.backbone.build(input_shape)
+        self.head.build((None, None, self.backbone.output_dim))
+        self.built = True
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self.backbone_config())
+        return config

@@ -3,11 +3,11 @@
 import keras
 import tensorflow as tf
 
-from tfpg.models.backbones import make_backbone
+from tfpg.models.backbones import BackboneModel
 
 
 @keras.saving.register_keras_serializable(package="tfpg")
-class PolicyNetwork(keras.Model):
+class PolicyNetwork(BackboneModel):
     """Embedding + LSTM / GRU / Transformer + a vocabulary projection.
 
     `call(token_ids)` gives next-token logits (float32, also under mixed precision) for
@@ -26,24 +26,13 @@ class PolicyNetwork(keras.Model):
 
     def __init__(self, vocab_size, embedding_dim=128, hidden_dim=256, backbone="lstm",
                  num_layers=1, num_heads=4, dropout=0.0, max_length=512, **kwargs):
-        super().__init__(**kwargs)
-        self.vocab_size = vocab_size
-        self.embedding_dim = embedding_dim
-        self.hidden_dim = hidden_dim
-        self.backbone_type = backbone
-        self.num_layers = num_layers
-        self.num_heads = num_heads
-        self.dropout = dropout
-        self.max_length = max_length
-        self.backbone = make_backbone(vocab_size, embedding_dim, hidden_dim, backbone,
-                                      num_layers, num_heads, dropout, max_length)
+        super().__init__(vocab_size, embedding_dim, hidden_dim, backbone, num_layers,
+                         num_heads, dropout, max_length, **kwargs)
         self.lm_head = keras.layers.Dense(vocab_size, dtype="float32", name="lm_head")
 
-    def build(self, input_shape=None):
-        if not self.backbone.built:  # a shared trunk is already built
-            self.backbone.build(input_shape)
-        self.lm_head.build((None, None, self.backbone.output_dim))
-        self.built = True
+    @property
+    def head(self):
+        return self.lm_head
 
     def call(self, token_ids, padding_mask=None, training=None):
         """token_ids int [B, T] -> logits float32 [B, T, V]."""
@@ -73,11 +62,3 @@ class PolicyNetwork(keras.Model):
         if last_only:
             hidden = hidden[:, -1:]
         return self.lm_head(hidden), hidden, cache
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(vocab_size=self.vocab_size, embedding_dim=self.embedding_dim,
-                      hidden_dim=self.hidden_dim, backbone=self.backbone_type,
-                      num_layers=self.num_layers, num_heads=self.num_heads,
-                      dropout=self.dropout, max_length=self.max_length)
-        return config
