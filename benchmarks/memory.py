@@ -27,6 +27,7 @@ import common  # noqa: E402
 
 import tfpg  # noqa: E402
 from tfpg.algorithms import ALGORITHMS  # noqa: E402
+from tfpg.testing import count_train_step_traces  # noqa: E402
 
 
 def rss_mib():
@@ -79,14 +80,7 @@ def main():
         options["group_size"] = 4
     agent = ALGORITHMS[args.algorithm](policy, reward_fn=tfpg.rewards.BLEU(), **options)
     agent.compile(optimizer=keras.optimizers.Adam(1e-3))
-    traces = []
-    original = agent.train_step
-
-    def counting_train_step(data):
-        traces.append(1)
-        return original(data)
-
-    object.__setattr__(agent, "train_step", counting_train_step)
+    traces = count_train_step_traces(agent)
 
     prompts = tf.random.uniform([256, 6], 4, vocab, tf.int32, seed=1)
     prompts = tf.concat([tf.ones([256, 1], tf.int32), prompts], axis=1)

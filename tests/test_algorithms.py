@@ -9,7 +9,7 @@ import tensorflow as tf
 import keras
 import tfpg
 from tfpg.algorithms import ALGORITHMS, GRPO, PPO, REINFORCE, RLOO
-from tfpg.testing import exact_policy_gradient
+from tfpg.testing import count_train_step_traces, exact_policy_gradient
 
 VOCAB = 8
 
@@ -139,14 +139,7 @@ def test_nan_reward_is_refused_by_default_and_skipped_on_request():
 
 def test_train_step_does_not_retrace_across_batches_and_epochs():
     agent = make_agent("rloo")
-    traces = []
-    original = agent.train_step
-
-    def counting_train_step(data):
-        traces.append(1)             # Python runs only while tf.function traces
-        return original(data)
-
-    object.__setattr__(agent, "train_step", counting_train_step)
+    traces = count_train_step_traces(agent)
     dataset = toy_dataset(batch_size=8)  # 4 batches of the same shape per epoch
     agent.fit(dataset, epochs=3, verbose=0)
     assert len(traces) == 1

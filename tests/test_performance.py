@@ -8,6 +8,7 @@ import tensorflow as tf
 import keras
 import tfpg
 from tfpg.generation import _compiled_decode, decode_loop, generate
+from tfpg.testing import count_train_step_traces
 
 VOCAB = 19
 
@@ -103,14 +104,7 @@ def test_sample_logger_and_training_trace_generation_once_across_epochs(tmp_path
         policy, lambda p, c, m, b: tf.reduce_sum(m, axis=1), group_size=2,
         max_new_tokens=4, eos_id=None)
     agent.compile(optimizer=keras.optimizers.Adam(1e-3))
-    traces = []
-    original = agent.train_step
-
-    def counting_train_step(data):
-        traces.append(1)             # Python runs only while tf.function traces
-        return original(data)
-
-    object.__setattr__(agent, "train_step", counting_train_step)
+    traces = count_train_step_traces(agent)
     prompts = tf.constant([[0, 1, 4], [1, 5, 6], [0, 1, 7], [1, 8, 9]] * 4)
     dataset = tf.data.Dataset.from_tensor_slices({"prompt": prompts}).batch(4)
     logger = tfpg.callbacks.SampleLogger(str(tmp_path), tokenizer=tokenizer,

@@ -57,3 +57,24 @@ def exact_policy_gradient(policy, prompt_ids, reward_fn, num_new_tokens, tempera
         expected = tf.reduce_sum(tf.exp(sequence_log_prob) * rewards) / num_prompts
     gradients = tape.gradient(expected, policy.trainable_variables)
     return float(expected), gradients
+
+
+def count_train_step_traces(trainer):
+    """Makes `trainer.train_step` count its traces; returns the counter (a list that
+    gets one entry per trace: the Python body runs only while tf.function traces).
+
+    Example:
+    >>> traces = count_train_step_traces(agent)
+    >>> agent.fit(dataset, epochs=3, verbose=0)
+    >>> len(traces)          # 1: batches of one shape never retrace the step
+    """
+    traces = []
+    original = trainer.train_step
+
+    def counting_train_step(data):
+        traces.append(1)
+        return original(data)
+
+    # Not a Keras-tracked attribute: set on the instance, as fit looks it up there.
+    object.__setattr__(trainer, "train_step", counting_train_step)
+    return traces
