@@ -6,7 +6,8 @@ choice:
 
 * CPU: off. Measured on the 2-core CI machine (README "Performance";
   `benchmarks/generation.py`, `benchmarks/training.py`): XLA generation runs at
-  0.91-1.05x the plain graph for LSTM / GRU and 0.72-1.04x for the Transformer; a
+  0.90-1.09x the plain graph for LSTM / GRU; for the Transformer 0.97-1.12x at 32
+  new tokens but 0.72-0.78x at 128 (XLA's cache update is not in place); a
   train step at 0.98-1.04x compiled whole and 0.99-1.00x with only the decode loop
   compiled, after 5-40 s of compiling. The plain graph's big matmuls already run at
   70-85 % of the machine's matmul peak: XLA has little left to gain there.
