@@ -20,6 +20,8 @@ Conventions: `B` rows in the rollout (prompts x group_size), `P` prompt length, 
 that sampled.
 """
 
+import functools
+
 import keras
 import tensorflow as tf
 
@@ -291,9 +293,7 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
             step (in-graph rewards only; a NaN reward then counts as "zero" since XLA
             cannot raise, and `last_rollout` is not kept); False compiles nothing.
         """
-        if jit_compile not in ("auto", True, False):
-            raise ValueError(f"jit_compile must be 'auto', True or False, got {jit_compile!r}")
-        self.jit_decode = resolve_jit_compile(jit_compile)
+        self.jit_decode = resolve_jit_compile(jit_compile)   # validates it too
         super().compile(optimizer=optimizer, jit_compile=jit_compile is True, **kwargs)
         # Build the optimizer's slots now: created during the first trace of the
         # train function they would make tf.function trace it a second time.
@@ -341,22 +341,21 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         """Completions of prompt_ids [B, P] with the trainer's sampling options."""
         greedy = greedy or self.sampler == "greedy"
         noise_rows = _replica_rows(tf.shape(prompt_ids)[0])   # all-reduces: not in XLA
+        decode = self._decode
         if getattr(self, "jit_decode", False) and not in_xla_context():
-            return self._xla_decode(greedy)(prompt_ids, seed, noise_rows)
+            decode = self._xla_decode
+        return decode(prompt_ids, seed, greedy, noise_rows)
+
+    def _decode(self, prompt_ids, seed, greedy, noise_rows):
         return decode_loop(self.policy, prompt_ids, self.max_new_tokens, seed,
                            self.temperature, self.top_k, self.top_p, greedy, self.eos_id,
                            self.suppress_ids, noise_rows)
 
-    def _xla_decode(self, greedy):
-        """The decode loop as a function XLA compiles (one per greedy flag)."""
-        cache = self.__dict__.setdefault("_xla_decoders", {})
-        if greedy not in cache:
-            def decode(prompt_ids, seed, noise_rows):
-                return decode_loop(self.policy, prompt_ids, self.max_new_tokens, seed,
-                                   self.temperature, self.top_k, self.top_p, greedy,
-                                   self.eos_id, self.suppress_ids, noise_rows)
-            cache[greedy] = tf.function(decode, jit_compile=True)
-        return cache[greedy]
+    @functools.cached_property
+    def _xla_decode(self):
+        """`_decode` compiled by XLA (traced once per greedy flag). Cached in the
+        instance's __dict__, out of Keras' attribute tracking."""
+        return tf.function(self._decode, jit_compile=True)
 
     def completion_logits(self, model, prompt_ids, completion_ids, completion_mask):
         """Logits [B, N, V] that `model` gives each completion position."""
