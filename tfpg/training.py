@@ -494,6 +494,16 @@ class LanguageModelTrainer(DistributedFitMixin, keras.Model):
         return self.finalize_logs({"loss": self._loss_tracker.result()})
 
 
+def pretraining_dataset(texts, tokenizer, batch_size, seed, max_sequence_length=128):
+    """`language_model_dataset` windows as long as the longest text (at most
+    `max_sequence_length` pairs): padding to a fixed length would waste most of the
+    compute on short texts."""
+    longest = max((len(ids) for ids in tokenizer.encode(list(texts))), default=1)
+    return tfpg_data.language_model_dataset(
+        texts, tokenizer, sequence_length=min(longest, max_sequence_length),
+        batch_size=batch_size, seed=seed)
+
+
 def pretrain(texts, tokenizer, epochs, *, policy=None, seed=0, batch_size=64,
              learning_rate=3e-3, optimizer=None, max_sequence_length=128,
              embedding_dim=64, hidden_dim=128, backbone="lstm", num_layers=1,
@@ -536,10 +546,7 @@ def pretrain(texts, tokenizer, epochs, *, policy=None, seed=0, batch_size=64,
     if policy is not None and policy.vocab_size != tokenizer.vocabulary_size:
         raise ValueError(f"tokenizer has {tokenizer.vocabulary_size} tokens but the policy "
                          f"{policy.vocab_size}: they do not belong together")
-    longest = max((len(ids) for ids in tokenizer.encode(list(texts))), default=1)
-    dataset = tfpg_data.language_model_dataset(
-        texts, tokenizer, sequence_length=min(longest, max_sequence_length),
-        batch_size=batch_size, seed=seed)
+    dataset = pretraining_dataset(texts, tokenizer, batch_size, seed, max_sequence_length)
     keras.utils.set_random_seed(seed)
     if policy is None:
         policy = PolicyNetwork(tokenizer.vocabulary_size, embedding_dim, hidden_dim,
@@ -800,13 +807,8 @@ def _run(config, job, strategy, chief, state, output, logdir, log):
     if done < job.pretrain_epochs:
         log(f"pre-training on {len(job.pretrain_texts)} texts "
             f"({job.pretrain_epochs} epochs, {config.backbone})")
-        # Windows as long as the longest text: padding to a fixed 64 wastes most of
-        # the compute on these short texts.
-        longest = max(len(row) for row in job.tokenizer.encode(job.pretrain_texts))
-        texts = tfpg_data.language_model_dataset(job.pretrain_texts, job.tokenizer,
-                                                 sequence_length=min(longest, 128),
-                                                 batch_size=config.batch_size,
-                                                 seed=config.seed)
+        texts = pretraining_dataset(job.pretrain_texts, job.tokenizer,
+                                    config.batch_size, config.seed)
         pretrainer.fit(shard_by_data(texts), epochs=job.pretrain_epochs, initial_epoch=done,
                        verbose=verbose,
                        callbacks=[EpochCheckpoint(pretrain_checkpoint, state, "pretrain",
