@@ -27,6 +27,7 @@ __all__ = [
     "full_kl",
     "ppo_clipped_surrogate",
     "value_loss",
+    "bradley_terry_loss",
     "masked_sum",
     "masked_mean",
     "aggregate_loss_terms",
@@ -222,6 +223,31 @@ def value_loss(values, returns, old_values=None, clip_range=None):
     c = tf.cast(clip_range, tf.float32)
     clipped_values = old_values + tf.clip_by_value(values - old_values, -c, c)
     return 0.5 * tf.maximum(squared, tf.square(clipped_values - returns))
+
+
+def bradley_terry_loss(chosen_scores, rejected_scores, margin=0.0):
+    """Pairwise reward-model loss ``-log sigmoid(r_chosen - r_rejected - margin)``.
+
+    The Bradley-Terry model says the chosen completion wins with probability
+    ``sigmoid(r_chosen - r_rejected)``; this is its negative log-likelihood per
+    pair. A ``margin`` (Llama 2's) asks the chosen score to lead by that much.
+    Computed as ``softplus(-(d))``, exact for large ``|d|``.
+
+    Args:
+      chosen_scores: float32 ``[B]``.
+      rejected_scores: float32 ``[B]``.
+      margin: scalar or float32 ``[B]``.
+
+    Returns:
+      float32 ``[B]``.
+
+    >>> round(float(bradley_terry_loss(tf.constant([1.0]), tf.constant([0.0]))[0]), 5)
+    0.31326
+    """
+    difference = (tf.cast(chosen_scores, tf.float32) - tf.cast(rejected_scores, tf.float32)
+                  - tf.cast(margin, tf.float32))  # [B]
+    return tf.nn.softplus(-difference)
+
 
 
 def masked_sum(x, mask, axis=None):

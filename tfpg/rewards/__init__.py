@@ -13,12 +13,15 @@ from tfpg.rewards.keyword import Keyword
 from tfpg.rewards.length import Length
 from tfpg.rewards.match import ExactMatch
 from tfpg.rewards.perplexity import Perplexity
+from tfpg.rewards.preference import (PreferenceTrainer, pairwise_accuracy,
+                                     read_preference_pairs, train_preference_model)
 from tfpg.rewards.python_reward import PythonReward
 from tfpg.rewards.reward_model import RewardModel, train_reward_model
 
 __all__ = [
     "BLEU", "ExactMatch", "InvalidRewardError", "Keyword", "Length", "ON_INVALID",
-    "Perplexity", "PythonReward", "Reward", "RewardModel", "RewardResult",
+    "Perplexity", "PreferenceTrainer", "PythonReward", "Reward", "RewardModel", "RewardResult",
     "SMOOTHING_METHODS", "WeightedSum", "compact_ids", "completion_tokens",
-    "compute_rewards", "corpus_bleu", "reward_name", "sentence_bleu", "train_reward_model",
+    "compute_rewards", "corpus_bleu", "pairwise_accuracy", "read_preference_pairs",
+    "reward_name", "sentence_bleu", "train_preference_model", "train_reward_model",
 ]

@@ -1,10 +1,36 @@
-"""`RewardModel`: a Keras scorer of token ids as a reward, and a small trainer."""
+"""`RewardModel`: a Keras scorer of token ids as a reward, and a small trainer.
+
+A `RewardModel` that knows its tokenizer can be saved (`save(dir)`,
+`RewardModel.load(dir)`) as one directory that is at once
+
+* a TensorFlow SavedModel with the signature `score(prompts, completions) ->
+  scores` (string [B], string [B] -> float32 [B]; also `serving_default`), the
+  tokenizer inside the graph, so plain TensorFlow serves it:
+  `tf.saved_model.load(dir).signatures["score"](prompts=..., completions=...)`;
+* the Keras model (`model.keras`), the tokenizer (`tokenizer.json`) and
+  `reward_model.json` (format marker, options, metadata), which `load` reads.
+
+Saving is atomic like `tfpg.export_saved_model`: everything is written into a
+sibling `DIR.tmp-<random>` and renamed into place (a previous reward model is
+replaced only once the new one is complete).
+"""
+
+import json
+import os
+import secrets
+import shutil
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from tfpg.rewards.base import Reward, completion_tokens
+
+FORMAT = "tfpg.RewardModel"
+FORMAT_VERSION = 1
+INFO_FILE = "reward_model.json"
+MODEL_FILE = "model.keras"
+TOKENIZER_FILE = "tokenizer.json"
 
 
 class RewardModel(Reward):
@@ -21,6 +47,10 @@ class RewardModel(Reward):
         include_prompt: prepend the prompt ids.
         eos_id: where completions stop.
         name: defaults to "RewardModel".
+        tokenizer: the `Tokenizer` whose ids the model reads; needed by `score`
+            (strings in) and `save` (the SavedModel tokenizes in-graph).
+        metadata: JSON-serialisable dict saved with the model (e.g. held-out
+            accuracy).
 
     >>> import keras
     >>> inputs = keras.Input([None], dtype="int32")
@@ -30,32 +60,44 @@ class RewardModel(Reward):
     array([2.], dtype=float32)
     """
 
-    def __init__(self, model, include_prompt=False, eos_id=2, name=None):
+    def __init__(self, model, include_prompt=False, eos_id=2, name=None, tokenizer=None,
+                 metadata=None):
         super().__init__(name=name)
         if not callable(model):
             raise TypeError(f"model must be callable, got {type(model).__name__}")
         self.model = model
         self.include_prompt = include_prompt
         self.eos_id = eos_id
+        self.tokenizer = tokenizer
+        self.metadata = dict(metadata or {})
 
     def get_config(self):
         # The architecture only: weights travel with `model.save`, not configs.
         model = (keras.saving.serialize_keras_object(self.model)
                  if isinstance(self.model, keras.Model) else self.model)
         return {"model": model, "include_prompt": self.include_prompt,
-                "eos_id": self.eos_id, "name": self.name}
+                "eos_id": self.eos_id, "name": self.name,
+                "tokenizer": None if self.tokenizer is None else self.tokenizer.get_config(),
+                "metadata": dict(self.metadata)}
 
     @classmethod
     def from_config(cls, config):
+        from tfpg.text import Tokenizer
         config = dict(config)
         if isinstance(config["model"], dict):
             config["model"] = keras.saving.deserialize_keras_object(config["model"])
+        if isinstance(config.get("tokenizer"), dict):
+            config["tokenizer"] = Tokenizer.from_config(config["tokenizer"])
         return cls(**config)
 
-    def __call__(self, prompt_ids, completion_ids, completion_mask, batch):
+    def _ids(self, prompt_ids, completion_ids, completion_mask):
+        """The model's input: completion tokens before EOS, after the prompt if asked."""
         ids = completion_tokens(completion_ids, completion_mask, self.eos_id)  # [B, N]
         if self.include_prompt:
             ids = tf.concat([tf.cast(prompt_ids, tf.int32), ids], axis=1)  # [B, P + N]
+        return ids
+
+    def _score_ids(self, ids):
         if isinstance(self.model, keras.Layer):
             scores = self.model(ids, training=False)
         else:
@@ -64,6 +106,164 @@ class RewardModel(Reward):
         if scores.shape.rank == 2 and scores.shape[1] == 1:
             scores = scores[:, 0]
         return scores  # [B]
+
+    def __call__(self, prompt_ids, completion_ids, completion_mask, batch):
+        return self._score_ids(self._ids(prompt_ids, completion_ids, completion_mask))
+
+    def _require_tokenizer(self, what):
+        if self.tokenizer is None:
+            raise ValueError(f"RewardModel.{what} needs the tokenizer: build the reward "
+                             "model with tokenizer=...")
+        return self.tokenizer
+
+    def score(self, prompts, completions, batch_size=256):
+        """Scores of completion strings given their prompts: float32 numpy [B].
+
+        Tokenized as the trainers see them (prompt with BOS, completion without),
+        so `score` equals the reward of the same ids and the saved `score`
+        signature.
+        """
+        tokenizer = self._require_tokenizer("score")
+        prompts, completions = list(prompts), list(completions)
+        if len(prompts) != len(completions):
+            raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
+        out = []
+        for start in range(0, len(prompts), batch_size):
+            prompt_ids = pad_ids(tokenizer.encode(prompts[start:start + batch_size]), "left")
+            ids = pad_ids(tokenizer.encode(completions[start:start + batch_size],
+                                           add_bos=False), "right")
+            out.append(self(tf.constant(prompt_ids), tf.constant(ids),
+                            tf.cast(ids != 0, tf.float32), {}).numpy())
+        return np.concatenate(out) if out else np.zeros([0], np.float32)
+
+    def save(self, directory):
+        """Writes the reward model to `directory` atomically (see the module
+        docstring); returns `directory`. A directory holding anything but a
+        previous reward model is refused."""
+        from tfpg.export import _move_into_place, _normalize, _write_json, recover
+        tokenizer = self._require_tokenizer("save")
+        if not isinstance(self.model, keras.Model):
+            raise TypeError(f"RewardModel.save needs a keras.Model, got "
+                            f"{type(self.model).__name__}")
+        directory = _normalize(directory)
+        recover(directory)
+        check_replaceable(directory)
+        os.makedirs(os.path.dirname(os.path.abspath(directory)), exist_ok=True)
+        tmp = directory + ".tmp-" + secrets.token_hex(4)
+        try:
+            _write_score_saved_model(self, tokenizer, tmp)
+            self.model.save(os.path.join(tmp, MODEL_FILE))
+            tokenizer.save(os.path.join(tmp, TOKENIZER_FILE))
+            # Written last: its presence marks the directory as complete.
+            _write_json(os.path.join(tmp, INFO_FILE), {
+                "format": FORMAT, "version": FORMAT_VERSION, "name": self.name,
+                "include_prompt": bool(self.include_prompt),
+                "eos_id": None if self.eos_id is None else int(self.eos_id),
+                "metadata": self.metadata})
+            _move_into_place(tmp, directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return directory
+
+    @classmethod
+    def load(cls, directory):
+        """Reads a directory written by `save`; one-line errors for anything else."""
+        from tfpg.export import _normalize, recover
+        from tfpg.text import Tokenizer
+        import tfpg.models  # noqa: F401 - registers the tfpg layers for deserialising
+        directory = _normalize(directory)
+        recover(directory)
+        info = read_reward_model_info(directory)
+        try:
+            model = keras.saving.load_model(os.path.join(directory, MODEL_FILE))
+        except Exception as e:  # noqa: BLE001 - any corrupt file, reported as one line
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ValueError(f"{directory}: cannot load {MODEL_FILE} ({first})") from None
+        tokenizer = Tokenizer.load(os.path.join(directory, TOKENIZER_FILE))
+        return cls(model, include_prompt=info["include_prompt"], eos_id=info["eos_id"],
+                   name=info.get("name"), tokenizer=tokenizer, metadata=info.get("metadata"))
+
+
+def pad_ids(rows, side):
+    """Lists of ids -> int32 numpy [B, T], 0-padded on the "left" or "right"."""
+    width = max([len(row) for row in rows] + [0])
+    out = np.zeros([len(rows), width], np.int32)
+    for i, row in enumerate(rows):
+        if row:
+            if side == "left":
+                out[i, width - len(row):] = row
+            else:
+                out[i, :len(row)] = row
+    return out
+
+
+def check_replaceable(directory):
+    """Raises ValueError unless `directory` is absent, empty or a tfpg reward model."""
+    if not os.path.exists(directory):
+        return
+    if not os.path.isdir(directory):
+        raise ValueError(f"{directory}: exists and is not a directory; refusing to replace it")
+    if os.listdir(directory) and not os.path.isfile(os.path.join(directory, INFO_FILE)):
+        raise ValueError(f"{directory}: is a non-empty directory that is not a tfpg reward "
+                         "model; refusing to replace it (choose another path or empty it)")
+
+
+def read_reward_model_info(directory):
+    """The `reward_model.json` of a saved reward model, or a one-line error."""
+    if not os.path.exists(directory):
+        raise FileNotFoundError(f"{directory}: no such directory (expected a tfpg reward "
+                                "model, written by `tfpg train-reward`)")
+    path = os.path.join(directory, INFO_FILE)
+    if not os.path.isdir(directory) or not os.path.isfile(path):
+        raise ValueError(f"{directory}: is not a tfpg reward model (no {INFO_FILE}; write "
+                         "one with `tfpg train-reward` or RewardModel.save)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: invalid JSON ({str(e).splitlines()[0]})") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a tfpg reward model marker "
+                         f"(missing \"format\": \"{FORMAT}\")")
+    if info.get("version") != FORMAT_VERSION:
+        raise ValueError(f"{directory}: unsupported reward model version "
+                         f"{info.get('version')!r} (this tfpg reads version {FORMAT_VERSION})")
+    return info
+
+
+class _ScoreModule(tf.Module):
+    """What the SavedModel holds: the scorer, the tokenizer layers, `score`."""
+
+    def __init__(self, reward_model, tokenizer):
+        super().__init__(name="tfpg_reward_model")
+        # Untracked, as in tfpg.export: the traced functions' raw variables are
+        # tracked instead, so session-based loaders restore the handles they read.
+        self.__dict__["reward_model"] = reward_model
+        self.text_to_ids = tokenizer.string_to_ids_layer(name="text_to_ids")
+        self._bos_id = tokenizer.bos_id
+        self.score = tf.function(self._score, input_signature=[
+            tf.TensorSpec([None], tf.string, name="prompts"),
+            tf.TensorSpec([None], tf.string, name="completions")])
+
+    def _score(self, prompts, completions):
+        prompt_ids = self.text_to_ids(prompts)                          # [B, P] left-padded
+        with_bos = self.text_to_ids(completions)                        # [B, C] left-padded
+        tokens = tf.ragged.boolean_mask(with_bos, with_bos > self._bos_id)
+        completion_ids = tokens.to_tensor(0)                            # [B, N] right-padded
+        mask = tf.cast(completion_ids != 0, tf.float32)
+        return {"scores": self.reward_model(prompt_ids, completion_ids, mask, {})}  # [B]
+
+
+def _write_score_saved_model(reward_model, tokenizer, directory):
+    module = _ScoreModule(reward_model, tokenizer)
+    function = module.score.get_concrete_function()
+    seen = {}
+    for variable in function.variables:
+        seen.setdefault(id(variable), variable)
+    module.weights = list(seen.values())
+    tf.saved_model.save(module, directory,
+                        signatures={"score": function, "serving_default": function})
 
 
 def train_reward_model(texts, labels, tokenizer, embedding_dim=32, hidden_dim=32,

@@ -15,12 +15,14 @@
 from tfpg.tasks.arithmetic import ArithmeticTask
 from tfpg.tasks.base import Split, Task
 from tfpg.tasks.keywords import KeywordsTask
+from tfpg.tasks.preference import PreferenceTask
 from tfpg.tasks.translate import TranslateTask
 
 TASKS = {
     "arithmetic": ArithmeticTask,
     "translate": TranslateTask,
     "keywords": KeywordsTask,
+    "preference": PreferenceTask,
 }
 
 
@@ -32,12 +34,12 @@ def get_task(name, **options):
     >>> get_task("chess")
     Traceback (most recent call last):
     ...
-    ValueError: unknown task 'chess'; known tasks: arithmetic, keywords, translate
+    ValueError: unknown task 'chess'; known tasks: arithmetic, keywords, preference, translate
     """
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
     return TASKS[name](**options)
 
 
-__all__ = ["ArithmeticTask", "KeywordsTask", "Split", "TASKS", "Task", "TranslateTask",
-           "get_task"]
+__all__ = ["ArithmeticTask", "KeywordsTask", "PreferenceTask", "Split", "TASKS", "Task",
+           "TranslateTask", "get_task"]

@@ -1,0 +1,198 @@
+"""Bradley-Terry reward models, the `preference` task and their bad-input cases."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfpg import rewards
+from tfpg.data import DataError
+from tfpg.losses import bradley_terry_loss
+from tfpg.models import PolicyNetwork, RewardNetwork
+from tfpg.rewards.preference import check_pairs, read_preference_pairs
+from tfpg.rewards.reward_model import RewardModel
+from tfpg.tasks import get_task
+from tfpg.tasks.preference import utility_of, utility_terms
+from tfpg.text import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def task():
+    return get_task("preference", seed=0, num_pairs=800, num_heldout_pairs=400,
+                    num_train=16, num_heldout=16, num_pretrain=64)
+
+
+@pytest.fixture(scope="module")
+def trained(task):
+    tok = task.tokenizer()
+    pairs = task.preference_pairs("train")
+    model = rewards.train_preference_model(
+        pairs["prompts"], pairs["chosen"], pairs["rejected"], tok,
+        heldout=task.preference_pairs("heldout"), embedding_dim=16, hidden_dim=32, epochs=3)
+    return model, tok
+
+
+def test_bradley_terry_loss_matches_hand_computation():
+    chosen, rejected = [2.0, 0.0, -1.0, 30.0], [1.0, 0.0, 1.0, -30.0]
+    for margin in (0.0, 0.5):
+        expected = [math.log(1 + math.exp(-(c - r - margin))) for c, r in zip(chosen, rejected)]
+        got = bradley_terry_loss(tf.constant(chosen), tf.constant(rejected), margin).numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+    per_pair = bradley_terry_loss(tf.constant([1.0, 1.0]), tf.constant([0.0, 0.0]),
+                                  tf.constant([0.0, 1.0])).numpy()
+    np.testing.assert_allclose(per_pair, [math.log(1 + math.exp(-1)), math.log(2)], rtol=1e-6)
+
+
+@pytest.mark.parametrize("backbone", ["lstm", "transformer"])
+def test_reward_network_reads_the_last_real_token_wherever_the_padding_is(backbone):
+    scorer = RewardNetwork(12, embedding_dim=8, hidden_dim=16, backbone=backbone, num_heads=2,
+                           max_length=4)
+    right = scorer(tf.constant([[1, 5, 6, 7, 0, 0]])).numpy()
+    split = scorer(tf.constant([[0, 1, 5, 0, 6, 7]])).numpy()   # left-padded prompt + completion
+    np.testing.assert_allclose(right, split, atol=1e-6)
+    assert scorer(tf.constant([[1, 5, 6, 8]])).numpy() != pytest.approx(right)
+    scorer.set_normalization(2.0, 4.0)
+    np.testing.assert_allclose(scorer(tf.constant([[1, 5, 6, 7]])).numpy(),
+                               (scorer(tf.constant([[1, 5, 6, 7]]), normalize=False) - 2.0) / 4.0,
+                               rtol=1e-6)
+    if backbone == "transformer":   # longer than max_length: the last 4 real tokens count
+        np.testing.assert_allclose(scorer(tf.constant([[3, 3, 1, 5, 6, 7]])).numpy(),
+                                   scorer(tf.constant([[1, 5, 6, 7]])).numpy(), atol=1e-6)
+
+
+def test_reward_network_from_policy_copies_the_trunk_without_sharing_it():
+    policy = PolicyNetwork(10, embedding_dim=8, hidden_dim=8)
+    policy.build()
+    scorer = RewardNetwork.from_policy(policy)
+    for a, b in zip(policy.backbone.weights, scorer.backbone.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+        assert a is not b
+
+
+def test_task_gold_utility_and_ceiling(task):
+    tok = task.tokenizer()
+    assert task.utility("sure , the rain is very clear and vague .") == 0.5
+    # Distinct good adjectives capped at 3; every word beyond 12 costs 0.5.
+    long = "the rain is clear and accurate and useful and precise and very very honest ."
+    terms = utility_terms(long.split())
+    assert terms == {"good": 5, "bad": 0, "keyword": 0, "length": 15}
+    assert utility_of(terms) == 3 - 1.5
+    texts = task.pretrain_texts[:32] + [long, "clear clear clear wrong wrong"]
+    prompts = task.train.prompts[:1] * len(texts)
+    ids = rewards.reward_model.pad_ids(tok.encode(texts, add_bos=False), "right")
+    ids = np.concatenate([ids, np.full([len(ids), 1], tok.eos_id), np.full([len(ids), 1], 5)],
+                         axis=1)
+    mask = (ids != 0).astype(np.float32)
+    mask[:, -1] = 0   # after EOS
+    gold = task.gold_reward(tok)(tf.constant(tok.encode(prompts)), tf.constant(ids),
+                                 tf.constant(mask), {}).numpy()
+    np.testing.assert_allclose(gold, [task.utility(t) for t in texts], atol=1e-6)
+
+    pairs = task.preference_pairs("heldout")
+    gaps = np.abs([task.utility(c) - task.utility(r)
+                   for c, r in zip(pairs["chosen"], pairs["rejected"])])
+    expected = np.mean(1 / (1 + np.exp(-gaps / task.annotator_temperature)))
+    assert task.pairwise_ceiling("heldout") == pytest.approx(expected, rel=1e-9)
+    assert 0.8 < expected < 0.9          # noisy enough to matter at the default temperature
+    assert set(task.heldout.prompts).isdisjoint(task.train.prompts)
+    assert set(pairs["prompts"]).isdisjoint(task.preference_pairs("train")["prompts"])
+    again = get_task("preference", seed=0, num_pairs=800, num_heldout_pairs=400,
+                     num_train=16, num_heldout=16, num_pretrain=64)
+    assert again.preference_pairs("heldout") == pairs
+    with pytest.raises(ValueError, match="learned reward model"):
+        task.reward(tok)(None, tf.ones([1, 2], tf.int32), tf.ones([1, 2]), {})
+
+
+def test_heldout_accuracy_near_the_annotators_ceiling(task, trained):
+    model, _ = trained
+    ceiling = task.pairwise_ceiling("heldout")
+    accuracy = model.metadata["heldout_accuracy"]
+    assert accuracy >= 0.75
+    assert accuracy >= ceiling - 0.05, (accuracy, ceiling)
+    history = model.history.history
+    assert history["val_pairwise_accuracy"][-1] == pytest.approx(accuracy, abs=1e-6)
+    assert history["loss"][-1] < history["loss"][0]
+
+
+def test_scores_are_normalised_over_the_training_completions(task, trained):
+    model, _ = trained
+    pairs = task.preference_pairs("train")
+    scores = np.concatenate([model.score(pairs["prompts"], pairs["chosen"]),
+                             model.score(pairs["prompts"], pairs["rejected"])])
+    # Training used 800 pairs; the normalisation constants came from all of them.
+    assert abs(scores.mean()) < 1e-4 and scores.std() == pytest.approx(1.0, abs=1e-4)
+    norm = model.metadata["normalization"]
+    assert float(model.model.score_mean.numpy()) == pytest.approx(norm["mean"])
+
+
+def test_save_load_and_served_score_signature_agree(task, trained, tmp_path):
+    model, tok = trained
+    prompts = task.heldout.prompts[:5]
+    completions = task.heldout.references[:5]
+    expected = model.score(prompts, completions)
+    # As a reward: the policy's completion ids carry EOS and junk after it.
+    ids = rewards.reward_model.pad_ids(tok.encode(completions, add_bos=False), "right")
+    ids = np.concatenate([ids, np.full([5, 2], tok.eos_id)], axis=1)
+    ids[ids == 0] = tok.eos_id
+    mask = np.ones_like(ids, np.float32)
+    prompt_ids = rewards.reward_model.pad_ids(tok.encode(prompts), "left")
+    as_reward = model(tf.constant(prompt_ids), tf.constant(ids), tf.constant(mask), {}).numpy()
+    np.testing.assert_allclose(as_reward, expected, atol=1e-5)
+
+    path = str(tmp_path / "rm")
+    assert model.save(path) == path
+    assert sorted(os.listdir(tmp_path)) == ["rm"]        # nothing left beside it
+    loaded = RewardModel.load(path)
+    np.testing.assert_allclose(loaded.score(prompts, completions), expected, atol=1e-5)
+    assert loaded.metadata["heldout_accuracy"] == model.metadata["heldout_accuracy"]
+    served = tf.saved_model.load(path).signatures["score"](
+        prompts=tf.constant(prompts), completions=tf.constant(completions))["scores"].numpy()
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    model.save(path)                                       # replaces its own kind
+    os.makedirs(tmp_path / "other")
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not a tfpg reward model"):
+        model.save(str(tmp_path / "other"))
+    with pytest.raises(ValueError, match="not a tfpg reward model"):
+        RewardModel.load(str(tmp_path / "other"))
+
+
+def _one_line_data_error(call, match):
+    with pytest.raises(DataError, match=match) as info:
+        call()
+    assert "\n" not in str(info.value)
+
+
+def _write(path, lines):
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return str(path)
+
+
+def test_bad_pair_files(tmp_path):
+    good = json.dumps({"prompt": "p", "chosen": "a b", "rejected": "b a"})
+    assert read_preference_pairs(_write(tmp_path / "ok.jsonl", [good, ""]))["chosen"] == ["a b"]
+    missing = _write(tmp_path / "m.jsonl", [good, json.dumps({"prompt": "p", "chosen": "a"})])
+    _one_line_data_error(lambda: read_preference_pairs(missing), r"m.jsonl:2: missing .*'rejected'")
+    same = _write(tmp_path / "s.jsonl", [json.dumps({"prompt": "p", "chosen": "a  b",
+                                                     "rejected": "a b"})])
+    _one_line_data_error(lambda: read_preference_pairs(same), "s.jsonl:1: .*same text")
+    empty = _write(tmp_path / "e.jsonl", ["", "  "])
+    _one_line_data_error(lambda: read_preference_pairs(empty), "no preference pairs")
+    _one_line_data_error(lambda: check_pairs(["p"], ["x"], ["x"]), "pair 0: chosen and rejected")
+    _one_line_data_error(lambda: check_pairs([], [], []), "no preference pairs")
+    _one_line_data_error(lambda: check_pairs(["p"], ["x"], []), "one of each per pair")
+
+
+def test_pairs_in_another_language_are_refused(task):
+    tok = task.tokenizer()
+    _one_line_data_error(
+        lambda: rewards.train_preference_model(
+            ["décris la rivière"] * 4, ["elle est claire et utile ."] * 4,
+            ["elle est vague ."] * 4, tok, epochs=1),
+        "unknown to the tokenizer.*another language")
+    char = Tokenizer.from_texts(["abc"], level="char")
+    _one_line_data_error(lambda: rewards.train_preference_model(
+        ["xyz"], ["zz"], ["yy"], char, epochs=1), "another language")
