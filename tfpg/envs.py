@@ -29,6 +29,10 @@ terminated, truncated, info)`; `action_space.n` / `.sample()` / `.contains()`;
 The env runs one token per Python call: it is for learning, debugging and custom
 loops. `tfpg.algorithms.*.fit` generates whole batches in one compiled loop and is
 much faster for the same samples (see `examples/reinforce_env_loop.py`).
+
+Multi-turn episodes (a policy turn, an environment reply, ...) use the batched,
+turn-level protocol of `TurnEnv` (`tfpg.turn_env`) instead; `ToolEnv` (`tfpg.tool_env`)
+runs tool calls written in a turn. Both are exported here.
 """
 
 import numpy as np
@@ -36,6 +40,8 @@ import tensorflow as tf
 
 from tfpg import data as tfpg_data
 from tfpg.rewards.base import ON_INVALID, compute_rewards
+from tfpg.tool_env import ToolEnv, calculator  # noqa: F401 -- exported as tfpg.envs.*
+from tfpg.turn_env import TurnEnv  # noqa: F401
 
 
 _TOKENIZER_EOS = object()  # default eos_id: the tokenizer's

@@ -1,0 +1,432 @@
+"""Multi-turn rollouts: policy turns and environment replies in one trajectory.
+
+`rollout_episodes(policy, env, batch, max_turns, max_new_tokens)` plays one episode
+per row of a prompt batch against a `tfpg.turn_env.TurnEnv`:
+
+* each turn is one compiled generation (`tfpg.generate`, traced once: batch and
+  context lengths are dynamic) for the unfinished rows only, up to the env's
+  `turn_end` token, EOS or `max_new_tokens`. The context (prompt, earlier turns and
+  replies) is prefilled again every turn: no cache is carried between turns;
+* between turns the env runs in Python, one `env.step` call for all unfinished rows;
+* a row stops when the env says it is done, after `max_turns` turns, or when its
+  trajectory would outgrow `max_length`.
+
+The result (`Episodes`) holds one trajectory per row: the first observation
+left-padded (`prompt_ids`, as a prompt batch), then policy turns and env replies in
+order, right-padded (`completion_ids`), with `completion_mask` 1 on every real token
+and `policy_mask` 1 on the policy's tokens only (the loss mask); each turn's reward
+sits on its last policy token (`token_rewards`).
+
+With `env=` a trainer of `tfpg.algorithms` runs `train_step` this way (see
+`train_step` below): the rollout in Python, eagerly, with the compiled per-turn
+generation; then one `tf.function` scores the trajectories (old log-probs, reference
+KL, values, over the whole trajectory in one forward pass), computes the
+algorithm's advantages over policy tokens only and runs its update. Environment
+tokens are context for the model but carry no action: their log-probs, KL,
+entropy, values and advantages are masked out of every loss term, so the gradient
+of the loss with respect to the logits that predict them is exactly zero.
+"""
+
+import time
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from tfpg import advantages as adv
+from tfpg import losses
+from tfpg.generation import FILTERED_LOGIT, generate
+from tfpg.turn_env import as_numpy_batch
+
+POLICY, ENV, PROMPT = "policy", "env", "prompt"
+
+
+class Episodes(NamedTuple):
+    """One trajectory per row (numpy). P: longest first observation; N: longest rest.
+
+    prompt_ids: int32 [B, P], first observations, left-padded with the pad id.
+    prompt_mask: int32 [B, P], 1 on real tokens.
+    completion_ids: int32 [B, N], policy turns and env replies, right-padded.
+    completion_mask: float32 [B, N], 1 on every real token.
+    policy_mask: float32 [B, N], 1 on policy tokens (the loss mask).
+    log_probs: float32 [B, N], log-probs of policy tokens under the sampled
+        distribution (0 elsewhere).
+    token_rewards: float32 [B, N], each turn's reward on its last policy token.
+    rewards: float32 [B], the episode's total reward.
+    turns: int64 [B], policy turns played.
+    done: bool [B], False where the episode was cut (max_turns / max_length).
+    segments: B lists of (role, ids): "prompt", then "policy" / "env" in order.
+    env_seconds, generate_seconds: time in the env and in generation.
+    """
+
+    prompt_ids: np.ndarray
+    prompt_mask: np.ndarray
+    completion_ids: np.ndarray
+    completion_mask: np.ndarray
+    policy_mask: np.ndarray
+    log_probs: np.ndarray
+    token_rewards: np.ndarray
+    rewards: np.ndarray
+    turns: np.ndarray
+    done: np.ndarray
+    segments: list
+    env_seconds: float
+    generate_seconds: float
+
+    @property
+    def token_ids(self):
+        """int32 [B, P + N]: the whole trajectories."""
+        return np.concatenate([self.prompt_ids, self.completion_ids], axis=1)
+
+    @property
+    def loss_mask(self):
+        """float32 [B, P + N]: 1 on policy tokens only."""
+        return np.concatenate([np.zeros(self.prompt_ids.shape, np.float32),
+                               self.policy_mask], axis=1)
+
+    def render(self, tokenizer, row):
+        """Row `row` as text, env replies in [brackets]: "prompt | turn [reply] turn"."""
+        parts = []
+        for role, ids in self.segments[row]:
+            text = tokenizer.decode(np.asarray(ids, np.int32)) if ids else ""
+            parts.append(f"[{text}]" if role == ENV else text)
+        return parts[0] + " | " + " ".join(parts[1:])
+
+
+def _encode(tokenizer, observation, first):
+    if isinstance(observation, str):
+        return list(tokenizer.encode(observation, add_bos=first))
+    return [int(i) for i in np.asarray(observation).reshape([-1])]
+
+
+def _left_padded(rows, pad_id):
+    """Lists of ids -> (int32 [n, L] left-padded, int32 [n, L] mask)."""
+    width = max(len(row) for row in rows)
+    ids = np.full([len(rows), width], pad_id, np.int32)
+    mask = np.zeros([len(rows), width], np.int32)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row):] = row
+            mask[i, width - len(row):] = 1
+    return ids, mask
+
+
+def _turn_seed(seed, turn):
+    seed = tf.cast(tf.reshape(tf.convert_to_tensor(
+        [seed, 0] if isinstance(seed, int) else seed), [2]), tf.int64)
+    return tf.cast(tf.random.experimental.stateless_fold_in(seed, turn), tf.int32)
+
+
+def rollout_episodes(policy, env, batch, max_turns, max_new_tokens, sampler="sample",
+                     temperature=1.0, top_k=None, top_p=None, suppress_ids=None, seed=0,
+                     max_length=None, jit_compile=False):
+    """Plays one episode per row of `batch` (see the module docstring).
+
+    Args:
+        policy: the policy (anything `tfpg.generate` samples from).
+        env: a `tfpg.turn_env.TurnEnv` (its `tokenizer` encodes and decodes).
+        batch: a prompt batch: dict with "prompt" int [B, P] (and "prompt_mask", and
+            any columns the env reads).
+        max_turns: policy turns per episode at most.
+        max_new_tokens: token budget of one turn.
+        sampler, temperature, top_k, top_p, suppress_ids, jit_compile: as in
+            `tfpg.generate`.
+        seed: int or int [2]; each turn folds in its index.
+        max_length: longest trajectory; default the policy's `max_length` for a
+            policy with a position table, else unbounded.
+
+    Returns:
+        `Episodes`.
+    """
+    if not isinstance(max_turns, (int, np.integer)) or max_turns < 1:
+        raise ValueError(f"max_turns must be a positive int, got {max_turns!r}")
+    if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    tokenizer = env.tokenizer
+    pad_id = getattr(policy, "pad_id", getattr(tokenizer, "pad_id", 0))
+    eos_id = getattr(policy, "eos_id", getattr(tokenizer, "eos_id", 2))
+    stop_id = eos_id if env.turn_end_id is None else env.turn_end_id
+    if max_length is None and getattr(policy, "backbone_type", None) == "transformer":
+        max_length = policy.max_length
+    batch = as_numpy_batch(batch)
+
+    started = time.perf_counter()
+    first = env.reset(batch)
+    env_seconds = time.perf_counter() - started
+    size = len(first)
+    prompts = [_encode(tokenizer, observation, True) for observation in first]
+    if any(not prompt for prompt in prompts):
+        raise ValueError("every first observation needs at least one token")
+    rest = [[] for _ in range(size)]          # completion ids per row
+    roles = [[] for _ in range(size)]         # POLICY / ENV per completion token
+    log_probs = [[] for _ in range(size)]
+    rewards_at = [[] for _ in range(size)]    # (completion index, reward)
+    segments = [[(PROMPT, prompt)] for prompt in prompts]
+    cut = np.zeros([size], bool)
+    generate_seconds = 0.0
+
+    for turn in range(max_turns):
+        alive = np.asarray([row for row in env.unfinished if not cut[row]], np.int64)
+        if max_length is not None:
+            room = np.asarray([max_length - len(prompts[r]) - len(rest[r]) for r in alive])
+            cut[alive[room < 1]] = True
+            alive = alive[room >= 1]
+        if not alive.size:
+            break
+        budget = max_new_tokens
+        if max_length is not None:
+            budget = int(min(budget, room[room >= 1].max()))
+        ids, mask = _left_padded([prompts[r] + rest[r] for r in alive], pad_id)
+        started = time.perf_counter()
+        out = generate(policy, ids, max_new_tokens=budget, sampler=sampler,
+                       temperature=temperature, top_k=top_k, top_p=top_p, eos_id=stop_id,
+                       seed=_turn_seed(seed, turn), suppress_ids=suppress_ids,
+                       jit_compile=jit_compile, prompt_mask=mask)
+        tokens, token_mask, token_log_probs = (t.numpy() for t in out)
+        generate_seconds += time.perf_counter() - started
+
+        turns, texts = [], []
+        for i, row in enumerate(alive):
+            length = int(token_mask[i].sum())
+            if max_length is not None:
+                length = min(length, max_length - len(prompts[row]) - len(rest[row]))
+            ids_i = tokens[i, :length].tolist()
+            if stop_id != eos_id and eos_id in ids_i:   # EOS ends a turn too
+                ids_i = ids_i[:ids_i.index(eos_id) + 1]
+            turns.append(ids_i)
+            texts.append(tokenizer.decode(np.asarray(ids_i, np.int32)))
+            rest[row] += ids_i
+            roles[row] += [POLICY] * len(ids_i)
+            log_probs[row] += token_log_probs[i, :len(ids_i)].tolist()
+            segments[row].append((POLICY, ids_i))
+
+        started = time.perf_counter()
+        observations, rewards, dones = env.step(texts, rows=alive)
+        env_seconds += time.perf_counter() - started
+        for i, row in enumerate(alive):
+            rewards_at[row].append((len(rest[row]) - 1, float(rewards[i])))
+            if dones[i] or turn + 1 == max_turns:
+                continue   # no policy token follows: the reply is not part of it
+            reply = _encode(tokenizer, observations[i], False)
+            rest[row] += reply
+            roles[row] += [ENV] * len(reply)
+            log_probs[row] += [0.0] * len(reply)
+            segments[row].append((ENV, reply))
+
+    prompt_ids, prompt_mask = _left_padded(prompts, pad_id)
+    width = max(max((len(r) for r in rest), default=0), 1)
+    completion_ids = np.full([size, width], pad_id, np.int32)
+    completion_mask = np.zeros([size, width], np.float32)
+    policy_mask = np.zeros([size, width], np.float32)
+    sampled = np.zeros([size, width], np.float32)
+    token_rewards = np.zeros([size, width], np.float32)
+    for row in range(size):
+        n = len(rest[row])
+        completion_ids[row, :n] = rest[row]
+        completion_mask[row, :n] = 1.0
+        policy_mask[row, :n] = [role == POLICY for role in roles[row]]
+        sampled[row, :n] = log_probs[row]
+        for index, reward in rewards_at[row]:
+            token_rewards[row, index] += reward
+    return Episodes(prompt_ids, prompt_mask, completion_ids, completion_mask, policy_mask,
+                    sampled, token_rewards, token_rewards.sum(axis=1), env.turns.copy(),
+                    env.done.copy(), segments, env_seconds, generate_seconds)
+
+
+# ------------------------------------------------------------------ trainers
+
+def metric_names(env):
+    """Logs a trainer adds with `env=`: per-episode turn statistics and the env's."""
+    return ["turns", "turn_length", "env_tokens", "env_time_fraction",
+            *env.metric_names]
+
+
+def check_env(env, max_turns, reward_fn):
+    """Validates a trainer's `env=` / `max_turns` / `reward_fn`; returns max_turns."""
+    if env is None:
+        if max_turns is not None:
+            raise ValueError("max_turns is for multi-turn episodes: pass env= too")
+        return None
+    if not all(callable(getattr(env, name, None)) for name in ("reset", "step")) \
+            or not hasattr(env, "tokenizer"):
+        raise TypeError(f"env must be a tfpg.turn_env.TurnEnv (reset / step / "
+                        f"tokenizer), got {type(env).__name__}")
+    if reward_fn is not None:
+        raise ValueError("with env= the environment gives the rewards: pass "
+                         "reward_fn=None")
+    max_turns = 4 if max_turns is None else max_turns
+    if isinstance(max_turns, bool) or not isinstance(max_turns, (int, np.integer)) \
+            or max_turns < 1:
+        raise ValueError(f"max_turns must be a positive int, got {max_turns!r}")
+    return int(max_turns)
+
+
+def sample_episodes(trainer, batch, seed=None):
+    """The trainer's episodes of a prompt batch (groups repeated, trainer's sampling).
+
+    Returns (numpy batch with `group_size` copies of each row, `Episodes`).
+    """
+    batch = as_numpy_batch(batch if isinstance(batch, dict) else {"prompt": batch})
+    if trainer.group_size > 1:
+        batch = {key: np.repeat(value, trainer.group_size, axis=0)
+                 for key, value in batch.items()}
+    seed = trainer._sampling_seed() if seed is None else seed
+    suppress_ids = getattr(trainer, "sampled_suppress_ids", trainer.suppress_ids)
+    episodes = rollout_episodes(
+        trainer.policy, trainer.env, batch, trainer.max_turns, trainer.max_new_tokens,
+        sampler=trainer.sampler, temperature=trainer.temperature, top_k=trainer.top_k,
+        top_p=trainer.top_p, suppress_ids=suppress_ids, seed=seed,
+        jit_compile=bool(getattr(trainer, "jit_decode", False)))
+    return batch, episodes
+
+
+def episode_rewards(token_rewards, on_invalid):
+    """Non-finite env rewards per `on_invalid` ("raise" / "zero" / "skip").
+
+    Returns (token_rewards float32 [B, N] finite, valid float32 [B], invalid count).
+    """
+    finite = np.isfinite(token_rewards)
+    invalid = ~finite.all(axis=1)                                         # [B]
+    if invalid.any() and on_invalid == "raise":
+        raise ValueError(f"the env gave non-finite rewards in rows "
+                         f"{np.flatnonzero(invalid).tolist()}; pass "
+                         "on_invalid_reward='zero' or 'skip' to go on")
+    valid = np.ones(invalid.shape, np.float32)
+    if on_invalid == "skip":
+        valid[invalid] = 0.0
+    return np.where(finite, token_rewards, 0.0).astype(np.float32), valid, int(invalid.sum())
+
+
+def rollout_tensors(episodes, on_invalid="raise"):
+    """The trainers' rollout dict of one batch of `Episodes` (tensors).
+
+    `completion_mask` is 1 on every real token (the model's padding: env replies
+    are context) and `loss_mask` on policy tokens of valid rows only (the actions).
+    """
+    token_rewards, valid, invalid = episode_rewards(episodes.token_rewards, on_invalid)
+    rollout = {
+        "prompt_ids": episodes.prompt_ids,
+        "prompt_mask": episodes.prompt_mask.astype(bool),
+        "completion_ids": episodes.completion_ids,
+        "completion_mask": episodes.completion_mask,
+        "loss_mask": episodes.policy_mask * valid[:, None],
+        "policy_mask": episodes.policy_mask,
+        "token_rewards": token_rewards,
+        "scores": token_rewards.sum(axis=1),
+        "valid": valid,
+    }
+    return {key: tf.constant(value) for key, value in rollout.items()}, invalid
+
+
+def reference_kl(trainer, logits, prompt_ids, completion_ids, completion_mask,
+                 prompt_mask, mask):
+    """(kl [B, N], reference log-probs [B, N]) of the trainer's reference model,
+    masked by `mask`, between the models' own temperature-scaled distributions."""
+    ref_logits = trainer.completion_logits(trainer.reference_model, prompt_ids,
+                                           completion_ids, completion_mask, prompt_mask)
+    ref_log_probs = losses.token_log_probs(ref_logits, completion_ids,
+                                           trainer.temperature, mask)
+    policy_log_probs = losses.token_log_probs(logits, completion_ids,
+                                              trainer.temperature, mask)
+    kl = losses.kl_penalty(policy_log_probs, ref_log_probs, trainer.kl_estimator)
+    return kl * mask, ref_log_probs
+
+
+def score_rollout(trainer, rollout):
+    """Adds old log-probs (and support), reference log-probs / KL and values to
+    `rollout`, in one forward pass of each model over the whole trajectories."""
+    trajectory = (rollout["prompt_ids"], rollout["completion_ids"],
+                  rollout["completion_mask"], rollout["prompt_mask"])
+    ids, mask = rollout["completion_ids"], rollout["policy_mask"]
+    logits = trainer.completion_logits(trainer.policy, *trajectory)
+    rollout["old_log_probs"], filtered = trainer.sampled_log_probs(logits, ids, mask)
+    if getattr(trainer, "keeps_support", False):
+        rollout["support"] = filtered > FILTERED_LOGIT
+    if trainer.reference_model is not None:
+        kl, rollout["ref_log_probs"] = reference_kl(trainer, logits, *trajectory, mask)
+        if trainer.kl_in_reward:
+            rollout["token_rewards"] -= trainer.kl_coef * kl
+        rollout["kl"] = kl
+    if trainer.value_model is not None:
+        rollout["values"] = trainer.completion_values(*trajectory) * mask
+    return rollout
+
+
+def _update_function(trainer, rollout):
+    """The trainer's compiled score -> advantages -> update of one rollout (traced
+    once per set of rollout keys: every length is dynamic)."""
+    functions = trainer.__dict__.setdefault("_episode_update", {})
+    key = tuple(sorted(rollout))
+    if key not in functions:
+        spec = {name: tf.TensorSpec([None] * value.shape.rank, value.dtype)
+                for name, value in rollout.items()}
+
+        def update(rollout):
+            rollout = score_rollout(trainer, dict(rollout))
+            # Advantages over the actions only: env tokens are no steps of the
+            # recursions (returns, GAE), nor carry any advantage.
+            actions = dict(rollout, completion_mask=rollout["loss_mask"])
+            rollout.update(trainer.compute_advantages(actions, {}))
+            trainer.update(rollout)
+            kl = rollout.get("kl")
+            return rollout["advantages"], (tf.reduce_sum(kl, axis=1) if kl is not None
+                                           else tf.zeros([0]))
+
+        functions[key] = tf.function(update, input_signature=[spec],
+                                     jit_compile=False, reduce_retracing=True)
+    return functions[key]
+
+
+def train_step(trainer, data):
+    """A trainer's `train_step` with `env=` (eager: called with run_eagerly=True)."""
+    if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+        raise ValueError("multi-turn episodes (env=) run on one device: the env is "
+                         "Python, outside the replicas")
+    started = time.perf_counter()
+    _, episodes = sample_episodes(trainer, data)
+    rollout, invalid = rollout_tensors(episodes, trainer.on_invalid_reward)
+    advantages, sequence_kl = _update_function(trainer, rollout)(rollout)
+    seconds = time.perf_counter() - started
+    valid = rollout["valid"]
+    policy_tokens = episodes.policy_mask.sum(axis=1)
+    mean, mean_square, count = trainer._global_moments(rollout["scores"], valid)
+    values = {
+        "reward": mean,
+        "reward_std": tf.sqrt(tf.maximum(mean_square - mean ** 2, 0.0)),
+        "completion_length": policy_tokens,
+        "truncated_fraction": (~episodes.done).astype(np.float32),
+        "turns": episodes.turns.astype(np.float32),
+        "turn_length": policy_tokens / np.maximum(episodes.turns, 1),
+        "env_tokens": (episodes.completion_mask - episodes.policy_mask).sum(axis=1),
+        "env_time_fraction": episodes.env_seconds / max(seconds, 1e-9),
+        "invalid_rewards": float(invalid),
+        **trainer.env.episode_metrics(),
+    }
+    if sequence_kl.shape[0]:
+        values["kl"] = sequence_kl
+    if trainer.group_size > 1:
+        _, values["zero_std_fraction"] = adv.group_normalized_advantages(
+            rollout["scores"], trainer.group_size)
+    trainer._record(values)
+    if trainer.target_kl is not None:
+        trainer._update_kl_coef(sequence_kl, count)
+    for key, value in (("scores", rollout["scores"]), ("advantages", advantages),
+                       ("completion_mask", rollout["loss_mask"])):
+        trainer._last_rollout[key].assign(value)
+    object.__setattr__(trainer, "last_episodes", episodes)
+    return trainer.finalize_logs({tracker.name: tracker.result()
+                                  for tracker in trainer.metrics})
+
+
+def gradients(trainer, batch, seed=None):
+    """Gradients of one multi-turn rollout's loss w.r.t. `trainable_variables`
+    (no update), and the rollout: for analysis and tests."""
+    if getattr(trainer, "optimizer", None) is None:
+        trainer.compile(optimizer="sgd")
+    _, episodes = sample_episodes(trainer, batch, seed)
+    rollout, _ = rollout_tensors(episodes, trainer.on_invalid_reward)
+    rollout = score_rollout(trainer, rollout)
+    rollout.update(trainer.compute_advantages(
+        dict(rollout, completion_mask=rollout["loss_mask"]), {}))
+    _, grads, _ = trainer.loss_and_gradients(rollout)
+    return grads, rollout, episodes
