@@ -94,15 +94,19 @@ def test_language_model_padding_is_ignored_by_the_pretraining_loss(tok):
 def test_prompt_dataset_left_pads_to_dataset_width(tok):
     prompts = ["a b c d", "e", "", "b c"]
     ds = prompt_dataset(prompts, tok, batch_size=2)
-    assert ds.element_spec == {"prompt": tf.TensorSpec([None, 5], tf.int32)}
+    assert ds.element_spec == {"prompt": tf.TensorSpec([None, 5], tf.int32),
+                               "prompt_mask": tf.TensorSpec([None, 5], tf.int32)}
     batches = [as_lists(b) for b in ds]
     assert batches == [
-        {"prompt": [[1, 4, 5, 6, 7], [0, 0, 0, 1, 8]]},
-        {"prompt": [[0, 0, 0, 0, 1], [0, 0, 1, 5, 6]]},
+        {"prompt": [[1, 4, 5, 6, 7], [0, 0, 0, 1, 8]],
+         "prompt_mask": [[1, 1, 1, 1, 1], [0, 0, 0, 1, 1]]},
+        {"prompt": [[0, 0, 0, 0, 1], [0, 0, 1, 5, 6]],
+         "prompt_mask": [[0, 0, 0, 0, 1], [0, 0, 1, 1, 1]]},
     ]
     ds = prompt_dataset([b"a", "zz"], tok, batch_size=2, drop_remainder=True)
     assert ds.element_spec["prompt"].shape.as_list() == [2, 2]
-    assert as_lists(next(iter(ds))) == {"prompt": [[1, 4], [1, 3]]}
+    assert as_lists(next(iter(ds))) == {"prompt": [[1, 4], [1, 3]],
+                                        "prompt_mask": [[1, 1], [1, 1]]}
 
 
 def test_prompt_dataset_single_references(tok):
@@ -271,6 +275,7 @@ def test_read_file_dispatch_feeds_prompt_dataset(tmp_path, tok):
                         extras=columns, batch_size=2)
     assert as_lists(next(iter(ds))) == {
         "prompt": [[1, 4, 5], [0, 1, 8]],
+        "prompt_mask": [[1, 1, 1], [0, 1, 1]],
         "reference": [[[6, 0], [7, 8]], [[4, 0], [0, 0]]],
         "answer": [b"7", b"9"],
     }

@@ -2,9 +2,9 @@
 
 * `language_model_dataset`: (inputs, targets) next-token pairs for maximum-likelihood
   pre-training with `SparseCategoricalCrossentropy(from_logits=True, ignore_class=0)`.
-* `prompt_dataset`: dict batches `{"prompt": int32 [B, P], "reference": ..., **extras}`
-  for the policy-gradient algorithms; prompts are left-padded so generation starts
-  at the same position in every row.
+* `prompt_dataset`: dict batches `{"prompt": int32 [B, P], "prompt_mask": int32 [B, P],
+  "reference": ..., **extras}` for the policy-gradient algorithms; prompts are
+  left-padded so generation starts at the same position in every row.
 * `read_txt`, `read_tsv`, `read_jsonl`, `read_file`: plain-Python readers whose
   errors are `DataError`s with one-line messages `path:line: what is wrong`.
 """
@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 _INT32 = np.iinfo(np.int32)
-_RESERVED_COLUMNS = ("prompt", "reference")
+_RESERVED_COLUMNS = ("prompt", "prompt_mask", "reference")
 
 
 class DataError(ValueError):
@@ -93,9 +93,13 @@ def prompt_dataset(prompts, tokenizer, references=None, batch_size=32,
 
     Elements are dicts:
 
-    * `"prompt"`: int32 [B, P], BOS first, no EOS, LEFT-padded with 0. P is the
-      longest prompt in the whole dataset, so every batch has the same static
-      width and `train_step` is traced once.
+    * `"prompt"`: int32 [B, P], BOS first, no EOS, LEFT-padded with the
+      tokenizer's `pad_id` (0 for tfpg's `Tokenizer`). P is the longest prompt in
+      the whole dataset, so every batch has the same static width and
+      `train_step` is traced once.
+    * `"prompt_mask"`: int32 [B, P], 1 for the prompt's tokens, 0 for padding (in
+      KerasHub vocabularies the pad id can also be a real token, so padding is
+      told by this mask, never by the id).
     * `"reference"` (when `references` is given): int32, encoded without BOS or
       EOS and RIGHT-padded with 0. If every reference is a string the shape is
       [B, R]; if any is a list of strings (several references for one prompt)
@@ -107,7 +111,7 @@ def prompt_dataset(prompts, tokenizer, references=None, batch_size=32,
 
     Args:
         prompts: list of strings.
-        tokenizer: a `tfpg.Tokenizer`.
+        tokenizer: a `tfpg.Tokenizer` or `tfpg.KerasHubTokenizer`.
         references: None or one entry per prompt: a string or a list of strings.
         batch_size: prompts per batch.
         max_prompt_length: maximum prompt length in tokens, BOS included.
@@ -125,8 +129,9 @@ def prompt_dataset(prompts, tokenizer, references=None, batch_size=32,
     >>> from tfpg.text import Tokenizer
     >>> tok = Tokenizer.from_texts(["a b c"])
     >>> ds = prompt_dataset(["a b", "c"], tok, references=["c", "a b"])
-    >>> {k: v.numpy().tolist() for k, v in next(iter(ds)).items()}
-    {'prompt': [[1, 4, 5], [0, 1, 6]], 'reference': [[6, 0], [4, 5]]}
+    >>> batch = {k: v.numpy().tolist() for k, v in next(iter(ds)).items()}
+    >>> batch["prompt"], batch["prompt_mask"], batch["reference"]
+    ([[1, 4, 5], [0, 1, 6]], [[1, 1, 1], [0, 1, 1]], [[6, 0], [4, 5]])
     """
     prompts = _as_list(prompts, "prompts")
     if not prompts:
@@ -141,7 +146,8 @@ def prompt_dataset(prompts, tokenizer, references=None, batch_size=32,
         raise ValueError(f"prompt_dataset: {len(prompts)} prompts are fewer than "
                          f"batch_size={batch_size} with drop_remainder=True, giving an "
                          f"empty dataset")
-    columns = {"prompt": _encode_prompts(prompts, tokenizer, max_prompt_length, truncate)}
+    prompt_ids, prompt_mask = _encode_prompts(prompts, tokenizer, max_prompt_length, truncate)
+    columns = {"prompt": prompt_ids, "prompt_mask": prompt_mask}
     if references is not None:
         columns["reference"] = _encode_references(references, tokenizer, len(prompts))
     for name, values in (extras or {}).items():
@@ -157,7 +163,7 @@ def prompt_dataset(prompts, tokenizer, references=None, batch_size=32,
 
 
 def _encode_prompts(prompts, tokenizer, max_prompt_length, truncate):
-    """-> int32 [N, P], left-padded with 0."""
+    """-> (ids int32 [N, P] left-padded with the tokenizer's pad id, mask int32 [N, P])."""
     encoded = []
     for index, prompt in enumerate(prompts):
         try:
@@ -173,10 +179,12 @@ def _encode_prompts(prompts, tokenizer, max_prompt_length, truncate):
             raise type(e)(f"prompt {index}: {e}") from None
         encoded.append(ids)
     width = max(len(ids) for ids in encoded)
-    array = np.zeros([len(encoded), width], np.int32)  # [N, P]
+    array = np.full([len(encoded), width], getattr(tokenizer, "pad_id", 0), np.int32)  # [N, P]
+    mask = np.zeros([len(encoded), width], np.int32)  # [N, P]
     for i, ids in enumerate(encoded):
         array[i, width - len(ids):] = ids
-    return array
+        mask[i, width - len(ids):] = 1
+    return array, mask
 
 
 def _encode_references(references, tokenizer, count):
