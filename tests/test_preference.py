@@ -196,3 +196,68 @@ def test_pairs_in_another_language_are_refused(task):
     char = Tokenizer.from_texts(["abc"], level="char")
     _one_line_data_error(lambda: rewards.train_preference_model(
         ["xyz"], ["zz"], ["yy"], char, epochs=1), "another language")
+
+
+def _pairs_file(path, task, count, start=0):
+    pairs = task.preference_pairs("train")
+    lines = [json.dumps({"prompt": p, "chosen": c, "rejected": r})
+             for p, c, r in list(zip(pairs["prompts"], pairs["chosen"],
+                                     pairs["rejected"]))[start:start + count]]
+    return _write(path, lines)
+
+
+def test_for_tokenizer_maps_another_vocabularys_ids(trained, task):
+    model, tok = trained
+    shuffled = Tokenizer(tok.vocabulary[:4] + tok.vocabulary[4:][::-1], level="word")
+    remapped = model.for_tokenizer(shuffled)
+    assert model.for_tokenizer(Tokenizer(tok.vocabulary)) is model
+    prompts, completions = task.heldout.prompts[:4], task.heldout.references[:4]
+    prompt_ids = rewards.reward_model.pad_ids(shuffled.encode(prompts), "left")
+    ids = rewards.reward_model.pad_ids(shuffled.encode(completions, add_bos=False), "right")
+    got = remapped(tf.constant(prompt_ids), tf.constant(ids),
+                   tf.constant((ids != 0).astype(np.float32)), {}).numpy()
+    np.testing.assert_allclose(got, model.score(prompts, completions), atol=1e-5)
+    with pytest.raises(ValueError, match="word-level tokens"):
+        model.for_tokenizer(Tokenizer.from_texts(["ab"], level="char"))
+
+
+def test_train_reward_job_from_a_pairs_file_and_its_bad_inputs(task, tmp_path):
+    from tfpg.reward_training import load_reward_model, train_reward
+    pairs = _pairs_file(tmp_path / "pairs.jsonl", task, 48)
+    out = str(tmp_path / "rm")
+    summary = train_reward(out, pairs=pairs, epochs=1, hidden_dim=8, embedding_dim=8)
+    assert summary["train_pairs"] + summary["heldout_pairs"] == 48
+    assert summary["heldout_pairs"] == 4 and 0.0 <= summary["heldout_accuracy"] <= 1.0
+    loaded = load_reward_model(out, task.tokenizer())
+    assert loaded.metadata["source"] == pairs
+    assert loaded(tf.constant([[1, 5]]), tf.constant([[6, 2]]), tf.ones([1, 2]), {}).shape == [1]
+
+    # Every bad input: a one-line ValueError, and nothing written.
+    lines = open(pairs).read().splitlines()
+    record = json.loads(lines[0])
+    bad = {"missing": [json.dumps({"prompt": "p", "chosen": "a"})],
+           "same": [json.dumps({**record, "rejected": record["chosen"]})],
+           "empty": []}
+    for name, content in bad.items():
+        path = _write(tmp_path / f"{name}.jsonl", content)
+        with pytest.raises(DataError) as info:
+            train_reward(str(tmp_path / f"out-{name}"), pairs=path, epochs=1)
+        assert "\n" not in str(info.value)
+    foreign = _write(tmp_path / "fr.jsonl", [json.dumps(
+        {"prompt": "décris la rivière", "chosen": "elle est claire et utile .",
+         "rejected": "elle est floue ."})] * 8)
+    tok_path = str(tmp_path / "tok.json")
+    task.tokenizer().save(tok_path)
+    with pytest.raises(DataError, match="another language"):
+        train_reward(str(tmp_path / "out-fr"), pairs=foreign, tokenizer=tok_path, epochs=1)
+    os.makedirs(tmp_path / "taken")
+    (tmp_path / "taken" / "keep.txt").write_text("x")
+    with pytest.raises(ValueError, match="not a tfpg reward model"):
+        train_reward(str(tmp_path / "taken"), pairs=pairs, epochs=1)
+    with pytest.raises(ValueError, match="no preference pairs"):
+        train_reward(str(tmp_path / "out-arith"), task="arithmetic")
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["pairs.jsonl", "rm", "tok.json", "taken", "fr.jsonl"]
+        + [f"{name}.jsonl" for name in bad])
+    with pytest.raises(ValueError, match="--reward-model: .*no such directory"):
+        load_reward_model(str(tmp_path / "nothing"), task.tokenizer())

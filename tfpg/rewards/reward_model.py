@@ -70,6 +70,7 @@ class RewardModel(Reward):
         self.eos_id = eos_id
         self.tokenizer = tokenizer
         self.metadata = dict(metadata or {})
+        self._id_map = None  # set by for_tokenizer
 
     def get_config(self):
         # The architecture only: weights travel with `model.save`, not configs.
@@ -95,7 +96,30 @@ class RewardModel(Reward):
         ids = completion_tokens(completion_ids, completion_mask, self.eos_id)  # [B, N]
         if self.include_prompt:
             ids = tf.concat([tf.cast(prompt_ids, tf.int32), ids], axis=1)  # [B, P + N]
+        if self._id_map is not None:
+            ids = tf.gather(tf.constant(self._id_map), ids)  # the caller's ids -> the model's
         return ids
+
+    def for_tokenizer(self, tokenizer):
+        """This reward for policies whose ids come from another `tokenizer`.
+
+        Each of the caller's tokens is mapped in-graph to the model's id of the
+        same string (unknown strings to `unk_id`), so a reward model trained with
+        one vocabulary scores a policy trained with another of the same level.
+        Returns `self` when the vocabularies are equal.
+        """
+        own = self._require_tokenizer("for_tokenizer")
+        if tokenizer.vocabulary == own.vocabulary:
+            return self
+        if tokenizer.level != own.level:
+            raise ValueError(f"the reward model reads {own.level}-level tokens but the "
+                             f"policy's tokenizer is {tokenizer.level}-level")
+        id_map = np.array([i if i < 4 else own.token_to_id(token)
+                           for i, token in enumerate(tokenizer.vocabulary)], np.int32)
+        remapped = type(self)(self.model, self.include_prompt, tokenizer.eos_id, self.name,
+                              own, self.metadata)
+        remapped._id_map = id_map
+        return remapped
 
     def _score_ids(self, ids):
         if isinstance(self.model, keras.Layer):

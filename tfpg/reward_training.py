@@ -1,0 +1,146 @@
+"""The job behind `tfpg train-reward`: preference pairs in, a saved reward model out.
+
+    tfpg train-reward --task preference --output saved_models/preference-rm
+    tfpg train-reward --pairs pairs.jsonl --output saved_models/my-rm [--tokenizer tok.json]
+
+Pairs come from the bundled `preference` task (its train pairs, its held-out pairs
+for accuracy, and the annotator's ceiling) or from a JSONL file of
+`{"prompt", "chosen", "rejected"}` lines (a tenth held out). The tokenizer is the
+task's, the one given (the policy's, so the reward reads the policy's ids), or
+one built from the file. Everything is checked before training, and the output
+directory is written once, whole, by rename: bad input leaves nothing behind.
+`tfpg train --reward-model DIR` then fine-tunes against the saved model.
+"""
+
+import os
+
+
+def _usage_error(message):
+    try:  # the CLI's UsageError, wherever this version keeps it
+        from tfpg.config import UsageError
+    except ImportError:
+        from tfpg.training import UsageError
+    return UsageError(message)
+
+
+def train_reward(output, task=None, pairs=None, tokenizer=None, seed=0, epochs=None,
+                 batch_size=32, learning_rate=3e-3, backbone="lstm", embedding_dim=32,
+                 hidden_dim=64, num_layers=1, margin=0.0, validation_split=0.1, verbose=0):
+    """Trains and saves a Bradley-Terry reward model; returns a summary dict.
+
+    Args:
+        output: the reward model directory (refused if it holds anything but a
+            previous reward model).
+        task: a bundled task with preference pairs ("preference"); the default
+            when `pairs` is None.
+        pairs: path of a JSONL pairs file.
+        tokenizer: path of a tokenizer JSON (`Tokenizer.save`); default: the
+            task's, or one built from the pairs file (word level).
+        seed, epochs, batch_size, learning_rate, backbone, embedding_dim,
+        hidden_dim, num_layers, margin, validation_split, verbose: see
+            `tfpg.rewards.train_preference_model` (`epochs` None: 4).
+
+    Returns:
+        {"output", "source", "train_pairs", "heldout_pairs", "heldout_accuracy",
+        "train_accuracy", "seconds"} plus "ceiling" and "gold_accuracy" for a task.
+    """
+    import time
+
+    from tfpg.rewards.preference import read_preference_pairs, train_preference_model
+    from tfpg.rewards.reward_model import check_replaceable
+    from tfpg.tasks import get_task
+    from tfpg.text import Tokenizer
+
+    start = time.time()
+    if output is None:
+        raise _usage_error("train-reward needs --output DIR")
+    if task is not None and pairs is not None:
+        raise _usage_error("give --task or --pairs, not both")
+    output = os.path.normpath(output)
+    try:
+        check_replaceable(output)
+    except ValueError as error:
+        raise _usage_error(str(error)) from None
+    _check_writable(output)
+    if epochs is not None and epochs < 1:
+        raise _usage_error("--epochs must be >= 1")
+
+    heldout, summary = None, {}
+    if pairs is None:
+        name = task or "preference"
+        try:
+            job = get_task(name, seed=seed)
+        except ValueError as error:
+            raise _usage_error(str(error)) from None
+        if not hasattr(job, "preference_pairs"):
+            raise _usage_error(f"task {name!r} has no preference pairs (use --task "
+                               "preference or --pairs F.jsonl)")
+        train = job.preference_pairs("train")
+        heldout = job.preference_pairs("heldout")
+        default_tokenizer = job.tokenizer
+        summary.update(source=f"task {name}", ceiling=job.pairwise_ceiling("heldout"),
+                       gold_accuracy=job.gold_accuracy("heldout"))
+    else:
+        train = read_preference_pairs(pairs)
+        summary.update(source=pairs)
+
+        def default_tokenizer():
+            return Tokenizer.from_texts(train["prompts"] + train["chosen"] + train["rejected"])
+    if tokenizer is not None:
+        try:
+            tok = Tokenizer.load(tokenizer)
+        except FileNotFoundError:
+            raise _usage_error(f"{tokenizer}: file not found") from None
+    else:
+        tok = default_tokenizer()
+
+    model = train_preference_model(
+        train["prompts"], train["chosen"], train["rejected"], tok, backbone=backbone,
+        embedding_dim=embedding_dim, hidden_dim=hidden_dim, num_layers=num_layers,
+        margin=margin, epochs=4 if epochs is None else epochs, batch_size=batch_size,
+        learning_rate=learning_rate, validation_split=validation_split, heldout=heldout,
+        seed=seed, verbose=verbose)
+    model.metadata.update({key: summary[key] for key in ("ceiling", "gold_accuracy")
+                           if key in summary})
+    model.metadata["source"] = summary["source"]
+    model.save(output)
+    summary.update(output=output, train_pairs=model.metadata["train_pairs"],
+                   heldout_pairs=model.metadata["heldout_pairs"],
+                   heldout_accuracy=model.metadata.get("heldout_accuracy"),
+                   train_accuracy=model.metadata["train_accuracy"],
+                   seconds=round(time.time() - start, 1))
+    return summary
+
+
+def _check_writable(output):
+    try:
+        from tfpg.config import check_writable
+    except ImportError:
+        from tfpg.training import check_writable
+    check_writable(output)
+
+
+def format_summary(summary):
+    """The lines `tfpg train-reward` prints."""
+    lines = [f"reward model trained on {summary['train_pairs']} pairs from {summary['source']}"]
+    if summary.get("heldout_accuracy") is not None:
+        line = (f"held-out pairwise accuracy {summary['heldout_accuracy']:.3f} on "
+                f"{summary['heldout_pairs']} pairs")
+        if "ceiling" in summary:
+            line += (f" (annotator ceiling {summary['ceiling']:.3f}; the gold utility "
+                     f"itself scores {summary['gold_accuracy']:.3f} on these labels)")
+        lines.append(line)
+    lines.append(f"saved to {summary['output']} in {summary['seconds']} s "
+                 f"(use it with: tfpg train --reward-model {summary['output']})")
+    return "\n".join(lines)
+
+
+def load_reward_model(directory, tokenizer):
+    """The saved reward model at `directory` as a reward for a policy using
+    `tokenizer` (ids mapped in-graph when the vocabularies differ); one-line
+    usage errors for anything that is not a reward model."""
+    from tfpg.rewards.reward_model import RewardModel
+    try:
+        return RewardModel.load(directory).for_tokenizer(tokenizer)
+    except (FileNotFoundError, ValueError) as error:
+        raise _usage_error(f"--reward-model: {error}") from None
