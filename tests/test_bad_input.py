@@ -10,8 +10,10 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -176,14 +178,38 @@ def test_unknown_tokens_become_unk_everywhere(trained, tokenizer, capsys):
     assert ids[:2] == [1, 3] and 3 not in ids[2:]
     assert tokenizer.decode([3]) == "<unk>"
     generator = tfpg.load(str(trained / "model"))
-    assert len(generator.generate(["zebra crossing ="])) == 1
+    with pytest.warns(UserWarning, match="words outside the model's vocabulary, read as "
+                                         "<unk>: 'zebra', 'crossing'$"):
+        assert len(generator.generate(["zebra crossing =", "3 + zebra ="])) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")              # known words: no warning
+        generator.generate(["3 + 4 ="])
     code, out, err = run_cli(capsys, ["generate", trained / "model", "zebra crossing ="])
     assert code == 0, err
+    assert err.splitlines() == ["tfpg: warning: prompts hold words outside the model's "
+                                "vocabulary, read as <unk>: 'zebra', 'crossing'"]
     (trained / "unknown.tsv").write_text("zebra + 1 =\t7\n3 + 4 =\t7\n")
     code, out, err = run_cli(capsys, ["evaluate", trained / "model", "--eval-file",
                                       trained / "unknown.tsv"])
     assert code == 0, err
     assert set(json.loads(out)) == {"bleu", "exact_match"}
+
+
+def test_unknown_tokens_are_found_in_order_once():
+    words = tfpg.Tokenizer.from_texts(["1 + 2 = 3"])
+    assert words.unknown_tokens(["9 + 1 = x", "x y"]) == ["9", "x", "y"]
+    assert words.unknown_tokens("1 + 2") == []
+    chars = tfpg.Tokenizer.from_texts(["12+34=46"], level="char")
+    assert chars.unknown_tokens("12 + 34 =") == [" "]
+    assert chars.unknown_tokens(["\uff19\uff19", "\u4e2d\u6587"]) == [
+        "\uff19", "\u4e2d", "\u6587"]
+
+
+def test_evaluate_refuses_a_task_whose_prompts_the_model_cannot_read(trained, capsys):
+    line = assert_error(run_cli(capsys, ["evaluate", trained / "model", "--task",
+                                         "translate"]), "translate", "trained on add")
+    assert "does not know" in line
+    assert "%" in line
 
 
 # -------------------------------------------------------------- invalid UTF-8
@@ -448,6 +474,54 @@ def test_a_failed_command_leaves_an_existing_export_loadable(trained, tmp_path, 
     assert_error(run_cli(capsys, ["export", bad, "--output", target]), "state.json")
     assert snapshot(target) == kept
     assert tfpg.load(str(target)).generate(["1 + 1 ="])
+
+
+def test_export_below_a_file_is_one_line(trained, tmp_path, capsys):
+    (tmp_path / "blocker").write_text("a file")
+    assert_error(run_cli(capsys, ["export", trained / "model.checkpoint", "--output",
+                                  tmp_path / "blocker/sub"]), "blocker", "is a file")
+    policy = tfpg.PolicyNetwork(8, 4, 4)
+    with pytest.raises(ValueError, match="a file is in the way"):
+        tfpg.export_saved_model(policy, tfpg.Tokenizer.from_texts(["a b"]),
+                                str(tmp_path / "blocker/sub"))
+    assert (tmp_path / "blocker").read_text() == "a file"
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_export_files_get_the_mode_of_the_umask(trained, tmp_path, capsys, umask, mode):
+    """tokenizer.json (written through a temp file) like every other file."""
+    previous = os.umask(umask)
+    try:
+        code, _, err = run_cli(capsys, ["export", trained / "model.checkpoint", "--output",
+                                        tmp_path / "copy"])
+    finally:
+        os.umask(previous)
+    assert code == 0, err
+    modes = {os.path.relpath(os.path.join(root, name), tmp_path / "copy"):
+             stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode)
+             for root, _, names in os.walk(tmp_path / "copy") for name in names}
+    assert "tokenizer.json" in modes and "tfpg_export.json" in modes
+    assert set(modes.values()) == {mode}, modes
+
+
+def test_generate_takes_a_sampler(trained, capsys):
+    model = trained / "model"
+    prompts = ["3 + 4 =", "1 + 2 =", "5 + 5 ="]
+    default = run_cli(capsys, ["generate", model, *prompts])
+    greedy = run_cli(capsys, ["generate", model, *prompts, "--sampler", "greedy",
+                              "--seed", "5"])
+    assert default[0] == greedy[0] == 0 and greedy[1] == default[1]
+    generator = tfpg.load(str(model))
+    assert generator.generate(prompts, sampler="greedy") == default[1].splitlines()
+    sampled = [run_cli(capsys, ["generate", model, *prompts, "--sampler", sampler,
+                                "--seed", "3", "--temperature", "5"])
+               for sampler in ("top_k", "top_k", "sample")]
+    assert sampled[0][0] == 0 and sampled[0][1] == sampled[1][1]       # seeded
+    assert len(sampled[2][1].splitlines()) == 3
+    assert_error(run_cli(capsys, ["generate", model, "3 + 4 =", "--sampler", "beam"]),
+                 "--sampler", "beam")
+    assert_error(run_cli(capsys, ["generate", model, "3 + 4 =", "--sampler", "greedy",
+                                  "--temperature", "0.5"]), "greedy", "temperature")
 
 
 # ------------------------------------------------ unwritable output, full disk

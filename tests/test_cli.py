@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,15 +11,25 @@ import time
 import pytest
 
 import tfpg
+from tfpg import native_logs
 
 TFPG = [sys.executable, "-m", "tfpg.cli"]
 SMALL = ["train", "--pretrain-epochs", "4", "--epochs", "2", "--batch-size", "128"]
+# TensorFlow's native log lines, as they appear on stderr without the filter.
+NATIVE_LOG = re.compile(r"^[IWE]\d{4} |^WARNING: All log messages before absl|"
+                        r"^To enable the following instructions")
+# The console as a user has it: none of TensorFlow's log settings.
+ENV = {key: value for key, value in os.environ.items()
+       if key not in ("TF_CPP_MIN_LOG_LEVEL", "TFPG_DEBUG")}
 
 
 def run(args, cwd, timeout=600):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     return subprocess.run(TFPG + args, cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+                          timeout=timeout, env=ENV)
+
+
+def native_log_lines(text):
+    return [line for line in text.splitlines() if NATIVE_LOG.match(line)]
 
 
 def assert_usage_error(result, *words):
@@ -39,8 +50,57 @@ def trained(tmp_path_factory):
     return workdir, result
 
 
+def test_help_and_bad_arguments_answer_without_tensorflow():
+    script = "\n".join([
+        "import sys",
+        "from tfpg.cli import main",
+        "for argv in (['--help'], ['train', '--help'], ['generate', '--help']):",
+        "    try:",
+        "        main(argv)",
+        "    except SystemExit as exit:",
+        "        assert exit.code == 0, argv",
+        "assert main(['train', '--epochs', 'many']) == 2",
+        "assert main(['frobnicate']) == 2",
+        "assert main([]) == 2",
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))"])
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120, env=ENV)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[-1] == "[]"         # nothing of TF or Keras loaded
+    assert "--sampler {greedy,sample,top_k,top_p}" in result.stdout
+    errors = result.stderr.splitlines()
+    assert len(errors) == 3 and all(line.startswith("tfpg: error:") for line in errors)
+
+
+def test_the_native_log_filter_drops_absl_lines_and_keeps_the_rest():
+    dropped = [
+        b"WARNING: All log messages before absl::InitializeLog() is called are written to "
+        b"STDERR",
+        b"I0000 00:00:1796151482.045157    8357 port.cc:153] oneDNN custom operations are on.",
+        b"E0000 00:00:1796151485.068003    8357 cuda_platform.cc:52] failed call to cuInit: "
+        b"INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)",
+        b"E0000 00:00:1796151485.761130    8357 util.cc:131] oneDNN supports DT_INT64 only "
+        b"on platforms with AVX-512.",
+        b"W1201 18:55:42.123456   12 gpu_device.cc:2] a warning",
+        b"To enable the following instructions: AVX2 AVX512F FMA, in other operations, "
+        b"rebuild TensorFlow with the appropriate compiler flags."]
+    kept = [b"tfpg: error: something", b"Traceback (most recent call last):",
+            b"F0000 00:00:1.5 3 check.cc:9] Check failed: fatal lines stay",
+            b"I0000 is not a log line without its prefix"]
+    source_read, source_write = os.pipe()
+    sink_read, sink_write = os.pipe()
+    lines = [line for pair in zip(dropped, kept + kept[:2]) for line in pair]
+    os.write(source_write, b"\n".join(lines) + b"\nno newline at the end")
+    os.close(source_write)
+    native_logs._copy_filtered(source_read, sink_write)
+    os.close(sink_write)
+    assert os.read(sink_read, 1 << 16) == b"\n".join(
+        kept + kept[:2]) + b"\nno newline at the end"
+
+
 def test_train_writes_export_metrics_and_logs(trained):
     workdir, result = trained
+    assert native_log_lines(result.stderr) == [], result.stderr[-2000:]
     assert "held-out" in result.stdout and "before" in result.stdout
     metrics = json.loads((workdir / "out/model/metrics.json").read_text())
     assert metrics["task"] == "arithmetic" and metrics["algorithm"] == "rloo"
@@ -56,14 +116,17 @@ def test_generate_evaluate_and_export_subcommands(trained):
     workdir, _ = trained
     generated = run(["generate", "out/model", "12+34=", "57+68="], workdir)
     assert generated.returncode == 0, generated.stderr[-2000:]
+    assert generated.stderr == ""                   # no TensorFlow log lines
     assert len(generated.stdout.strip().splitlines()) == 2
 
     evaluated = run(["evaluate", "out/model"], workdir)
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert native_log_lines(evaluated.stderr) == []
     assert "exact_match" in json.loads(evaluated.stdout)
 
     exported = run(["export", "out/model.checkpoint", "--output", "copy"], workdir)
     assert exported.returncode == 0, exported.stderr[-2000:]
+    assert native_log_lines(exported.stderr) == []
     again = run(["generate", "copy", "12+34=", "57+68="], workdir)
     assert again.stdout == generated.stdout   # same weights as the trained export
 
@@ -95,7 +158,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, word
 def test_killed_run_resumes_from_its_last_epoch(tmp_path):
     args = ["train", "--pretrain-epochs", "6", "--epochs", "2", "--batch-size", "128",
             "--output", "out/model", "--logdir", "out/logs"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env = ENV
     process = subprocess.Popen(TFPG + args, cwd=tmp_path, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state_path = tmp_path / "out/model.checkpoint/state.json"

@@ -199,3 +199,65 @@ def test_calculator_refuses_anything_but_integer_arithmetic():
     for bad in ("__import__('os')", "2**999", "x+1", "1.5*2", "9" * 40 + "*9"):
         with pytest.raises((ValueError, SyntaxError)):
             calculator(bad)
+
+
+# --- bundled multi-turn tasks ---------------------------------------------------------
+
+from tfpg.tasks import CalculatorTask, GuessTask  # noqa: E402
+from tfpg.tasks.guess import feedback  # noqa: E402
+
+
+def test_calculator_task_data_teacher_and_env_agree():
+    task = CalculatorTask(seed=0, num_train=300, num_heldout=100, num_pretrain=2000)
+    again = CalculatorTask(seed=0, num_train=300, num_heldout=100, num_pretrain=2000)
+    assert task.pretrain_texts == again.pretrain_texts and task.train == again.train
+    assert CalculatorTask(seed=1, num_pretrain=10).pretrain_texts != task.pretrain_texts[:10]
+    taught = {text[:text.index("=") + 1] for text in task.pretrain_texts}
+    assert not set(task.heldout.prompts) & (taught | set(task.train.prompts))
+    rate = np.mean(["calc(" in text for text in task.pretrain_texts])
+    assert 0.25 < rate < 0.35                               # tool_rate=0.3
+    # The teacher is right when it calls the tool, and rarely otherwise.
+    metrics = task.evaluate([t[:t.index("=") + 1] for t in task.pretrain_texts],
+                            [t[t.index("=") + 1:] for t in task.pretrain_texts])
+    assert metrics["tool_call_rate"] == metrics["calls_per_episode"] == rate
+    assert rate < metrics["accuracy"] < rate + 0.1
+    # Played against the env, the teacher's turns give the teacher's text back.
+    tokenizer = task.tokenizer()
+    env = task.env(tokenizer)
+    a, b = 417, 38
+    env.reset({"prompt": [tokenizer.encode(f"{a}*{b}=")],
+               "answer": np.array([b"15846"])})
+    observations, rewards, dones = env.step(["calc(417*38)"])
+    assert (observations, rewards.tolist(), dones.tolist()) == (["=15846\n"], [0.0], [False])
+    _, rewards, dones = env.step(["15846"])
+    assert (rewards.tolist(), dones.tolist()) == ([1.0], [True])
+    assert f"{a}*{b}=" + "calc(417*38)" + observations[0] + "15846" == task.teacher(a, b, True)
+
+
+def test_guess_task_teacher_and_env_agree():
+    task = GuessTask(seed=0, num_train=50, num_heldout=50, num_pretrain=500)
+    assert task.pretrain_texts == GuessTask(seed=0, num_train=50, num_heldout=50,
+                                            num_pretrain=500).pretrain_texts
+    assert (feedback("3", 7), feedback("9", 7), feedback("7", 7), feedback("?", 7)) == \
+        ("higher", "lower", None, "no")
+    # The teacher guesses at random among the numbers still possible: it mostly finds
+    # the number within 8 turns, but takes more turns than halving would (~3.4).
+    episodes = [text[len(task.prompt):] for text in task.pretrain_texts]
+    assert np.mean([text.endswith("?") for text in episodes]) > 0.9
+    assert np.mean([len(task.guesses(text)) for text in episodes]) > 4.0
+    tokenizer = task.tokenizer()
+    env = task.env(tokenizer)
+    env.reset({"prompt": [tokenizer.encode(task.prompt)] * 2, "target": np.array([5, 16])})
+    observations, rewards, dones = env.step(["8 ?", "16 ?"])
+    assert observations[0] == "lower" and dones.tolist() == [False, True]
+    np.testing.assert_allclose(rewards, [0.0, 1.0])         # found at the first turn
+    assert env.step(["4 ?"])[0] == ["higher"]
+    _, rewards, dones = env.step(["5 ?"])
+    np.testing.assert_allclose(rewards, [(8 - 3 + 1) / 8])  # found at the third turn
+    np.testing.assert_array_equal(env.turns, [3, 1])
+    # Evaluation reads turns as the rollout lays them out: "8 8" is a whole turn
+    # (2 tokens, no "?"), "no" the reply.
+    task.heldout = tfpg.tasks.Split([task.prompt] * 2, ["5", "1"], {"target": [5, 1]})
+    assert task.guesses("8 8 no 3 ?") == ["8", "3"]
+    assert task.evaluate(task.heldout.prompts, ["8 ? lower 4 ? higher 5 ?", "8 8 no 3 ?"]) \
+        == {"success_rate": 0.5, "mean_turns": 5.5}

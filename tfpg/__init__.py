@@ -8,14 +8,36 @@
 
 __version__ = "0.1.0"
 
-from tfpg import advantages, algorithms, callbacks, data, envs, losses, rewards, tasks, testing
-from tfpg.export import export_saved_model, load
-from tfpg.generation import GenerationOutput, generate
-from tfpg.models import PolicyNetwork, ValueNetwork
-from tfpg.text import Tokenizer
+# Names are imported on first use (PEP 562), so that `import tfpg.cli` (the `tfpg`
+# command) parses its arguments without starting TensorFlow.
+_SUBMODULES = ("advantages", "algorithms", "callbacks", "data", "envs", "losses", "rewards",
+               "tasks", "testing")
+_NAMES = {
+    "export_saved_model": "tfpg.export", "load": "tfpg.export",
+    "GenerationOutput": "tfpg.generation", "generate": "tfpg.generation",
+    "PolicyNetwork": "tfpg.models", "ValueNetwork": "tfpg.models",
+    "Tokenizer": "tfpg.text",
+    "KerasHubPolicy": "tfpg.models", "KerasHubTokenizer": "tfpg.keras_hub_tokenizer",
+}
 
 __all__ = [
-    "Tokenizer", "PolicyNetwork", "ValueNetwork", "generate", "GenerationOutput",
+    "Tokenizer", "PolicyNetwork", "ValueNetwork", "KerasHubPolicy", "KerasHubTokenizer",
+    "generate", "GenerationOutput",
     "export_saved_model", "load", "advantages", "algorithms", "callbacks", "data", "envs",
     "losses", "rewards", "tasks", "testing",
 ]
+
+
+def __getattr__(name):
+    import importlib
+    if name in _SUBMODULES:
+        return importlib.import_module(f"tfpg.{name}")
+    if name in _NAMES:
+        value = getattr(importlib.import_module(_NAMES[name]), name)
+        globals()[name] = value          # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'tfpg' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -10,17 +10,24 @@
     TF_CONFIG='{"cluster": ..., "task": ...}' tfpg train --strategy multi_worker
 
 Bad input ends with a one-line message and exit status 2; nothing half-written is
-left behind (`TFPG_DEBUG=1` shows the traceback instead).
+left behind (`TFPG_DEBUG=1` shows the traceback instead). TensorFlow's own log lines
+are kept off the console unless `--verbose` (or `TFPG_DEBUG`) asks for them.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import warnings
 
-from tfpg.training import (ON_INVALID_REWARD, PRECISIONS, STRATEGIES, TRUNCATE_PROMPTS,
-                           TrainConfig, UsageError)
+# Only modules that do not import TensorFlow: `--help` and bad arguments answer at
+# once; each command imports what it runs.
+from tfpg.config import (ON_INVALID_REWARD, PRECISIONS, STRATEGIES, TRUNCATE_PROMPTS,
+                         TrainConfig, UsageError)
+from tfpg.native_logs import filter_native_logs, quiet_environment
 
+SAMPLERS = ("greedy", "sample", "top_k", "top_p")
 ALGORITHM_NAMES = ("reinforce", "scst", "rloo", "grpo", "a2c", "ppo")
 TASK_NAMES = ("arithmetic", "translate", "keywords")
 
@@ -30,8 +37,19 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _train_parser(subparsers):
-    train = subparsers.add_parser("train", help="pre-train, fine-tune, evaluate, export")
+def _common_options():
+    """Options every command takes, before or after its name (`tfpg --verbose train`
+    and `tfpg train --verbose`); SUPPRESS keeps a command's default from hiding the
+    top-level value."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show TensorFlow's own log lines (also $TFPG_DEBUG=1)")
+    return common
+
+
+def _train_parser(subparsers, common):
+    train = subparsers.add_parser("train", help="pre-train, fine-tune, evaluate, export",
+                                  parents=[common])
     source = train.add_mutually_exclusive_group()
     source.add_argument("--task", help=f"bundled task: {' | '.join(TASK_NAMES)} "
                                        "(default arithmetic)")
@@ -78,25 +96,33 @@ def _train_parser(subparsers):
 def _build_parser():
     parser = _Parser(prog="tfpg", description="Policy-gradient fine-tuning of Keras "
                                               "language models.")
+    common = _common_options()
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's own log lines (also $TFPG_DEBUG=1)")
     subparsers = parser.add_subparsers(dest="command", parser_class=_Parser)
-    _train_parser(subparsers)
+    _train_parser(subparsers, common)
 
-    generate = subparsers.add_parser("generate", help="complete prompts with a SavedModel")
+    generate = subparsers.add_parser("generate", help="complete prompts with a SavedModel",
+                                     parents=[common])
     generate.add_argument("model_dir")
     generate.add_argument("prompts", nargs="+", metavar="PROMPT")
+    generate.add_argument("--sampler", choices=SAMPLERS,
+                          help="default: the export's (sample)")
     generate.add_argument("--max-new-tokens", type=int)
     generate.add_argument("--temperature", type=float)
     generate.add_argument("--top-k", type=int)
     generate.add_argument("--top-p", type=float)
     generate.add_argument("--seed", type=int)
 
-    evaluate = subparsers.add_parser("evaluate", help="held-out metrics of a SavedModel")
+    evaluate = subparsers.add_parser("evaluate", help="held-out metrics of a SavedModel",
+                                     parents=[common])
     evaluate.add_argument("model_dir")
     source = evaluate.add_mutually_exclusive_group()
     source.add_argument("--task", choices=TASK_NAMES)
     source.add_argument("--eval-file")
 
-    export = subparsers.add_parser("export", help="SavedModel from a checkpoint or .keras")
+    export = subparsers.add_parser("export", help="SavedModel from a checkpoint or .keras",
+                                   parents=[common])
     export.add_argument("source", metavar="CHECKPOINT_OR_KERAS_FILE")
     export.add_argument("--output", required=True)
     export.add_argument("--tokenizer", help="tokenizer JSON (default: beside the source)")
@@ -123,7 +149,7 @@ def _train(args):
     from tfpg.training import configure_cpu_devices, format_table, run_training
     values = _load_yaml(args.config) if args.config else {}
     flags = {key: value for key, value in vars(args).items()
-             if value is not None and key not in ("command", "config")}
+             if value is not None and key not in ("command", "config", "verbose")}
     values.update(flags)
     if "train_file" in flags:
         values.pop("task", None)
@@ -140,7 +166,7 @@ def _train(args):
 def _generate(args):
     from tfpg.export import load
     options = {name: getattr(args, name) for name in
-               ("max_new_tokens", "temperature", "top_k", "top_p", "seed")
+               ("sampler", "max_new_tokens", "temperature", "top_k", "top_p", "seed")
                if getattr(args, name) is not None}
     for completion in load(args.model_dir).generate(args.prompts, **options):
         print(completion)
@@ -168,9 +194,32 @@ def _evaluate(args):
         if name not in TASK_NAMES:
             raise UsageError("give --task or --eval-file (the model names no bundled task)")
         task = get_task(name)
+        _check_task_vocabulary(model, name, task.heldout.prompts)
         completions = model.generate(task.heldout.prompts)
         metrics = task.evaluate(task.heldout.prompts, completions, "heldout")
     print(json.dumps(metrics, indent=2))
+
+
+# Above this share of unknown prompt tokens a model was not trained on the task.
+MAX_UNKNOWN_FRACTION = 0.5
+
+
+def _check_task_vocabulary(model, task_name, prompts):
+    """Refuses to evaluate a model on a task whose prompts it mostly cannot read
+    (every unknown word becomes <unk>, and the metrics are zeros that look real)."""
+    tokenizer = model.tokenizer
+    unk_id = getattr(tokenizer, "unk_id", None)
+    if unk_id is None or not hasattr(tokenizer, "unknown_tokens"):
+        return
+    ids = [i for row in tokenizer.encode(list(prompts), add_bos=False) for i in row]
+    unknown = sum(i == unk_id for i in ids) / max(1, len(ids))
+    if unknown > MAX_UNKNOWN_FRACTION:
+        examples = ", ".join(repr(t) for t in tokenizer.unknown_tokens(list(prompts))[:5])
+        trained_on = model.metadata.get("task")
+        raise UsageError(
+            f"{model.path} does not know {unknown:.0%} of the {task_name} task's prompt "
+            f"tokens (e.g. {examples}); it was trained on "
+            f"{trained_on or 'another vocabulary'}, not on {task_name}")
 
 
 def _export(args):
@@ -182,14 +231,26 @@ def _export(args):
 COMMANDS = {"train": _train, "generate": _generate, "evaluate": _evaluate, "export": _export}
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Python warnings as one `tfpg: warning:` line each, like the CLI's errors."""
+    text = " ".join(str(message).split())
+    print(f"tfpg: warning: {text}", file=sys.stderr, flush=True)
+
+
 def main(argv=None):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         args = _build_parser().parse_args(argv)
+        verbose = args.verbose or bool(os.environ.get("TFPG_DEBUG"))
+        if not verbose:
+            quiet_environment()
+            filter_native_logs()
         if args.command is None:
             raise UsageError("missing command: train, generate, evaluate or export "
                              "(tfpg --help)")
-        COMMANDS[args.command](args)
+        with warnings.catch_warnings() if not verbose else contextlib.nullcontext():
+            if not verbose:
+                warnings.showwarning = _show_warning
+            COMMANDS[args.command](args)
         return 0
     except KeyboardInterrupt:
         print("tfpg: interrupted", file=sys.stderr)

@@ -55,6 +55,7 @@ import json
 import os
 import secrets
 import shutil
+import warnings
 import zipfile
 
 import numpy as np
@@ -231,7 +232,12 @@ def export_saved_model(policy, tokenizer, path, max_new_tokens=32, sampler="gree
     _check_replaceable(path)
     if not policy.built:
         policy.build()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"{path}: cannot be created, a file is in the way of "
+                         f"{parent}") from None
     tmp = path + TMP_SUFFIX + secrets.token_hex(4)
     try:
         _write_saved_model(policy, tokenizer, defaults, max_prompt_length, tmp)
@@ -417,14 +423,24 @@ class GeneratorModel:
         self.signatures = loaded.signatures
 
     def generate(self, prompts, max_new_tokens=None, temperature=None, top_k=None,
-                 top_p=None, seed=None):
+                 top_p=None, seed=None, sampler=None):
         """Completes each prompt; returns list[str] in the order of `prompts`.
 
         Options left as None take the export defaults; giving `temperature`,
         `top_k`, `top_p` or `seed` samples instead of decoding greedily (an int
-        `seed` makes the sample reproducible).
+        `seed` makes the sample reproducible). `sampler` "greedy" decodes greedily
+        whatever the export's default; "sample", "top_k" and "top_p" sample (the
+        latter two with `top_k` 50 / `top_p` 0.9 unless given), as `tfpg.generate`.
+
+        Prompt words (or characters) outside the vocabulary are read as `<unk>`;
+        a warning names them.
         """
         prompts = _as_string_list(prompts, "prompts")
+        self._warn_unknown(prompts)
+        if sampler is not None:
+            temperature, top_k, top_p = self._sampler_options(sampler, temperature, top_k,
+                                                              top_p)
+            seed = None if sampler == "greedy" else seed    # nothing random to seed
         options = (max_new_tokens, temperature, top_k, top_p, seed)
         if all(option is None for option in options):
             out = self.signatures["generate"](prompts=tf.constant(prompts, tf.string))
@@ -443,6 +459,29 @@ class GeneratorModel:
                 top_p=tf.constant(top_p or 0.0, tf.float32),
                 seed=tf.constant(-1 if seed is None else seed, tf.int64))
         return [text.decode("utf-8") for text in out["completions"].numpy().tolist()]
+
+    def _sampler_options(self, sampler, temperature, top_k, top_p):
+        """(temperature, top_k, top_p) that make the export's signature use `sampler`."""
+        if sampler == "greedy":
+            if (temperature, top_k, top_p) != (None, None, None):
+                raise ValueError("sampler='greedy' takes no temperature, top_k or top_p")
+            if self.generation_defaults.get("sampler") == "greedy":
+                return None, None, None
+            return None, 1, None            # the top token alone: argmax
+        _, top_k, top_p = resolve_sampler(sampler, 1.0 if temperature is None else
+                                          temperature, top_k, top_p)
+        return 1.0 if temperature is None else temperature, top_k, top_p
+
+    def _warn_unknown(self, prompts):
+        unknown = getattr(self.tokenizer, "unknown_tokens", None)
+        unknown = unknown(prompts) if unknown is not None else []
+        if unknown:
+            kind = {"char": "characters", "word": "words"}.get(
+                getattr(self.tokenizer, "level", None), "tokens")
+            shown = ", ".join(repr(token) for token in unknown[:10])
+            more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+            warnings.warn(f"prompts hold {kind} outside the model's vocabulary, read as "
+                          f"<unk>: {shown}{more}", stacklevel=3)
 
     def log_probs(self, prompts, completions):
         """Per-token log-probs of each completion (EOS included) given its prompt.

@@ -84,6 +84,14 @@ class Episodes(NamedTuple):
         return np.concatenate([np.zeros(self.prompt_ids.shape, np.float32),
                                self.policy_mask], axis=1)
 
+    def text(self, tokenizer, row):
+        """Row `row` after its prompt, as one text (turns and replies in order, EOS
+        left out): the layout of a task's teacher episodes."""
+        eos_id = getattr(tokenizer, "eos_id", None)
+        ids = [i for i in self.completion_ids[row][self.completion_mask[row] > 0]
+               if i != eos_id]
+        return tokenizer.decode(np.asarray(ids, np.int32))
+
     def render(self, tokenizer, row):
         """Row `row` as text, env replies in [brackets]: "prompt | turn [reply] turn"."""
         parts = []

@@ -178,6 +178,18 @@ class Tokenizer:
             return SPECIAL_TOKENS.index(token)
         return self._ids.get(token, self.unk_id)
 
+    def unknown_tokens(self, texts):
+        """The distinct tokens of `texts` (a string or a list) outside the vocabulary,
+        in order of appearance: the words or characters that `encode` turns into
+        `unk_id` (a special string such as "<eos>" in text counts as unknown too)."""
+        texts = [texts] if isinstance(texts, (str, bytes)) else texts
+        unknown = {}
+        for text in texts:
+            for token in _split(_as_text(text), self._level):
+                if token not in self._ids:
+                    unknown.setdefault(token, None)
+        return list(unknown)
+
     def id_to_token(self, token_id):
         """Token string of `token_id`; raises ValueError when out of range."""
         self._check_ids(np.asarray([token_id]))
@@ -302,6 +314,11 @@ class Tokenizer:
         directory = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(prefix=".tokenizer-", suffix=".tmp", dir=directory)
         try:
+            # mkstemp makes the file 0600; give it the mode `open` would (0644 under
+            # the usual umask 022), like the other files of an export.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(payload, f, ensure_ascii=False, indent=1)
                 f.flush()

@@ -37,7 +37,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 
 import keras
@@ -50,168 +49,19 @@ from tfpg import rewards
 from tfpg.algorithms import ALGORITHMS
 from tfpg.algorithms.base import (DistributedFitMixin, apply_gradients, cross_replica_sum,
                                   frozen_copy, in_multi_worker_mode, scale_loss)
-from tfpg.export import METADATA_FILE, export_saved_model
+from tfpg.export import export_saved_model
 from tfpg.generation import generate
 from tfpg.losses import token_log_probs
 from tfpg.models import PolicyNetwork, ValueNetwork
-from tfpg.tasks import TASKS, get_task
+from tfpg.tasks import get_task
 from tfpg.text import Tokenizer
 
+from tfpg.config import (MIN_FREE_MB_ENV, NAMED_REWARDS, NUM_CPU_DEVICES_ENV,  # noqa: F401
+                         ON_INVALID_REWARD, POLICY_MAX_LENGTH, PRECISIONS, RUNTIME_OPTIONS,
+                         STRATEGIES, TASK_FINETUNE_EPOCHS, TRUNCATE_PROMPTS, TrainConfig,
+                         UsageError, check_config, check_output, check_writable)
+
 STATE_VERSION = 1
-STRATEGIES = ("default", "mirrored", "multi_worker")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-TRUNCATE_PROMPTS = ("error", "left", "right")
-NAMED_REWARDS = ("bleu", "exact_match", "length")
-ON_INVALID_REWARD = ("raise", "zero", "skip")
-# Options that change how a run executes but not what it computes: a run may be
-# resumed with other values (e.g. on more devices).
-RUNTIME_OPTIONS = ("strategy", "num_cpu_devices", "deterministic", "logdir")
-NUM_CPU_DEVICES_ENV = "TFPG_NUM_CPU_DEVICES"
-MIN_FREE_MB_ENV = "TFPG_MIN_FREE_MB"
-
-
-class UsageError(ValueError):
-    """Bad options or data: the CLI reports it in one line and exits with status 2."""
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Every option of `tfpg train` (the CLI flags and the YAML `--config` keys)."""
-
-    task: str = "arithmetic"
-    train_file: str = None
-    algorithm: str = "rloo"
-    backbone: str = "lstm"
-    reward: str = None              # None: the task's reward, or BLEU for a file
-    pretrain_epochs: int = None     # None: the task's default
-    epochs: int = None              # fine-tuning epochs; None: the task's default
-    batch_size: int = 64
-    seed: int = 0
-    output: str = None              # None: saved_models/<task>-<algorithm>
-    logdir: str = None              # None: logs/<task>-<algorithm>
-    strategy: str = "default"
-    embedding_dim: int = 64
-    hidden_dim: int = 128
-    num_layers: int = 1
-    learning_rate: float = 1e-3
-    pretrain_learning_rate: float = 3e-3
-    kl_coef: float = None           # None: the algorithm's default
-    group_size: int = 4
-    max_new_tokens: int = None      # None: the task's default
-    steps_per_epoch: int = None     # fine-tuning steps per epoch; None: whole train split
-    num_cpu_devices: int = None     # "mirrored" on N logical CPUs; None: $TFPG_NUM_CPU_DEVICES
-    mixed_precision: str = None     # None / "float32", "mixed_float16" or "mixed_bfloat16"
-    deterministic: bool = False     # tf.config.experimental.enable_op_determinism()
-    max_prompt_length: int = None   # tokens, BOS included; None: no limit (Transformer:
-                                    # its max_length - max_new_tokens)
-    truncate_prompts: str = "error"  # a longer prompt: "error", or keep its "left" /
-                                     # "right" part (with a warning)
-    on_invalid_reward: str = "raise"  # NaN / inf rewards: "raise", "zero" or "skip"
-
-    @classmethod
-    def from_dict(cls, values):
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UsageError(f"unknown option(s) {', '.join(unknown)}; "
-                             f"known: {', '.join(sorted(known))}")
-        return cls(**values)
-
-    @property
-    def run_name(self):
-        source = self.task if self.train_file is None else \
-            os.path.splitext(os.path.basename(self.train_file))[0]
-        return f"{source}-{self.algorithm}"
-
-
-# Fine-tuning defaults per task: epochs over the train split and the held-out sizes
-# chosen so that `tfpg train` with no arguments finishes in minutes on 2 CPU cores.
-TASK_FINETUNE_EPOCHS = {"arithmetic": 4, "translate": 4, "keywords": 4}
-POLICY_MAX_LENGTH = 256
-
-
-def check_config(config):
-    """Raises UsageError for options that cannot work, before anything is written."""
-    if config.train_file is None and config.task not in TASKS:
-        raise UsageError(f"unknown task {config.task!r}; known: {', '.join(sorted(TASKS))}")
-    if config.algorithm not in ALGORITHMS:
-        raise UsageError(f"unknown algorithm {config.algorithm!r}; "
-                         f"known: {', '.join(ALGORITHMS)}")
-    if config.backbone not in ("lstm", "gru", "transformer"):
-        raise UsageError(f"unknown backbone {config.backbone!r}; known: lstm, gru, transformer")
-    if config.strategy not in STRATEGIES:
-        raise UsageError(f"unknown strategy {config.strategy!r}; known: {', '.join(STRATEGIES)}")
-    if config.mixed_precision not in (None,) + PRECISIONS:
-        raise UsageError(f"unknown --mixed-precision {config.mixed_precision!r}; "
-                         f"known: {', '.join(PRECISIONS)}")
-    if config.truncate_prompts not in TRUNCATE_PROMPTS:
-        raise UsageError(f"unknown --truncate-prompts {config.truncate_prompts!r}; "
-                         f"known: {', '.join(TRUNCATE_PROMPTS)}")
-    if config.on_invalid_reward not in ON_INVALID_REWARD:
-        raise UsageError(f"unknown --on-invalid-reward {config.on_invalid_reward!r}; "
-                         f"known: {', '.join(ON_INVALID_REWARD)}")
-    for name in ("batch_size", "embedding_dim", "hidden_dim", "num_layers", "group_size"):
-        if getattr(config, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
-    for name in ("num_cpu_devices", "max_prompt_length", "max_new_tokens", "steps_per_epoch"):
-        value = getattr(config, name)
-        if value is not None and value < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
-    if config.num_cpu_devices not in (None, 1) and config.strategy != "mirrored":
-        raise UsageError("--num-cpu-devices needs --strategy mirrored")
-    for name in ("pretrain_epochs", "epochs"):
-        value = getattr(config, name)
-        if value is not None and value < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 0")
-    if config.train_file is not None and not os.path.isfile(config.train_file):
-        raise UsageError(f"{config.train_file}: file not found")
-
-
-def check_writable(path, min_free_mb=None):
-    """Fails early (before training, creating nothing) when `path` cannot be written:
-    its nearest existing ancestor must be a writable directory with `min_free_mb`
-    free (default 50 MiB, or $TFPG_MIN_FREE_MB). Writability is tested by creating
-    and deleting a file there, which also catches read-only file systems."""
-    if min_free_mb is None:
-        min_free_mb = float(os.environ.get(MIN_FREE_MB_ENV, 50))
-    ancestor = os.path.abspath(path)
-    while not os.path.exists(ancestor):
-        ancestor = os.path.dirname(ancestor)
-    if not os.path.isdir(ancestor):
-        raise UsageError(f"{ancestor} is a file, so {path} cannot be created")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".tfpg-write-test-", dir=ancestor)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as error:
-        raise UsageError(f"{ancestor} is not writable ({error.strerror}), so {path} "
-                         "cannot be created") from None
-    free = shutil.disk_usage(ancestor).free
-    if free < min_free_mb * 2**20:
-        raise UsageError(f"only {free // 2**20} MiB free in {ancestor}; need at least "
-                         f"{min_free_mb:g} MiB")
-
-
-def check_output(output, checkpoint_dir):
-    """Refuses, before training, an output that the final export would refuse (a
-    file, a non-empty directory that is not a tfpg export) and a checkpoint
-    directory holding something other than a tfpg run."""
-    if os.path.exists(output):
-        if not os.path.isdir(output):
-            raise UsageError(f"{output} exists and is not a directory; refusing to "
-                             "replace it with a SavedModel")
-        if os.listdir(output) and not os.path.isfile(os.path.join(output, METADATA_FILE)):
-            raise UsageError(f"{output} is a non-empty directory that is not a tfpg "
-                             "export; refusing to replace it (choose another --output)")
-    if os.path.exists(checkpoint_dir):
-        if not os.path.isdir(checkpoint_dir):
-            raise UsageError(f"{checkpoint_dir} exists and is not a directory")
-        ours = ("state.json", "tokenizer.json", "pretrain", "finetune", ".tokenizer-")
-        foreign = [name for name in os.listdir(checkpoint_dir)
-                   if not name.startswith(ours)]
-        if foreign:
-            raise UsageError(f"{checkpoint_dir} holds files that are not a tfpg "
-                             f"checkpoint ({foreign[0]}); choose another --output")
 
 
 # --------------------------------------------------------------------- data
@@ -926,6 +776,7 @@ def export_from_source(source, output, tokenizer_path=None):
     and options; a `.keras` PolicyNetwork needs a tokenizer JSON, by default
     `tokenizer.json` beside it.
     """
+    check_writable(output)
     if os.path.isdir(source):
         state_path = os.path.join(source, "state.json")
         if not os.path.exists(state_path):

@@ -6,6 +6,10 @@
   synonyms giving several references); sentence-BLEU reward.
 * "keywords": a small topic corpus; the reward asks for a positive word in the
   completion, to be balanced with a KL penalty to the reference model.
+* "calculator" (multi-turn): 3-digit x 2-digit products with a `calc` tool the
+  teacher seldom uses; exact-match reward from a `ToolEnv`.
+* "guess" (multi-turn): find a hidden number from a simulated user's higher /
+  lower answers; the reward falls with the number of turns.
 
 >>> task = get_task("translate", seed=1, num_train=8, num_heldout=4, num_pretrain=16)
 >>> task.name, task.level, task.primary_metric
@@ -14,6 +18,9 @@
 
 from tfpg.tasks.arithmetic import ArithmeticTask
 from tfpg.tasks.base import Split, Task
+from tfpg.tasks.calculator import CalculatorTask
+from tfpg.tasks.episodic import EpisodeTask
+from tfpg.tasks.guess import GuessTask
 from tfpg.tasks.keywords import KeywordsTask
 from tfpg.tasks.preference import PreferenceTask
 from tfpg.tasks.translate import TranslateTask
@@ -23,6 +30,8 @@ TASKS = {
     "translate": TranslateTask,
     "keywords": KeywordsTask,
     "preference": PreferenceTask,
+    "calculator": CalculatorTask,
+    "guess": GuessTask,
 }
 
 
@@ -31,15 +40,15 @@ def get_task(name, **options):
 
     >>> get_task("arithmetic", seed=3, flaw_rate=0.7, num_pretrain=10).flaw_rate
     0.7
-    >>> get_task("chess")
+    >>> get_task("chess")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: unknown task 'chess'; known tasks: arithmetic, keywords, preference, translate
+    ValueError: unknown task 'chess'; known tasks: arithmetic, calculator, guess, ...
     """
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
     return TASKS[name](**options)
 
 
-__all__ = ["ArithmeticTask", "KeywordsTask", "PreferenceTask", "Split", "TASKS", "Task",
-           "TranslateTask", "get_task"]
+__all__ = ["ArithmeticTask", "CalculatorTask", "EpisodeTask", "GuessTask", "KeywordsTask",
+           "PreferenceTask", "Split", "TASKS", "Task", "TranslateTask", "get_task"]
