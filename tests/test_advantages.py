@@ -290,6 +290,58 @@ def test_group_normalized_random_vs_numpy_ddof1():
     assert zero.numpy()[2] == 1.0
 
 
+def test_skipped_samples_leave_rloo_and_grpo_groups():
+    """Issue 14's group [1, 1, skipped, 0] (TRL: RLOO [0.5, 0.5, 0, -1], GRPO
+    [0.577, 0.577, 0, -1.155]); the skipped reward may hold anything."""
+    r = np.array([1.0, 1.0, NAN, 0.0], np.float32)
+    valid = np.array([1.0, 1.0, 0.0, 1.0], np.float32)
+    np.testing.assert_allclose(adv.rloo_advantages(r, 4, valid).numpy(), [0.5, 0.5, 0, -1])
+    np.testing.assert_allclose(adv.leave_one_out_baseline(r, 4, valid).numpy()[[0, 1, 3]],
+                               [0.5, 0.5, 1.0])
+    std = np.std([1.0, 1.0, 0.0], ddof=1)                  # 0.57735
+    a, zero = adv.group_normalized_advantages(r, 4, valid=valid)
+    np.testing.assert_allclose(a.numpy(), [1 / 3 / (std + 1e-4), 1 / 3 / (std + 1e-4), 0,
+                                           -2 / 3 / (std + 1e-4)], rtol=1e-6)
+    np.testing.assert_allclose(a.numpy(), [0.577, 0.577, 0, -1.155], atol=1e-3)
+    assert zero.numpy().tolist() == [0.0]
+    # One valid sample left: no baseline, no spread: advantage 0, flagged.
+    lone = np.array([1.0, 0.0, 0.0, 0.0], np.float32)
+    assert adv.rloo_advantages([3.0, 9.0, 9.0, 9.0], 4, lone).numpy().tolist() == [0, 0, 0, 0]
+    a, zero = adv.group_normalized_advantages([3.0, 9.0, 9.0, 5.0], 4, valid=[1, 0, 0, 0])
+    assert a.numpy().tolist() == [0, 0, 0, 0] and zero.numpy().tolist() == [1.0]
+
+
+def test_group_normalized_batch_scale_and_none():
+    """TRL's scale_rewards: "batch" divides the group-centred rewards by the std of
+    the whole batch (ddof 1); "none" (= False) does not divide."""
+    r = np.array([1.0, 2.0, 3.0, 5.0, 0.0, 0.0, 1.0, 1.0], np.float32)
+    grouped = r.reshape(2, 4)
+    centred = grouped - grouped.mean(1, keepdims=True)
+    a, _ = adv.group_normalized_advantages(r, 4, "batch")
+    np.testing.assert_allclose(a.numpy(), (centred / (r.std(ddof=1) + 1e-4)).ravel(),
+                               rtol=1e-6)
+    for none in ("none", False):
+        a, _ = adv.group_normalized_advantages(r, 4, none)
+        np.testing.assert_allclose(a.numpy(), centred.ravel(), rtol=1e-6)
+    # Skipped samples are in neither the batch std nor the group means.
+    valid = np.array([1, 1, 1, 0, 1, 1, 1, 1], np.float32)
+    a, _ = adv.group_normalized_advantages(np.where(valid > 0, r, NAN), 4, "batch",
+                                           valid=valid)
+    kept = r[valid > 0]
+    expected = np.array([-1, 0, 1, 0, -0.5, -0.5, 0.5, 0.5]) / (kept.std(ddof=1) + 1e-4)
+    np.testing.assert_allclose(a.numpy(), expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="scale_rewards"):
+        adv.group_normalized_advantages(r, 4, "global")
+
+
+def test_moving_average_weights_skip_samples():
+    avg, cnt = adv.update_moving_average(0.0, 0.0, [1.0, NAN, 3.0], 0.9,
+                                         weights=[1.0, 0.0, 1.0])
+    assert float(avg) == 2.0 and float(cnt) == 1.0
+    avg, cnt = adv.update_moving_average(avg, cnt, [NAN], 0.9, weights=[0.0])  # all skipped
+    assert float(avg) == 2.0 and float(cnt) == 1.0
+
+
 # ----------------------------------------------------------------------------------
 # sequence scores -> tokens
 # ----------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ def flatten(gradients):
 
 def reward_for_exact_test(prompt_ids, completion_ids, completion_mask, batch):
     threes = tf.reduce_sum(tf.cast(tf.equal(completion_ids, 3), tf.float32), axis=1)
-    return threes + tf.cast(tf.equal(completion_ids[:, 0], 1), tf.float32)
+    return threes + tf.cast(tf.equal(completion_ids[:, 0], 4), tf.float32)
 
 
 @pytest.mark.parametrize("name,options,repeats", [
@@ -76,11 +76,11 @@ def reward_for_exact_test(prompt_ids, completion_ids, completion_mask, batch):
 ])
 def test_sampled_gradient_matches_exact_policy_gradient(name, options, repeats):
     keras.utils.set_random_seed(0)
-    policy = tfpg.PolicyNetwork(4, 8, 8)               # vocab 4, 3 new tokens: 64 completions
+    policy = tfpg.PolicyNetwork(5, 8, 8)     # ids 2-4 (no pad, BOS), 3 tokens: 27 completions
     prompts = tf.constant([[1, 2], [0, 3]], tf.int32)
     _, exact = exact_policy_gradient(policy, prompts, reward_for_exact_test, 3)
     if name == "value":
-        options = dict(options, value_model=tfpg.ValueNetwork(4, 8, 8))
+        options = dict(options, value_model=tfpg.ValueNetwork(5, 8, 8))
     trainer = RLOO if name == "rloo" else REINFORCE
     agent = trainer(policy, reward_for_exact_test, max_new_tokens=3, eos_id=None, seed=1,
                     **options)

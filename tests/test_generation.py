@@ -20,12 +20,15 @@ def make_policy(backbone="lstm", vocab_size=17):
 
 
 def step_logits(policy, prompt_ids, completion_ids):
-    """Full-recompute logits that predicted each completion token: [B, N, V]."""
+    """Full-recompute logits that predicted each completion token: [B, N, V], with the
+    structural ids (pad, BOS), which sampling never draws, at -1e9."""
     sequence = tf.concat([prompt_ids, completion_ids], axis=1)
     mask = tf.concat([tf.not_equal(prompt_ids, 0), tf.ones_like(completion_ids, tf.bool)], 1)
     logits = policy(sequence, padding_mask=mask)
     prompt_length = prompt_ids.shape[1]
-    return logits[:, prompt_length - 1:-1].numpy()
+    logits = logits[:, prompt_length - 1:-1].numpy()
+    logits[..., list(policy.structural_ids)] = -1e9
+    return logits
 
 
 PROMPTS = tf.constant([[0, 0, 1, 5, 6], [1, 7, 8, 9, 10], [0, 1, 4, 4, 12]])
@@ -118,7 +121,7 @@ def test_second_call_with_new_shapes_does_not_retrace():
     policy = make_policy("transformer")
     generate(policy, PROMPTS, 4, sampler="top_k", top_k=5, seed=0)
     generate(policy, PROMPTS[:2, 1:], 9, sampler="top_k", top_k=3, temperature=0.5, seed=1)
-    compiled = _compiled_decode(policy, False, True, False, 2, None)
+    compiled = _compiled_decode(policy, False, True, False, 2, policy.structural_ids)
     assert compiled.experimental_get_tracing_count() == 1
 
 

@@ -244,6 +244,7 @@ MASK = np.array([[1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]], np.float32)
         ("sequence_mean", None, (1.5 + 6.5 + 0.0) / 3),
         ("sequence_sum", None, (3 + 26) / 3),
         ("constant", 8, 29 / (3 * 8)),
+        ("rollout_token_mean", 12, 29 / 12),
     ],
 )
 def test_aggregate_modes_exact(mode, normalizer, expected):
@@ -264,7 +265,8 @@ def test_aggregate_ignores_garbage_and_all_masked_is_zero(mode):
     assert float(zero) == 0.0
 
 
-@pytest.mark.parametrize("mode", L.AGGREGATION_MODES)
+# "rollout_token_mean" takes its denominator from outside (the rollout's count).
+@pytest.mark.parametrize("mode", [m for m in L.AGGREGATION_MODES if m != "rollout_token_mean"])
 def test_aggregate_global_denominator_sums_over_replicas(mode):
     rng = np.random.default_rng(10)
     loss = rng.normal(size=(6, 5)).astype(np.float32)

@@ -113,7 +113,7 @@ def test_sample_logger_and_training_trace_generation_once_across_epochs(tmp_path
     assert len(traces) == 1
     # SampleLogger's greedy generate: one compiled decode, traced once for 4 epochs,
     # and another batch size later does not retrace it either.
-    compiled = _compiled_decode(policy, True, False, False, None, None)
+    compiled = _compiled_decode(policy, True, False, False, None, policy.structural_ids)
     assert compiled.experimental_get_tracing_count() == 1
     generate(policy, prompts[:3], 4, sampler="greedy", eos_id=None)
     assert compiled.experimental_get_tracing_count() == 1
@@ -183,7 +183,7 @@ def test_generate_with_xla_equals_the_plain_graph_for_greedy_decoding(backbone):
     # still traced once.
     longer = generate(policy, PROMPTS[:2], 9, sampler="greedy", eos_id=2, jit_compile=True)
     assert longer.token_ids.shape == (2, 9)
-    compiled = _compiled_decode(policy, True, False, False, 2, None, True)
+    compiled = _compiled_decode(policy, True, False, False, 2, policy.structural_ids, True)
     assert compiled.experimental_get_tracing_count() == 1
 
 

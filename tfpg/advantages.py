@@ -41,6 +41,8 @@ __all__ = [
     "leave_one_out_baseline",
     "rloo_advantages",
     "group_normalized_advantages",
+    "resolve_scale_rewards",
+    "SCALE_REWARDS",
     "sequence_score_to_token_rewards",
     "broadcast_sequence_advantages",
 ]
@@ -200,7 +202,7 @@ def whiten(values, mask=None, shift_mean=True, epsilon=1e-8, sum_fn=None):
     return tf.where(real, whitened, 0.0)
 
 
-def update_moving_average(average, count, rewards, decay=0.9):
+def update_moving_average(average, count, rewards, decay=0.9, weights=None):
     """Bias-corrected exponential moving average of batch-mean rewards.
 
     The state is ``(average, count)``: ``average`` is the bias-corrected average of
@@ -221,6 +223,8 @@ def update_moving_average(average, count, rewards, decay=0.9):
         variable).
       rewards: float32 ``[B]`` this batch's rewards.
       decay: scalar in ``[0, 1)``.
+      weights: optional float32 ``[B]``: the batch mean is ``sum(w r) / sum(w)``
+        (0 for skipped samples); a batch of total weight 0 is empty.
 
     Returns:
       new_average: float32 ``[]``.
@@ -232,11 +236,15 @@ def update_moving_average(average, count, rewards, decay=0.9):
     count_f = tf.cast(count, tf.float32)  # []
     rewards = tf.reshape(tf.convert_to_tensor(rewards, tf.float32), [-1])  # [B]
     decay = tf.cast(decay, tf.float32)
-    n = tf.size(rewards)
-    batch_mean = tf.math.divide_no_nan(tf.reduce_sum(rewards), tf.cast(n, tf.float32))
+    if weights is None:
+        weights = tf.ones_like(rewards)
+    weights = tf.reshape(tf.convert_to_tensor(weights, tf.float32), [-1])  # [B]
+    total = tf.reduce_sum(weights)
+    batch_mean = tf.math.divide_no_nan(
+        tf.reduce_sum(tf.where(weights > 0, rewards * weights, 0.0)), total)
     step = (1.0 - decay) / (1.0 - tf.pow(decay, count_f + 1.0))  # 1 on the first update
     updated = average + step * (batch_mean - average)
-    has_data = n > 0
+    has_data = total > 0
     new_average = tf.where(has_data, updated, average)
     new_count = tf.where(has_data, count_f + 1.0, count_f)
     return new_average, tf.cast(new_count, count_dtype)
@@ -252,19 +260,36 @@ def _check_group_size(group_size, minimum=2):
     return group_size
 
 
-def _grouped(rewards, group_size):
-    """(rewards float32 [B*K], the same as [B, K] groups, K) after checking K."""
+def _grouped(rewards, group_size, valid=None):
+    """(rewards float32 [B*K], rewards [B, K], valid [B, K], K) after checking K.
+
+    ``valid`` (float32 ``[B*K]``, 1 = a scored sample, default all 1) leaves the
+    invalid samples out of every group statistic; their rewards may hold anything.
+    """
     k = _check_group_size(group_size)
     rewards = tf.convert_to_tensor(rewards, tf.float32)
-    return rewards, tf.reshape(rewards, [-1, k]), k
+    if valid is None:
+        valid = tf.ones_like(rewards)
+    valid = tf.reshape(tf.cast(tf.convert_to_tensor(valid) > 0, tf.float32), [-1, k])
+    grouped = tf.where(valid > 0, tf.reshape(rewards, [-1, k]), 0.0)  # [B, K]
+    return rewards, grouped, valid, k
 
 
-def leave_one_out_baseline(rewards, group_size):
+def _leave_one_out(grouped, valid):
+    """(baseline [B, K], has_others [B, K]): the mean of the other valid rewards."""
+    total = tf.reduce_sum(grouped, axis=1, keepdims=True)  # [B, 1]
+    others = tf.reduce_sum(valid, axis=1, keepdims=True) - valid  # [B, K]
+    return tf.math.divide_no_nan(total - grouped, others), others > 0
+
+
+def leave_one_out_baseline(rewards, group_size, valid=None):
     """Mean of the other ``K - 1`` rewards of each sample's group (RLOO baseline).
 
     Args:
       rewards: float32 ``[B * K]``, each prompt's ``K`` samples in consecutive rows.
       group_size: Python int ``K >= 2``.
+      valid: optional float32 ``[B * K]``, 0 for skipped samples: the mean is then
+        over the other *valid* samples (0 where there is none).
 
     Returns:
       float32 ``[B * K]`` baselines ``(sum_group - r_i) / (K - 1)``.
@@ -272,45 +297,83 @@ def leave_one_out_baseline(rewards, group_size):
     Raises:
       ValueError: if ``group_size`` is not an int >= 2.
     """
-    rewards, grouped, k = _grouped(rewards, group_size)  # [B*K], [B, K]
-    total = tf.reduce_sum(grouped, axis=1, keepdims=True)  # [B, 1]
-    baseline = (total - grouped) / float(k - 1)  # [B, K]
+    rewards, grouped, valid, _ = _grouped(rewards, group_size, valid)  # [B*K], [B, K]
+    baseline, _ = _leave_one_out(grouped, valid)  # [B, K]
     return tf.reshape(baseline, tf.shape(rewards))
 
 
-def rloo_advantages(rewards, group_size):
+def rloo_advantages(rewards, group_size, valid=None):
     """REINFORCE leave-one-out advantages ``r_i - mean_{j != i} r_j``.
 
-    Equal to ``K / (K - 1) * (r_i - mean_group)``.
+    Equal to ``K / (K - 1) * (r_i - mean_group)``. With ``valid``, skipped samples
+    get advantage 0 and count in no baseline; a sample with no other valid sample
+    in its group has no baseline and gets 0 as well (TRL's RLOO on [1, 1, NaN, 0]:
+    [0.5, 0.5, 0, -1]).
 
     Args:
       rewards: float32 ``[B * K]``, groups in consecutive rows.
       group_size: Python int ``K >= 2``.
+      valid: optional float32 ``[B * K]``, 1 = a scored sample.
 
     Returns:
       float32 ``[B * K]``.
     """
-    rewards = tf.convert_to_tensor(rewards, tf.float32)
-    return rewards - leave_one_out_baseline(rewards, group_size)
+    rewards, grouped, valid, _ = _grouped(rewards, group_size, valid)  # [B*K], [B, K]
+    baseline, has_others = _leave_one_out(grouped, valid)  # [B, K]
+    advantages = tf.where((valid > 0) & has_others, grouped - baseline, 0.0)
+    return tf.reshape(advantages, tf.shape(rewards))
 
 
-def group_normalized_advantages(rewards, group_size, scale_by_std=True, epsilon=1e-4):
+SCALE_REWARDS = ("group", "batch", "none")
+
+
+def resolve_scale_rewards(scale_rewards):
+    """"group" / "batch" / "none" from those names or a bool (True = "group")."""
+    if scale_rewards is True or scale_rewards is False:
+        return "group" if scale_rewards else "none"
+    if scale_rewards not in SCALE_REWARDS:
+        raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS} (or a bool), "
+                         f"got {scale_rewards!r}")
+    return scale_rewards
+
+
+def _unbiased_std(centered, valid, axis=None, keepdims=False, sum_fn=None):
+    """sqrt(sum(valid * centered**2) / (count - 1)), 0 for fewer than 2 samples."""
+    sums = tf.stack([tf.reduce_sum(tf.square(centered) * valid, axis=axis, keepdims=keepdims),
+                     tf.reduce_sum(valid, axis=axis, keepdims=keepdims)])
+    if sum_fn is not None:
+        sums = sum_fn(sums)
+    return tf.sqrt(tf.math.divide_no_nan(sums[0], tf.maximum(sums[1] - 1.0, 0.0)))
+
+
+def group_normalized_advantages(rewards, group_size, scale_by_std=True, epsilon=1e-4,
+                                valid=None, sum_fn=None):
     """GRPO advantages: rewards normalised within each group.
 
-    ``A_i = (r_i - mean_group) / (std_group + epsilon)`` (``scale_by_std=False``, as
-    in Dr. GRPO: ``A_i = r_i - mean_group``). ``std_group`` is the *unbiased* sample
-    standard deviation (``ddof=1``), as ``torch.std`` in TRL's ``GRPOTrainer``, and
-    ``epsilon`` is added to the standard deviation (not the variance), also as TRL.
+    ``A_i = (r_i - mean_group) / (std + epsilon)``, where ``std`` is per
+    ``scale_by_std`` (TRL's ``scale_rewards``): "group" (or True) the group's
+    standard deviation; "batch" the standard deviation of all rewards of the batch
+    (the group mean is still subtracted); "none" (or False, Dr. GRPO) no division,
+    ``A_i = r_i - mean_group``. Standard deviations are *unbiased* (``ddof=1``), as
+    ``torch.std`` in TRL's ``GRPOTrainer``, and ``epsilon`` is added to the standard
+    deviation (not the variance), also as TRL.
 
-    A group whose rewards are all exactly equal carries no learning signal: it is
-    flagged in ``zero_std`` and its advantages are exactly 0 (rather than rounding
-    noise from the mean divided by ``epsilon``).
+    A group whose (valid) rewards are all exactly equal carries no learning signal:
+    it is flagged in ``zero_std`` and its advantages are exactly 0 (rather than
+    rounding noise from the mean divided by ``epsilon``).
+
+    ``valid`` leaves skipped samples out of every mean and standard deviation
+    (``on_invalid_reward="skip"``); their advantage is 0. Group [1, 1, skipped, 0]
+    gives [0.577, 0.577, 0, -1.155], as TRL.
 
     Args:
       rewards: float32 ``[B * K]``, each prompt's ``K`` samples in consecutive rows.
       group_size: Python int ``K >= 2``.
-      scale_by_std: divide by the group standard deviation.
+      scale_by_std: "group" / "batch" / "none", or a bool (True = "group").
       epsilon: added to the standard deviation.
+      valid: optional float32 ``[B * K]``, 1 = a scored sample.
+      sum_fn: applied to the batch sums of "batch" scaling (a cross-replica
+        all-reduce takes the standard deviation of the global batch).
 
     Returns:
       advantages: float32 ``[B * K]``.
@@ -318,16 +381,28 @@ def group_normalized_advantages(rewards, group_size, scale_by_std=True, epsilon=
         is the ``zero_std_fraction`` metric).
 
     Raises:
-      ValueError: if ``group_size`` is not an int >= 2.
+      ValueError: if ``group_size`` is not an int >= 2 or ``scale_by_std`` unknown.
     """
-    rewards, grouped, k = _grouped(rewards, group_size)  # [B*K], [B, K]
-    mean = tf.reduce_mean(grouped, axis=1, keepdims=True)  # [B, 1]
-    centered = grouped - mean  # [B, K]
-    std = tf.sqrt(tf.reduce_sum(tf.square(centered), axis=1, keepdims=True) / float(k - 1))
+    scale = resolve_scale_rewards(scale_by_std)
+    rewards, grouped, valid, _ = _grouped(rewards, group_size, valid)  # [B*K], [B, K]
+    count = tf.reduce_sum(valid, axis=1, keepdims=True)  # [B, 1]
+    mean = tf.math.divide_no_nan(tf.reduce_sum(grouped, axis=1, keepdims=True), count)
+    centered = tf.where(valid > 0, grouped - mean, 0.0)  # [B, K]
+    big = tf.float32.max
     is_zero_std = tf.equal(
-        tf.reduce_max(grouped, axis=1), tf.reduce_min(grouped, axis=1)
-    )  # [B]
-    advantages = centered / (std + epsilon) if scale_by_std else centered
+        tf.reduce_max(tf.where(valid > 0, grouped, -big), axis=1),
+        tf.reduce_min(tf.where(valid > 0, grouped, big), axis=1),
+    ) | (tf.reduce_sum(valid, axis=1) < 2)  # [B]
+    if scale == "group":
+        advantages = centered / (_unbiased_std(centered, valid, 1, True) + epsilon)
+    elif scale == "batch":
+        sums = tf.stack([tf.reduce_sum(grouped), tf.reduce_sum(valid)])
+        sums = sum_fn(sums) if sum_fn is not None else sums
+        batch_mean = tf.math.divide_no_nan(sums[0], sums[1])
+        spread = tf.where(valid > 0, grouped - batch_mean, 0.0)
+        advantages = centered / (_unbiased_std(spread, valid, sum_fn=sum_fn) + epsilon)
+    else:
+        advantages = centered
     advantages = tf.where(is_zero_std[:, None], 0.0, advantages)  # [B, K]
     return tf.reshape(advantages, tf.shape(rewards)), tf.cast(is_zero_std, tf.float32)
 

@@ -34,7 +34,8 @@ FILTERED_LOGIT = -1e9
 class GenerationOutput(NamedTuple):
     """What `generate` returns; every field is `[B, N]`, N = `max_new_tokens`.
 
-    token_ids: int32 sampled ids, including the EOS token; 0 after it.
+    token_ids: int32 sampled ids, including the EOS token; the policy's `pad_id` after
+        it (0 for tfpg's models; for GPT-2, whose pad is its EOS, the EOS again).
     mask: float32, 1 for real completion tokens (up to and including EOS), else 0.
     log_probs: float32 log-prob of each sampled token under the sampled distribution
         (0 where mask is 0).
@@ -70,6 +71,13 @@ def filter_logits(logits, temperature=1.0, top_k=None, top_p=None, suppress_ids=
                                axis=-1, keepdims=True)
         logits = tf.where(logits < cutoff, FILTERED_LOGIT, logits)
     return logits
+
+
+def sampling_suppress_ids(policy, suppress_ids=None):
+    """The ids sampling never draws: the policy's `structural_ids` (pad, BOS) and
+    the caller's `suppress_ids`, as a sorted tuple (None when there are none)."""
+    ids = set(getattr(policy, "structural_ids", ()) or ()) | set(suppress_ids or ())
+    return tuple(sorted(int(i) for i in ids)) or None
 
 
 def _seed_tensor(seed):
@@ -164,7 +172,7 @@ def _decoding_options(policy):
 
 
 def decode_loop(policy, prompt_ids, max_new_tokens, seed, temperature, top_k, top_p,
-                greedy, eos_id, suppress_ids, noise_rows=None):
+                greedy, eos_id, suppress_ids, noise_rows=None, prompt_mask=None):
     """The decode graph (call inside a `tf.function`). See `generate` for arguments.
 
     `noise_rows` = (offset, total_rows) places this batch inside a larger one for the
@@ -175,10 +183,11 @@ def decode_loop(policy, prompt_ids, max_new_tokens, seed, temperature, top_k, to
     """
     batch_size = tf.shape(prompt_ids)[0]
     prompt_length = tf.shape(prompt_ids)[1]
+    prompt_mask = prompt_padding_mask(policy, prompt_ids, prompt_mask)         # [B, P]
     cache = policy.initial_cache(batch_size, prompt_length + max_new_tokens)
     prefill_options, step_options = _decoding_options(policy)
     logits, _, cache = policy.call_with_cache(prompt_ids, cache, 0,
-                                              padding_mask=tf.not_equal(prompt_ids, 0),
+                                              padding_mask=prompt_mask,
                                               **prefill_options)
     next_logits = logits[:, -1]                                                # [B, V]
     # Outputs by step: row `step` of each [N, B] buffer is written at step `step`;
@@ -195,7 +204,7 @@ def decode_loop(policy, prompt_ids, max_new_tokens, seed, temperature, top_k, to
         else:
             token, log_prob = _sample(filtered, seed, step, noise_rows)
         alive = tf.logical_not(finished)
-        token = tf.where(alive, token, 0)
+        token = tf.where(alive, token, getattr(policy, "pad_id", 0))
         alive_float = tf.cast(alive, tf.float32)
         row = tf.reshape(step, [1, 1])
         ids = tf.tensor_scatter_nd_update(ids, row, token[None])
@@ -232,6 +241,25 @@ def decode_loop(policy, prompt_ids, max_new_tokens, seed, temperature, top_k, to
 _COMPILED = weakref.WeakKeyDictionary()
 
 
+def prompt_padding_mask(policy, prompt_ids, prompt_mask=None):
+    """bool [B, P]: `prompt_mask` (1 = real token) or, without one, the ids that are
+    not the policy's pad id (0 for tfpg's own models: in KerasHub vocabularies the
+    pad id may also be a real token, so pass the mask there)."""
+    if prompt_mask is None:
+        return tf.not_equal(prompt_ids, getattr(policy, "pad_id", 0))
+    return tf.cast(prompt_mask, tf.bool)
+
+
+def resolve_eos_id(policy, eos_id):
+    """"auto" -> the policy's `eos_id` (2, tfpg's Tokenizer's, for a policy without
+    one); an int or None (never stop) passes through."""
+    if isinstance(eos_id, str):
+        if eos_id != "auto":
+            raise ValueError(f"eos_id must be an int, None or 'auto', got {eos_id!r}")
+        return getattr(policy, "eos_id", 2)
+    return eos_id
+
+
 def _compiled_decode(policy, greedy, use_top_k, use_top_p, eos_id, suppress_ids,
                      jit_compile=False):
     per_policy = _COMPILED.setdefault(policy, {})
@@ -246,11 +274,13 @@ def _compiled_decode(policy, greedy, use_top_k, use_top_p, eos_id, suppress_ids,
             tf.TensorSpec([], tf.float32, name="temperature"),
             tf.TensorSpec([], tf.int32, name="top_k"),
             tf.TensorSpec([], tf.float32, name="top_p"),
+            tf.TensorSpec([None, None], tf.bool, name="prompt_mask"),
         ])
-        def compiled(prompt_ids, max_new_tokens, seed, temperature, top_k, top_p):
+        def compiled(prompt_ids, max_new_tokens, seed, temperature, top_k, top_p,
+                     prompt_mask):
             return decode_loop(policy, prompt_ids, max_new_tokens, seed, temperature,
                                top_k if use_top_k else None, top_p if use_top_p else None,
-                               greedy, eos_id, suppress_ids)
+                               greedy, eos_id, suppress_ids, prompt_mask=prompt_mask)
         per_policy[key] = compiled
     return per_policy[key]
 
@@ -274,24 +304,28 @@ def resolve_sampler(sampler, temperature, top_k, top_p):
 
 
 def generate(policy, prompt_ids, max_new_tokens=32, sampler="sample", temperature=1.0,
-             top_k=None, top_p=None, eos_id=2, seed=None, suppress_ids=None,
-             jit_compile="auto"):
+             top_k=None, top_p=None, eos_id="auto", seed=None, suppress_ids=None,
+             jit_compile="auto", prompt_mask=None):
     """Samples completions of left-padded prompts.
 
     Args:
         policy: a `PolicyNetwork` (anything with `initial_cache` and `call_with_cache`).
-        prompt_ids: int [B, P], left-padded with 0.
+        prompt_ids: int [B, P], left-padded.
         max_new_tokens: completion length N (int or scalar tensor).
         sampler: "greedy" (argmax), "sample" (full softmax), "top_k" or "top_p".
             `top_k` / `top_p` apply whenever given; the samplers of those names only
             supply defaults (50 and 0.9).
         temperature: softmax temperature (> 0).
-        eos_id: a sequence stops after this token; None never stops early.
+        eos_id: a sequence stops after this token; None never stops early; "auto"
+            (the default) takes the policy's `eos_id` (2 for a policy without one).
         seed: int or int [2] tensor for reproducible sampling; None draws a fresh one.
-        suppress_ids: ids that are never sampled (e.g. pad).
+        suppress_ids: ids that are never sampled, besides the policy's
+            `structural_ids` (pad and BOS), which never are.
         jit_compile: compile the decode loop with XLA; "auto" picks the faster choice
             for the device type (off on CPU, on with a GPU / TPU: see `tfpg.xla`).
             XLA draws other random numbers than the plain graph for the same seed.
+        prompt_mask: int or bool [B, P], 1 for real prompt tokens; None takes every id
+            but the policy's `pad_id` (0 for tfpg's models) as real.
 
     Returns:
         `GenerationOutput(token_ids, mask, log_probs)`, each [B, N].
@@ -304,7 +338,7 @@ def generate(policy, prompt_ids, max_new_tokens=32, sampler="sample", temperatur
     TensorShape([2, 4])
     """
     greedy, top_k, top_p = resolve_sampler(sampler, temperature, top_k, top_p)
-    suppress_ids = tuple(int(i) for i in suppress_ids) if suppress_ids else None
+    suppress_ids = sampling_suppress_ids(policy, suppress_ids)
     prompt_ids = tf.convert_to_tensor(prompt_ids)
     if prompt_ids.shape.rank != 2:
         raise ValueError(f"prompt_ids must be [batch, length], got shape {prompt_ids.shape}")
@@ -314,12 +348,15 @@ def generate(policy, prompt_ids, max_new_tokens=32, sampler="sample", temperatur
             and prompt_ids.shape[1] + max_new_tokens > max_length):
         raise ValueError(f"prompt length {prompt_ids.shape[1]} + max_new_tokens "
                          f"{max_new_tokens} exceeds the model's max_length {max_length}")
+    eos_id = resolve_eos_id(policy, eos_id)
+    prompt_ids = tf.cast(prompt_ids, tf.int32)
+    prompt_mask = prompt_padding_mask(policy, prompt_ids, prompt_mask)
     compiled = _compiled_decode(policy, greedy, top_k is not None, top_p is not None,
                                 eos_id, suppress_ids, resolve_jit_compile(jit_compile))
     output = compiled(tf.cast(prompt_ids, tf.int32), tf.cast(max_new_tokens, tf.int32),
                       _seed_tensor(seed), tf.cast(temperature, tf.float32),
                       tf.cast(top_k if top_k is not None else 0, tf.int32),
-                      tf.cast(top_p if top_p is not None else 1.0, tf.float32))
+                      tf.cast(top_p if top_p is not None else 1.0, tf.float32), prompt_mask)
     if isinstance(max_new_tokens, int):
         shape = [prompt_ids.shape[0], max_new_tokens]
         output = GenerationOutput(*(tf.ensure_shape(t, shape) for t in output))
@@ -327,5 +364,7 @@ def generate(policy, prompt_ids, max_new_tokens=32, sampler="sample", temperatur
 
 
 def policy_is_positional(policy):
-    """True when the policy has a position table that bounds the sequence length."""
-    return getattr(policy, "backbone_type", None) == "transformer"
+    """True when the policy has a position table that bounds the sequence length
+    (`max_length`): tfpg's Transformer, or a policy that says so (KerasHub GPT-2)."""
+    return (getattr(policy, "backbone_type", None) == "transformer"
+            or getattr(policy, "has_position_table", False))

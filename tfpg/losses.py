@@ -33,12 +33,16 @@ __all__ = [
     "aggregate_loss_terms",
     "aggregate_loss",
     "AdvantageWeightedCrossentropy",
+    "high_entropy_mask",
     "AGGREGATION_MODES",
+    "IMPORTANCE_SAMPLING_LEVELS",
     "KL_ESTIMATORS",
 ]
 
-AGGREGATION_MODES = ("token_mean", "sequence_mean", "sequence_sum", "constant")
+AGGREGATION_MODES = ("token_mean", "sequence_mean", "sequence_sum", "constant",
+                     "rollout_token_mean")
 KL_ESTIMATORS = ("k1", "k2", "k3")
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 
 
 def _scaled_logits(logits, temperature):
@@ -152,17 +156,23 @@ def full_kl(logits, ref_logits, temperature=1.0):
     return tf.reduce_sum(p * diff, axis=-1)
 
 
-def ppo_clipped_surrogate(log_probs, old_log_probs, advantages, clip_epsilon=0.2, mask=None):
+def ppo_clipped_surrogate(log_probs, old_log_probs, advantages, clip_epsilon=0.2, mask=None,
+                          clip_epsilon_high=None, importance_sampling_level="token"):
     """PPO's clipped surrogate objective, per token, as a loss to minimise.
 
     ``ratio = exp(log_probs - old_log_probs)`` and
-    ``loss = -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A)``
-    ``     = max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))``.
+    ``loss = -min(ratio * A, clip(ratio, 1 - eps, 1 + eps_high) * A)``
+    ``     = max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps_high))``
+    (``eps_high = clip_epsilon_high``, DAPO's clip-higher; default ``eps``).
+
+    ``importance_sampling_level="sequence"`` is GSPO (TRL's meaning): every token of
+    a row gets the row's ratio ``exp(mean_t (log_probs - old_log_probs))`` over its
+    real tokens, and the gradient flows through that mean.
 
     ``clipped`` is TRL's / CleanRL's clip-fraction indicator
     ``(-A * clip(ratio)) > (-A * ratio)``: the clipped term is the active one, which
-    is ``(ratio > 1 + eps and A > 0) or (ratio < 1 - eps and A < 0)``. Where it is 1
-    the token gets no gradient.
+    is ``(ratio > 1 + eps_high and A > 0) or (ratio < 1 - eps and A < 0)``. Where it
+    is 1 the token gets no gradient.
 
     ``advantages`` and ``old_log_probs`` are wrapped in ``tf.stop_gradient``.
 
@@ -170,9 +180,12 @@ def ppo_clipped_surrogate(log_probs, old_log_probs, advantages, clip_epsilon=0.2
       log_probs: float32 ``[B, T]`` under the current policy (differentiable).
       old_log_probs: float32 ``[B, T]`` under the policy that sampled the tokens.
       advantages: float32 ``[B, T]``.
-      clip_epsilon: scalar.
+      clip_epsilon: scalar (the lower clip; also the upper one by default).
       mask: optional float32 ``[B, T]``; masked positions get ``ratio = 1`` and
         ``loss = clipped = 0`` (guards against ``-inf`` log-probs there).
+        Required for ``importance_sampling_level="sequence"``.
+      clip_epsilon_high: optional scalar upper clip.
+      importance_sampling_level: "token" or "sequence".
 
     Returns:
       loss: float32 ``[B, T]``.
@@ -183,17 +196,55 @@ def ppo_clipped_surrogate(log_probs, old_log_probs, advantages, clip_epsilon=0.2
     old_log_probs = tf.stop_gradient(tf.cast(old_log_probs, tf.float32))
     advantages = tf.stop_gradient(tf.cast(advantages, tf.float32))
     eps = tf.cast(clip_epsilon, tf.float32)
+    eps_high = eps if clip_epsilon_high is None else tf.cast(clip_epsilon_high, tf.float32)
+    if importance_sampling_level not in IMPORTANCE_SAMPLING_LEVELS:
+        raise ValueError(f"importance_sampling_level must be one of "
+                         f"{IMPORTANCE_SAMPLING_LEVELS}, got {importance_sampling_level!r}")
     log_ratio = log_probs - old_log_probs  # [B, T]
     if mask is not None:
         real = _real(mask, log_ratio)
         log_ratio = tf.where(real, log_ratio, 0.0)
         advantages = tf.where(real, advantages, 0.0)
+    if importance_sampling_level == "sequence":
+        if mask is None:
+            raise ValueError('importance_sampling_level="sequence" needs the mask')
+        sequence = masked_mean(log_ratio, mask, axis=-1)[:, None]  # [B, 1]
+        log_ratio = tf.where(real, sequence, 0.0)  # [B, T]
     ratio = tf.exp(log_ratio)
     unclipped_loss = -advantages * ratio
-    clipped_loss = -advantages * tf.clip_by_value(ratio, 1.0 - eps, 1.0 + eps)
+    clipped_loss = -advantages * tf.clip_by_value(ratio, 1.0 - eps, 1.0 + eps_high)
     loss = tf.maximum(unclipped_loss, clipped_loss)
     clipped = tf.cast(clipped_loss > unclipped_loss, tf.float32)
     return loss, ratio, clipped
+
+
+def high_entropy_mask(entropies, mask, quantile):
+    """float32 ``[B, T]``: 1 for the real tokens whose entropy is in the top
+    ``quantile`` of the real tokens' entropies (TRL's ``top_entropy_quantile``).
+
+    The threshold is the ``1 - quantile`` quantile of the real tokens' entropies,
+    linearly interpolated (``torch.quantile``); a token is kept when its entropy is
+    >= the threshold. ``quantile=1`` keeps every real token.
+
+    Args:
+      entropies: float32 ``[B, T]`` per-token entropies (no gradient is taken).
+      mask: float32 ``[B, T]``, 1 = real token.
+      quantile: Python float in ``(0, 1]``.
+
+    Returns:
+      float32 ``[B, T]`` in {0, 1}, 0 at masked positions.
+    """
+    entropies = tf.stop_gradient(tf.cast(entropies, tf.float32))
+    real = _real(mask, entropies)
+    values = tf.sort(tf.boolean_mask(entropies, real))  # [n] ascending
+    count = tf.size(values)
+    position = (1.0 - float(quantile)) * tf.cast(tf.maximum(count - 1, 0), tf.float32)
+    low = tf.cast(tf.floor(position), tf.int32)
+    high = tf.minimum(low + 1, tf.maximum(count - 1, 0))
+    safe = tf.concat([values, [0.0]], 0)  # an empty selection reads index 0
+    fraction = position - tf.floor(position)
+    threshold = safe[low] + fraction * (safe[high] - safe[low])
+    return tf.cast(real & (entropies >= threshold), tf.float32)
 
 
 def value_loss(values, returns, old_values=None, clip_range=None):
@@ -249,7 +300,6 @@ def bradley_terry_loss(chosen_scores, rejected_scores, margin=0.0):
     return tf.nn.softplus(-difference)
 
 
-
 def masked_sum(x, mask, axis=None):
     """``sum(x * mask)`` over ``axis``, ignoring whatever ``x`` holds where mask is 0.
 
@@ -284,19 +334,26 @@ def aggregate_loss_terms(per_token, mask, mode="token_mean", normalizer=None):
     ``sequence_mean``   ``sum_b (sum_t l*m / sum_t m)``   ``B``
     ``sequence_sum``    ``sum_bt l*m``                    ``B``
     ``constant``        ``sum_bt l*m``                    ``B * normalizer``
+    ``rollout_token_    ``sum_bt l*m``                    ``normalizer``
+    mean``
     ==================  ================================  =====================
 
     ``token_mean`` is DAPO's / TRL's "token-level" loss (long completions weigh
     more), ``sequence_mean`` the original GRPO loss (each sequence weighs the same;
     rows without real tokens contribute 0 and still count in ``B``, as in TRL),
     ``sequence_sum`` plain REINFORCE (``sum_t log pi`` per sequence), ``constant``
-    Dr. GRPO (``normalizer`` a constant such as ``max_new_tokens``).
+    Dr. GRPO (``normalizer`` a constant such as ``max_new_tokens``),
+    ``rollout_token_mean`` DAPO as TRL (``normalizer`` the real-token count of the
+    whole rollout the minibatch was drawn from, so with several minibatches each
+    step's loss is its share of one token mean over the generation batch, where
+    ``token_mean``, TRL's "bnpo", divides by the minibatch's own count).
 
     Args:
       per_token: float32 ``[B, T]`` per-token loss.
       mask: float32 ``[B, T]``, 1 = real token.
       mode: one of ``AGGREGATION_MODES``.
-      normalizer: Python / scalar constant, required for ``"constant"``.
+      normalizer: Python / scalar constant, required for ``"constant"`` and
+        ``"rollout_token_mean"``.
 
     Returns:
       numerator: float32 ``[]``; denominator: float32 ``[]``.
@@ -314,6 +371,11 @@ def aggregate_loss_terms(per_token, mask, mode="token_mean", normalizer=None):
         if normalizer is None:
             raise ValueError('mode="constant" needs a normalizer (e.g. max_new_tokens)')
         return masked_sum(per_token, mask), batch_size * tf.cast(normalizer, tf.float32)
+    if mode == "rollout_token_mean":
+        if normalizer is None:
+            raise ValueError('mode="rollout_token_mean" needs a normalizer (the '
+                             "rollout's real-token count)")
+        return masked_sum(per_token, mask), tf.cast(normalizer, tf.float32)
     raise ValueError(f"mode must be one of {AGGREGATION_MODES}, got {mode!r}")
 
 

@@ -5,20 +5,24 @@ import itertools
 import numpy as np
 import tensorflow as tf
 
+from tfpg.generation import prompt_padding_mask
 
-def all_completions(vocab_size, num_new_tokens):
-    """Every id sequence of length `num_new_tokens`: int32 [V ** N, N]."""
-    return np.array(list(itertools.product(range(vocab_size), repeat=num_new_tokens)),
-                    np.int32)
+
+def all_completions(vocab_size, num_new_tokens, exclude=()):
+    """Every id sequence of length `num_new_tokens` over the ids not in `exclude`:
+    int32 [V' ** N, N]."""
+    ids = [i for i in range(vocab_size) if i not in set(exclude)]
+    return np.array(list(itertools.product(ids, repeat=num_new_tokens)), np.int32)
 
 
 def exact_policy_gradient(policy, prompt_ids, reward_fn, num_new_tokens, temperature=1.0,
                           batch=None):
     """Exact J = mean_b E_{c ~ pi(.|prompt_b)} [R(prompt_b, c)] and its gradient.
 
-    Enumerates all V ** N completions (so keep V and N tiny: vocab 4, 3 tokens gives
-    64), scores each with `reward_fn` (reward signature of DESIGN.md, every token a
-    real token: this is the `eos_id=None` setting) and differentiates
+    Enumerates all V ** N completions over the non-structural ids (so keep V and N
+    tiny: vocab 5 without pad and BOS, 3 tokens gives 27), scores each with
+    `reward_fn` (reward signature of DESIGN.md, every token a real token: this is
+    the `eos_id=None` setting) and differentiates
     sum_c pi(c | prompt) R(c) through `policy`.
 
     Args:
@@ -38,7 +42,10 @@ def exact_policy_gradient(policy, prompt_ids, reward_fn, num_new_tokens, tempera
     """
     prompt_ids = tf.convert_to_tensor(prompt_ids, tf.int32)
     num_prompts, prompt_length = prompt_ids.shape
-    completions = tf.constant(all_completions(policy.vocab_size, num_new_tokens))  # [M, N]
+    # Sampling never draws the structural ids (pad, BOS): neither does the enumeration.
+    structural = tuple(getattr(policy, "structural_ids", ()))
+    completions = tf.constant(all_completions(policy.vocab_size, num_new_tokens,
+                                              structural))                   # [M, N]
     count = int(completions.shape[0])
     prompts = tf.repeat(prompt_ids, count, axis=0)                        # [B*M, P]
     completion_ids = tf.tile(completions, [num_prompts, 1])              # [B*M, N]
@@ -48,10 +55,15 @@ def exact_policy_gradient(policy, prompt_ids, reward_fn, num_new_tokens, tempera
     rewards = tf.cast(reward_fn(prompts, completion_ids, mask, expanded), tf.float32)
 
     sequence = tf.concat([prompts, completion_ids], axis=1)
-    padding = tf.concat([tf.not_equal(prompts, 0), tf.ones_like(completion_ids, tf.bool)], 1)
+    prompt_mask = prompt_padding_mask(policy, prompts)                    # [B*M, P]
+    padding = tf.concat([prompt_mask, tf.ones_like(completion_ids, tf.bool)], 1)
     with tf.GradientTape() as tape:
         logits = policy(sequence, padding_mask=padding)[:, prompt_length - 1:-1]
-        log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32) / temperature)
+        logits = tf.cast(logits, tf.float32) / temperature
+        if structural:
+            allowed = ~np.isin(np.arange(policy.vocab_size), structural)
+            logits = tf.where(tf.constant(allowed), logits, -1e9)
+        log_probs = tf.nn.log_softmax(logits)
         sequence_log_prob = tf.reduce_sum(
             tf.gather(log_probs, completion_ids, batch_dims=2), axis=1)   # [B*M]
         expected = tf.reduce_sum(tf.exp(sequence_log_prob) * rewards) / num_prompts

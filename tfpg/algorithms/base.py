@@ -27,11 +27,17 @@ import tensorflow as tf
 
 from tfpg import advantages as adv
 from tfpg import losses
-from tfpg.generation import decode_loop, filter_logits, resolve_sampler
+from tfpg.generation import (FILTERED_LOGIT, decode_loop, filter_logits,
+                             prompt_padding_mask, resolve_eos_id, resolve_sampler,
+                             sampling_suppress_ids)
 from tfpg.rewards.base import ON_INVALID, compute_rewards
 from tfpg.xla import in_xla_context, resolve_jit_compile
 
 SUM = tf.distribute.ReduceOp.SUM
+# Folded into the step seed for the minibatch permutation: a stream of its own, so that
+# the order of the rows never repeats the decode's sampling noise (which, with
+# inverse-CDF sampling, would sort the rows by the tokens they sampled).
+MINIBATCH_STREAM = 0x6D696E69   # "mini"
 
 
 def _replica_context():
@@ -169,6 +175,18 @@ def sequence_return(rollout):
     return tf.reduce_sum(rollout["token_rewards"] * rollout["completion_mask"], axis=1)
 
 
+def truncated_completions(rollout, max_new_tokens, eos_id):
+    """float32 [B]: 1 for completions that hit `max_new_tokens` without ending in EOS
+    (every full-length one when `eos_id` is None)."""
+    lengths = tf.reduce_sum(rollout["completion_mask"], axis=1)                # [B]
+    truncated = tf.cast(lengths >= max_new_tokens, tf.float32)
+    if eos_id is not None:
+        last = tf.gather(rollout["completion_ids"],
+                         tf.maximum(tf.cast(lengths, tf.int32) - 1, 0), batch_dims=1)
+        truncated *= tf.cast(tf.not_equal(last, eos_id), tf.float32)
+    return truncated
+
+
 def frozen_copy(model):
     """A non-trainable copy of `model` with the same weights (the KL reference)."""
     if not model.built:
@@ -178,6 +196,14 @@ def frozen_copy(model):
     copy.set_weights(model.get_weights())
     copy.trainable = False
     return copy
+
+
+def reference_of(policy):
+    """The KL reference for `policy`: a LoRA policy's own weights with the adapters
+    off (`policy.lora_reference()`, no second copy), else a `frozen_copy`."""
+    lora_reference = getattr(policy, "lora_reference", None)
+    reference = lora_reference() if lora_reference is not None else None
+    return reference if reference is not None else frozen_copy(policy)
 
 
 class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
@@ -202,7 +228,10 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
             (Ziegler et al. 2019's proportional controller, horizon `kl_horizon`).
         entropy_coef: weight of the entropy bonus.
         value_coef: weight of the value loss.
-        num_epochs, num_minibatches: passes and minibatches over each rollout.
+        num_epochs, num_minibatches: passes and minibatches over each rollout (the
+            rows split as evenly as possible: 6 rows in 4 give 1, 2, 1, 2). Only the
+            algorithms that correct for stale samples with a clipped importance
+            ratio (PPO, GRPO, RLOO) accept more than one step per rollout.
         max_grad_norm: global-norm gradient clipping (None disables).
         loss_aggregation: "token_mean", "sequence_mean", "sequence_sum" or
             "constant" (sum / (B * max_new_tokens)); None takes the algorithm's default.
@@ -213,11 +242,14 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
     default_loss_aggregation = "token_mean"
     uses_value_model = False
     uses_ratio = False          # clipped-surrogate algorithms log clip_fraction, approx_kl
+    # Whether several gradient steps may reuse one rollout: only where the loss
+    # corrects for the policy having moved (a clipped importance ratio).
+    reuses_rollouts = False
     min_group_size = 1
 
     def __init__(self, policy, reward_fn, value_model=None, reference_model=None,
                  max_new_tokens=32, sampler="sample", temperature=1.0, top_k=None,
-                 top_p=None, eos_id=2, suppress_ids=None, group_size=1, kl_coef=0.0,
+                 top_p=None, eos_id="auto", suppress_ids=None, group_size=1, kl_coef=0.0,
                  kl_estimator="k1", kl_in_reward=True, target_kl=None, kl_horizon=10000,
                  entropy_coef=0.0, value_coef=0.5, num_epochs=1, num_minibatches=1,
                  max_grad_norm=1.0, loss_aggregation=None, on_invalid_reward="raise",
@@ -233,6 +265,18 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
             raise ValueError(f"kl_estimator must be one of {losses.KL_ESTIMATORS}")
         if on_invalid_reward not in ON_INVALID:
             raise ValueError(f"on_invalid_reward must be one of {ON_INVALID}")
+        if target_kl is not None and not kl_coef > 0:
+            raise ValueError("target_kl adapts kl_coef multiplicatively, so it needs "
+                             f"kl_coef > 0, got kl_coef={kl_coef}")
+        if int(num_epochs) < 1 or int(num_minibatches) < 1:
+            raise ValueError("num_epochs and num_minibatches must be >= 1, got "
+                             f"{num_epochs} and {num_minibatches}")
+        if int(num_epochs) * int(num_minibatches) > 1 and not self.reuses_rollouts:
+            raise ValueError(
+                f"{type(self).__name__} is on-policy: its loss -A log pi is biased on "
+                "samples of an older policy, so it takes one gradient step per rollout "
+                f"(got num_epochs={num_epochs}, num_minibatches={num_minibatches}); "
+                "use PPO, GRPO or RLOO (clipped importance ratios) to reuse rollouts")
         loss_aggregation = loss_aggregation or self.default_loss_aggregation
         if loss_aggregation not in losses.AGGREGATION_MODES:
             raise ValueError(f"loss_aggregation must be one of {losses.AGGREGATION_MODES}")
@@ -240,15 +284,17 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         self.reward_fn = reward_fn
         self.value_model = value_model
         if reference_model is None and (kl_coef > 0 or target_kl is not None):
-            reference_model = frozen_copy(policy)
+            reference_model = reference_of(policy)
         self.reference_model = reference_model
         self.max_new_tokens = int(max_new_tokens)
         self.sampler = sampler
         self.temperature = float(temperature)
         self.top_k = top_k
         self.top_p = top_p
-        self.eos_id = eos_id
+        self.eos_id = resolve_eos_id(policy, eos_id)
         self.suppress_ids = tuple(suppress_ids) if suppress_ids else None
+        # What sampling (and scoring) suppresses: these and the structural ids.
+        self.sampled_suppress_ids = sampling_suppress_ids(policy, self.suppress_ids)
         self.group_size = int(group_size)
         self.kl_estimator = kl_estimator
         self.kl_in_reward = kl_in_reward
@@ -337,19 +383,25 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         step = tf.cast(self.optimizer.iterations, tf.int32)
         return tf.stack([tf.constant(self.seed, tf.int32), step])
 
-    def sample(self, prompt_ids, seed, greedy=False):
-        """Completions of prompt_ids [B, P] with the trainer's sampling options."""
+    def sample(self, prompt_ids, seed, greedy=False, prompt_mask=None):
+        """Completions of prompt_ids [B, P] (real tokens: prompt_mask [B, P]) with the
+        trainer's sampling options."""
         greedy = greedy or self.sampler == "greedy"
         noise_rows = _replica_rows(tf.shape(prompt_ids)[0])   # all-reduces: not in XLA
         decode = self._decode
         if getattr(self, "jit_decode", False) and not in_xla_context():
             decode = self._xla_decode
-        return decode(prompt_ids, seed, greedy, noise_rows)
+        return decode(prompt_ids, seed, greedy, noise_rows,
+                      self.prompt_mask(prompt_ids, prompt_mask))
 
-    def _decode(self, prompt_ids, seed, greedy, noise_rows):
+    def _decode(self, prompt_ids, seed, greedy, noise_rows, prompt_mask):
         return decode_loop(self.policy, prompt_ids, self.max_new_tokens, seed,
                            self.temperature, self.top_k, self.top_p, greedy, self.eos_id,
-                           self.suppress_ids, noise_rows)
+                           self.sampled_suppress_ids, noise_rows, prompt_mask)
+
+    def prompt_mask(self, prompt_ids, prompt_mask=None):
+        """bool [B, P]: the batch's "prompt_mask", or one derived from the policy's pad id."""
+        return prompt_padding_mask(self.policy, prompt_ids, prompt_mask)
 
     @functools.cached_property
     def _xla_decode(self):
@@ -357,26 +409,46 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         instance's __dict__, out of Keras' attribute tracking."""
         return tf.function(self._decode, jit_compile=True)
 
-    def completion_logits(self, model, prompt_ids, completion_ids, completion_mask):
+    def completion_logits(self, model, prompt_ids, completion_ids, completion_mask,
+                          prompt_mask=None):
         """Logits [B, N, V] that `model` gives each completion position."""
         sequence = tf.concat([prompt_ids, completion_ids], axis=1)
-        padding = tf.concat([tf.not_equal(prompt_ids, 0), completion_mask > 0], axis=1)
+        padding = tf.concat([self.prompt_mask(prompt_ids, prompt_mask),
+                             completion_mask > 0], axis=1)
         prompt_length = tf.shape(prompt_ids)[1]
         logits = model(sequence, padding_mask=padding, training=False)
         return logits[:, prompt_length - 1:-1]
 
-    def completion_values(self, prompt_ids, completion_ids, completion_mask):
+    def completion_values(self, prompt_ids, completion_ids, completion_mask,
+                          prompt_mask=None):
         """V(s_t) [B, N]: the value of the state before each completion token."""
         sequence = tf.concat([prompt_ids, completion_ids], axis=1)
-        padding = tf.concat([tf.not_equal(prompt_ids, 0), completion_mask > 0], axis=1)
+        padding = tf.concat([self.prompt_mask(prompt_ids, prompt_mask),
+                             completion_mask > 0], axis=1)
         values = self.value_model(sequence, padding_mask=padding, training=False)
         return values[:, tf.shape(prompt_ids)[1] - 1:-1] * completion_mask
 
-    def sampled_log_probs(self, logits, completion_ids, completion_mask):
-        """Log-probs [B, N] under the distribution that was sampled (filters applied)."""
-        filtered = filter_logits(logits, self.temperature, self.top_k, self.top_p,
-                                 self.suppress_ids)
+    def sampled_log_probs(self, logits, completion_ids, completion_mask, support=None):
+        """Log-probs [B, N] under the distribution that was sampled (filters applied).
+
+        `support` bool [B, N, V], the top-k / top-p support kept from the rollout,
+        replaces the filters: later epochs score the old tokens on the support they
+        were sampled from, not one recomputed from the updated policy (where an old
+        token may have dropped out, with log-prob -1e9).
+        """
+        if support is None:
+            filtered = filter_logits(logits, self.temperature, self.top_k, self.top_p,
+                                     self.sampled_suppress_ids)
+        else:
+            filtered = tf.where(support, filter_logits(logits, self.temperature),
+                                FILTERED_LOGIT)
         return losses.token_log_probs(filtered, completion_ids, mask=completion_mask), filtered
+
+    @property
+    def keeps_support(self):
+        """Whether rollouts carry their sampling support (only top-k / top-p make it
+        depend on the policy; suppression alone is the same in every epoch)."""
+        return self.top_k is not None or self.top_p is not None
 
     def collect_rollout(self, batch):
         """Samples, scores and annotates completions. Returns a dict of [B, ...] tensors."""
@@ -385,24 +457,31 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
             batch = {key: tf.repeat(value, self.group_size, axis=0)
                      for key, value in batch.items()}
         prompt_ids = tf.cast(batch["prompt"], tf.int32)
-        generated = self.sample(prompt_ids, self._sampling_seed())
+        prompt_mask = self.prompt_mask(prompt_ids, batch.get("prompt_mask"))   # [B, P]
+        generated = self.sample(prompt_ids, self._sampling_seed(), prompt_mask=prompt_mask)
         completion_ids, mask = generated.token_ids, generated.mask
         completion_ids.set_shape([None, self.max_new_tokens])
         mask.set_shape([None, self.max_new_tokens])
 
-        logits = self.completion_logits(self.policy, prompt_ids, completion_ids, mask)
-        old_log_probs, _ = self.sampled_log_probs(logits, completion_ids, mask)
+        logits = self.completion_logits(self.policy, prompt_ids, completion_ids, mask,
+                                        prompt_mask)
+        old_log_probs, filtered = self.sampled_log_probs(logits, completion_ids, mask)
         scored = compute_rewards(self.reward_fn, prompt_ids, completion_ids, mask, batch,
                                  self.on_invalid_reward)
-        rollout = {"prompt_ids": prompt_ids, "completion_ids": completion_ids,
+        rollout = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
+                   "completion_ids": completion_ids,
                    "completion_mask": mask, "loss_mask": mask * scored.valid[:, None],
-                   "old_log_probs": old_log_probs, "scores": scored.rewards}
+                   "old_log_probs": old_log_probs, "scores": scored.rewards,
+                   "valid": scored.valid}
+        if self.keeps_support:
+            # bool [B, N, V]: B * N * V bytes, kept only with top-k / top-p.
+            rollout["support"] = filtered > FILTERED_LOGIT
         self._record(scored.metrics())
 
         token_rewards = adv.sequence_score_to_token_rewards(scored.rewards, mask)
         if self.reference_model is not None:
             ref_logits = self.completion_logits(self.reference_model, prompt_ids,
-                                                completion_ids, mask)
+                                                completion_ids, mask, prompt_mask)
             # KL between the models' own (temperature-scaled) distributions: a top-k
             # filter on the reference would make KL infinite for tokens it excludes.
             ref_log_probs = losses.token_log_probs(ref_logits, completion_ids,
@@ -417,7 +496,8 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
             rollout["kl"] = kl
         rollout["token_rewards"] = token_rewards                             # [B, N]
         if self.value_model is not None:
-            rollout["values"] = self.completion_values(prompt_ids, completion_ids, mask)
+            rollout["values"] = self.completion_values(prompt_ids, completion_ids, mask,
+                                                       prompt_mask)
         self._record_rollout_metrics(rollout, scored)
         return rollout, batch
 
@@ -425,11 +505,7 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         mask = rollout["completion_mask"]
         lengths = tf.reduce_sum(mask, axis=1)                                 # [B]
         scores = rollout["scores"]
-        truncated = tf.cast(lengths >= self.max_new_tokens, tf.float32)
-        if self.eos_id is not None:
-            last = tf.gather(rollout["completion_ids"],
-                             tf.maximum(tf.cast(lengths, tf.int32) - 1, 0), batch_dims=1)
-            truncated *= tf.cast(tf.not_equal(last, self.eos_id), tf.float32)
+        truncated = truncated_completions(rollout, self.max_new_tokens, self.eos_id)
         valid = scored.valid
         reward_mean, reward_sq, count = self._global_moments(scores, valid)
         values = {
@@ -442,7 +518,7 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
             values["kl"] = tf.reduce_sum(rollout["kl"], axis=1)              # per sequence
         if self.group_size > 1:
             _, values["zero_std_fraction"] = adv.group_normalized_advantages(
-                scores, self.group_size)                                     # per group
+                scores, self.group_size, valid=valid)                        # per group
         self._record(values)
         if self.target_kl is not None:
             self._update_kl_coef(tf.reduce_sum(rollout["kl"], axis=1), count)
@@ -490,15 +566,24 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
 
     # ------------------------------------------------------------------ update
 
-    def _aggregate(self, per_token, mask, mode):
-        """Scalar loss whose sum over replicas is the single-device loss."""
+    def _aggregate(self, per_token, mask, mode, rollout_tokens=None):
+        """Scalar loss whose sum over replicas is the single-device loss.
+
+        `rollout_tokens`: this replica's real-token count of the whole rollout (the
+        "rollout_token_mean" denominator; the minibatch's own count without one)."""
+        normalizer = self.max_new_tokens
+        if mode == "rollout_token_mean":
+            normalizer = tf.reduce_sum(mask) if rollout_tokens is None else rollout_tokens
         numerator, denominator = losses.aggregate_loss_terms(per_token, mask, mode,
-                                                             self.max_new_tokens)
+                                                             normalizer)
         return tf.math.divide_no_nan(numerator,
                                      cross_replica_sum(tf.stop_gradient(denominator)))
 
-    def loss_and_gradients(self, minibatch):
+    def loss_and_gradients(self, minibatch, rollout_tokens=None):
         """Total loss, its gradients and the logs of one minibatch.
+
+        `rollout_tokens`: the real-token count of the rollout the minibatch is drawn
+        from (see `_aggregate`); None when the minibatch is the whole rollout.
 
         The gradients are of the loss times the loss scale under a
         `LossScaleOptimizer` (mixed_float16), as `optimizer.apply` expects them.
@@ -507,20 +592,22 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         with tf.GradientTape() as tape:
             logits = self.completion_logits(self.policy, minibatch["prompt_ids"],
                                             minibatch["completion_ids"],
-                                            minibatch["completion_mask"])
+                                            minibatch["completion_mask"],
+                                            minibatch.get("prompt_mask"))
             log_probs, filtered = self.sampled_log_probs(
-                logits, minibatch["completion_ids"], mask)
+                logits, minibatch["completion_ids"], mask, minibatch.get("support"))
             values = None
             if self.value_model is not None:
                 values = self.completion_values(minibatch["prompt_ids"],
                                                 minibatch["completion_ids"],
-                                                minibatch["completion_mask"])
+                                                minibatch["completion_mask"],
+                                                minibatch.get("prompt_mask"))
             terms, token_metrics = self.loss_terms(minibatch, log_probs, values, logits)
             entropy = self._aggregate(losses.entropy(filtered), mask, "token_mean")
             total = -self.entropy_coef * entropy
             logs = {"entropy": entropy}
             for name, (per_token, coefficient, mode) in terms.items():
-                logs[name] = self._aggregate(per_token, mask, mode)
+                logs[name] = self._aggregate(per_token, mask, mode, rollout_tokens)
                 total += coefficient * logs[name]
             scaled = scale_loss(self.optimizer, total)      # float16: loss scaling
         variables = self.trainable_variables
@@ -533,8 +620,8 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         apply_gradients(self.optimizer, gradients, self.trainable_variables,
                         self.max_grad_norm)
 
-    def _update_step(self, minibatch):
-        total, gradients, logs = self.loss_and_gradients(minibatch)
+    def _update_step(self, minibatch, rollout_tokens=None):
+        total, gradients, logs = self.loss_and_gradients(minibatch, rollout_tokens)
         total = tf.debugging.check_numerics(
             total, f"{type(self).__name__}: the loss is not finite")
         with tf.control_dependencies([total]):
@@ -555,35 +642,49 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
             self._update_step(rollout)
             return
         minibatches = self._minibatch_rows(rollout)
+        rollout_tokens = tf.reduce_sum(rollout["loss_mask"])
         # XLA compiles a while loop of optimizer updates very slowly (minutes for a
         # small PPO on CPU) and runs it slower still: unrolled, it compiles like
         # `steps` copies of one update.
         if _num_replicas() > 1 or in_xla_context():
             for step in range(steps):
-                self._update_step(minibatches(tf.constant(step)))
+                self._update_step(minibatches(tf.constant(step)), rollout_tokens)
             return
 
         def body(step):
-            self._update_step(minibatches(step))
+            self._update_step(minibatches(step), rollout_tokens)
             return step + 1
 
         tf.while_loop(lambda step: step < steps, body, [tf.constant(0)])
 
     def _minibatch_rows(self, rollout):
         """A function of the step index giving that step's minibatch of the rollout."""
-        size = tf.shape(rollout["completion_ids"])[0]
-        per_minibatch = (size + self.num_minibatches - 1) // self.num_minibatches
-        seed = self._sampling_seed()
+        size = tf.shape(rollout["completion_mask"])[0]
+        static_size = rollout["completion_mask"].shape[0]
+        if static_size is not None and static_size < self.num_minibatches:
+            raise ValueError(f"num_minibatches={self.num_minibatches} is more than the "
+                             f"{static_size} rows of the rollout")
+        seed = tf.random.experimental.stateless_fold_in(self._sampling_seed(),
+                                                        MINIBATCH_STREAM)
         # A random permutation per epoch as the argsort of uniforms (XLA has no
         # shuffle op; ties have probability ~0 and would still give a permutation).
         orders = tf.stack([                                             # [epochs, B]
             tf.argsort(tf.random.stateless_uniform(
                 [size], tf.random.experimental.stateless_fold_in(seed, epoch)))
             for epoch in range(self.num_epochs)])
+        # Minibatch i holds rows [i B / M, (i + 1) B / M) of the order: sizes differ by
+        # at most one, and none is empty while B >= M (6 rows in 4: 1, 2, 1, 2).
+        if not in_xla_context():    # XLA compiles assertions away
+            check = tf.debugging.assert_greater_equal(
+                size, self.num_minibatches, message="num_minibatches is more than the "
+                "rows of the rollout: a minibatch would be empty")
+            with tf.control_dependencies([check]):
+                size = tf.identity(size)
+        bounds = tf.range(self.num_minibatches + 1) * size // self.num_minibatches
 
         def minibatch(step):
             epoch, index = step // self.num_minibatches, step % self.num_minibatches
-            rows = orders[epoch][index * per_minibatch:(index + 1) * per_minibatch]
+            rows = orders[epoch][bounds[index]:bounds[index + 1]]
             return {key: tf.gather(value, rows) for key, value in rollout.items()}
 
         return minibatch

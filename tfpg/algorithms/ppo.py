@@ -28,6 +28,7 @@ class PPO(PolicyGradientTrainer):
 
     uses_value_model = True
     uses_ratio = True
+    reuses_rollouts = True
 
     def __init__(self, policy, reward_fn, value_model=None, kl_coef=0.05, gamma=1.0,
                  gae_lambda=0.95, clip_epsilon=0.2, value_clip=0.2, whiten_advantages=True,
@@ -45,7 +46,9 @@ class PPO(PolicyGradientTrainer):
         advantages, returns = adv.generalized_advantage_estimation(
             rollout["token_rewards"], rollout["values"], mask, self.gamma, self.gae_lambda)
         if self.whiten_advantages:
-            advantages = adv.whiten(advantages, mask, sum_fn=cross_replica_sum)
+            # Over the scored tokens only: skipped samples are in no statistic.
+            advantages = adv.whiten(advantages, rollout["loss_mask"],
+                                    sum_fn=cross_replica_sum)
         return {"advantages": advantages, "returns": returns}
 
     def loss_terms(self, minibatch, log_probs, values, logits):

@@ -55,11 +55,13 @@ class REINFORCE(PolicyGradientTrainer):
         if self.baseline == "value":
             return {"advantages": (returns - rollout["values"]) * mask, "returns": returns}
         baseline = tf.identity(self.moving_average)          # the average before this batch
-        totals = cross_replica_sum(tf.stack([tf.reduce_sum(returns[:, 0]),
-                                             tf.cast(tf.shape(returns)[0], tf.float32)]))
+        valid = rollout["valid"]                              # skipped samples: not averaged
+        totals = cross_replica_sum(tf.stack([tf.reduce_sum(returns[:, 0] * valid),
+                                             tf.reduce_sum(valid)]))
         average, count = adv.update_moving_average(
             self.moving_average, self.moving_average_count,
-            tf.reshape(totals[0] / totals[1], [1]), self.baseline_decay)
+            tf.reshape(tf.math.divide_no_nan(totals[0], totals[1]), [1]),
+            self.baseline_decay, weights=tf.reshape(totals[1], [1]))
         self.moving_average.assign(average)
         self.moving_average_count.assign(count)
         # The first batch has no baseline yet (count 0): plain returns.

@@ -24,11 +24,15 @@ class SCST(PolicyGradientTrainer):
 
     def compute_advantages(self, rollout, batch):
         mask = rollout["completion_mask"]
-        greedy = self.sample(rollout["prompt_ids"], self._sampling_seed(), greedy=True)
-        baseline = compute_rewards(self.reward_fn, rollout["prompt_ids"], greedy.token_ids,
-                                   greedy.mask, batch, self.on_invalid_reward).rewards  # [B]
+        greedy = self.sample(rollout["prompt_ids"], self._sampling_seed(), greedy=True,
+                             prompt_mask=rollout["prompt_mask"])
+        scored = compute_rewards(self.reward_fn, rollout["prompt_ids"], greedy.token_ids,
+                                 greedy.mask, batch, self.on_invalid_reward)
+        baseline = scored.rewards                                                    # [B]
         returns = adv.discounted_returns(rollout["token_rewards"], mask)             # [B, N]
-        return {"advantages": (returns - tf.stop_gradient(baseline)[:, None]) * mask}
+        # A sample whose greedy baseline was skipped has no baseline: it leaves the loss.
+        return {"advantages": (returns - tf.stop_gradient(baseline)[:, None]) * mask,
+                "loss_mask": rollout["loss_mask"] * scored.valid[:, None]}
 
     def loss_terms(self, minibatch, log_probs, values, logits):
         return {"policy_loss": self.policy_gradient_term(minibatch, log_probs)}, {}

@@ -24,6 +24,13 @@ class PolicyNetwork(BackboneModel):
     >>> logits = policy(tf.constant([[1, 7, 9]]))            # [1, 3, 20] float32
     """
 
+    # tfpg's `Tokenizer` convention: pad 0, BOS 1, EOS 2. Pad and BOS are never a
+    # completion token, so sampling suppresses them (DESIGN.md "Conventions").
+    pad_id = 0
+    bos_id = 1
+    eos_id = 2
+    structural_ids = (0, 1)
+
     def __init__(self, vocab_size, embedding_dim=128, hidden_dim=256, backbone="lstm",
                  num_layers=1, num_heads=4, dropout=0.0, max_length=512, **kwargs):
         super().__init__(vocab_size, embedding_dim, hidden_dim, backbone, num_layers,

@@ -12,6 +12,7 @@ from tfpg.rewards.combine import WeightedSum
 from tfpg.rewards.keyword import Keyword
 from tfpg.rewards.length import Length
 from tfpg.rewards.match import ExactMatch
+from tfpg.rewards.overlong import OverlongPenalty
 from tfpg.rewards.perplexity import Perplexity
 from tfpg.rewards.preference import (PreferenceTrainer, pairwise_accuracy,
                                      read_preference_pairs, train_preference_model)
@@ -20,6 +21,7 @@ from tfpg.rewards.reward_model import RewardModel, train_reward_model
 
 __all__ = [
     "BLEU", "ExactMatch", "InvalidRewardError", "Keyword", "Length", "ON_INVALID",
+    "OverlongPenalty",
     "Perplexity", "PreferenceTrainer", "PythonReward", "Reward", "RewardModel", "RewardResult",
     "SMOOTHING_METHODS", "WeightedSum", "compact_ids", "completion_tokens",
     "compute_rewards", "corpus_bleu", "pairwise_accuracy", "read_preference_pairs",
