@@ -261,3 +261,16 @@ def test_train_reward_job_from_a_pairs_file_and_its_bad_inputs(task, tmp_path):
         + [f"{name}.jsonl" for name in bad])
     with pytest.raises(ValueError, match="--reward-model: .*no such directory"):
         load_reward_model(str(tmp_path / "nothing"), task.tokenizer())
+
+
+def test_a_classifier_reward_model_saves_and_serves_too(tmp_path):
+    texts = ["good film", "bad film", "good good", "bad bad"] * 8
+    tok = Tokenizer.from_texts(texts)
+    classifier = rewards.train_reward_model(texts, [1, 0, 1, 0] * 8, tok, epochs=5)
+    expected = classifier.score(["", ""], ["good film", "bad"])
+    path = classifier.save(str(tmp_path / "clf"))
+    np.testing.assert_allclose(RewardModel.load(path).score(["", ""], ["good film", "bad"]),
+                               expected, atol=1e-6)
+    served = tf.saved_model.load(path).signatures["score"](
+        prompts=tf.constant(["", ""]), completions=tf.constant(["good film", "bad"]))
+    np.testing.assert_allclose(served["scores"].numpy(), expected, atol=1e-6)

@@ -309,8 +309,8 @@ def train_reward_model(texts, labels, tokenizer, embedding_dim=32, hidden_dim=32
         seed: seeds initialisers and shuffling (the global seed is untouched).
 
     Returns:
-        A `RewardModel`; its `.model` is the trained `keras.Model` and
-        `.history` the `fit` history.
+        A `RewardModel` (with `tokenizer`, so it can be saved); its `.model` is
+        the trained `keras.Model` and `.history` the `fit` history.
 
     >>> from tfpg.text import Tokenizer
     >>> texts = ["good film", "bad film", "good good", "bad bad"] * 8
@@ -357,6 +357,6 @@ def train_reward_model(texts, labels, tokenizer, embedding_dim=32, hidden_dim=32
     history = model.fit(data, epochs=epochs, validation_data=validation_data, shuffle=False,
                         verbose=verbose)
 
-    reward = RewardModel(model)
+    reward = RewardModel(model, eos_id=tokenizer.eos_id, tokenizer=tokenizer)
     reward.history = history
     return reward
