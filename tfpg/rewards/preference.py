@@ -19,6 +19,7 @@ and a SavedModel signature `score(prompts, completions) -> scores`.
 `check_pairs` is the validation both paths share (one-line `tfpg.data.DataError`s).
 """
 
+import inspect
 import json
 import math
 
@@ -73,10 +74,9 @@ class PreferenceTrainer(keras.Model):
         return cls(**config)
 
     def _raw(self, ids, training):
-        try:
-            return self.scorer(ids, training=training, normalize=False)
-        except TypeError:  # a plain Keras model has no `normalize`
-            return tf.reshape(self.scorer(ids, training=training), [-1])
+        if "normalize" in inspect.signature(self.scorer.call).parameters:
+            return self.scorer(ids, training=training, normalize=False)  # [B]
+        return tf.reshape(self.scorer(ids, training=training), [-1])  # [B]
 
     def call(self, ids, training=None):
         return self._raw(ids, training)
