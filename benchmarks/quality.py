@@ -56,7 +56,19 @@ ALGORITHM_OPTIONS = {
     "grpo": {"group_size": 4, "num_epochs": 1},
     "a2c": {"gae_lambda": 0.95, "entropy_coef": 0.01},
     "ppo": {"num_epochs": 2, "num_minibatches": 1},
+    # The GRPO family (TRL 1.16 options). Two epochs, as PPO: with one gradient step
+    # per rollout every ratio is 1 and clip-higher / GSPO would change nothing.
+    "dr_grpo": {"group_size": 4, "num_epochs": 1, "loss_type": "dr_grpo",
+                "scale_rewards": "none"},
+    "dapo": {"group_size": 4, "num_epochs": 2, "loss_type": "dapo",
+             "clip_epsilon_high": 0.28, "kl_coef": 0.0},
+    "gspo": {"group_size": 4, "num_epochs": 2, "importance_sampling_level": "sequence",
+             "clip_epsilon": 3e-4, "clip_epsilon_high": 4e-4},
 }
+# The trainer of each row: the variants are GRPO with other options.
+TRAINERS = {**{name: ALGORITHMS[name] for name in ALGORITHMS},
+            "dr_grpo": ALGORITHMS["grpo"], "dapo": ALGORITHMS["grpo"],
+            "gspo": ALGORITHMS["grpo"]}
 # The KL coefficient per task (None: each algorithm's default, 0 for REINFORCE / SCST /
 # RLOO / A2C, 0.04 for GRPO, 0.05 for PPO). The keywords reward alone is hackable
 # ("was wonderful ." everywhere), so there every algorithm pays the same KL price.
@@ -130,11 +142,11 @@ def fine_tune(name, pretrained, job, seed):
     keras.utils.set_random_seed(seed)
     policy = copy_policy(pretrained)
     options = algorithm_options(name, job, seed)
-    if ALGORITHMS[name].uses_value_model or options.get("baseline") == "value":
+    if TRAINERS[name].uses_value_model or options.get("baseline") == "value":
         options["value_model"] = tfpg.ValueNetwork(
             job.tokenizer.vocabulary_size, MODEL["embedding_dim"], MODEL["hidden_dim"],
             backbone=MODEL["backbone"], num_layers=MODEL["num_layers"])
-    agent = ALGORITHMS[name](policy, job.reward_fn, **options)
+    agent = TRAINERS[name](policy, job.reward_fn, **options)
     agent.compile(optimizer=keras.optimizers.Adam(FINETUNE["learning_rate"]))
     prompts_per_step = FINETUNE["samples_per_step"] // options.get("group_size", 1)
     train = job.train
@@ -317,8 +329,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS),
-                        choices=list(ALGORITHMS))
+    parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHM_OPTIONS),
+                        choices=list(ALGORITHM_OPTIONS))
     parser.add_argument("--quick", action="store_true",
                         help="tiny data, 3 pre-training epochs, 1 fine-tuning epoch, seed 0")
     parser.add_argument("--output", default="benchmarks/results/quality.json")
