@@ -109,6 +109,10 @@ class RewardModel(Reward):
         Returns `self` when the vocabularies are equal.
         """
         own = self._require_tokenizer("for_tokenizer")
+        if getattr(tokenizer, "level", None) is None:  # not a tfpg Tokenizer (KerasHub)
+            raise ValueError(f"the reward model reads tfpg {own.level}-level ids but the "
+                             f"policy's tokenizer is a {type(tokenizer).__name__}; reward "
+                             "models score policies with a tfpg Tokenizer")
         if tokenizer.vocabulary == own.vocabulary:
             return self
         if tokenizer.level != own.level:

@@ -156,6 +156,10 @@ class PreferenceTask(Task):
     # The longest teacher completion has 14 words; room for a few more and EOS.
     max_new_tokens = 18
     pretrain_epochs = 6
+    # `tfpg train` needs --reward-model (a learned reward) and, unless told otherwise,
+    # pays this KL price: without it the policy over-optimises the learned reward.
+    needs_reward_model = True
+    kl_coef = 0.1
 
     def __init__(self, seed=0, annotator_temperature=1.0, intensifier_good=0.7,
                  intensifier_bad=0.1, keyword_rate=0.3, num_pairs=2000,
