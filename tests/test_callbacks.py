@@ -122,23 +122,38 @@ def read_events(directory):
             for tag in accumulator.Tags()["tensors"]}
 
 
+def batch_rewards(dataset, epoch_rewards):
+    """The FakeTrainer's reward of each batch, by hand: [epochs, batches]."""
+    last = [batch["prompt"].numpy()[:, -1] for batch in dataset]
+    return np.array([[np.mean(ids / 10.0 + r) for ids in last] for r in epoch_rewards])
+
+
 def test_reward_logger_writes_csv_scalars_and_histograms(tmp_path, policy, dataset):
     trainer = make_trainer(policy)
     csv_path = tmp_path / "rewards.csv"
-    logger = RewardLogger(csv_path=csv_path, logdir=tmp_path / "logs", update_freq="batch")
+    logger = RewardLogger(csv_path=csv_path, logdir=tmp_path / "logs", log_every=2)
     history = trainer.fit(dataset, epochs=2, verbose=0, shuffle=False,
                           callbacks=[logger, set_epoch_rewards(trainer, [1.0, 2.0])])
 
+    # 3 steps per epoch, a point every 2 global steps and at each epoch's last step:
+    # steps 1-2, 3 (end of epoch 0), 4, 5-6 (end of epoch 1); each value the mean
+    # over its own steps, written once (no per-epoch duplicate).
+    rewards = batch_rewards(dataset, [1.0, 2.0])
     events = read_events(str(tmp_path / "logs" / "rewards"))
+    assert [step for step, _ in events["reward"]] == [2, 3, 4, 6]
+    np.testing.assert_allclose(
+        [value for _, value in events["reward"]],
+        [rewards[0, :2].mean(), rewards[0, 2], rewards[1, 0], rewards[1, 1:].mean()],
+        rtol=1e-5)
     for name in LOG_NAMES:
-        assert [step for step, _ in events[name]] == [0, 1]
-        np.testing.assert_allclose([value for _, value in events[name]],
-                                   history.history[name], rtol=1e-6)
-        assert [step for step, _ in events["batch/" + name]] == list(range(1, 7))
-    assert events["reward_min"][1][1] < events["reward"][1][1] < events["reward_max"][1][1]
-    # Histograms: buckets [k, 3] of (left, right, count); masked advantages excluded.
+        assert [step for step, _ in events[name]] == [2, 3, 4, 6], name
+    np.testing.assert_allclose([value for _, value in events["kl"]], 0.25)
+    assert not [tag for tag in events if tag.startswith(("batch/", "epoch"))]
+    assert events["reward_min"][1][1] <= events["reward"][1][1] <= events["reward_max"][1][1]
+    # Histograms at each epoch's last step: buckets [k, 3] of (left, right, count);
+    # masked advantages excluded.
     for tag in ("rewards", "advantages"):
-        assert [step for step, _ in events[tag]] == [0, 1]
+        assert [step for step, _ in events[tag]] == [3, 6]
     advantages = events["advantages"][1][1]
     assert advantages[:, 2].sum() == 8 and advantages[:, 1].max() < 100
     assert events["rewards"][1][1][:, 2].sum() == 4
@@ -146,11 +161,13 @@ def test_reward_logger_writes_csv_scalars_and_histograms(tmp_path, policy, datas
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0])[:3] == ["kind", "epoch", "step"] and set(LOG_NAMES) <= set(rows[0])
-    assert [(r["kind"], r["epoch"]) for r in rows] == \
-        [("batch", "0")] * 3 + [("epoch", "0")] + [("batch", "1")] * 3 + [("epoch", "1")]
+    assert [(r["kind"], r["epoch"], r["step"]) for r in rows] == [
+        ("batch", "0", "2"), ("batch", "0", "3"), ("epoch", "0", "3"),
+        ("batch", "1", "4"), ("batch", "1", "6"), ("epoch", "1", "6")]
     epoch_rows = [r for r in rows if r["kind"] == "epoch"]
     np.testing.assert_allclose([float(r["reward"]) for r in epoch_rows],
                                history.history["reward"], rtol=1e-6)
+    np.testing.assert_allclose(history.history["reward"], rewards.mean(axis=1), rtol=1e-5)
     assert logger.history[-1]["kl"] == pytest.approx(0.25)
 
     # A run resumed at epoch 1 replaces epoch 1's rows instead of duplicating them.
@@ -159,7 +176,8 @@ def test_reward_logger_writes_csv_scalars_and_histograms(tmp_path, policy, datas
                            set_epoch_rewards(trainer, [1.0, 5.0])])
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == ["0", "1"]
+    assert [(r["epoch"], r["step"]) for r in rows if r["kind"] == "epoch"] == [
+        ("0", "3"), ("1", "6")]                     # the global step of the resumed epoch
     assert float(rows[-1]["reward"]) > 5
 
 
@@ -170,8 +188,27 @@ def test_reward_logger_without_rollout_or_files(tmp_path, policy, dataset):
     events = read_events(str(tmp_path / "rewards"))
     assert "reward" in events and "rewards" not in events and "advantages" not in events
     assert [row["kind"] for row in logger.history] == ["epoch"]
-    with pytest.raises(ValueError, match="update_freq"):
-        RewardLogger(update_freq="sometimes")
+    assert [step for step, _ in events["reward"]] == [3]         # the epoch's last step
+    for bad in (0, "sometimes", True):
+        with pytest.raises(ValueError, match="log_every"):
+            RewardLogger(log_every=bad)
+
+
+def test_language_model_logger_writes_loss_and_perplexity(tmp_path, tokenizer):
+    from tfpg.training import LanguageModelTrainer, pretraining_dataset
+    keras.utils.set_random_seed(0)
+    trainer = LanguageModelTrainer(PolicyNetwork(tokenizer.vocabulary_size, 8, 8))
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-2))
+    texts = pretraining_dataset([" ".join(WORDS[i:i + 4]) for i in range(8)], tokenizer,
+                                batch_size=2, seed=0)                   # 4 steps an epoch
+    logger = callbacks_lib.LanguageModelLogger(logdir=tmp_path, log_every=3)
+    trainer.fit(texts, epochs=2, verbose=0, callbacks=[logger])
+    events = read_events(str(tmp_path / "pretrain"))
+    assert [step for step, _ in events["loss"]] == [3, 4, 6, 8]
+    losses = np.array([value for _, value in events["loss"]])
+    np.testing.assert_allclose([value for _, value in events["perplexity"]], np.exp(losses),
+                               rtol=1e-5)
+    assert losses[-1] < losses[0]
 
 
 def test_csv_log_survives_a_partial_line_and_new_columns(tmp_path):
@@ -212,7 +249,7 @@ def test_sample_logger_writes_tables_to_tensorboard_and_disk(tmp_path, policy, t
     assert "| prompt | completion | reward | reference |" in table
     assert "three \\| four" in table and "**epoch 2 (step 6)**" in table
     events = read_events(str(sample_dir))
-    assert [step for step, _ in events["samples"]] == [0, 1]
+    assert [step for step, _ in events["samples"]] == [3, 6]     # RewardLogger's steps
     assert events["samples"][1][1].item().decode() == table
 
 

@@ -181,6 +181,6 @@ def test_killed_run_resumes_from_its_last_epoch(tmp_path):
     result = run(args, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resuming from out/model.checkpoint: pre-training epoch {done}/6" in result.stdout
-    assert f"Epoch {done + 1}/6" in result.stdout
-    assert "Epoch 1/6" not in result.stdout          # resumed, not restarted
+    assert f"pre-training epoch {done + 1}/6 - loss" in result.stdout
+    assert "pre-training epoch 1/6" not in result.stdout    # resumed, not restarted
     assert tfpg.load(str(tmp_path / "out/model")).generate(["12+34="])

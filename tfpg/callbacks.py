@@ -1,8 +1,9 @@
 """Keras callbacks for policy-gradient runs: reward logs, sample tables, SavedModel exports.
 
 * `RewardLogger` writes the trainer's `fit` logs (reward, reward_std, kl, entropy, ...)
-  to a CSV file and to TensorBoard scalars, plus histograms of the last rollout's
-  rewards and advantages.
+  to a CSV file and to TensorBoard scalars (every N steps or per epoch), plus
+  histograms of the last rollout's rewards and advantages.
+* `LanguageModelLogger` does the same for pre-training: loss and perplexity.
 * `SampleLogger` completes a fixed list of prompts every N epochs (or steps) and
   writes prompt | completion | reward | reference tables to TensorBoard (text
   plugin) and to markdown / JSONL files.
@@ -36,7 +37,7 @@ import tensorflow as tf
 from tfpg.export import export_saved_model, read_export_info, recover
 from tfpg.generation import generate
 
-__all__ = ["RewardLogger", "SampleLogger", "SavedModelExport"]
+__all__ = ["RewardLogger", "LanguageModelLogger", "SampleLogger", "SavedModelExport"]
 
 
 def _is_chief(model):
@@ -74,13 +75,16 @@ def _policy_of(model):
     return model if policy is None else policy
 
 
-def _left_pad(rows):
-    """list of id lists -> int32 [B, P], left-padded with 0 (how prompts are batched)."""
+def _left_pad(rows, pad_id=0):
+    """list of id lists -> (ids int32 [B, P] left-padded with `pad_id`, mask int32
+    [B, P]), how prompts are batched."""
     width = max(len(row) for row in rows)
-    array = np.zeros([len(rows), width], np.int32)
+    array = np.full([len(rows), width], pad_id, np.int32)
+    mask = np.zeros([len(rows), width], np.int32)
     for i, row in enumerate(rows):
         array[i, width - len(row):] = row
-    return array
+        mask[i, width - len(row):] = 1
+    return array, mask
 
 
 def _right_pad(rows):
@@ -151,7 +155,23 @@ class _CsvLog:
         os.replace(tmp, self.path)
 
 
-class RewardLogger(keras.callbacks.Callback):
+class _GlobalStep(keras.callbacks.Callback):
+    """Counts train steps across epochs: `self._step` is the global step of the last
+    batch, the same in a run resumed at epoch k (k * steps per epoch, when `fit`
+    knows the number of steps) as in one that never stopped."""
+
+    _step = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        steps = (self.params or {}).get("steps")
+        if steps:
+            self._step = epoch * steps
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
+
+
+class RewardLogger(_GlobalStep):
     """Logs reward statistics from the `fit` logs to CSV and TensorBoard.
 
     Every numeric scalar in the logs is recorded under its own name: the trainers'
@@ -159,15 +179,23 @@ class RewardLogger(keras.callbacks.Callback):
     `completion_length`, `truncated_fraction`, `reward/<component>`, losses, and
     `val_*` entries at epoch end.
 
-    * CSV (`csv_path`): columns `kind` ("epoch" or "batch"), `epoch`, `step`, then one
-      column per log name. Rows are appended as they come. When training starts again
-      at epoch k (a resumed run, or a fresh run at 0), rows of epochs >= k are first
+    The TensorBoard step is always the global train step (also that of
+    `SampleLogger`'s tables), and each value is written once:
+
+    * with `log_every=N`, every N train steps (and at the last step of each epoch)
+      the mean of each log over the steps since the previous point. Keras reports
+      batch logs as running means since the start of the epoch (the trainers'
+      metrics are `keras.metrics.Mean` trackers, reset every epoch, updated the
+      same number of times each step), so the mean over steps (j, k] is
+      (k m_k - j m_j) / (k - j);
+    * without it, once per epoch: the epoch's logs at its last step.
+
+    * CSV (`csv_path`): columns `kind` ("batch" for the `log_every` points, "epoch"
+      for the epoch means, always written), `epoch`, `step`, then one column per
+      log name. Rows are appended as they come. When training starts again at
+      epoch k (a resumed run, or a fresh run at 0), rows of epochs >= k are first
       dropped, so the file never holds two versions of an epoch.
-    * TensorBoard (`logdir`): the run `logdir/rewards` gets one scalar per log name at
-      each epoch end (step = epoch index, as keras.callbacks.TensorBoard), and
-      `batch/<name>` at the global batch step when `update_freq` asks for batches.
-      Keras reports batch logs as running means since the start of the epoch (the
-      trainers' metrics are `keras.metrics.Mean`), so batch rows are those means.
+    * TensorBoard (`logdir`): the run `logdir/<run>` ("rewards" by default).
     * Histograms, every `histogram_freq` epochs (0 disables), from the trainer's
       last rollout under the protocol below; skipped silently when the trainer does
       not follow it.
@@ -185,59 +213,70 @@ class RewardLogger(keras.callbacks.Callback):
         csv_path: CSV file to write, or None.
         logdir: TensorBoard log directory, or None.
         histogram_freq: epochs between histograms; 0 disables them.
-        update_freq: "epoch", "batch", or an int N (every N batches) for batch rows.
+        log_every: train steps between points; None: one point per epoch.
+        run: the TensorBoard run (sub-directory of `logdir`).
 
     Example:
-    >>> logger = RewardLogger(csv_path="logs/run/rewards.csv", logdir="logs/run")
+    >>> logger = RewardLogger(csv_path="logs/run/rewards.csv", logdir="logs/run",
+    ...                       log_every=2)
     >>> agent.fit(dataset, epochs=3, callbacks=[logger])
     >>> logger.history[-1]["reward"]
     0.61
     """
 
-    def __init__(self, csv_path=None, logdir=None, histogram_freq=1, update_freq="epoch"):
+    def __init__(self, csv_path=None, logdir=None, histogram_freq=1, log_every=None,
+                 run="rewards"):
         super().__init__()
-        if update_freq not in ("epoch", "batch") and not (
-                isinstance(update_freq, int) and update_freq >= 1):
-            raise ValueError(f"update_freq must be 'epoch', 'batch' or a positive int, "
-                             f"got {update_freq!r}")
+        if log_every is not None and (isinstance(log_every, bool)
+                                      or not isinstance(log_every, int) or log_every < 1):
+            raise ValueError(f"log_every must be a positive int or None, got {log_every!r}")
         if not isinstance(histogram_freq, int) or histogram_freq < 0:
             raise ValueError(f"histogram_freq must be an int >= 0, got {histogram_freq!r}")
         self.csv_path = None if csv_path is None else os.fspath(csv_path)
         self.logdir = None if logdir is None else os.fspath(logdir)
         self.histogram_freq = histogram_freq
-        self.update_freq = 1 if update_freq == "batch" else update_freq
+        self.log_every = log_every
+        self.run = run
         self.history = []  # the rows written, as dicts, also when nothing goes to disk
         self._writer = None
         self._csv = None
         self._epoch = 0
-        self._step = 0
         self._first_epoch = True
+        self._batches = 0                   # batches done in this epoch
+        self._window = (0, {})              # (batches, running means) at the last point
+        self._last_logs = None
 
     def on_train_begin(self, logs=None):
         self._first_epoch = True
         if not _is_chief(self.model):
             return
         if self.logdir is not None and self._writer is None:
-            self._writer = tf.summary.create_file_writer(os.path.join(self.logdir, "rewards"))
+            self._writer = tf.summary.create_file_writer(os.path.join(self.logdir, self.run))
         if self.csv_path is not None:
             self._csv = _CsvLog(self.csv_path)
 
     def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
         self._epoch = epoch
+        self._batches, self._window = 0, (0, {})
         if self._first_epoch and self._csv is not None:
             self._csv.drop_rows(lambda row: _int_or_none(row.get("epoch")) is not None
                                 and int(row["epoch"]) < epoch)
         self._first_epoch = False
 
     def on_train_batch_end(self, batch, logs=None):
-        self._step += 1
-        if self.update_freq != "epoch" and self._step % self.update_freq == 0:
-            self._record("batch", logs, self._step, prefix="batch/")
+        super().on_train_batch_end(batch, logs)
+        self._batches += 1
+        self._last_logs = logs
+        if self.log_every and self._step % self.log_every == 0:
+            self._log_window(logs)
 
     def on_epoch_end(self, epoch, logs=None):
-        self._record("epoch", logs, epoch, prefix="")
+        if self.log_every and self._batches > self._window[0] and self._last_logs:
+            self._log_window(self._last_logs)          # the epoch's last steps
+        self._record("epoch", logs, tensorboard=not self.log_every)
         if self.histogram_freq and epoch % self.histogram_freq == 0:
-            self._log_histograms(epoch)
+            self._log_histograms(self._step)
         if self._writer is not None:
             self._writer.flush()
 
@@ -245,31 +284,67 @@ class RewardLogger(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.flush()
 
-    def _record(self, kind, logs, tb_step, prefix):
-        scalars = _scalars(logs)
+    def _log_window(self, logs):
+        """One point: each log's mean over the steps since the previous point."""
+        means = _scalars(logs)
+        done, previous = self._window
+        width = self._batches - done
+        window = {name: (self._batches * mean - done * previous.get(name, mean)) / width
+                  for name, mean in means.items()}
+        self._window = (self._batches, means)
+        self._record("batch", window)
+
+    def _derived(self, scalars):
+        """Values computed from the logged ones (none here; see LanguageModelLogger)."""
+        return scalars
+
+    def _record(self, kind, logs, tensorboard=True):
+        scalars = self._derived(_scalars(logs))
         row = {"kind": kind, "epoch": self._epoch, "step": self._step, **scalars}
         self.history.append(row)
         if self._csv is not None:
             self._csv.append(row)
-        if self._writer is not None:
+        if self._writer is not None and tensorboard:
             with self._writer.as_default():
                 for name, value in scalars.items():
-                    tf.summary.scalar(prefix + name, value, step=tb_step)
+                    tf.summary.scalar(name, value, step=self._step)
 
-    def _log_histograms(self, epoch):
+    def _log_histograms(self, step):
         rollout = getattr(self.model, "last_rollout", None)
         if self._writer is None or not isinstance(rollout, collections.abc.Mapping):
             return
         with self._writer.as_default():
             if rollout.get("scores") is not None:
                 tf.summary.histogram("rewards", _numpy(rollout["scores"]).reshape(-1),
-                                     step=epoch)
+                                     step=step)
             if rollout.get("advantages") is not None:
                 advantages = _numpy(rollout["advantages"])
                 mask = rollout.get("completion_mask")
                 if mask is not None and _numpy(mask).shape == advantages.shape:
                     advantages = advantages[_numpy(mask) > 0]
-                tf.summary.histogram("advantages", advantages.reshape(-1), step=epoch)
+                tf.summary.histogram("advantages", advantages.reshape(-1), step=step)
+
+
+class LanguageModelLogger(RewardLogger):
+    """Pre-training curves: `loss` and `perplexity` (exp of the mean loss over the
+    same steps) of a `fit` with a cross-entropy loss, in the TensorBoard run
+    `logdir/pretrain` (and `csv_path`), every `log_every` steps or once per epoch,
+    at the global step, like `RewardLogger`.
+
+    Example:
+    >>> trainer.fit(texts, epochs=10, callbacks=[
+    ...     LanguageModelLogger(logdir="logs/run", log_every=20)])
+    """
+
+    def __init__(self, logdir=None, csv_path=None, log_every=None, run="pretrain"):
+        super().__init__(csv_path=csv_path, logdir=logdir, histogram_freq=0,
+                         log_every=log_every, run=run)
+
+    def _derived(self, scalars):
+        if "loss" in scalars:
+            # exp of a mean loss: the perplexity of those tokens (capped against overflow).
+            scalars["perplexity"] = math.exp(min(scalars["loss"], 80.0))
+        return scalars
 
 
 def _int_or_none(text):
@@ -288,7 +363,7 @@ def _markdown_cell(value):
     return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", "<br>")
 
 
-class SampleLogger(keras.callbacks.Callback):
+class SampleLogger(_GlobalStep):
     """Completes fixed evaluation prompts during training and logs the results.
 
     Every `every_n_epochs` epochs (or, when `every_n_steps` is given, every that
@@ -296,8 +371,8 @@ class SampleLogger(keras.callbacks.Callback):
     itself when it is a `PolicyNetwork`) via `tfpg.generate`, scores them with the
     reward, and writes a markdown table prompt | completion | reward | reference:
 
-    * TensorBoard text summary `samples` in the run `logdir/samples` (step = epoch
-      index, or the global batch step when triggered by steps);
+    * TensorBoard text summary `samples` in the run `logdir/samples` at the global
+      train step (that of `RewardLogger`'s scalars: an epoch's table at its last step);
     * `logdir/samples/epoch_0001.md` (after the first epoch) or `step_00000100.md`;
     * one JSON line per sample appended to `logdir/samples/samples.jsonl`.
 
@@ -369,7 +444,7 @@ class SampleLogger(keras.callbacks.Callback):
             self._writer = tf.summary.create_file_writer(self.sample_dir)
 
     def on_train_batch_end(self, batch, logs=None):
-        self._step += 1
+        super().on_train_batch_end(batch, logs)
         if self.every_n_steps and self._step % self.every_n_steps == 0:
             self.log_samples(tb_step=self._step, name=f"step_{self._step:08d}",
                              title=f"step {self._step}")
@@ -377,7 +452,7 @@ class SampleLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if (not self.every_n_steps and self.every_n_epochs
                 and (epoch + 1) % self.every_n_epochs == 0):
-            self.log_samples(tb_step=epoch, name=f"epoch_{epoch + 1:04d}",
+            self.log_samples(tb_step=self._step, name=f"epoch_{epoch + 1:04d}",
                              title=f"epoch {epoch + 1} (step {self._step})", epoch=epoch + 1)
 
     def log_samples(self, tb_step, name, title, epoch=None):
@@ -402,8 +477,11 @@ class SampleLogger(keras.callbacks.Callback):
         rollout = getattr(self.model, "last_rollout", None)
         if isinstance(rollout, collections.abc.Mapping) and rollout.get("prompt_ids") is not None:
             rows = []
-            for row in _numpy(rollout["prompt_ids"]).tolist():
-                row = [i for i in row if i != 0]
+            ids = _numpy(rollout["prompt_ids"]).tolist()
+            masks = (_numpy(rollout["prompt_mask"]).tolist() if "prompt_mask" in rollout
+                     else [[i != 0 for i in row] for row in ids])
+            for row, mask in zip(ids, masks):
+                row = [i for i, real in zip(row, mask) if real]
                 if row and row not in rows:
                     rows.append(row)
                 if len(rows) == 4:
@@ -416,11 +494,13 @@ class SampleLogger(keras.callbacks.Callback):
         model = self.model
         if self._prompt_ids is None:
             self._prompt_ids = self._default_prompt_ids()
-        prompt_ids = tf.constant(_left_pad(self._prompt_ids))
+        policy = _policy_of(model)
+        prompt_ids, prompt_mask = _left_pad(self._prompt_ids, getattr(policy, "pad_id", 0))
+        prompt_ids = tf.constant(prompt_ids)
         sampling = {} if self.sampler == "greedy" else {
             "temperature": getattr(model, "temperature", 1.0),
             "top_k": getattr(model, "top_k", None), "top_p": getattr(model, "top_p", None)}
-        out = generate(_policy_of(model), prompt_ids,
+        out = generate(policy, prompt_ids, prompt_mask=prompt_mask,
                        max_new_tokens=self.max_new_tokens or getattr(model, "max_new_tokens", 32),
                        sampler=self.sampler,
                        eos_id=getattr(model, "eos_id", self.tokenizer.eos_id),

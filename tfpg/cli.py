@@ -89,6 +89,9 @@ def _train_parser(subparsers, common):
     train.add_argument("--truncate-prompts", choices=TRUNCATE_PROMPTS,
                        help="a longer prompt: error (default), or keep its left / right "
                             "part, with a warning")
+    train.add_argument("--log-every", type=int,
+                       help="train steps between TensorBoard points (default: about 100 "
+                            "points per curve)")
     train.add_argument("--on-invalid-reward", choices=ON_INVALID_REWARD,
                        help="NaN / inf rewards: raise (default), zero, or skip the sample")
 

@@ -17,7 +17,9 @@ NAMED_REWARDS = ("bleu", "exact_match", "length")
 ON_INVALID_REWARD = ("raise", "zero", "skip")
 # Options that change how a run executes but not what it computes: a run may be
 # resumed with other values (e.g. on more devices).
-RUNTIME_OPTIONS = ("strategy", "num_cpu_devices", "deterministic", "logdir")
+RUNTIME_OPTIONS = ("strategy", "num_cpu_devices", "deterministic", "logdir", "log_every")
+# TensorBoard points per curve when --log-every is not given.
+LOG_POINTS = 100
 NUM_CPU_DEVICES_ENV = "TFPG_NUM_CPU_DEVICES"
 MIN_FREE_MB_ENV = "TFPG_MIN_FREE_MB"
 
@@ -59,6 +61,8 @@ class TrainConfig:
     truncate_prompts: str = "error"  # a longer prompt: "error", or keep its "left" /
                                      # "right" part (with a warning)
     on_invalid_reward: str = "raise"  # NaN / inf rewards: "raise", "zero" or "skip"
+    log_every: int = None           # train steps between TensorBoard points; None: about
+                                    # LOG_POINTS points per curve
 
     @classmethod
     def from_dict(cls, values):
@@ -107,7 +111,8 @@ def check_config(config):
     for name in ("batch_size", "embedding_dim", "hidden_dim", "num_layers", "group_size"):
         if getattr(config, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
-    for name in ("num_cpu_devices", "max_prompt_length", "max_new_tokens", "steps_per_epoch"):
+    for name in ("num_cpu_devices", "max_prompt_length", "max_new_tokens", "steps_per_epoch",
+                 "log_every"):
         value = getattr(config, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")

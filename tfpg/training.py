@@ -47,8 +47,9 @@ from tfpg import callbacks as tfpg_callbacks
 from tfpg import data as tfpg_data
 from tfpg import rewards
 from tfpg.algorithms import ALGORITHMS
-from tfpg.algorithms.base import (DistributedFitMixin, apply_gradients, cross_replica_sum,
-                                  frozen_copy, in_multi_worker_mode, scale_loss)
+from tfpg.algorithms.base import frozen_copy, reference_of
+from tfpg.distribution import (DistributedFitMixin, apply_gradients, cross_replica_sum,
+                               in_multi_worker_mode, scale_loss)
 from tfpg.export import export_saved_model
 from tfpg.generation import generate
 from tfpg.losses import token_log_probs
@@ -56,12 +57,13 @@ from tfpg.models import PolicyNetwork, ValueNetwork
 from tfpg.tasks import get_task
 from tfpg.text import Tokenizer
 
-from tfpg.config import (MIN_FREE_MB_ENV, NAMED_REWARDS, NUM_CPU_DEVICES_ENV,  # noqa: F401
+from tfpg.config import (LOG_POINTS, MIN_FREE_MB_ENV, NAMED_REWARDS, NUM_CPU_DEVICES_ENV,  # noqa: F401
                          ON_INVALID_REWARD, POLICY_MAX_LENGTH, PRECISIONS, RUNTIME_OPTIONS,
                          STRATEGIES, TASK_FINETUNE_EPOCHS, TRUNCATE_PROMPTS, TrainConfig,
                          UsageError, check_config, check_output, check_writable)
 
-STATE_VERSION = 1
+# 2: the fine-tuning checkpoint always holds the KL reference (measured on every run).
+STATE_VERSION = 2
 
 
 # --------------------------------------------------------------------- data
@@ -443,10 +445,20 @@ class RunState:
             if saved_config != _comparable(config):
                 raise UsageError(f"{directory} holds a run with other options; "
                                  "use another --output or delete it to start over")
+            version = saved.get("version", 1)
+            if version > STATE_VERSION:
+                raise UsageError(f"{directory} was written by a newer tfpg (state version "
+                                 f"{version}); upgrade tfpg or use another --output")
+            if version < 2 and saved.get("finetune_epochs_done"):
+                # Version 1 kept no KL reference in the fine-tuning checkpoint when
+                # kl_coef was 0; its pre-training checkpoints are still good.
+                raise UsageError(f"{directory} holds fine-tuning epochs of an older tfpg "
+                                 "(state version 1) that this one cannot resume; delete "
+                                 "it or use another --output to start over")
             for phase in ("pretrain", "finetune"):       # written by tfpg 0.1
                 if saved.get(f"{phase}_epochs_done") and f"{phase}_checkpoint" not in saved:
                     saved[f"{phase}_checkpoint"] = phase
-            self.values.update(saved)
+            self.values.update(saved, version=STATE_VERSION)
 
     @property
     def resumed(self):
@@ -549,24 +561,26 @@ def evaluate_policy(policy, job, reference=None, batch_size=256):
                                        truncate=job.truncate)
     completions, reward_sum, kl_sum = [], 0.0, 0.0
     for batch in dataset:
-        greedy = generate(policy, batch["prompt"], job.max_new_tokens, sampler="greedy")
+        greedy = generate(policy, batch["prompt"], job.max_new_tokens, sampler="greedy",
+                          prompt_mask=batch["prompt_mask"])
         completions += job.tokenizer.decode(greedy.token_ids)
         reward_sum += float(tf.reduce_sum(job.reward_fn(batch["prompt"], greedy.token_ids,
                                                         greedy.mask, batch)))
         if reference is not None:
-            sampled = generate(policy, batch["prompt"], job.max_new_tokens, seed=0)
+            sampled = generate(policy, batch["prompt"], job.max_new_tokens, seed=0,
+                               prompt_mask=batch["prompt_mask"])
             kl_sum += float(tf.reduce_sum(_sequence_kl(policy, reference, batch["prompt"],
-                                                       sampled)))
+                                                       sampled, batch["prompt_mask"])))
     metrics = job.evaluate(heldout.prompts, completions)
     metrics["reward"] = reward_sum / len(heldout)
     metrics["kl"] = kl_sum / len(heldout) if reference is not None else 0.0
     return metrics, completions
 
 
-def _sequence_kl(policy, reference, prompt_ids, sampled):
+def _sequence_kl(policy, reference, prompt_ids, sampled, prompt_mask):
     """Monte-Carlo KL(policy || reference) per sequence on sampled completions: [B]."""
     sequence = tf.concat([prompt_ids, sampled.token_ids], axis=1)
-    padding = tf.concat([tf.not_equal(prompt_ids, 0), sampled.mask > 0], axis=1)
+    padding = tf.concat([tf.cast(prompt_mask, tf.bool), sampled.mask > 0], axis=1)
     start = prompt_ids.shape[1] - 1
     log_probs = [token_log_probs(model(sequence, padding_mask=padding)[:, start:-1],
                                  sampled.token_ids, mask=sampled.mask)
@@ -577,7 +591,8 @@ def _sequence_kl(policy, reference, prompt_ids, sampled):
 # --------------------------------------------------------------------- run
 
 
-def _algorithm_options(config, job, vocabulary_size):
+def _algorithm_options(config, job, policy):
+    vocabulary_size = policy.vocab_size
     options = {"max_new_tokens": job.max_new_tokens, "eos_id": job.tokenizer.eos_id,
                "seed": config.seed, "on_invalid_reward": config.on_invalid_reward}
     cls = ALGORITHMS[config.algorithm]
@@ -585,6 +600,9 @@ def _algorithm_options(config, job, vocabulary_size):
         options["kl_coef"] = config.kl_coef
     if config.algorithm in ("rloo", "grpo"):
         options["group_size"] = max(2, config.group_size)
+    # The pre-trained policy as the reference, also when kl_coef is 0: the trainer
+    # then measures and logs the KL without penalising it.
+    options["reference_model"] = reference_of(policy)
     if cls.uses_value_model:
         options["value_model"] = ValueNetwork(vocabulary_size, config.embedding_dim,
                                               config.hidden_dim, backbone=config.backbone,
@@ -639,7 +657,6 @@ def _run(config, job, strategy, chief, state, output, logdir, log):
     keras.utils.set_random_seed(config.seed)
     vocabulary_size = job.tokenizer.vocabulary_size
     checkpoint_dir = state.directory
-    verbose = 2 if chief else 0
 
     with strategy.scope():
         policy = PolicyNetwork(vocabulary_size, config.embedding_dim, config.hidden_dim,
@@ -659,10 +676,14 @@ def _run(config, job, strategy, chief, state, output, logdir, log):
             f"({job.pretrain_epochs} epochs, {config.backbone})")
         texts = pretraining_dataset(job.pretrain_texts, job.tokenizer,
                                     config.batch_size, config.seed)
+        callbacks = [EpochCheckpoint(pretrain_checkpoint, state, "pretrain", time.time())]
+        if chief:
+            callbacks[:0] = [
+                tfpg_callbacks.LanguageModelLogger(
+                    logdir, log_every=_log_every(config, texts, job.pretrain_epochs)),
+                EpochProgress("pre-training", job.pretrain_epochs, log=log)]
         pretrainer.fit(shard_by_data(texts), epochs=job.pretrain_epochs, initial_epoch=done,
-                       verbose=verbose,
-                       callbacks=[EpochCheckpoint(pretrain_checkpoint, state, "pretrain",
-                                                  time.time())])
+                       verbose=0, callbacks=callbacks)
     if state["pretrain_checkpoint"] is None:
         # No pre-training: the initial weights are the reference of the "after" KL.
         write_checkpoint(pretrain_checkpoint, state, "pretrain", 0)
@@ -670,7 +691,7 @@ def _run(config, job, strategy, chief, state, output, logdir, log):
     # 2. the agent (its reference is the pre-trained policy) and "before" metrics
     with strategy.scope():
         agent = ALGORITHMS[config.algorithm](policy, job.reward_fn,
-                                             **_algorithm_options(config, job, vocabulary_size))
+                                             **_algorithm_options(config, job, policy))
         agent.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     policy_ids = {id(v) for v in policy.variables}
     finetune_checkpoint = variable_checkpoint(
@@ -709,12 +730,14 @@ def _run(config, job, strategy, chief, state, output, logdir, log):
         callbacks = [EpochCheckpoint(finetune_checkpoint, state, "finetune", time.time())]
         if chief:
             callbacks[:0] = [
-                tfpg_callbacks.RewardLogger(csv_path=os.path.join(logdir, "rewards.csv"),
-                                            logdir=logdir),
-                keras.callbacks.TensorBoard(logdir),
+                tfpg_callbacks.RewardLogger(
+                    csv_path=os.path.join(logdir, "rewards.csv"), logdir=logdir,
+                    log_every=_log_every(config, prompts, job.finetune_epochs)),
                 tfpg_callbacks.SampleLogger(
                     logdir, job.tokenizer, prompts=job.heldout.prompts[:8],
                     references=_first_references(job.heldout.references[:8]))]
+        # A progress bar on a terminal; elsewhere one line an epoch, without ANSI codes.
+        verbose = (1 if sys.stdout.isatty() else 2) if chief else 0
         agent.fit(shard_by_data(prompts), epochs=job.finetune_epochs, initial_epoch=done,
                   verbose=verbose, callbacks=callbacks)
 
@@ -724,9 +747,7 @@ def _run(config, job, strategy, chief, state, output, logdir, log):
 
     # 4. "after", export, metrics.json (from float32 copies outside the strategy)
     exported = evaluation_policy()
-    reference = float32_copy(
-        agent.reference_model or _frozen_reference(policy, checkpoint_dir,
-                                                   state["pretrain_checkpoint"]))
+    reference = float32_copy(agent.reference_model)
     after, completions = evaluate_policy(exported, job, reference)
     metrics = {"task": job.name, "algorithm": config.algorithm, "backbone": config.backbone,
                "strategy": config.strategy, "replicas": strategy.num_replicas_in_sync,
@@ -749,13 +770,44 @@ def _first_references(references):
     return [r if isinstance(r, str) else r[0] for r in references]
 
 
-def _frozen_reference(policy, checkpoint_dir, name):
-    """The pre-trained policy, for measuring KL when the algorithm keeps no reference."""
-    reference = PolicyNetwork.from_config(policy.get_config())
-    reference.build()
-    prefix = os.path.join(checkpoint_dir, name)
-    variable_checkpoint(policy=reference.variables).read(prefix).expect_partial()
-    return reference
+def _log_every(config, dataset, epochs):
+    """Train steps between TensorBoard points: --log-every, or about LOG_POINTS
+    points over the whole phase."""
+    if config.log_every:
+        return config.log_every
+    steps = int(dataset.cardinality())
+    if steps < 1:                                    # unknown: a point per epoch
+        return None
+    return max(1, math.ceil(steps * epochs / LOG_POINTS))
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """Console progress of a `fit` of many short epochs (pre-training runs tens):
+    on a terminal one progress bar over the epochs; elsewhere a line every few
+    epochs (about `lines` in all, plus the first epoch run and the last)."""
+
+    def __init__(self, label, epochs, lines=10, log=print):
+        super().__init__()
+        self.label, self.epochs, self.log = label, epochs, log
+        self.every = max(1, math.ceil(epochs / lines))
+        self._bar = None
+        self._first = True
+
+    def on_train_begin(self, logs=None):
+        self._started = time.time()
+        if sys.stdout.isatty():
+            self._bar = keras.utils.Progbar(self.epochs, unit_name="epoch",
+                                            stateful_metrics=["loss"])
+
+    def on_epoch_end(self, epoch, logs=None):
+        values = {name: float(value) for name, value in (logs or {}).items()}
+        if self._bar is not None:
+            self._bar.update(epoch + 1, values=list(values.items()))
+        elif self._first or (epoch + 1) % self.every == 0 or epoch + 1 == self.epochs:
+            shown = " - ".join(f"{name} {value:.4f}" for name, value in values.items())
+            self.log(f"{self.label} epoch {epoch + 1}/{self.epochs} - {shown} - "
+                     f"{time.time() - self._started:.0f}s")
+        self._first = False
 
 
 def format_table(metrics):
