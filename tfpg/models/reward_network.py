@@ -6,8 +6,40 @@ import tensorflow as tf
 from tfpg.models.backbones import BackboneModel
 
 
+class ScoreNormalization:
+    """What both reward networks share: the score head read at each row's last real
+    token, and the normalisation constants (non-trainable weights `score_mean`,
+    `score_std`). The class using it sets `self.score_head`."""
+
+    def add_normalization(self):
+        self.score_mean = self.add_weight(shape=(), initializer="zeros", trainable=False,
+                                          name="score_mean")
+        self.score_std = self.add_weight(shape=(), initializer="ones", trainable=False,
+                                         name="score_std")
+
+    def set_normalization(self, mean, std):
+        """Scores become (raw - mean) / std."""
+        if not self.built:
+            self.build()
+        if not std > 0:
+            raise ValueError(f"std must be positive, got {std}")
+        self.score_mean.assign(float(mean))
+        self.score_std.assign(float(std))
+
+    def last_token_scores(self, hidden, real, normalize=True):
+        """hidden [B, T, H], real [B, T] (1 = real token) -> scores float32 [B]."""
+        real = tf.cast(real, tf.int32)
+        positions = tf.range(tf.shape(real)[1])[None, :]  # [1, T]
+        last = tf.reduce_max(tf.where(real > 0, positions, 0), axis=1)  # [B]
+        hidden = tf.cast(tf.gather(hidden, last, batch_dims=1), tf.float32)  # [B, H]
+        scores = tf.squeeze(self.score_head(hidden), axis=-1)  # [B] float32
+        if normalize:
+            scores = (scores - self.score_mean) / self.score_std
+        return scores
+
+
 @keras.saving.register_keras_serializable(package="tfpg")
-class RewardNetwork(BackboneModel):
+class RewardNetwork(ScoreNormalization, BackboneModel):
     """A backbone with a scalar head read at the last real token: ids [B, T] -> [B].
 
     The sequence is the prompt followed by the completion; id 0 is padding and may
@@ -54,19 +86,7 @@ class RewardNetwork(BackboneModel):
 
     def build(self, input_shape=None):
         super().build(input_shape)
-        self.score_mean = self.add_weight(shape=(), initializer="zeros", trainable=False,
-                                          name="score_mean")
-        self.score_std = self.add_weight(shape=(), initializer="ones", trainable=False,
-                                         name="score_std")
-
-    def set_normalization(self, mean, std):
-        """Scores become (raw - mean) / std."""
-        if not self.built:
-            self.build()
-        if not std > 0:
-            raise ValueError(f"std must be positive, got {std}")
-        self.score_mean.assign(float(mean))
-        self.score_std.assign(float(std))
+        self.add_normalization()
 
     def call(self, token_ids, padding_mask=None, training=None, normalize=True):
         """token_ids int [B, T] (0 = padding anywhere) -> scores float32 [B]."""
@@ -79,10 +99,5 @@ class RewardNetwork(BackboneModel):
             remaining = tf.cumsum(real, axis=1, reverse=True)
             real = real * tf.cast(remaining <= self.max_length, tf.int32)
         hidden = self.backbone(token_ids, padding_mask=real > 0, training=training)  # [B, T, H]
-        positions = tf.range(tf.shape(real)[1])[None, :]  # [1, T]
-        last = tf.reduce_max(tf.where(real > 0, positions, 0), axis=1)  # [B]
-        hidden = tf.gather(hidden, last, batch_dims=1)  # [B, H]
-        scores = tf.squeeze(self.score_head(hidden), axis=-1)  # [B] float32
-        if normalize:
-            scores = (scores - self.score_mean) / self.score_std
-        return scores
+        return self.last_token_scores(hidden, real, normalize)
+

@@ -40,11 +40,13 @@ class PreferenceTrainer(keras.Model):
     """Fits a scorer to preference pairs with the Bradley-Terry loss.
 
     Dataset elements are dicts: "chosen" and "rejected" int32 [B, T] (prompt +
-    completion ids, 0 = padding) and optionally "margin" float32 [B].
+    completion ids), optionally "chosen_mask" / "rejected_mask" int32 [B, T] (1 =
+    real token; without them id 0 is padding) and "margin" float32 [B].
 
     Args:
-        scorer: a `RewardNetwork` (called with `normalize=False`) or any Keras model
-            mapping ids [B, T] -> [B].
+        scorer: a `RewardNetwork` or `KerasHubRewardNetwork` (called with
+            `padding_mask` and `normalize=False`) or any Keras model mapping ids
+            [B, T] -> [B].
         margin: default margin for elements without a "margin" column.
 
     Logs: "loss" (mean -log sigmoid(r_c - r_r - margin)), "pairwise_accuracy"
@@ -73,17 +75,19 @@ class PreferenceTrainer(keras.Model):
         config["scorer"] = keras.saving.deserialize_keras_object(config["scorer"])
         return cls(**config)
 
-    def _raw(self, ids, training):
-        if "normalize" in inspect.signature(self.scorer.call).parameters:
-            return self.scorer(ids, training=training, normalize=False)  # [B]
+    def _raw(self, ids, mask, training):
+        parameters = inspect.signature(self.scorer.call).parameters
+        if "normalize" in parameters:
+            return self.scorer(ids, padding_mask=mask, training=training,
+                               normalize=False)  # [B]
         return tf.reshape(self.scorer(ids, training=training), [-1])  # [B]
 
-    def call(self, ids, training=None):
-        return self._raw(ids, training)
+    def call(self, ids, padding_mask=None, training=None):
+        return self._raw(ids, padding_mask, training)
 
     def _pair_losses(self, data, training):
-        chosen = self._raw(data["chosen"], training)       # [B]
-        rejected = self._raw(data["rejected"], training)   # [B]
+        chosen = self._raw(data["chosen"], data.get("chosen_mask"), training)         # [B]
+        rejected = self._raw(data["rejected"], data.get("rejected_mask"), training)   # [B]
         margin = data.get("margin", self.margin)
         return bradley_terry_loss(chosen, rejected, margin), chosen - rejected  # [B], [B]
 
@@ -136,7 +140,10 @@ def check_pairs(prompts, chosen, rejected, where="pairs"):
 
 def check_language(texts, tokenizer, where="pairs"):
     """Raises DataError when most tokens of `texts` are unknown to `tokenizer`
-    (pairs written in another language than the tokenizer's)."""
+    (pairs written in another language than the tokenizer's). Byte-level
+    vocabularies (no unknown token) read every text."""
+    if getattr(tokenizer, "unk_id", None) is None:
+        return
     total = unknown = 0
     for ids in tokenizer.encode(list(texts), add_bos=False):
         total += len(ids)
@@ -182,23 +189,26 @@ def read_preference_pairs(path):
     return {"prompts": prompts, "chosen": chosen, "rejected": rejected}
 
 
-def _sequences(tokenizer, prompts, completions):
-    """prompt (with BOS) + completion ids, right-padded: int32 [B, T]."""
-    prompt_ids = tokenizer.encode(prompts)
-    completion_ids = tokenizer.encode(completions, add_bos=False)
-    return pad_ids([p + c for p, c in zip(prompt_ids, completion_ids)], "right")
-
-
 def _pair_arrays(tokenizer, pairs, margin):
+    """{"chosen", "rejected"}: prompt (with BOS) + completion ids int32 [N, T],
+    right-padded with the pad id, with their "..._mask" int32 [N, T]."""
     prompts, chosen, rejected = pairs
-    chosen_ids = _sequences(tokenizer, prompts, chosen)
-    rejected_ids = _sequences(tokenizer, prompts, rejected)
-    width = max(chosen_ids.shape[1], rejected_ids.shape[1])
-    arrays = {"chosen": np.pad(chosen_ids, [(0, 0), (0, width - chosen_ids.shape[1])]),
-              "rejected": np.pad(rejected_ids, [(0, 0), (0, width - rejected_ids.shape[1])])}
+    prompt_ids = tokenizer.encode(prompts)
+    rows = {side: [p + c for p, c in zip(prompt_ids, tokenizer.encode(texts, add_bos=False))]
+            for side, texts in (("chosen", chosen), ("rejected", rejected))}
+    width = max(len(row) for side in rows.values() for row in side)
+    arrays = {}
+    for side, side_rows in rows.items():
+        # One width for both sides: a dummy row makes pad_ids pad to it.
+        ids, mask = pad_ids(side_rows + [[0] * width], "right", _pad_id(tokenizer))
+        arrays[side], arrays[side + "_mask"] = ids[:-1], mask[:-1]
     if margin is not None:
         arrays["margin"] = margin
     return arrays
+
+
+def _pad_id(tokenizer):
+    return getattr(tokenizer, "pad_id", None) or 0
 
 
 def _margins(margin, count):
@@ -225,7 +235,7 @@ def _as_pairs(value, what):
 
 def train_preference_model(prompts, chosen, rejected, tokenizer, backbone="lstm",
                            embedding_dim=32, hidden_dim=64, num_layers=1, num_heads=4,
-                           max_length=512, init_from=None, margin=0.0, epochs=4,
+                           max_length=512, init_from=None, scorer=None, margin=0.0, epochs=4,
                            batch_size=32, learning_rate=3e-3, validation_split=0.1,
                            heldout=None, seed=0, verbose=0):
     """Trains a Bradley-Terry reward model on preference pairs.
@@ -237,8 +247,12 @@ def train_preference_model(prompts, chosen, rejected, tokenizer, backbone="lstm"
             reads the policy's ids).
         backbone, embedding_dim, hidden_dim, num_layers, num_heads, max_length:
             the `RewardNetwork` trunk (as for `PolicyNetwork`).
-        init_from: a `PolicyNetwork` whose trunk weights the reward model starts
-            from (its backbone options are then used instead).
+        init_from: a policy whose trunk weights the reward model starts from (a
+            copy): a `PolicyNetwork` (its backbone options are then used instead)
+            or a `KerasHubPolicy` (a `KerasHubRewardNetwork` on its trunk; give its
+            `policy.tokenizer`).
+        scorer: a ready scorer to train instead, e.g.
+            `tfpg.models.KerasHubRewardNetwork.from_preset(preset)`.
         margin: a number, or one per pair, in -log sigmoid(r_c - r_r - margin).
         epochs, batch_size, learning_rate, verbose: as in Keras `fit`.
         validation_split: fraction of the pairs held out for pairwise accuracy
@@ -283,15 +297,26 @@ def train_preference_model(prompts, chosen, rejected, tokenizer, backbone="lstm"
         train_margins = None if margins is None else margins[order[cut:]]
 
     keras.utils.set_random_seed(seed)  # initialisers of the new layers
-    if init_from is not None:
-        scorer = RewardNetwork.from_policy(init_from, name="reward_network")
-    else:
+    if scorer is not None and init_from is not None:
+        raise ValueError("give scorer or init_from, not both")
+    if scorer is None and init_from is not None:
+        if hasattr(init_from, "backbone_config"):
+            scorer = RewardNetwork.from_policy(init_from, name="reward_network")
+        else:
+            from tfpg.models.keras_hub_reward_network import KerasHubRewardNetwork
+            scorer = KerasHubRewardNetwork.from_policy(init_from, name="reward_network")
+    elif scorer is None:
         scorer = RewardNetwork(tokenizer.vocabulary_size, embedding_dim, hidden_dim, backbone,
                                num_layers, num_heads, 0.0, max_length, name="reward_network")
-    if scorer.vocab_size < tokenizer.vocabulary_size:
-        raise ValueError(f"init_from has vocab_size={scorer.vocab_size} but the tokenizer has "
-                         f"{tokenizer.vocabulary_size} tokens")
-    scorer.build()
+    vocab_size = getattr(scorer, "vocab_size", None)
+    if vocab_size is not None and vocab_size < tokenizer.vocabulary_size:
+        raise ValueError(f"the reward network has vocab_size={vocab_size} but the "
+                         f"tokenizer has {tokenizer.vocabulary_size} tokens")
+    if not hasattr(scorer, "set_normalization"):
+        raise TypeError(f"scorer must be a RewardNetwork or KerasHubRewardNetwork, got "
+                        f"{type(scorer).__name__}")
+    if not scorer.built:
+        scorer.build()
     trainer = PreferenceTrainer(scorer, margin=margin if margins is None else 0.0)
     trainer.compile(optimizer=keras.optimizers.Adam(learning_rate))
     arrays = _pair_arrays(tokenizer, train, train_margins)
@@ -306,16 +331,18 @@ def train_preference_model(prompts, chosen, rejected, tokenizer, backbone="lstm"
                           verbose=verbose)
 
     # Normalise over every training completion (both sides of each pair).
-    raw = np.concatenate([_raw_scores(scorer, arrays[side]) for side in ("chosen", "rejected")])
+    raw = np.concatenate([_raw_scores(scorer, arrays[side], arrays[side + "_mask"])
+                          for side in ("chosen", "rejected")])
     mean, std = float(raw.mean()), float(raw.std())
     scorer.set_normalization(mean, std if std > 1e-6 else 1.0)
 
     metadata = {"objective": "bradley_terry", "train_pairs": len(train[0]),
                 "heldout_pairs": 0 if held is None else len(held[0]),
                 "normalization": {"mean": mean, "std": std if std > 1e-6 else 1.0},
-                "options": {"backbone": scorer.backbone_type,
-                            "embedding_dim": scorer.embedding_dim,
-                            "hidden_dim": scorer.hidden_dim, "num_layers": scorer.num_layers,
+                "options": {"scorer": type(scorer).__name__,
+                            **({key: value for key, value in scorer.backbone_config().items()
+                                if key != "vocab_size"}
+                               if hasattr(scorer, "backbone_config") else {}),
                             "epochs": epochs, "batch_size": batch_size,
                             "learning_rate": learning_rate,
                             "margin": margin if margins is None else "per pair",
@@ -329,8 +356,10 @@ def train_preference_model(prompts, chosen, rejected, tokenizer, backbone="lstm"
     return reward
 
 
-def _raw_scores(scorer, ids, batch_size=512):
-    return np.concatenate([scorer(tf.constant(ids[i:i + batch_size]), normalize=False).numpy()
+def _raw_scores(scorer, ids, mask, batch_size=512):
+    return np.concatenate([scorer(tf.constant(ids[i:i + batch_size]),
+                                  padding_mask=tf.constant(mask[i:i + batch_size]),
+                                  normalize=False).numpy()
                            for i in range(0, len(ids), batch_size)])
 
 

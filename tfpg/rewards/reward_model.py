@@ -15,6 +15,7 @@ sibling `DIR.tmp-<random>` and renamed into place (a previous reward model is
 replaced only once the new one is complete).
 """
 
+import inspect
 import json
 import os
 import secrets
@@ -24,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfpg.rewards.base import Reward, completion_tokens
+from tfpg.rewards.base import Reward
 
 FORMAT = "tfpg.RewardModel"
 FORMAT_VERSION = 1
@@ -91,14 +92,28 @@ class RewardModel(Reward):
             config["tokenizer"] = Tokenizer.from_config(config["tokenizer"])
         return cls(**config)
 
-    def _ids(self, prompt_ids, completion_ids, completion_mask):
-        """The model's input: completion tokens before EOS, after the prompt if asked."""
-        ids = completion_tokens(completion_ids, completion_mask, self.eos_id)  # [B, N]
+    @property
+    def pad_id(self):
+        return getattr(self.tokenizer, "pad_id", None) or 0
+
+    def _inputs(self, prompt_ids, completion_ids, completion_mask, batch):
+        """The model's input: ids [B, T] and real-token mask [B, T] (bool) of the
+        completion tokens before EOS, after the prompt if asked."""
+        ids = tf.cast(completion_ids, tf.int32)                           # [B, N]
+        real = tf.cast(completion_mask, tf.float32) > 0
+        if self.eos_id is not None:
+            is_eos = tf.cast(tf.equal(ids, self.eos_id), tf.int32)
+            real &= tf.equal(tf.cumsum(is_eos, axis=1), 0)                # before EOS
         if self.include_prompt:
-            ids = tf.concat([tf.cast(prompt_ids, tf.int32), ids], axis=1)  # [B, P + N]
+            prompt_ids = tf.cast(prompt_ids, tf.int32)                    # [B, P]
+            prompt_mask = (batch or {}).get("prompt_mask")
+            prompt_real = (tf.not_equal(prompt_ids, self.pad_id) if prompt_mask is None
+                           else tf.cast(prompt_mask, tf.int32) > 0)
+            ids = tf.concat([prompt_ids, ids], axis=1)                    # [B, P + N]
+            real = tf.concat([prompt_real, real], axis=1)
         if self._id_map is not None:
             ids = tf.gather(tf.constant(self._id_map), ids)  # the caller's ids -> the model's
-        return ids
+        return ids, real
 
     def for_tokenizer(self, tokenizer):
         """This reward for policies whose ids come from another `tokenizer`.
@@ -109,10 +124,13 @@ class RewardModel(Reward):
         Returns `self` when the vocabularies are equal.
         """
         own = self._require_tokenizer("for_tokenizer")
-        if getattr(tokenizer, "level", None) is None:  # not a tfpg Tokenizer (KerasHub)
-            raise ValueError(f"the reward model reads tfpg {own.level}-level ids but the "
-                             f"policy's tokenizer is a {type(tokenizer).__name__}; reward "
-                             "models score policies with a tfpg Tokenizer")
+        if getattr(own, "level", None) is None or getattr(tokenizer, "level", None) is None:
+            # A KerasHub vocabulary: no mapping, the ids must be the same.
+            if _tokenizer_identity(tokenizer) == _tokenizer_identity(own):
+                return self
+            raise ValueError(f"the reward model reads the ids of {_describe(own)} but the "
+                             f"policy's tokenizer is {_describe(tokenizer)}; train the "
+                             "reward model with the policy's tokenizer")
         if tokenizer.vocabulary == own.vocabulary:
             return self
         if tokenizer.level != own.level:
@@ -125,18 +143,24 @@ class RewardModel(Reward):
         remapped._id_map = id_map
         return remapped
 
-    def _score_ids(self, ids):
-        if isinstance(self.model, keras.Layer):
-            scores = self.model(ids, training=False)
-        else:
-            scores = self.model(ids)
+    def _score_ids(self, ids, real):
+        if accepts_padding_mask(self.model):
+            ids = tf.where(real, ids, self.pad_id)
+            scores = self.model(ids, padding_mask=real, training=False)
+        else:  # a model that reads 0 as padding (Embedding(mask_zero=True))
+            ids = tf.where(real, ids, 0)
+            if isinstance(self.model, keras.Layer):
+                scores = self.model(ids, training=False)
+            else:
+                scores = self.model(ids)
         scores = tf.cast(scores, tf.float32)  # [B] or [B, 1]
         if scores.shape.rank == 2 and scores.shape[1] == 1:
             scores = scores[:, 0]
         return scores  # [B]
 
     def __call__(self, prompt_ids, completion_ids, completion_mask, batch):
-        return self._score_ids(self._ids(prompt_ids, completion_ids, completion_mask))
+        return self._score_ids(*self._inputs(prompt_ids, completion_ids, completion_mask,
+                                             batch))
 
     def _require_tokenizer(self, what):
         if self.tokenizer is None:
@@ -155,13 +179,15 @@ class RewardModel(Reward):
         prompts, completions = list(prompts), list(completions)
         if len(prompts) != len(completions):
             raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
-        out = []
+        out, pad = [], self.pad_id
         for start in range(0, len(prompts), batch_size):
-            prompt_ids = pad_ids(tokenizer.encode(prompts[start:start + batch_size]), "left")
-            ids = pad_ids(tokenizer.encode(completions[start:start + batch_size],
-                                           add_bos=False), "right")
+            prompt_ids, prompt_mask = pad_ids(
+                tokenizer.encode(prompts[start:start + batch_size]), "left", pad)
+            ids, mask = pad_ids(tokenizer.encode(completions[start:start + batch_size],
+                                                 add_bos=False), "right", pad)
             out.append(self(tf.constant(prompt_ids), tf.constant(ids),
-                            tf.cast(ids != 0, tf.float32), {}).numpy())
+                            tf.constant(mask, tf.float32),
+                            {"prompt_mask": tf.constant(prompt_mask)}).numpy())
         return np.concatenate(out) if out else np.zeros([0], np.float32)
 
     def save(self, directory):
@@ -187,7 +213,7 @@ class RewardModel(Reward):
                 "format": FORMAT, "version": FORMAT_VERSION, "name": self.name,
                 "include_prompt": bool(self.include_prompt),
                 "eos_id": None if self.eos_id is None else int(self.eos_id),
-                "metadata": self.metadata})
+                "tokenizer": type(tokenizer).__name__, "metadata": self.metadata})
             _move_into_place(tmp, directory)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -208,22 +234,51 @@ class RewardModel(Reward):
         except Exception as e:  # noqa: BLE001 - any corrupt file, reported as one line
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ValueError(f"{directory}: cannot load {MODEL_FILE} ({first})") from None
-        tokenizer = Tokenizer.load(os.path.join(directory, TOKENIZER_FILE))
+        if info.get("tokenizer", "Tokenizer") == "Tokenizer":
+            tokenizer = Tokenizer.load(os.path.join(directory, TOKENIZER_FILE))
+        else:
+            from tfpg.keras_hub_tokenizer import KerasHubTokenizer
+            tokenizer = KerasHubTokenizer.load(os.path.join(directory, TOKENIZER_FILE))
         return cls(model, include_prompt=info["include_prompt"], eos_id=info["eos_id"],
                    name=info.get("name"), tokenizer=tokenizer, metadata=info.get("metadata"))
 
 
-def pad_ids(rows, side):
-    """Lists of ids -> int32 numpy [B, T], 0-padded on the "left" or "right"."""
+def pad_ids(rows, side, pad_id=0):
+    """Lists of ids -> (int32 numpy [B, T] padded with `pad_id` on the "left" or
+    "right", int32 mask [B, T], 1 = real token)."""
     width = max([len(row) for row in rows] + [0])
-    out = np.zeros([len(rows), width], np.int32)
+    out = np.full([len(rows), width], pad_id, np.int32)
+    mask = np.zeros([len(rows), width], np.int32)
     for i, row in enumerate(rows):
         if row:
-            if side == "left":
-                out[i, width - len(row):] = row
-            else:
-                out[i, :len(row)] = row
-    return out
+            where = slice(width - len(row), None) if side == "left" else slice(0, len(row))
+            out[i, where] = row
+            mask[i, where] = 1
+    return out, mask
+
+
+def accepts_padding_mask(model):
+    """True for scorers whose `call` takes `padding_mask` (tfpg's reward networks)."""
+    call = getattr(model, "call", None)
+    try:
+        return call is not None and "padding_mask" in inspect.signature(call).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _tokenizer_identity(tokenizer):
+    hub = getattr(tokenizer, "hub_tokenizer", None)
+    if hub is None:
+        return (type(tokenizer).__name__, repr(getattr(tokenizer, "vocabulary", None)))
+    return (type(hub).__name__, json.dumps(keras.saving.serialize_keras_object(hub),
+                                           sort_keys=True, default=str),
+            getattr(hub, "proto", None))
+
+
+def _describe(tokenizer):
+    hub = getattr(tokenizer, "hub_tokenizer", None)
+    return (f"a {type(hub).__name__} ({tokenizer.vocabulary_size} tokens)" if hub is not None
+            else f"a {tokenizer.level}-level tfpg Tokenizer ({tokenizer.vocabulary_size} tokens)")
 
 
 def check_replaceable(directory):
@@ -268,19 +323,34 @@ class _ScoreModule(tf.Module):
         # Untracked, as in tfpg.export: the traced functions' raw variables are
         # tracked instead, so session-based loaders restore the handles they read.
         self.__dict__["reward_model"] = reward_model
-        self.text_to_ids = tokenizer.string_to_ids_layer(name="text_to_ids")
+        # Padding is told by a mask where the tokenizer gives one (KerasHub: every id
+        # may be a real token), else by id 0 (tfpg's Tokenizer).
+        self._with_mask = bool(getattr(tokenizer, "encodes_with_mask", False))
+        options = {"return_mask": True} if self._with_mask else {}
+        self.text_to_ids = tokenizer.string_to_ids_layer(name="text_to_ids", **options)
+        self.completion_to_ids = (tokenizer.string_to_ids_layer(
+            name="completion_to_ids", add_bos=False, **options) if self._with_mask else None)
         self._bos_id = tokenizer.bos_id
+        self._pad_id = reward_model.pad_id
         self.score = tf.function(self._score, input_signature=[
             tf.TensorSpec([None], tf.string, name="prompts"),
             tf.TensorSpec([None], tf.string, name="completions")])
 
     def _score(self, prompts, completions):
-        prompt_ids = self.text_to_ids(prompts)                          # [B, P] left-padded
-        with_bos = self.text_to_ids(completions)                        # [B, C] left-padded
-        tokens = tf.ragged.boolean_mask(with_bos, with_bos > self._bos_id)
-        completion_ids = tokens.to_tensor(0)                            # [B, N] right-padded
-        mask = tf.cast(completion_ids != 0, tf.float32)
-        return {"scores": self.reward_model(prompt_ids, completion_ids, mask, {})}  # [B]
+        if self._with_mask:
+            prompt_ids, prompt_mask = self.text_to_ids(prompts)         # [B, P] left-padded
+            ids, real = self.completion_to_ids(completions)             # [B, C] left-padded
+            tokens = tf.ragged.boolean_mask(ids, real > 0)
+        else:
+            prompt_ids = self.text_to_ids(prompts)                      # [B, P] left-padded
+            prompt_mask = tf.cast(prompt_ids != 0, tf.int32)
+            with_bos = self.text_to_ids(completions)                    # [B, C] left-padded
+            tokens = tf.ragged.boolean_mask(with_bos, with_bos > self._bos_id)
+        completion_ids = tokens.to_tensor(self._pad_id)                 # [B, N] right-padded
+        mask = tf.sequence_mask(tokens.row_lengths(), tf.shape(completion_ids)[1],
+                                tf.float32)
+        return {"scores": self.reward_model(prompt_ids, completion_ids, mask,
+                                            {"prompt_mask": prompt_mask})}  # [B]
 
 
 def _write_score_saved_model(reward_model, tokenizer, directory):
