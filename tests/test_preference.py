@@ -82,7 +82,7 @@ def test_task_gold_utility_and_ceiling(task):
     assert utility_of(terms) == 3 - 1.5
     texts = task.pretrain_texts[:32] + [long, "clear clear clear wrong wrong"]
     prompts = task.train.prompts[:1] * len(texts)
-    ids = rewards.reward_model.pad_ids(tok.encode(texts, add_bos=False), "right")
+    ids, _ = rewards.reward_model.pad_ids(tok.encode(texts, add_bos=False), "right")
     ids = np.concatenate([ids, np.full([len(ids), 1], tok.eos_id), np.full([len(ids), 1], 5)],
                          axis=1)
     mask = (ids != 0).astype(np.float32)
@@ -134,11 +134,11 @@ def test_save_load_and_served_score_signature_agree(task, trained, tmp_path):
     completions = task.heldout.references[:5]
     expected = model.score(prompts, completions)
     # As a reward: the policy's completion ids carry EOS and junk after it.
-    ids = rewards.reward_model.pad_ids(tok.encode(completions, add_bos=False), "right")
+    ids, _ = rewards.reward_model.pad_ids(tok.encode(completions, add_bos=False), "right")
     ids = np.concatenate([ids, np.full([5, 2], tok.eos_id)], axis=1)
     ids[ids == 0] = tok.eos_id
     mask = np.ones_like(ids, np.float32)
-    prompt_ids = rewards.reward_model.pad_ids(tok.encode(prompts), "left")
+    prompt_ids, _ = rewards.reward_model.pad_ids(tok.encode(prompts), "left")
     as_reward = model(tf.constant(prompt_ids), tf.constant(ids), tf.constant(mask), {}).numpy()
     np.testing.assert_allclose(as_reward, expected, atol=1e-5)
 
@@ -212,8 +212,8 @@ def test_for_tokenizer_maps_another_vocabularys_ids(trained, task):
     remapped = model.for_tokenizer(shuffled)
     assert model.for_tokenizer(Tokenizer(tok.vocabulary)) is model
     prompts, completions = task.heldout.prompts[:4], task.heldout.references[:4]
-    prompt_ids = rewards.reward_model.pad_ids(shuffled.encode(prompts), "left")
-    ids = rewards.reward_model.pad_ids(shuffled.encode(completions, add_bos=False), "right")
+    prompt_ids, _ = rewards.reward_model.pad_ids(shuffled.encode(prompts), "left")
+    ids, _ = rewards.reward_model.pad_ids(shuffled.encode(completions, add_bos=False), "right")
     got = remapped(tf.constant(prompt_ids), tf.constant(ids),
                    tf.constant((ids != 0).astype(np.float32)), {}).numpy()
     np.testing.assert_allclose(got, model.score(prompts, completions), atol=1e-5)
@@ -274,3 +274,45 @@ def test_a_classifier_reward_model_saves_and_serves_too(tmp_path):
     served = tf.saved_model.load(path).signatures["score"](
         prompts=tf.constant(["", ""]), completions=tf.constant(["good film", "bad"]))
     np.testing.assert_allclose(served["scores"].numpy(), expected, atol=1e-6)
+
+
+def test_a_keras_hub_trunk_reward_model_scores_saves_and_serves(tmp_path):
+    pytest.importorskip("keras_hub")
+    pytest.importorskip("tfpg.models.keras_hub_policy")
+    import sys
+    sys.path.insert(0, os.path.dirname(__file__))
+    from keras_hub_models import save_preset
+
+    from tfpg.models.keras_hub_policy import KerasHubPolicy
+    from tfpg.models.keras_hub_reward_network import KerasHubRewardNetwork
+    policy = KerasHubPolicy.from_preset(save_preset("gpt2", tmp_path / "presets"))
+    tok = policy.tokenizer
+    prompts = ["the cat", "a dog", "1 + 2 =", "the end"] * 4
+    model = rewards.train_preference_model(
+        prompts, ["sat on the mat"] * 16, ["ran ! ?"] * 16, tok, init_from=policy,
+        epochs=3, batch_size=8, validation_split=0.25, learning_rate=1e-2)
+    assert isinstance(model.model, KerasHubRewardNetwork)
+    # A copy of the policy's trunk, not the trunk itself.
+    assert not {id(v) for v in model.model.trainable_variables} & \
+        {id(v) for v in policy.trainable_variables}
+    assert model.metadata["train_accuracy"] == 1.0
+    prompts, completions = ["the cat", "1 + 2 ="], ["sat on the mat", "ran !"]
+    expected = model.score(prompts, completions)
+    # As the trainers call it: left-padded prompts with their mask, EOS then junk.
+    prompt_ids, prompt_mask = rewards.reward_model.pad_ids(tok.encode(prompts), "left",
+                                                           tok.pad_id)
+    rows = [ids + [tok.eos_id] for ids in tok.encode(completions, add_bos=False)]
+    ids, mask = rewards.reward_model.pad_ids(rows, "right", 0)   # id 0 is "!", masked out
+    ids[:, -1:] = np.where(mask[:, -1:] > 0, ids[:, -1:], 7)
+    as_reward = model(tf.constant(prompt_ids), tf.constant(ids), tf.constant(mask, tf.float32),
+                      {"prompt_mask": tf.constant(prompt_mask)}).numpy()
+    np.testing.assert_allclose(as_reward, expected, atol=1e-5)
+    path = model.save(str(tmp_path / "rm"))
+    loaded = RewardModel.load(path)
+    np.testing.assert_allclose(loaded.score(prompts, completions), expected, atol=1e-5)
+    served = tf.saved_model.load(path).signatures["score"](
+        prompts=tf.constant(prompts), completions=tf.constant(completions))["scores"].numpy()
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    assert loaded.for_tokenizer(tok) is loaded
+    with pytest.raises(ValueError, match="train the reward model with the policy's"):
+        loaded.for_tokenizer(Tokenizer.from_texts(["the cat"]))
