@@ -62,7 +62,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfpg import __version__
-from tfpg.generation import decode_loop, policy_is_positional, resolve_sampler
+from tfpg.generation import (decode_loop, policy_is_positional, resolve_eos_id,
+                             resolve_sampler, sampling_suppress_ids)
 from tfpg.losses import token_log_probs
 from tfpg.text import Tokenizer
 
@@ -97,10 +98,19 @@ class _ExportModule(tf.Module):
         self.__dict__["policy"] = policy
         # Prompts keep their *last* tokens when too long: the text nearest to the
         # continuation matters most for what comes next.
+        # A KerasHub tokenizer's pad id can be a real token (GPT-2's pad is its BOS):
+        # its encoder gives the padding mask; for tfpg's Tokenizer, padding is id 0.
+        self._with_mask = getattr(tokenizer, "encodes_with_mask", False)
+        options = {"return_mask": True} if self._with_mask else {}
         self.prompt_to_ids = tokenizer.string_to_ids_layer(
-            max_length=max_prompt_length, truncate="left", name="prompt_to_ids")
-        self.text_to_ids = tokenizer.string_to_ids_layer(name="text_to_ids")
+            max_length=max_prompt_length, truncate="left", name="prompt_to_ids", **options)
+        if self._with_mask:
+            options["add_bos"] = False
+        self.text_to_ids = tokenizer.string_to_ids_layer(name="text_to_ids", **options)
         self.ids_to_text = tokenizer.ids_to_string_layer(name="ids_to_text")
+        self._pad_id = getattr(tokenizer, "pad_id", 0)
+        # The ids `tfpg.generate` never samples (pad, BOS): the export neither.
+        self._suppress_ids = sampling_suppress_ids(policy)
         self._defaults = defaults
         self._vocab_size = tokenizer.vocabulary_size
         self._max_length = policy.max_length if policy_is_positional(policy) else None
@@ -134,7 +144,7 @@ class _ExportModule(tf.Module):
     def _generate_with_options(self, prompts, max_new_tokens, temperature, top_k, top_p,
                                seed):
         d = self._defaults
-        prompt_ids = self.prompt_to_ids(prompts)                        # [B, P]
+        prompt_ids, prompt_mask = self._encode(self.prompt_to_ids, prompts)  # [B, P] each
         n = tf.where(max_new_tokens > 0, max_new_tokens, d["max_new_tokens"])
         if self._max_length is not None:
             # Position ids must stay inside the Transformer's table.
@@ -153,7 +163,8 @@ class _ExportModule(tf.Module):
         def decode(greedy):
             return decode_loop(self.policy, prompt_ids, n, seed_pair, temperature,
                                None if greedy else top_k, None if greedy else top_p,
-                               greedy, d["eos_id"], None).token_ids
+                               greedy, d["eos_id"], self._suppress_ids,
+                               prompt_mask=prompt_mask).token_ids
 
         def decode_batch():
             return tf.cond(sample, lambda: decode(False), lambda: decode(True))
@@ -163,17 +174,27 @@ class _ExportModule(tf.Module):
                             lambda: tf.zeros([0, n], tf.int32))         # [B, N]
         return {"completions": self.ids_to_text(token_ids), "token_ids": token_ids}
 
+    def _encode(self, layer, texts):
+        """(ids int32 [B, T] left-padded, mask bool [B, T]) from an encoder layer."""
+        if self._with_mask:
+            ids, mask = layer(texts)
+            return ids, mask > 0
+        ids = layer(texts)
+        return ids, ids != 0
+
     def _log_probs(self, prompts, completions):
-        prompt_ids = self.prompt_to_ids(prompts)                        # [B, P]
-        with_bos = self.text_to_ids(completions)                        # [B, C] left-padded
-        tokens = tf.ragged.boolean_mask(with_bos, with_bos > Tokenizer.bos_id)
+        prompt_ids, prompt_mask = self._encode(self.prompt_to_ids, prompts)  # [B, P]
+        ids, real = self._encode(self.text_to_ids, completions)        # [B, C] left-padded
+        if not self._with_mask:
+            real &= ids != Tokenizer.bos_id                             # tfpg's adds BOS
+        tokens = tf.ragged.boolean_mask(ids, real)                      # [B, (n)]
         if self._defaults["eos_id"] is not None:
-            eos = tf.fill([tf.shape(with_bos)[0], 1], self._defaults["eos_id"])
+            eos = tf.fill([tf.shape(ids)[0], 1], self._defaults["eos_id"])
             tokens = tf.concat([tokens, eos], axis=1)
-        token_ids = tokens.to_tensor(0)                                 # [B, N] right-padded
-        mask = tf.cast(token_ids != 0, tf.float32)
+        token_ids = tokens.to_tensor(self._pad_id)                      # [B, N] right-padded
+        mask = tf.sequence_mask(tokens.row_lengths(), tf.shape(token_ids)[1], tf.float32)
         sequence = tf.concat([prompt_ids, token_ids], axis=1)           # [B, P + N]
-        padding_mask = sequence != 0
+        padding_mask = tf.concat([prompt_mask, mask > 0], axis=1)
         if self._max_length is not None:
             tf.debugging.assert_less_equal(
                 tf.reduce_max(tf.reduce_sum(tf.cast(padding_mask, tf.int32), axis=1)),
@@ -187,13 +208,13 @@ class _ExportModule(tf.Module):
 
 
 def export_saved_model(policy, tokenizer, path, max_new_tokens=32, sampler="greedy",
-                       temperature=1.0, top_k=None, top_p=None, eos_id=2,
+                       temperature=1.0, top_k=None, top_p=None, eos_id="auto",
                        max_prompt_length=None, metadata=None):
     """Exports `policy` and `tokenizer` as a string-in, string-out SavedModel.
 
     Args:
-        policy: a `PolicyNetwork`.
-        tokenizer: the `Tokenizer` the policy was trained with.
+        policy: a `PolicyNetwork` or `KerasHubPolicy`.
+        tokenizer: the `Tokenizer` (or `KerasHubTokenizer`) the policy was trained with.
         path: target directory. It is replaced atomically if it holds a previous
             tfpg export; any other non-empty directory is refused.
         max_new_tokens, sampler, temperature, top_k, top_p, eos_id: generation
@@ -210,6 +231,7 @@ def export_saved_model(policy, tokenizer, path, max_new_tokens=32, sampler="gree
     'saved_models/run'
     """
     _, top_k, top_p = resolve_sampler(sampler, temperature, top_k, top_p)
+    eos_id = resolve_eos_id(policy, eos_id)
     if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     vocab_size = getattr(policy, "vocab_size", None)
@@ -373,7 +395,7 @@ def load(path):
     path = _normalize(path)
     recover(path)
     info = _read_export_info(path)
-    tokenizer = Tokenizer.load(os.path.join(path, TOKENIZER_FILE))
+    tokenizer = _load_tokenizer(os.path.join(path, TOKENIZER_FILE))
     try:
         loaded = tf.saved_model.load(path)
     except Exception as e:  # TF raises many types for corrupt files; report any as one line
@@ -383,6 +405,18 @@ def load(path):
     if missing:
         raise ValueError(f"{path}: tfpg export is missing signatures {missing}")
     return GeneratorModel(path, loaded, tokenizer, info)
+
+
+def _load_tokenizer(path):
+    """The export's tokenizer: a tfpg `Tokenizer` or a `KerasHubTokenizer` (by the
+    file's "format"; the latter needs keras_hub)."""
+    from tfpg.keras_hub_tokenizer import FORMAT as KERAS_HUB_FORMAT, KerasHubTokenizer
+    try:
+        with open(path, encoding="utf-8") as f:
+            is_keras_hub = json.load(f).get("format") == KERAS_HUB_FORMAT
+    except (OSError, ValueError, AttributeError):
+        is_keras_hub = False       # Tokenizer.load reports what is wrong
+    return KerasHubTokenizer.load(path) if is_keras_hub else Tokenizer.load(path)
 
 
 def _as_string_list(texts, what):
@@ -458,7 +492,9 @@ class GeneratorModel:
                 top_k=tf.constant(top_k or 0, tf.int32),
                 top_p=tf.constant(top_p or 0.0, tf.float32),
                 seed=tf.constant(-1 if seed is None else seed, tf.int64))
-        return [text.decode("utf-8") for text in out["completions"].numpy().tolist()]
+        # errors="replace": a byte-level BPE model may stop inside a UTF-8 sequence.
+        return [text.decode("utf-8", errors="replace")
+                for text in out["completions"].numpy().tolist()]
 
     def _sampler_options(self, sampler, temperature, top_k, top_p):
         """(temperature, top_k, top_p) that make the export's signature use `sampler`."""

@@ -1,5 +1,8 @@
 """Policy and value networks and their backbones."""
 
+from tfpg.models.keras_hub_backbone import KerasHubBackbone
+from tfpg.models.keras_hub_policy import KerasHubPolicy
+from tfpg.models.keras_hub_value_network import KerasHubValueNetwork
 from tfpg.models.policy_network import PolicyNetwork
 from tfpg.models.recurrent_backbone import RecurrentBackbone
 from tfpg.models.reward_network import RewardNetwork
@@ -7,4 +10,4 @@ from tfpg.models.transformer_backbone import TransformerBackbone
 from tfpg.models.value_network import ValueNetwork
 
 __all__ = ["PolicyNetwork", "ValueNetwork", "RewardNetwork", "RecurrentBackbone",
-           "TransformerBackbone"]
+           "TransformerBackbone", "KerasHubPolicy", "KerasHubValueNetwork", "KerasHubBackbone"]

@@ -32,7 +32,11 @@ class ValueNetwork(BackboneModel):
 
     @classmethod
     def from_policy(cls, policy, **kwargs):
-        """A value head on `policy`'s backbone (weights shared with the policy)."""
+        """A value head on `policy`'s backbone (weights shared with the policy); for a
+        `KerasHubPolicy`, a `KerasHubValueNetwork` on its trunk."""
+        if hasattr(policy, "causal_lm"):
+            from tfpg.models.keras_hub_value_network import KerasHubValueNetwork
+            return KerasHubValueNetwork.from_policy(policy, **kwargs)
         critic = cls(**policy.backbone_config(), **kwargs)
         critic.backbone = policy.backbone
         return critic

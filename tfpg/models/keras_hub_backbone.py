@@ -1,0 +1,194 @@
+"""`KerasHubBackbone`: the trunk of a KerasHub causal LM, correct for left padding.
+
+KerasHub's `CausalLM.call_with_cache` takes no padding mask (its own `generate`
+right-pads), so on left-padded prompts its cached logits are wrong; and GPT-2's
+backbone numbers positions 0..T-1 whatever the padding. This layer drives the same
+sublayers (embeddings, transformer layers, final norm) itself:
+
+* every transformer layer gets the key padding mask of all positions so far (the
+  cache carries it beside the keys / values), so padding is never attended to;
+* learned absolute positions (GPT-2) are counted over real tokens only
+  (`cumsum(mask) - 1`), so a left-padded row sees the positions it would see alone.
+  The RoPE families (Gemma, Llama, Mistral, Qwen) only see position differences,
+  which left padding does not change.
+
+The families differ only in how tokens are embedded and in the names of the
+transformer layers' mask / cache arguments: `FAMILIES` holds that per family.
+"""
+
+from typing import NamedTuple
+
+import keras
+import tensorflow as tf
+
+
+class Family(NamedTuple):
+    """What differs between the supported KerasHub decoder families."""
+    name: str
+    backbone_class: str             # keras_hub.models.<backbone_class>
+    embedding: str                  # "learned_positions" | "scaled" | "plain"
+    mask_argument: str              # the layer's padding-mask keyword
+    cache_argument: str             # the layer's cache keyword
+    index_argument: str             # the layer's cache-update-index keyword
+    per_layer_cache: bool = False   # cache is a tuple of (key, value) per layer
+
+
+_DECODER = ("decoder_padding_mask", "self_attention_cache",
+            "self_attention_cache_update_index")
+_GEMMA = ("padding_mask", "cache", "cache_update_index")
+
+# Order matters only for subclasses: Llama3Backbone is a LlamaBackbone.
+FAMILIES = (
+    Family("GPT-2", "GPT2Backbone", "learned_positions", *_DECODER),
+    Family("Gemma 1 / 2", "GemmaBackbone", "scaled", *_GEMMA),
+    Family("Gemma 3 (text)", "Gemma3Backbone", "scaled", *_GEMMA, per_layer_cache=True),
+    Family("Llama / Llama 3", "LlamaBackbone", "plain", *_DECODER),
+    Family("Mistral", "MistralBackbone", "plain", *_DECODER),
+    Family("Qwen 2", "QwenBackbone", "plain", *_DECODER),
+    Family("Qwen 3", "Qwen3Backbone", "plain", *_DECODER),
+)
+
+
+def supported_families():
+    return ", ".join(family.name for family in FAMILIES)
+
+
+def family_of(hub_backbone):
+    """The `Family` of a KerasHub backbone; a ValueError naming the supported ones."""
+    import keras_hub
+    for family in FAMILIES:
+        cls = getattr(keras_hub.models, family.backbone_class, None)
+        if cls is not None and isinstance(hub_backbone, cls):
+            if getattr(hub_backbone, "vision_encoder", None) is not None:
+                raise ValueError(f"{type(hub_backbone).__name__} with a vision encoder is not "
+                                 f"supported: tfpg takes text-only models ({family.name})")
+            return family
+    raise ValueError(f"{type(hub_backbone).__name__} is not a supported KerasHub causal LM "
+                     f"backbone; supported families: {supported_families()}")
+
+
+@keras.saving.register_keras_serializable(package="tfpg")
+class KerasHubBackbone(keras.layers.Layer):
+    """Hidden states [B, T, H] of a KerasHub decoder, with a left-padding-correct cache.
+
+    `call(token_ids, padding_mask=None)` -> hidden states (the final norm applied);
+    `call_with_cache(token_ids, cache, index, padding_mask=None)` -> (hidden, cache).
+    The weights are those of `hub_backbone` (shared, not copied): `KerasHubPolicy`
+    and `KerasHubValueNetwork` put their heads on it.
+
+    Args:
+        hub_backbone: a `keras_hub.models.Backbone` of one of `FAMILIES`.
+
+    Example:
+    >>> trunk = KerasHubBackbone(causal_lm.backbone)
+    >>> hidden = trunk(token_ids, padding_mask=mask)            # [B, T, hidden_dim]
+    """
+
+    def __init__(self, hub_backbone, **kwargs):
+        kwargs.setdefault("dtype", hub_backbone.dtype_policy)
+        super().__init__(**kwargs)
+        self.family = family_of(hub_backbone)
+        self.hub_backbone = hub_backbone
+        self.output_dim = hub_backbone.hidden_dim
+        self.built = True
+
+    @property
+    def has_position_table(self):
+        """True for learned absolute positions (GPT-2): `max_length` bounds a sequence."""
+        return self.family.embedding == "learned_positions"
+
+    @property
+    def max_length(self):
+        return getattr(self.hub_backbone, "max_sequence_length", None)
+
+    def _embed(self, token_ids, key_mask, start, training):
+        """Token (+ position) embeddings of token_ids [B, T] at cache positions
+        start..start+T-1, positions counted over key_mask [B, S] (int32)."""
+        backbone = self.hub_backbone
+        x = backbone.token_embedding(token_ids)
+        if self.family.embedding == "learned_positions":
+            length = tf.shape(token_ids)[1]
+            positions = tf.maximum(tf.cumsum(key_mask, axis=1) - 1, 0)[:, start:start + length]
+            x = backbone.embeddings_add(
+                (x, backbone.position_embedding(x, positions=positions)))
+            x = backbone.embeddings_dropout(x, training=training)
+        elif self.family.embedding == "scaled":
+            x = x * tf.cast(tf.sqrt(float(backbone.hidden_dim)), x.dtype)
+        return x
+
+    def _run_layers(self, x, key_mask, caches, index, training):
+        family = self.family
+        new_caches = []
+        for i, layer in enumerate(self.hub_backbone.transformer_layers):
+            arguments = {family.mask_argument: key_mask}
+            if caches is not None:
+                arguments[family.cache_argument] = caches[i]
+                arguments[family.index_argument] = index
+                x, cache = layer(x, training=training, **arguments)
+                new_caches.append(cache)
+            else:
+                x = layer(x, training=training, **arguments)
+        return self.hub_backbone.layer_norm(x), new_caches
+
+    def call(self, token_ids, padding_mask=None, training=None):
+        """token_ids int [B, T], padding_mask [B, T] (1 = real; None: all real)
+        -> hidden states [B, T, H] (compute dtype)."""
+        token_ids = tf.cast(token_ids, tf.int32)
+        if padding_mask is None:
+            padding_mask = tf.ones_like(token_ids)
+        key_mask = tf.cast(padding_mask, tf.int32)                              # [B, T]
+        x = self._embed(token_ids, key_mask, 0, training)
+        hidden, _ = self._run_layers(x, key_mask, None, None, training)
+        return hidden
+
+    def cache_shape(self, batch_size, max_length):
+        """Shape of one layer's key / value cache [B, 2, S, kv_heads, head_dim]."""
+        backbone = self.hub_backbone
+        query_heads = getattr(backbone, "num_query_heads", None) or backbone.num_heads
+        kv_heads = getattr(backbone, "num_key_value_heads", None) or query_heads
+        head_dim = getattr(backbone, "head_dim", None) or backbone.hidden_dim // query_heads
+        return [batch_size, 2, max_length, kv_heads, head_dim]
+
+    def initial_cache(self, batch_size, max_length):
+        """An empty cache: {"kv": the family's key / value cache, "mask": int32 [B, S]}."""
+        shape = self.cache_shape(batch_size, max_length)
+        layers = self.hub_backbone.num_layers
+        dtype = self.compute_dtype
+        if self.family.per_layer_cache:          # Gemma 3: ((k, v), ...) [B, S, h, d]
+            kv = tuple((tf.zeros(shape[:1] + shape[2:], dtype),
+                        tf.zeros(shape[:1] + shape[2:], dtype)) for _ in range(layers))
+        else:                                     # [B, layers, 2, S, h, d]
+            kv = tf.zeros(shape[:1] + [layers] + shape[1:], dtype)
+        return {"kv": kv, "mask": tf.zeros([batch_size, max_length], tf.int32)}
+
+    def call_with_cache(self, token_ids, cache, index, padding_mask=None, training=None):
+        """Feeds token_ids [B, T] at cache position `index`; returns (hidden [B, T, H],
+        updated cache). `padding_mask` [B, T] (None: all real) is written into the
+        cache's key mask, which every layer then attends through."""
+        token_ids = tf.cast(token_ids, tf.int32)
+        if padding_mask is None:
+            padding_mask = tf.ones_like(token_ids)
+        index = tf.cast(index, tf.int32)
+        key_mask = tf.tensor_scatter_nd_update(
+            tf.transpose(cache["mask"]),
+            (index + tf.range(tf.shape(token_ids)[1]))[:, None],
+            tf.transpose(tf.cast(padding_mask, tf.int32)))
+        key_mask = tf.transpose(key_mask)                                       # [B, S]
+        x = self._embed(token_ids, key_mask, index, training)
+        kv = cache["kv"]
+        layers = self.hub_backbone.num_layers
+        caches = kv if self.family.per_layer_cache else [kv[:, i] for i in range(layers)]
+        hidden, new_caches = self._run_layers(x, key_mask, caches, index, training)
+        kv = tuple(new_caches) if self.family.per_layer_cache else tf.stack(new_caches, 1)
+        return hidden, {"kv": kv, "mask": key_mask}
+
+    def get_config(self):
+        config = super().get_config()
+        config["hub_backbone"] = keras.saving.serialize_keras_object(self.hub_backbone)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["hub_backbone"] = keras.saving.deserialize_keras_object(config["hub_backbone"])
+        return cls(**config)

@@ -1,0 +1,182 @@
+"""`KerasHubPolicy`: a pre-trained KerasHub `CausalLM` as a tfpg policy."""
+
+import contextlib
+
+import keras
+import tensorflow as tf
+
+from tfpg.keras_hub_tokenizer import KerasHubTokenizer, special_ids, structural_ids
+from tfpg.models.keras_hub_backbone import KerasHubBackbone, supported_families
+
+
+def _check_causal_lm(causal_lm):
+    import keras_hub
+    if not isinstance(causal_lm, keras_hub.models.CausalLM):
+        raise ValueError(f"KerasHubPolicy takes a keras_hub.models.CausalLM, got "
+                         f"{type(causal_lm).__name__}; supported families: "
+                         f"{supported_families()}")
+
+
+@keras.saving.register_keras_serializable(package="tfpg")
+class KerasHubPolicy(keras.Model):
+    """A KerasHub causal LM (GPT-2, Gemma 1-3 text, Llama / Llama 3, Mistral, Qwen 2 / 3)
+    with what the trainers and `tfpg.generate` need from a policy.
+
+    `call(token_ids, padding_mask=None)` -> float32 logits [B, T, V];
+    `initial_cache` / `call_with_cache` decode one token at a time, correct for
+    left-padded prompts (see `KerasHubBackbone`). `padding_mask=None` means every
+    token is real: in these vocabularies the pad id can be a real token, so pass the
+    mask (`prompt_dataset`'s "prompt_mask") with padded batches.
+
+    Special ids come from the CausalLM's tokenizer (`tfpg.KerasHubTokenizer`'s
+    rules): `pad_id`, `bos_id` (None without one), `eos_id`, `structural_ids` (never
+    sampled). Without a preprocessor pass them as arguments.
+
+    LoRA (`lora_rank=r`): `backbone.enable_lora(r)` on the attention's query / value
+    projections; only the adapters train (the projections' biases are frozen too), and
+    `lora_reference()` is the KL reference: the same weights with the adapters off,
+    no second copy. Saved as `.keras`, Keras merges the adapters into the kernels.
+
+    Args:
+        causal_lm: a `keras_hub.models.CausalLM` of a supported family.
+        lora_rank: None (train every weight) or the LoRA rank.
+        pad_id, bos_id, eos_id: override the tokenizer's ids.
+
+    Example:
+    >>> policy = tfpg.KerasHubPolicy.from_preset("gpt2_base_en", lora_rank=8)
+    >>> logits = policy(ids, padding_mask=mask)            # [B, T, 50257] float32
+    """
+
+    def __init__(self, causal_lm, lora_rank=None, pad_id=None, bos_id=None, eos_id=None,
+                 **kwargs):
+        _check_causal_lm(causal_lm)
+        kwargs.setdefault("dtype", causal_lm.dtype_policy)
+        super().__init__(**kwargs)
+        self.causal_lm = causal_lm
+        self.backbone = KerasHubBackbone(causal_lm.backbone, name="trunk")
+        self.lora_rank = None if lora_rank is None else int(lora_rank)
+        if self.lora_rank is not None:
+            self._enable_lora(self.lora_rank)
+        hub_tokenizer = getattr(causal_lm.preprocessor, "tokenizer", None)
+        ids = special_ids(hub_tokenizer) if hub_tokenizer is not None else (None,) * 3
+        self.pad_id = pad_id if pad_id is not None else (ids[0] if ids[0] is not None else 0)
+        self.bos_id = bos_id if bos_id is not None else ids[1]
+        self.eos_id = eos_id if eos_id is not None else ids[2]
+        self.structural_ids = structural_ids(self.pad_id, self.bos_id, self.eos_id)
+        self.vocab_size = int(causal_lm.backbone.vocabulary_size)
+        self.has_position_table = self.backbone.has_position_table
+        self.max_length = self.backbone.max_length
+        self.built = True
+
+    @classmethod
+    def from_preset(cls, preset, lora_rank=None, dtype=None, **kwargs):
+        """A policy from a KerasHub preset name or a local preset directory
+        (`save_to_preset`); `dtype` e.g. "bfloat16" for the weights."""
+        import keras_hub
+        options = {} if dtype is None else {"dtype": dtype}
+        return cls(keras_hub.models.CausalLM.from_preset(preset, **options),
+                   lora_rank=lora_rank, **kwargs)
+
+    # ----------------------------------------------------------------- LoRA
+
+    def _enable_lora(self, rank):
+        hub_backbone = self.causal_lm.backbone
+        if not self.lora_layers():
+            hub_backbone.enable_lora(rank)
+        for layer in self.lora_layers():
+            # Only the adapters train: a bias that moved would also move the
+            # adapters-off reference away from the pre-trained model.
+            if getattr(layer, "bias", None) is not None:
+                layer.bias.trainable = False
+
+    def lora_layers(self):
+        """The layers with LoRA adapters (empty without LoRA)."""
+        return [layer for layer in self.causal_lm.backbone._flatten_layers(include_self=False)
+                if getattr(layer, "lora_enabled", False)]
+
+    @contextlib.contextmanager
+    def adapters_disabled(self):
+        """Within it (while tracing, too), the policy computes the pre-trained model:
+        the LoRA layers use their frozen kernels only."""
+        layers = self.lora_layers()
+        for layer in layers:
+            layer.lora_enabled = False
+        try:
+            yield self
+        finally:
+            for layer in layers:
+                layer.lora_enabled = True
+
+    def lora_reference(self):
+        """The KL reference of a LoRA policy: a callable view of these weights with the
+        adapters off (no copy); None without LoRA (the trainers then copy)."""
+        return AdaptersOff(self) if self.lora_rank is not None else None
+
+    # ------------------------------------------------------------- forward
+
+    @property
+    def tokenizer(self):
+        """A `tfpg.KerasHubTokenizer` of the CausalLM's preprocessor (None without one)."""
+        hub_tokenizer = getattr(self.causal_lm.preprocessor, "tokenizer", None)
+        return None if hub_tokenizer is None else KerasHubTokenizer(hub_tokenizer)
+
+    def build(self, input_shape=None):
+        self.built = True
+
+    def _logits(self, hidden):
+        logits = self.causal_lm.backbone.token_embedding(hidden, reverse=True)
+        return tf.cast(logits, tf.float32)
+
+    def call(self, token_ids, padding_mask=None, training=None):
+        """token_ids int [B, T] (padding_mask [B, T], 1 = real) -> logits float32 [B, T, V]."""
+        return self._logits(self.backbone(token_ids, padding_mask=padding_mask,
+                                          training=training))
+
+    def initial_cache(self, batch_size, max_length):
+        """An empty decoding cache for `batch_size` sequences of up to `max_length` tokens."""
+        return self.backbone.initial_cache(batch_size, max_length)
+
+    def call_with_cache(self, token_ids, cache, index, padding_mask=None, training=None,
+                        last_only=False):
+        """Feeds token_ids [B, T] at position `index`: (logits float32 [B, T, V], hidden
+        [B, T, H], cache). `last_only=True` gives the last position's only (a prefill)."""
+        hidden, cache = self.backbone.call_with_cache(token_ids, cache, index,
+                                                      padding_mask, training)
+        if last_only:
+            hidden = hidden[:, -1:]
+        return self._logits(hidden), hidden, cache
+
+    def get_config(self):
+        config = super().get_config()
+        causal_lm = keras.saving.serialize_keras_object(self.causal_lm)
+        # KerasHub compiles a CausalLM for its own fit; tfpg's trainers never use that.
+        causal_lm.pop("compile_config", None)
+        config.update(causal_lm=causal_lm,
+                      lora_rank=self.lora_rank, pad_id=self.pad_id, bos_id=self.bos_id,
+                      eos_id=self.eos_id)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        import keras_hub  # noqa: F401  (registers the KerasHub classes)
+        config = dict(config)
+        config["causal_lm"] = keras.saving.deserialize_keras_object(config["causal_lm"])
+        return cls(**config)
+
+
+class AdaptersOff:
+    """A LoRA `KerasHubPolicy` with its adapters off, called like the policy.
+
+    A plain object (not a Keras layer): a trainer holding it as `reference_model`
+    neither tracks nor checkpoints the policy's weights a second time.
+    """
+
+    built = True
+    trainable = False
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    def __call__(self, token_ids, padding_mask=None, training=None):
+        with self.policy.adapters_disabled():
+            return self.policy(token_ids, padding_mask=padding_mask, training=training)

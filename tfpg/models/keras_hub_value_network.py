@@ -1,0 +1,70 @@
+"""`KerasHubValueNetwork`: per-token values V(s_t) from a KerasHub decoder trunk."""
+
+import keras
+import tensorflow as tf
+
+from tfpg.models.keras_hub_backbone import KerasHubBackbone
+
+
+@keras.saving.register_keras_serializable(package="tfpg")
+class KerasHubValueNetwork(keras.Model):
+    """A scalar head on a KerasHub trunk: token ids [B, T] -> values float32 [B, T].
+
+    Either on the policy's own trunk (`ValueNetwork.from_policy(kerashub_policy)` or
+    `KerasHubValueNetwork.from_policy`: shared weights, and under LoRA the critic
+    trains the same adapters plus its head), or on a separate KerasHub backbone
+    (`KerasHubValueNetwork(causal_lm_or_backbone)`, `from_preset`), which trains whole.
+    Saved alone, a shared-trunk critic keeps a copy of the trunk.
+
+    Args:
+        backbone: a `KerasHubBackbone` (shared), a `keras_hub.models.Backbone` or a
+            `keras_hub.models.CausalLM` (its backbone) of a supported family.
+
+    Example:
+    >>> critic = tfpg.ValueNetwork.from_policy(policy)        # policy: a KerasHubPolicy
+    >>> values = critic(ids, padding_mask=mask)               # [B, T]
+    """
+
+    def __init__(self, backbone, **kwargs):
+        import keras_hub
+        if isinstance(backbone, keras_hub.models.CausalLM):
+            backbone = backbone.backbone
+        if not isinstance(backbone, KerasHubBackbone):
+            backbone = KerasHubBackbone(backbone, name="trunk")
+        super().__init__(**kwargs)
+        self.backbone = backbone
+        self.value_head = keras.layers.Dense(1, dtype="float32", name="value_head")
+        self.value_head.build((None, None, backbone.output_dim))
+        self.built = True
+
+    @classmethod
+    def from_policy(cls, policy, **kwargs):
+        """A value head on `policy`'s trunk (a `KerasHubPolicy`; weights shared)."""
+        return cls(policy.backbone, **kwargs)
+
+    @classmethod
+    def from_preset(cls, preset, dtype=None, **kwargs):
+        """A critic on a fresh copy of a preset's backbone (its head starts at random)."""
+        import keras_hub
+        options = {} if dtype is None else {"dtype": dtype}
+        return cls(keras_hub.models.Backbone.from_preset(preset, **options), **kwargs)
+
+    def build(self, input_shape=None):
+        self.built = True
+
+    def call(self, token_ids, padding_mask=None, training=None):
+        """token_ids int [B, T] (padding_mask [B, T], 1 = real) -> values float32 [B, T]."""
+        hidden = self.backbone(token_ids, padding_mask=padding_mask, training=training)
+        return tf.squeeze(self.value_head(tf.cast(hidden, tf.float32)), axis=-1)
+
+    def get_config(self):
+        config = super().get_config()
+        config["backbone"] = keras.saving.serialize_keras_object(self.backbone)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        import keras_hub  # noqa: F401  (registers the KerasHub classes)
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)
