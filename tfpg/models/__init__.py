@@ -2,6 +2,7 @@
 
 from tfpg.models.keras_hub_backbone import KerasHubBackbone
 from tfpg.models.keras_hub_policy import KerasHubPolicy
+from tfpg.models.keras_hub_reward_network import KerasHubRewardNetwork
 from tfpg.models.keras_hub_value_network import KerasHubValueNetwork
 from tfpg.models.policy_network import PolicyNetwork
 from tfpg.models.recurrent_backbone import RecurrentBackbone
@@ -10,4 +11,5 @@ from tfpg.models.transformer_backbone import TransformerBackbone
 from tfpg.models.value_network import ValueNetwork
 
 __all__ = ["PolicyNetwork", "ValueNetwork", "RewardNetwork", "RecurrentBackbone",
-           "TransformerBackbone", "KerasHubPolicy", "KerasHubValueNetwork", "KerasHubBackbone"]
+           "TransformerBackbone", "KerasHubPolicy", "KerasHubValueNetwork", "KerasHubBackbone",
+           "KerasHubRewardNetwork"]
