@@ -22,7 +22,7 @@ import keras
 import tfpg
 from tfpg import training
 from tfpg.algorithms import PPO
-from tfpg.algorithms.base import apply_gradients
+from tfpg.distribution import apply_gradients
 
 SCRIPTS = os.path.join(os.path.dirname(__file__), "scripts")
 TFPG = [sys.executable, "-m", "tfpg.cli"]

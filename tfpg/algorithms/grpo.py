@@ -7,8 +7,9 @@ import tensorflow as tf
 
 from tfpg import advantages as adv
 from tfpg import losses
-from tfpg.algorithms.base import (PolicyGradientTrainer, cross_replica_sum,
-                                  sequence_return, truncated_completions)
+from tfpg.algorithms.base import (PolicyGradientTrainer, sequence_return,
+                                  truncated_completions)
+from tfpg.distribution import cross_replica_sum
 
 # loss_type -> aggregation (see tfpg.losses.aggregate_loss_terms): "grpo" a mean per
 # sequence, then over the minibatch's sequences; "bnpo" the minibatch's token mean;

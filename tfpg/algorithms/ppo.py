@@ -4,7 +4,8 @@ import keras
 
 from tfpg import advantages as adv
 from tfpg import losses
-from tfpg.algorithms.base import PolicyGradientTrainer, cross_replica_sum
+from tfpg.algorithms.base import PolicyGradientTrainer
+from tfpg.distribution import cross_replica_sum
 from tfpg.algorithms.grpo import approx_kl_and_clip_fraction
 
 

@@ -4,7 +4,8 @@ import keras
 import tensorflow as tf
 
 from tfpg import advantages as adv
-from tfpg.algorithms.base import PolicyGradientTrainer, cross_replica_sum
+from tfpg.algorithms.base import PolicyGradientTrainer
+from tfpg.distribution import cross_replica_sum
 
 BASELINES = (None, "moving_average", "value")
 
