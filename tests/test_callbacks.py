@@ -135,18 +135,16 @@ def test_reward_logger_writes_csv_scalars_and_histograms(tmp_path, policy, datas
     history = trainer.fit(dataset, epochs=2, verbose=0, shuffle=False,
                           callbacks=[logger, set_epoch_rewards(trainer, [1.0, 2.0])])
 
-    # 3 steps per epoch, a point every 2 global steps and at each epoch's last step:
-    # steps 1-2, 3 (end of epoch 0), 4, 5-6 (end of epoch 1); each value the mean
-    # over its own steps, written once (no per-epoch duplicate).
+    # 3 steps per epoch, a point every 2 global steps: steps 1-2, 3-4 (across the
+    # epochs), 5-6; each value the mean over its own steps, written once (no
+    # per-epoch duplicate).
     rewards = batch_rewards(dataset, [1.0, 2.0])
     events = read_events(str(tmp_path / "logs" / "rewards"))
-    assert [step for step, _ in events["reward"]] == [2, 3, 4, 6]
-    np.testing.assert_allclose(
-        [value for _, value in events["reward"]],
-        [rewards[0, :2].mean(), rewards[0, 2], rewards[1, 0], rewards[1, 1:].mean()],
-        rtol=1e-5)
+    assert [step for step, _ in events["reward"]] == [2, 4, 6]
+    np.testing.assert_allclose([value for _, value in events["reward"]],
+                               rewards.reshape(3, 2).mean(axis=1), rtol=1e-5)
     for name in LOG_NAMES:
-        assert [step for step, _ in events[name]] == [2, 3, 4, 6], name
+        assert [step for step, _ in events[name]] == [2, 4, 6], name
     np.testing.assert_allclose([value for _, value in events["kl"]], 0.25)
     assert not [tag for tag in events if tag.startswith(("batch/", "epoch"))]
     assert events["reward_min"][1][1] <= events["reward"][1][1] <= events["reward_max"][1][1]
@@ -162,8 +160,8 @@ def test_reward_logger_writes_csv_scalars_and_histograms(tmp_path, policy, datas
         rows = list(csv.DictReader(f))
     assert list(rows[0])[:3] == ["kind", "epoch", "step"] and set(LOG_NAMES) <= set(rows[0])
     assert [(r["kind"], r["epoch"], r["step"]) for r in rows] == [
-        ("batch", "0", "2"), ("batch", "0", "3"), ("epoch", "0", "3"),
-        ("batch", "1", "4"), ("batch", "1", "6"), ("epoch", "1", "6")]
+        ("batch", "0", "2"), ("epoch", "0", "3"), ("batch", "1", "4"), ("batch", "1", "6"),
+        ("epoch", "1", "6")]
     epoch_rows = [r for r in rows if r["kind"] == "epoch"]
     np.testing.assert_allclose([float(r["reward"]) for r in epoch_rows],
                                history.history["reward"], rtol=1e-6)
@@ -204,7 +202,7 @@ def test_language_model_logger_writes_loss_and_perplexity(tmp_path, tokenizer):
     logger = callbacks_lib.LanguageModelLogger(logdir=tmp_path, log_every=3)
     trainer.fit(texts, epochs=2, verbose=0, callbacks=[logger])
     events = read_events(str(tmp_path / "pretrain"))
-    assert [step for step, _ in events["loss"]] == [3, 4, 6, 8]
+    assert [step for step, _ in events["loss"]] == [3, 6, 8]         # and the last step
     losses = np.array([value for _, value in events["loss"]])
     np.testing.assert_allclose([value for _, value in events["perplexity"]], np.exp(losses),
                                rtol=1e-5)

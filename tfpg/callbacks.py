@@ -182,12 +182,12 @@ class RewardLogger(_GlobalStep):
     The TensorBoard step is always the global train step (also that of
     `SampleLogger`'s tables), and each value is written once:
 
-    * with `log_every=N`, every N train steps (and at the last step of each epoch)
-      the mean of each log over the steps since the previous point. Keras reports
-      batch logs as running means since the start of the epoch (the trainers'
-      metrics are `keras.metrics.Mean` trackers, reset every epoch, updated the
-      same number of times each step), so the mean over steps (j, k] is
-      (k m_k - j m_j) / (k - j);
+    * with `log_every=N`, every N global train steps (and at the last step of
+      training) the mean of each log over the steps since the previous point,
+      across epoch boundaries. Keras reports batch logs as running means since the
+      start of the epoch (the trainers' metrics are `keras.metrics.Mean` trackers,
+      reset every epoch, updated the same number of times each step), so the sum
+      over steps (j, k] of an epoch is k m_k - j m_j;
     * without it, once per epoch: the epoch's logs at its last step.
 
     * CSV (`csv_path`): columns `kind` ("batch" for the `log_every` points, "epoch"
@@ -244,10 +244,12 @@ class RewardLogger(_GlobalStep):
         self._first_epoch = True
         self._batches = 0                   # batches done in this epoch
         self._window = (0, {})              # (batches, running means) at the last point
+        self._carry = (0, {})               # (steps, sums) of earlier epochs not yet written
         self._last_logs = None
 
     def on_train_begin(self, logs=None):
         self._first_epoch = True
+        self._carry = (0, {})
         if not _is_chief(self.model):
             return
         if self.logdir is not None and self._writer is None:
@@ -269,11 +271,13 @@ class RewardLogger(_GlobalStep):
         self._batches += 1
         self._last_logs = logs
         if self.log_every and self._step % self.log_every == 0:
-            self._log_window(logs)
+            self._write_point(logs)
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.log_every and self._batches > self._window[0] and self._last_logs:
-            self._log_window(self._last_logs)          # the epoch's last steps
+        if self.log_every and self._last_logs:
+            # The epoch's steps after its last point join the next point (Keras
+            # resets the running means at every epoch start, so keep their sums).
+            self._carry = self._window_sums(self._last_logs)
         self._record("epoch", logs, tensorboard=not self.log_every)
         if self.histogram_freq and epoch % self.histogram_freq == 0:
             self._log_histograms(self._step)
@@ -281,18 +285,29 @@ class RewardLogger(_GlobalStep):
             self._writer.flush()
 
     def on_train_end(self, logs=None):
+        if self._carry[0]:                          # the steps after the last point
+            self._write_point({})
         if self._writer is not None:
             self._writer.flush()
 
-    def _log_window(self, logs):
-        """One point: each log's mean over the steps since the previous point."""
+    def _window_sums(self, logs):
+        """(steps, {name: sum}) since the previous point, carried steps included, from
+        the running means `logs` after this epoch's `_batches` steps; starts a new
+        window."""
         means = _scalars(logs)
         done, previous = self._window
-        width = self._batches - done
-        window = {name: (self._batches * mean - done * previous.get(name, mean)) / width
-                  for name, mean in means.items()}
-        self._window = (self._batches, means)
-        self._record("batch", window)
+        count, sums = self._carry
+        sums = dict(sums)
+        for name, mean in means.items():
+            sums[name] = sums.get(name, 0.0) + self._batches * mean - done * previous.get(
+                name, 0.0)
+        self._window, self._carry = (self._batches, means), (0, {})
+        return count + self._batches - done, sums
+
+    def _write_point(self, logs):
+        count, sums = self._window_sums(logs)
+        if count:
+            self._record("batch", {name: total / count for name, total in sums.items()})
 
     def _derived(self, scalars):
         """Values computed from the logged ones (none here; see LanguageModelLogger)."""

@@ -510,7 +510,9 @@ class GeneratorModel:
 
     def _warn_unknown(self, prompts):
         unknown = getattr(self.tokenizer, "unknown_tokens", None)
-        unknown = unknown(prompts) if unknown is not None else []
+        # As the graph reads them: invalid UTF-8 as U+FFFD.
+        texts = [p.decode("utf-8", "replace") if isinstance(p, bytes) else p for p in prompts]
+        unknown = unknown(texts) if unknown is not None else []
         if unknown:
             kind = {"char": "characters", "word": "words"}.get(
                 getattr(self.tokenizer, "level", None), "tokens")
@@ -538,6 +540,14 @@ class GeneratorModel:
     def score(self, prompts, completions):
         """Sum of the completion's token log-probs given the prompt: list[float]."""
         return [float(np.sum(row)) for row in self.log_probs(prompts, completions)]
+
+    def run_episodes(self, env, prompts, max_turns, extras=None, **options):
+        """Multi-turn episodes with this export's `generate` and `env` (a
+        `tfpg.turn_env.TurnEnv` over `self.tokenizer`, e.g. the `ToolEnv` and tools of
+        training) in Python: see `tfpg.multi_turn.play_text_episodes`. `options` go
+        to `generate` (e.g. `max_new_tokens`: the per-turn budget)."""
+        from tfpg.multi_turn import play_text_episodes
+        return play_text_episodes(self.generate, env, prompts, max_turns, extras, **options)
 
     def __repr__(self):
         return (f"GeneratorModel(path={self.path!r}, "

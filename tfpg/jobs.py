@@ -1,0 +1,156 @@
+"""The data side of a run (`Job`): what to learn from, what to reward, how to evaluate.
+
+`make_job(config)` reads a bundled task (`tfpg.tasks`) or the user's `.tsv` /
+`.jsonl` / `.txt` file, builds its tokenizer, resolves `--reward` and applies the
+prompt length limit.
+"""
+
+import dataclasses
+import functools
+import importlib
+import inspect
+
+import numpy as np
+
+from tfpg import data as tfpg_data
+from tfpg import rewards
+from tfpg.config import NAMED_REWARDS, POLICY_MAX_LENGTH, TASK_FINETUNE_EPOCHS, UsageError
+from tfpg.tasks import get_task
+from tfpg.text import Tokenizer
+
+
+@dataclasses.dataclass
+class Job:
+    """The data side of a run: what to learn from, what to reward, how to evaluate."""
+
+    name: str
+    pretrain_texts: list
+    train: object                   # a tasks.Split
+    heldout: object                 # a tasks.Split
+    tokenizer: Tokenizer
+    reward_fn: object
+    evaluate: object                # (prompts, completions) -> dict
+    primary_metric: str
+    max_new_tokens: int
+    pretrain_epochs: int
+    finetune_epochs: int
+    max_prompt_length: int = None   # tokens, BOS included; None: no limit
+    truncate: str = "error"         # "error", "left" or "right"
+
+
+def load_reward(spec, tokenizer, task_reward):
+    """The reward named by `--reward`: a built-in name, `module:function`, or the task's."""
+    if spec is None:
+        return task_reward
+    if spec == "bleu":
+        return rewards.BLEU()
+    if spec == "exact_match":
+        return rewards.ExactMatch(answer_key="reference")
+    if spec == "length":
+        return rewards.Length()
+    if ":" not in spec:
+        raise UsageError(f"unknown reward {spec!r}; use one of {', '.join(NAMED_REWARDS)} "
+                         "or module:function")
+    module_name, _, attribute = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise UsageError(f"--reward {spec}: cannot import {module_name!r} ({error})") from None
+    reward_fn = getattr(module, attribute, None)
+    if not callable(reward_fn):
+        raise UsageError(f"--reward {spec}: {module_name} has no callable {attribute!r}")
+    return _named_reward(reward_fn, spec)
+
+
+def _named_reward(reward_fn, spec):
+    """A plain function reward whose exceptions (raised while `fit` traces the step)
+    name the reward; reward objects (`PythonReward`, `WeightedSum`) report their own."""
+    if not inspect.isfunction(reward_fn):
+        return reward_fn
+
+    @functools.wraps(reward_fn)
+    def reward(*args):
+        try:
+            return reward_fn(*args)
+        except Exception as error:  # noqa: BLE001 - any failure of user code
+            raise UsageError(f"reward {spec} failed: {type(error).__name__}: "
+                             f"{error}") from error
+
+    return reward
+
+
+def _file_job(config):
+    from tfpg.tasks.base import Split
+    columns = tfpg_data.read_file(config.train_file)
+    prompts = columns.pop("prompt")
+    references = columns.pop("reference", None)
+    if references is None and config.reward is None:
+        raise UsageError(f"{config.train_file}: no references to score against; "
+                         "give --reward module:function or a .tsv / .jsonl with references")
+    first = [r if isinstance(r, str) else r[0] for r in references] if references else None
+    pretrain_texts = [f"{p} {r}" for p, r in zip(prompts, first)] if first else list(prompts)
+    tokenizer = Tokenizer.from_texts(pretrain_texts + [
+        r for refs in (references or []) for r in ([refs] if isinstance(refs, str) else refs)])
+    cut = max(1, len(prompts) // 10)
+    references = references or [""] * len(prompts)
+    heldout = Split(prompts[:cut], references[:cut], {k: v[:cut] for k, v in columns.items()})
+    train = Split(prompts[cut:] or prompts, references[cut:] or references,
+                  {k: (v[cut:] or v) for k, v in columns.items()})
+
+    def evaluate(prompts, completions):
+        refs = [[r] if isinstance(r, str) else list(r) for r in heldout.references]
+        hyps = [c.split() for c in completions]
+        return {"bleu": 100 * rewards.corpus_bleu(hyps, [[r.split() for r in rs] for rs in refs]),
+                "exact_match": float(np.mean([c.strip() in [r.strip() for r in rs]
+                                              for c, rs in zip(completions, refs)]))}
+
+    return Job(config.run_name, pretrain_texts, train, heldout, tokenizer,
+               load_reward(config.reward or "bleu", tokenizer, None), evaluate, "bleu",
+               config.max_new_tokens or 32,
+               10 if config.pretrain_epochs is None else config.pretrain_epochs,
+               3 if config.epochs is None else config.epochs)
+
+
+def make_job(config):
+    if config.train_file is not None:
+        job = _file_job(config)
+    else:
+        task = get_task(config.task, seed=config.seed)
+        tokenizer = task.tokenizer()
+        job = Job(config.task, task.pretrain_texts, task.train, task.heldout, tokenizer,
+                  load_reward(config.reward, tokenizer, task.reward(tokenizer)),
+                  lambda prompts, completions: task.evaluate(prompts, completions, "heldout"),
+                  task.primary_metric, config.max_new_tokens or task.max_new_tokens,
+                  task.pretrain_epochs if config.pretrain_epochs is None
+                  else config.pretrain_epochs,
+                  TASK_FINETUNE_EPOCHS[config.task] if config.epochs is None else config.epochs)
+    job.max_prompt_length = config.max_prompt_length
+    if job.max_prompt_length is None and config.backbone == "transformer":
+        # Position ids must stay inside the Transformer's table.
+        job.max_prompt_length = POLICY_MAX_LENGTH - job.max_new_tokens
+        if job.max_prompt_length < 2:
+            raise UsageError(f"--max-new-tokens {job.max_new_tokens} leaves no room for a "
+                             f"prompt in the Transformer's {POLICY_MAX_LENGTH} positions")
+    job.truncate = config.truncate_prompts
+    return job
+
+
+def check_prompt_lengths(job, warn):
+    """Applies the prompt length limit: a UsageError naming the first over-long
+    prompt, or (with `truncate` "left" / "right") a warning counting them."""
+    limit = job.max_prompt_length
+    if limit is None:
+        return
+    for split_name, split in (("training", job.train), ("held-out", job.heldout)):
+        lengths = [len(ids) for ids in job.tokenizer.encode(list(split.prompts))]
+        long = [i for i, n in enumerate(lengths) if n > limit]
+        if not long:
+            continue
+        if job.truncate == "error":
+            first = long[0]
+            raise UsageError(
+                f"{split_name} prompt {first} ({split.prompts[first][:40]!r}) has "
+                f"{lengths[first]} tokens, more than --max-prompt-length {limit} (BOS "
+                "included); shorten it or pass --truncate-prompts left|right")
+        warn(f"{len(long)} {split_name} prompt(s) longer than {limit} tokens were "
+             f"truncated, keeping their {job.truncate} part")
