@@ -26,14 +26,17 @@ class BigramPolicy(keras.Model):
 
     pad_id, bos_id, eos_id, structural_ids = 0, 1, 2, (0, 1)
 
-    def __init__(self, vocab_size, table=None, probe_shape=None, **kwargs):
+    def __init__(self, vocab_size, table=None, probe_shape=None, seed=None, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
         self.table = dict(table or {})
         self.probe_shape = probe_shape
+        self.seed = seed
 
     def build(self, input_shape=None):
         initial = np.zeros([self.vocab_size] * 2, np.float32)
+        if self.seed is not None:
+            initial += np.random.default_rng(self.seed).normal(size=initial.shape)
         for token, following in self.table.items():
             initial[token, following] = 30.0
         self.w = self.add_weight(shape=initial.shape, name="w",
@@ -64,7 +67,7 @@ class BigramPolicy(keras.Model):
 
     def get_config(self):
         return {"vocab_size": self.vocab_size, "table": self.table,
-                "probe_shape": self.probe_shape}
+                "probe_shape": self.probe_shape, "seed": self.seed}
 
 
 class ScriptedEnv(TurnEnv):
@@ -199,6 +202,170 @@ def test_calculator_refuses_anything_but_integer_arithmetic():
     for bad in ("__import__('os')", "2**999", "x+1", "1.5*2", "9" * 40 + "*9"):
         with pytest.raises((ValueError, SyntaxError)):
             calculator(bad)
+
+
+# --- trainers --------------------------------------------------------------------------
+
+def with_env(algorithm, policy, env, max_turns, **options):
+    return algorithm(policy, None, env=env, max_turns=max_turns, **options)
+
+
+@pytest.mark.parametrize("algorithm", ["GRPO", "PPO"])
+def test_loss_gradient_is_exactly_zero_at_environment_tokens(algorithm):
+    rows, width = 4, 24
+    policy = BigramPolicy(TOK.vocabulary_size, probe_shape=[rows, width], seed=0)
+    options = dict(max_new_tokens=3, entropy_coef=0.1, kl_coef=0.1, seed=3)
+    if algorithm == "PPO":
+        options["value_model"] = tfpg.ValueNetwork(TOK.vocabulary_size, 8, 8)
+    else:
+        options["group_size"] = 2
+    trainer = with_env(getattr(tfpg.algorithms, algorithm), policy,
+                       ScriptedEnv(TOK, turn_end=";"), max_turns=3, **options)
+    batch = prompts("go", "ok") if algorithm == "GRPO" else prompts("go", "ok", "go", "ok")
+    grads, rollout, episodes = multi_turn.gradients(trainer, batch)
+    probe = [g for g, v in zip(grads, trainer.trainable_variables) if v is policy.delta][0]
+    probe = tf.convert_to_tensor(probe).numpy()                          # [rows, width, V]
+    start = episodes.prompt_ids.shape[1] - 1      # the logits that predict completion 0
+    n = episodes.completion_ids.shape[1]
+    predicts_action = np.zeros([rows, width], bool)
+    predicts_action[:, start:start + n] = episodes.policy_mask > 0
+    assert np.all(probe[~predicts_action] == 0.0)                        # exactly
+    assert np.all(np.abs(probe[predicts_action]).sum(axis=-1) > 0)
+    # Row 1 ended after its first turn: no env tokens, nothing after its turn. The
+    # others have one "ok" reply between two turns.
+    assert episodes.turns.tolist() == [2, 1, 2, 2]
+    np.testing.assert_array_equal(episodes.policy_mask[1], episodes.completion_mask[1])
+    assert 1 <= episodes.policy_mask[1].sum() <= 3
+    env_tokens = episodes.completion_mask - episodes.policy_mask
+    assert env_tokens.sum(axis=1).tolist() == [1, 0, 1, 1]
+    np.testing.assert_array_equal(rollout["loss_mask"], episodes.policy_mask)
+
+
+WORDS3 = ["a", "b", "c"]
+
+
+class EchoEnv(TurnEnv):
+    """Three turns: say the word the last observation names ("say a" -> "a"), 1/3 each."""
+
+    def start(self, batch):
+        self.words = [self.tokenizer.decode(row[-1:]) for row in batch["prompt"]]
+        return super().start(batch)
+
+    def respond(self, rows, completions):
+        rewards, replies = [], []
+        for row, text in zip(rows, completions):
+            rewards.append(float(text.split()[:1] == [self.words[row]]) / 3)
+            self.words[row] = WORDS3[(WORDS3.index(self.words[row]) + 1) % 3]
+            replies.append(f"say {self.words[row]}")
+        return replies, rewards, self.turns[rows] + 1 >= 3
+
+
+@pytest.mark.parametrize("algorithm", ["GRPO", "PPO"])
+def test_grpo_and_ppo_raise_the_reward_of_a_multi_turn_toy(algorithm):
+    keras.utils.set_random_seed(0)
+    policy = tfpg.PolicyNetwork(TOK.vocabulary_size, 16, 32)
+    options = dict(max_new_tokens=2, kl_coef=0.0, seed=0)
+    if algorithm == "PPO":
+        options.update(value_model=tfpg.ValueNetwork(TOK.vocabulary_size, 16, 32),
+                       num_epochs=2)
+    else:
+        options["group_size"] = 4
+    trainer = with_env(getattr(tfpg.algorithms, algorithm), policy, EchoEnv(TOK),
+                       max_turns=3, **options)
+    trainer.compile(optimizer=keras.optimizers.Adam(3e-2))
+    say = ID["say"]
+    prompt = np.array([[1, say, ID[WORDS3[i % 3]]] for i in range(8)], np.int32)
+    dataset = tf.data.Dataset.from_tensors({"prompt": prompt}).repeat(24)
+    history = trainer.fit(dataset, epochs=1, verbose=0, callbacks=[RewardPerStep()])
+    rewards = RewardPerStep.rewards
+    assert np.mean(rewards[-4:]) > np.mean(rewards[:4]) + 0.25, rewards
+    for name in ("turns", "env_tokens", "turn_length", "env_time_fraction"):
+        assert name in history.history
+    assert trainer.last_episodes.turns.tolist() == [3] * len(trainer.last_episodes.turns)
+
+
+class RewardPerStep(keras.callbacks.Callback):
+    rewards = []
+
+    def on_train_begin(self, logs=None):
+        type(self).rewards = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        # Keras averages logs over the epoch; the trainer's last rollout is this step's.
+        self.rewards.append(float(tf.reduce_mean(self.model.last_rollout["scores"])))
+
+
+def test_failing_tools_give_error_observations_and_training_goes_on():
+    tools = {"calc": lambda a: 1 / 0, "hang": lambda a: time.sleep(30)}
+    # The policy writes "<calc> 12*3 </calc>" and ends the turn at "</calc>".
+    table = {ID["go"]: ID["<calc>"], ID["<calc>"]: ID["12*3"], ID["12*3"]: ID["</calc>"],
+             ID["error:"]: ID["36"], ID["36"]: 2}
+    env = ToolEnv(tools, TOK, reward_fn=lambda answers, batch: [1.0] * len(answers),
+                  turn_end="</calc>", timeout=0.2, error_format="error:")
+    trainer = with_env(tfpg.algorithms.RLOO, BigramPolicy(TOK.vocabulary_size, table),
+                       env, max_turns=3, group_size=2, max_new_tokens=4, sampler="greedy")
+    trainer.compile(optimizer="sgd")
+    logs = trainer.fit(tf.data.Dataset.from_tensors(prompts("go", "go")).repeat(2),
+                       verbose=0).history
+    assert logs["tool_calls"][-1] == 1.0 and logs["tool_errors"][-1] == 1.0
+    episodes = trainer.last_episodes
+    assert episodes.render(TOK, 0) == "go | <calc> 12*3 </calc> [error:] 36"
+    np.testing.assert_allclose(episodes.rewards, [1.0] * 4)
+
+
+def test_trainer_env_options_are_checked_in_one_line():
+    policy = BigramPolicy(TOK.vocabulary_size)
+    env = ScriptedEnv(TOK)
+    with pytest.raises(ValueError, match="reward_fn=None"):
+        tfpg.algorithms.RLOO(policy, lambda *a: tf.zeros([1]), env=env)
+    with pytest.raises(ValueError, match="pass env= too"):
+        tfpg.algorithms.RLOO(policy, lambda *a: tf.zeros([1]), max_turns=2)
+    with pytest.raises(ValueError, match="max_turns must be a positive int"):
+        tfpg.algorithms.RLOO(policy, None, env=env, max_turns=0)
+    with pytest.raises(TypeError, match="TurnEnv"):
+        tfpg.algorithms.RLOO(policy, None, env=object())
+    trainer = tfpg.algorithms.RLOO(policy, None, env=env)
+    assert trainer.max_turns == 4
+    with pytest.raises(ValueError, match="jit_compile=True"):
+        trainer.compile(optimizer="sgd", jit_compile=True)
+
+
+# --- text episodes (an export's generate) ------------------------------------------
+
+def test_text_episodes_of_an_export_equal_the_in_graph_rollout(tmp_path):
+    keras.utils.set_random_seed(1)
+    policy = tfpg.PolicyNetwork(TOK.vocabulary_size, 8, 8)
+    path = tfpg.export_saved_model(policy, TOK, str(tmp_path / "export"), max_new_tokens=3)
+    batch = prompts("say a", "say b", "say c")
+    episodes = multi_turn.rollout_episodes(policy, EchoEnv(TOK, turn_end=";"), batch,
+                                           max_turns=3, max_new_tokens=3, sampler="greedy")
+    played = tfpg.load(path).run_episodes(EchoEnv(TOK, turn_end=";"),
+                                          ["say a", "say b", "say c"], max_turns=3,
+                                          max_new_tokens=3)
+    for row, episode in enumerate(played):
+        expected = [(role, TOK.decode(np.asarray(ids, np.int32)))
+                    for role, ids in episodes.segments[row][1:]]
+        assert episode["turns"] == expected
+        assert episode["reward"] == pytest.approx(episodes.rewards[row])
+        assert episode["done"] == episodes.done[row]
+
+
+def test_play_text_episodes_cuts_turns_and_runs_tools():
+    tokenizer = Tokenizer.from_texts(["0123456789*=calc()\n error"], level="char")
+    env = ToolEnv({"calc": calculator}, tokenizer, turn_end=")", open_tag="{name}(",
+                  close_tag=")", result_format="={output}\n",
+                  reward_fn=lambda answers, batch: [float(a == "36") for a in answers])
+    calls = []
+
+    def generate(contexts, max_new_tokens):
+        calls.append(list(contexts))
+        return ["36" if context.endswith("\n") else "calc(12*3)99" for context in contexts]
+
+    played = multi_turn.play_text_episodes(generate, env, ["12*3="], max_turns=3,
+                                           max_new_tokens=12)
+    assert played == [{"prompt": "12*3=", "done": True, "reward": 1.0, "turns": [
+        ("policy", "calc(12*3)"), ("env", "=36\n"), ("policy", "36")]}]
+    assert calls == [["12*3="], ["12*3=calc(12*3)=36\n"]]
 
 
 # --- bundled multi-turn tasks ---------------------------------------------------------

@@ -35,7 +35,7 @@ import tensorflow as tf
 
 from tfpg import advantages as adv
 from tfpg import losses
-from tfpg.generation import FILTERED_LOGIT, generate
+from tfpg.generation import generate
 from tfpg.turn_env import as_numpy_batch
 
 POLICY, ENV, PROMPT = "policy", "env", "prompt"
@@ -348,8 +348,11 @@ def score_rollout(trainer, rollout):
     ids, mask = rollout["completion_ids"], rollout["policy_mask"]
     logits = trainer.completion_logits(trainer.policy, *trajectory)
     rollout["old_log_probs"], filtered = trainer.sampled_log_probs(logits, ids, mask)
-    if getattr(trainer, "keeps_support", False):
-        rollout["support"] = filtered > FILTERED_LOGIT
+    if trainer.keeps_support:
+        # Scored on the kept support, as in every later epoch: the first ratio is 1.
+        rollout["support"] = trainer.rollout_support(filtered)
+        rollout["old_log_probs"], _ = trainer.sampled_log_probs(logits, ids, mask,
+                                                                rollout["support"])
     if trainer.reference_model is not None:
         kl, rollout["ref_log_probs"] = reference_kl(trainer, logits, *trajectory, mask)
         if trainer.kl_in_reward:
@@ -414,7 +417,7 @@ def train_step(trainer, data):
         values["kl"] = sequence_kl
     if trainer.group_size > 1:
         _, values["zero_std_fraction"] = adv.group_normalized_advantages(
-            rollout["scores"], trainer.group_size)
+            rollout["scores"], trainer.group_size, valid=valid)
     trainer._record(values)
     if trainer.target_kl is not None:
         trainer._update_kl_coef(sequence_kl, count)
@@ -438,3 +441,64 @@ def gradients(trainer, batch, seed=None):
         dict(rollout, completion_mask=rollout["loss_mask"]), {}))
     _, grads, _ = trainer.loss_and_gradients(rollout)
     return grads, rollout, episodes
+
+
+# ------------------------------------------------------------- text episodes
+
+def play_text_episodes(generate, env, prompts, max_turns, extras=None, **options):
+    """Episodes driven by a text generator, e.g. an export's `tfpg.load(dir).generate`.
+
+    The same episodes as `rollout_episodes`, at the level of strings: each turn calls
+    `generate(contexts, **options)` once for the unfinished rows (a context is the
+    prompt, earlier turns and replies joined as the tokenizer joins tokens) and cuts
+    each completion after the env's `turn_end` token; the env runs between turns.
+
+    Args:
+        generate: callable(list[str], **options) -> list[str], stopping at EOS.
+        env: the `TurnEnv` (with the generator's tokenizer).
+        prompts: list of prompt strings.
+        max_turns: policy turns per episode at most.
+        extras: dict of extra batch columns for the env (e.g. {"answer": [...]}).
+
+    Returns:
+        One dict per prompt: "prompt", "turns" (list of (role, text), role "policy"
+        or "env"), "reward" (total) and "done".
+    """
+    tokenizer = env.tokenizer
+    joiner = "" if getattr(tokenizer, "level", None) == "char" else " "
+    ids, mask = _left_padded([tokenizer.encode(p) for p in prompts],
+                             getattr(tokenizer, "pad_id", 0))
+    batch = {"prompt": ids, "prompt_mask": mask,
+             **{key: np.asarray(value) for key, value in (extras or {}).items()}}
+
+    def as_text(observation):
+        if isinstance(observation, str):
+            return observation
+        return tokenizer.decode(np.asarray(observation, np.int32))
+
+    contexts = [as_text(observation) for observation in env.reset(batch)]
+    turn_end = None if env.turn_end_id is None else tokenizer.decode(
+        np.asarray([env.turn_end_id], np.int32))
+    episodes = [{"prompt": prompt, "turns": [], "reward": 0.0, "done": False}
+                for prompt in prompts]
+    for turn in range(max_turns):
+        alive = env.unfinished
+        if not alive.size:
+            break
+        texts = list(generate([contexts[row] for row in alive], **options))
+        if turn_end:
+            texts = [text[:text.index(turn_end) + len(turn_end)] if turn_end in text
+                     else text for text in texts]
+        observations, rewards, dones = env.step(texts, rows=alive)
+        for row, text, observation, reward, done in zip(alive, texts, observations,
+                                                        rewards, dones):
+            episode = episodes[row]
+            episode["turns"].append((POLICY, text))
+            episode["reward"] += float(reward)
+            episode["done"] = bool(done)
+            contexts[row] = joiner.join(part for part in (contexts[row], text) if part)
+            if not done and turn + 1 < max_turns:
+                reply = as_text(observation)
+                episode["turns"].append((ENV, reply))
+                contexts[row] = joiner.join(part for part in (contexts[row], reply) if part)
+    return episodes
