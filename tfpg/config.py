@@ -37,6 +37,7 @@ class TrainConfig:
     algorithm: str = "rloo"
     backbone: str = "lstm"
     reward: str = None              # None: the task's reward, or BLEU for a file
+    reward_model: str = None        # a reward model directory (`tfpg train-reward`)
     pretrain_epochs: int = None     # None: the task's default
     epochs: int = None              # fine-tuning epochs; None: the task's default
     batch_size: int = 64
@@ -82,7 +83,7 @@ class TrainConfig:
 
 # Fine-tuning defaults per task: epochs over the train split and the held-out sizes
 # chosen so that `tfpg train` with no arguments finishes in minutes on 2 CPU cores.
-TASK_FINETUNE_EPOCHS = {"arithmetic": 4, "translate": 4, "keywords": 4}
+TASK_FINETUNE_EPOCHS = {"arithmetic": 4, "translate": 4, "keywords": 4, "preference": 4}
 POLICY_MAX_LENGTH = 256
 
 
@@ -92,6 +93,8 @@ def check_config(config):
     from tfpg.tasks import TASKS
     if config.train_file is None and config.task not in TASKS:
         raise UsageError(f"unknown task {config.task!r}; known: {', '.join(sorted(TASKS))}")
+    if config.reward is not None and config.reward_model is not None:
+        raise UsageError("give --reward or --reward-model, not both")
     if config.algorithm not in ALGORITHMS:
         raise UsageError(f"unknown algorithm {config.algorithm!r}; "
                          f"known: {', '.join(ALGORITHMS)}")

@@ -36,6 +36,7 @@ class Job:
     finetune_epochs: int
     max_prompt_length: int = None   # tokens, BOS included; None: no limit
     truncate: str = "error"         # "error", "left" or "right"
+    kl_coef: float = None           # the task's default kl_coef; None: the algorithm's
 
 
 def load_reward(spec, tokenizer, task_reward):
@@ -84,7 +85,7 @@ def _file_job(config):
     columns = tfpg_data.read_file(config.train_file)
     prompts = columns.pop("prompt")
     references = columns.pop("reference", None)
-    if references is None and config.reward is None:
+    if references is None and config.reward is None and config.reward_model is None:
         raise UsageError(f"{config.train_file}: no references to score against; "
                          "give --reward module:function or a .tsv / .jsonl with references")
     first = [r if isinstance(r, str) else r[0] for r in references] if references else None
@@ -124,6 +125,15 @@ def make_job(config):
                   task.pretrain_epochs if config.pretrain_epochs is None
                   else config.pretrain_epochs,
                   TASK_FINETUNE_EPOCHS[config.task] if config.epochs is None else config.epochs)
+        job.kl_coef = getattr(task, "kl_coef", None)
+        if getattr(task, "needs_reward_model", False) and config.reward_model is None \
+                and config.reward is None:
+            raise UsageError(f"the {config.task} task trains against a learned reward: run "
+                             f"`tfpg train-reward --task {config.task} --output DIR` first, "
+                             "then give --reward-model DIR")
+    if config.reward_model is not None:
+        from tfpg.reward_training import load_reward_model
+        job.reward_fn = load_reward_model(config.reward_model, job.tokenizer)
     job.max_prompt_length = config.max_prompt_length
     if job.max_prompt_length is None and config.backbone == "transformer":
         # Position ids must stay inside the Transformer's table.

@@ -14,13 +14,7 @@ directory is written once, whole, by rename: bad input leaves nothing behind.
 
 import os
 
-
-def _usage_error(message):
-    try:  # the CLI's UsageError, wherever this version keeps it
-        from tfpg.config import UsageError
-    except ImportError:
-        from tfpg.training import UsageError
-    return UsageError(message)
+from tfpg.config import UsageError, check_writable
 
 
 def train_reward(output, task=None, pairs=None, tokenizer=None, seed=0, epochs=None,
@@ -53,17 +47,17 @@ def train_reward(output, task=None, pairs=None, tokenizer=None, seed=0, epochs=N
 
     start = time.time()
     if output is None:
-        raise _usage_error("train-reward needs --output DIR")
+        raise UsageError("train-reward needs --output DIR")
     if task is not None and pairs is not None:
-        raise _usage_error("give --task or --pairs, not both")
+        raise UsageError("give --task or --pairs, not both")
     output = os.path.normpath(output)
     try:
         check_replaceable(output)
     except ValueError as error:
-        raise _usage_error(str(error)) from None
-    _check_writable(output)
+        raise UsageError(str(error)) from None
+    check_writable(output)
     if epochs is not None and epochs < 1:
-        raise _usage_error("--epochs must be >= 1")
+        raise UsageError("--epochs must be >= 1")
 
     heldout, summary = None, {}
     if pairs is None:
@@ -71,9 +65,9 @@ def train_reward(output, task=None, pairs=None, tokenizer=None, seed=0, epochs=N
         try:
             job = get_task(name, seed=seed)
         except ValueError as error:
-            raise _usage_error(str(error)) from None
+            raise UsageError(str(error)) from None
         if not hasattr(job, "preference_pairs"):
-            raise _usage_error(f"task {name!r} has no preference pairs (use --task "
+            raise UsageError(f"task {name!r} has no preference pairs (use --task "
                                "preference or --pairs F.jsonl)")
         train = job.preference_pairs("train")
         heldout = job.preference_pairs("heldout")
@@ -90,7 +84,7 @@ def train_reward(output, task=None, pairs=None, tokenizer=None, seed=0, epochs=N
         try:
             tok = Tokenizer.load(tokenizer)
         except FileNotFoundError:
-            raise _usage_error(f"{tokenizer}: file not found") from None
+            raise UsageError(f"{tokenizer}: file not found") from None
     else:
         tok = default_tokenizer()
 
@@ -110,14 +104,6 @@ def train_reward(output, task=None, pairs=None, tokenizer=None, seed=0, epochs=N
                    train_accuracy=model.metadata["train_accuracy"],
                    seconds=round(time.time() - start, 1))
     return summary
-
-
-def _check_writable(output):
-    try:
-        from tfpg.config import check_writable
-    except ImportError:
-        from tfpg.training import check_writable
-    check_writable(output)
 
 
 def format_summary(summary):
@@ -143,4 +129,4 @@ def load_reward_model(directory, tokenizer):
     try:
         return RewardModel.load(directory).for_tokenizer(tokenizer)
     except (FileNotFoundError, ValueError) as error:
-        raise _usage_error(f"--reward-model: {error}") from None
+        raise UsageError(f"--reward-model: {error}") from None

@@ -247,6 +247,8 @@ def _algorithm_options(config, job, policy):
     cls = ALGORITHMS[config.algorithm]
     if config.kl_coef is not None:
         options["kl_coef"] = config.kl_coef
+    elif job.kl_coef is not None:
+        options["kl_coef"] = job.kl_coef
     if config.algorithm in ("rloo", "grpo"):
         options["group_size"] = max(2, config.group_size)
     # The pre-trained policy as the reference, also when kl_coef is 0: the trainer
