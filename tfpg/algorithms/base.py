@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from tfpg import advantages as adv
 from tfpg import losses
+from tfpg import multi_turn
 from tfpg.distribution import (DistributedFitMixin, apply_gradients, cross_replica_sum,
                                is_loss_scale_optimizer, num_replicas, replica_rows,
                                scale_loss)
@@ -45,6 +46,21 @@ MINIBATCH_STREAM = 0x6D696E69   # "mini"
 def sequence_return(rollout):
     """Total reward of each completion, any KL penalty in the reward included: [B]."""
     return tf.reduce_sum(rollout["token_rewards"] * rollout["completion_mask"], axis=1)
+
+
+def support_mask(support, vocab_size):
+    """bool [B, N, V] from a rollout's support: a bool mask as it is, or token ids
+    int32 [B, N, k] (-1 = no token) scattered into one."""
+    if support.dtype == tf.bool:
+        return support
+    shape = tf.shape(support)                                               # [B, N, k]
+    rows = tf.broadcast_to(tf.range(shape[0])[:, None, None], shape)
+    positions = tf.broadcast_to(tf.range(shape[1])[None, :, None], shape)
+    index = tf.stack([rows, positions, tf.maximum(support, 0)], axis=-1)    # [B, N, k, 3]
+    # Max, not update: the -1 entries all land on id 0 with a 0 and must not erase a 1.
+    hits = tf.tensor_scatter_nd_max(tf.zeros([shape[0], shape[1], vocab_size], tf.int32),
+                                    index, tf.cast(support >= 0, tf.int32))
+    return hits > 0
 
 
 def truncated_completions(rollout, max_new_tokens, eos_id):
@@ -109,6 +125,12 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
             "constant" (sum / (B * max_new_tokens)); None takes the algorithm's default.
         on_invalid_reward: "raise", "zero" or "skip" for NaN / inf / failing rewards.
         seed: seeds the sampling; a run with the same seed samples the same tokens.
+        env: a batched turn-level environment (`tfpg.turn_env.TurnEnv`, e.g.
+            `tfpg.envs.ToolEnv`) for multi-turn episodes: the env gives the rewards
+            (pass `reward_fn=None`), `max_new_tokens` is the budget of one turn, the
+            rollout runs in Python between compiled turns and the update in a
+            tf.function (see `tfpg.multi_turn`). Python objects: not in `get_config`.
+        max_turns: policy turns per episode with `env` (default 4).
     """
 
     default_loss_aggregation = "token_mean"
@@ -125,7 +147,7 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
                  kl_estimator="k1", kl_in_reward=True, target_kl=None, kl_horizon=10000,
                  entropy_coef=0.0, value_coef=0.5, num_epochs=1, num_minibatches=1,
                  max_grad_norm=1.0, loss_aggregation=None, on_invalid_reward="raise",
-                 seed=0, **kwargs):
+                 seed=0, env=None, max_turns=None, **kwargs):
         super().__init__(**kwargs)
         resolve_sampler(sampler, temperature, top_k, top_p)
         if self.uses_value_model and value_model is None:
@@ -180,6 +202,8 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         self.loss_aggregation = loss_aggregation
         self.on_invalid_reward = on_invalid_reward
         self.seed = int(seed)
+        self.max_turns = multi_turn.check_env(env, max_turns, reward_fn)
+        self.env = env
         self.initial_kl_coef = float(kl_coef)
         self.kl_coef = self.add_weight(shape=(), initializer=keras.initializers.Constant(
             kl_coef), trainable=False, name="kl_coef", aggregation="only_first_replica")
@@ -211,7 +235,15 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
             step (in-graph rewards only; a NaN reward then counts as "zero" since XLA
             cannot raise, and `last_rollout` is not kept); False compiles nothing.
         """
-        self.jit_decode = resolve_jit_compile(jit_compile)   # validates it too
+        self.jit_decode = resolve_jit_compile(jit_compile, self.policy)   # validates it too
+        if self.env is not None:
+            if jit_compile is True:
+                raise ValueError("env= runs the episodes in Python between turns: "
+                                 "jit_compile=True (the whole step in XLA) cannot "
+                                 "hold them; use 'auto' or False")
+            # The env is Python: train_step runs eagerly (each turn's generation
+            # and the update are still tf.functions, see tfpg.multi_turn).
+            kwargs["run_eagerly"] = True
         super().compile(optimizer=optimizer, jit_compile=jit_compile is True, **kwargs)
         # Build the optimizer's slots now: created during the first trace of the
         # train function they would make tf.function trace it a second time.
@@ -235,6 +267,8 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
             names.append("zero_std_fraction")
         if self.on_invalid_reward != "raise":
             names.append("invalid_rewards")
+        if self.env is not None:
+            names += multi_turn.metric_names(self.env)
         names += [f"reward/{name}" for name, _, _ in
                   getattr(self.reward_fn, "weighted_components", None) or ()]
         return names
@@ -303,18 +337,27 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
     def sampled_log_probs(self, logits, completion_ids, completion_mask, support=None):
         """Log-probs [B, N] under the distribution that was sampled (filters applied).
 
-        `support` bool [B, N, V], the top-k / top-p support kept from the rollout,
-        replaces the filters: later epochs score the old tokens on the support they
-        were sampled from, not one recomputed from the updated policy (where an old
-        token may have dropped out, with log-prob -1e9).
+        `support`, the top-k / top-p support kept from the rollout (see
+        `rollout_support`), replaces the filters: later epochs score the old tokens
+        on the support they were sampled from, not one recomputed from the updated
+        policy (where an old token may have dropped out, with log-prob -1e9).
         """
         if support is None:
             filtered = filter_logits(logits, self.temperature, self.top_k, self.top_p,
                                      self.sampled_suppress_ids)
         else:
-            filtered = tf.where(support, filter_logits(logits, self.temperature),
-                                FILTERED_LOGIT)
+            filtered = tf.where(support_mask(support, logits.shape[-1]),
+                                filter_logits(logits, self.temperature), FILTERED_LOGIT)
         return losses.token_log_probs(filtered, completion_ids, mask=completion_mask), filtered
+
+    def rollout_support(self, filtered):
+        """The support of filtered logits [B, N, V] as a rollout keeps it: with top-k
+        alone the ids of the kept tokens, int32 [B, N, k] (-1: none), k / V of a
+        mask's memory; with top-p a bool mask [B, N, V] (B * N * V bytes)."""
+        if self.top_p is None and isinstance(self.top_k, int):
+            values, ids = tf.math.top_k(filtered, min(self.top_k, filtered.shape[-1]))
+            return tf.where(values > FILTERED_LOGIT, ids, -1)
+        return filtered > FILTERED_LOGIT
 
     @property
     def keeps_support(self):
@@ -338,6 +381,10 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         logits = self.completion_logits(self.policy, prompt_ids, completion_ids, mask,
                                         prompt_mask)
         old_log_probs, filtered = self.sampled_log_probs(logits, completion_ids, mask)
+        support = self.rollout_support(filtered) if self.keeps_support else None
+        if support is not None:
+            # Scored on the kept support, as every later epoch: the first ratio is 1.
+            old_log_probs, _ = self.sampled_log_probs(logits, completion_ids, mask, support)
         scored = compute_rewards(self.reward_fn, prompt_ids, completion_ids, mask, batch,
                                  self.on_invalid_reward)
         rollout = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
@@ -345,9 +392,8 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
                    "completion_mask": mask, "loss_mask": mask * scored.valid[:, None],
                    "old_log_probs": old_log_probs, "scores": scored.rewards,
                    "valid": scored.valid}
-        if self.keeps_support:
-            # bool [B, N, V]: B * N * V bytes, kept only with top-k / top-p.
-            rollout["support"] = filtered > FILTERED_LOGIT
+        if support is not None:
+            rollout["support"] = support
         self._record(scored.metrics())
 
         token_rewards = adv.sequence_score_to_token_rewards(scored.rewards, mask)
@@ -562,6 +608,8 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         return minibatch
 
     def train_step(self, data):
+        if self.env is not None:
+            return multi_turn.train_step(self, data)
         batch = data if isinstance(data, dict) else {"prompt": data}
         rollout, batch = self.collect_rollout(batch)
         rollout.update(self.compute_advantages(rollout, batch))
@@ -576,6 +624,8 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
 
         For analysis and tests (e.g. against `tfpg.testing.exact_policy_gradient`).
         """
+        if self.env is not None:
+            return multi_turn.gradients(self, batch)[0]
         if not hasattr(self, "optimizer") or self.optimizer is None:
             self.compile(optimizer="sgd")
         rollout, batch = self.collect_rollout(batch)
