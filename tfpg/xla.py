@@ -11,6 +11,11 @@ choice:
   train step at 0.98-1.04x compiled whole and 0.99-1.00x with only the decode loop
   compiled, after 5-40 s of compiling. The plain graph's big matmuls already run at
   70-85 % of the machine's matmul peak: XLA has little left to gain there.
+* CPU, KerasHub policies (`KerasHubPolicy`, whose `xla_on_cpu` is True): XLA for the
+  decode loop. A KerasHub decoder step is many small ops (per-layer cache slices,
+  masks, RoPE, norms) that the plain graph runs one by one; measured here
+  (`tfpg.generate`, tiny random GPT-2, batch 32 x 32 new tokens, interleaved):
+  3.8x at width 64 (9.7k -> 36.4k tok/s), 1.2x at width 256 (1.4k -> 1.7k tok/s).
 * GPU / TPU: XLA for the decode loop (the rollout). A decode step is dozens of small
   kernels per token; XLA fuses them and removes the per-op launch cost, which
   dominates on an accelerator (KerasHub's `generate` and Keras' own "auto" make the
@@ -36,11 +41,13 @@ def has_accelerator():
                for device in tf.config.list_logical_devices())
 
 
-def resolve_jit_compile(jit_compile):
-    """"auto" -> the faster choice for this machine's device type; bools pass through."""
+def resolve_jit_compile(jit_compile, policy=None):
+    """"auto" -> the faster choice for this machine's device type (and `policy`: see
+    the module docstring); bools pass through."""
     if jit_compile == "auto":
         strategy = tf.distribute.get_strategy()
-        return has_accelerator() and strategy.num_replicas_in_sync == 1
+        faster = has_accelerator() or bool(getattr(policy, "xla_on_cpu", False))
+        return faster and strategy.num_replicas_in_sync == 1
     if jit_compile not in (True, False):
         raise ValueError(f"jit_compile must be 'auto', True or False, got {jit_compile!r}")
     return bool(jit_compile)
