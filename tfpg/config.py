@@ -158,14 +158,11 @@ def check_output(output, checkpoint_dir):
     """Refuses, before training, an output that the final export would refuse (a
     file, a non-empty directory that is not a tfpg export) and a checkpoint
     directory holding something other than a tfpg run."""
-    from tfpg.export import METADATA_FILE
-    if os.path.exists(output):
-        if not os.path.isdir(output):
-            raise UsageError(f"{output} exists and is not a directory; refusing to "
-                             "replace it with a SavedModel")
-        if os.listdir(output) and not os.path.isfile(os.path.join(output, METADATA_FILE)):
-            raise UsageError(f"{output} is a non-empty directory that is not a tfpg "
-                             "export; refusing to replace it (choose another --output)")
+    from tfpg.export import _check_replaceable
+    try:
+        _check_replaceable(output)          # what the export will check at the end
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     if os.path.exists(checkpoint_dir):
         if not os.path.isdir(checkpoint_dir):
             raise UsageError(f"{checkpoint_dir} exists and is not a directory")
