@@ -20,6 +20,16 @@ _BPE_SPECIALS = {
 }
 
 
+_GQA = dict(num_query_heads=2, num_key_value_heads=1)
+# KerasHub class-name prefix and backbone options of each byte-pair family.
+_BPE_CLASSES = {
+    "gpt2": ("GPT2", dict(num_heads=2, max_sequence_length=64)),
+    "llama3": ("Llama3", _GQA),
+    "qwen2": ("Qwen", _GQA),
+    "qwen3": ("Qwen3", dict(_GQA, head_dim=8)),
+}
+
+
 def bpe_vocabulary(specials):
     """Every byte of GPT-2's byte-level alphabet (id 0 is "!"), a few merges, the
     special tokens last."""
@@ -57,35 +67,14 @@ def build_causal_lm(family, seed=0, sequence_length=32, **backbone_options):
     keras.utils.set_random_seed(seed)
     small = dict(num_layers=2, hidden_dim=16, intermediate_dim=32)
     if family in _BPE_SPECIALS:
+        prefix, options = _BPE_CLASSES[family]
         vocabulary, merges = bpe_vocabulary(_BPE_SPECIALS[family])
-        size = len(vocabulary)
-        if family == "gpt2":
-            tokenizer = models.GPT2Tokenizer(vocabulary=vocabulary, merges=merges)
-            backbone = models.GPT2Backbone(vocabulary_size=size, num_heads=2,
-                                           max_sequence_length=64, **small,
-                                           **backbone_options)
-            return models.GPT2CausalLM(backbone, models.GPT2CausalLMPreprocessor(
-                tokenizer, sequence_length=sequence_length))
-        if family == "llama3":
-            tokenizer = models.Llama3Tokenizer(vocabulary=vocabulary, merges=merges)
-            backbone = models.Llama3Backbone(vocabulary_size=size, num_query_heads=2,
-                                             num_key_value_heads=1, **small,
-                                             **backbone_options)
-            return models.Llama3CausalLM(backbone, models.Llama3CausalLMPreprocessor(
-                tokenizer, sequence_length=sequence_length))
-        if family == "qwen2":
-            tokenizer = models.QwenTokenizer(vocabulary=vocabulary, merges=merges)
-            backbone = models.QwenBackbone(vocabulary_size=size, num_query_heads=2,
-                                           num_key_value_heads=1, **small,
-                                           **backbone_options)
-            return models.QwenCausalLM(backbone, models.QwenCausalLMPreprocessor(
-                tokenizer, sequence_length=sequence_length))
-        tokenizer = models.Qwen3Tokenizer(vocabulary=vocabulary, merges=merges)
-        backbone = models.Qwen3Backbone(vocabulary_size=size, num_query_heads=2,
-                                        num_key_value_heads=1, head_dim=8, **small,
-                                        **backbone_options)
-        return models.Qwen3CausalLM(backbone, models.Qwen3CausalLMPreprocessor(
-            tokenizer, sequence_length=sequence_length))
+        tokenizer = getattr(models, prefix + "Tokenizer")(vocabulary=vocabulary, merges=merges)
+        backbone = getattr(models, prefix + "Backbone")(
+            vocabulary_size=len(vocabulary), **options, **small, **backbone_options)
+        preprocessor = getattr(models, prefix + "CausalLMPreprocessor")(
+            tokenizer, sequence_length=sequence_length)
+        return getattr(models, prefix + "CausalLM")(backbone, preprocessor)
     if family == "mistral":
         tokenizer = models.MistralTokenizer(proto=sentence_piece_proto("llama"))
         backbone = models.MistralBackbone(vocabulary_size=tokenizer.vocabulary_size(),

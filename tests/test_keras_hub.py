@@ -16,8 +16,10 @@ keras_hub = pytest.importorskip("keras_hub")
 
 import tfpg  # noqa: E402
 from tfpg.algorithms.base import frozen_copy  # noqa: E402
+from tfpg.callbacks import _left_pad  # noqa: E402
 from tfpg.generation import filter_logits  # noqa: E402
 from tfpg.keras_hub_tokenizer import KerasHubTokenizer  # noqa: E402
+from tfpg.xla import resolve_jit_compile  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 from keras_hub_models import FAMILIES, save_preset  # noqa: E402
@@ -37,13 +39,8 @@ def presets(tmp_path_factory):
 
 
 def left_pad(rows, pad_id):
-    width = max(len(row) for row in rows)
-    ids = np.full([len(rows), width], pad_id, np.int32)
-    mask = np.zeros([len(rows), width], np.int32)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = row
-        mask[i, width - len(row):] = 1
-    return ids, mask
+    """(ids int32 [B, P] left-padded with pad_id, mask int32 [B, P])."""
+    return _left_pad(rows, pad_id)
 
 
 def toy_reward(prompt_ids, completion_ids, completion_mask, batch):
@@ -66,8 +63,10 @@ def test_left_padded_batch_decodes_like_each_prompt_alone(presets, family):
     prompts = [bos + [0, 5, 0, 7, 9, 11], bos + [0, 9], bos + [12, 0, 0]]
     ids, mask = left_pad(prompts, policy.pad_id)
     new = 5
+    # The plain graph here (fast to trace); test_xla_decoding_matches_the_plain_graph
+    # covers the XLA loop that jit_compile="auto" picks for KerasHub models.
     out = tfpg.generate(policy, ids, prompt_mask=mask, max_new_tokens=new,
-                        sampler="greedy", eos_id=None)
+                        sampler="greedy", eos_id=None, jit_compile=False)
     suppress = policy.structural_ids or None
     for row, prompt in enumerate(prompts):
         completion = out.token_ids.numpy()[row].tolist()
@@ -81,6 +80,18 @@ def test_left_padded_batch_decodes_like_each_prompt_alone(presets, family):
     masked = policy(tf.constant(ids), padding_mask=tf.constant(mask))
     unmasked = policy(tf.constant(ids))
     assert np.abs(masked[1, -1] - unmasked[1, -1]).max() > 1e-3
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gemma3"])
+def test_xla_decoding_matches_the_plain_graph(presets, family):
+    policy = tfpg.KerasHubPolicy.from_preset(presets(family))
+    assert resolve_jit_compile("auto", policy)           # XLA by default, also on CPU
+    ids, mask = left_pad([[policy.bos_id, 0, 5, 0, 7], [policy.bos_id, 9]], policy.pad_id)
+    plain, xla = (tfpg.generate(policy, ids, prompt_mask=mask, max_new_tokens=4,
+                                sampler="greedy", eos_id=None, jit_compile=jit)
+                  for jit in (False, True))
+    assert xla.token_ids.numpy().tolist() == plain.token_ids.numpy().tolist()
+    np.testing.assert_allclose(xla.log_probs, plain.log_probs, atol=1e-5)
 
 
 def test_attributes_come_from_the_tokenizer(presets):
@@ -111,9 +122,12 @@ def test_bfloat16_weights_give_float32_logits(presets):
     ids, mask = left_pad([[policy.bos_id, 5, 6], [policy.bos_id, 7]], policy.pad_id)
     logits = policy(ids, padding_mask=mask)
     assert logits.dtype == tf.float32 and logits.shape == (2, 3, policy.vocab_size)
-    out = tfpg.generate(policy, ids, prompt_mask=mask, max_new_tokens=3, seed=0)
-    assert out.log_probs.dtype == tf.float32
-    assert np.all(np.isfinite(out.log_probs.numpy()))
+    cache = policy.initial_cache(2, 4)
+    assert cache["kv"].dtype == tf.bfloat16
+    step, _, _ = policy.call_with_cache(ids, cache, 0, padding_mask=mask, last_only=True)
+    assert step.dtype == tf.float32 and step.shape == (2, 1, policy.vocab_size)
+    # bfloat16 rounding only: the cached step agrees with the full forward.
+    np.testing.assert_allclose(step[:, 0], logits[:, -1], atol=0.05)
 
 
 # ------------------------------------------------------------------ tokenizer
@@ -171,7 +185,7 @@ def grpo(policy, **options):
 def test_sampled_log_probs_equal_the_trainers_scoring(presets):
     policy = tfpg.KerasHubPolicy.from_preset(presets("gpt2"))
     agent, dataset = grpo(policy, top_k=20, temperature=0.7)
-    agent.compile(optimizer="sgd")
+    agent.compile(optimizer="sgd", jit_compile=False)
     batch = next(iter(dataset))
     sampled = agent.sample(batch["prompt"], agent._sampling_seed(),
                            prompt_mask=batch["prompt_mask"])
@@ -191,7 +205,7 @@ def test_lora_trains_only_the_adapters_and_the_reference_stays_the_base(presets,
     before = {v.path: v.numpy().copy() for v in policy.weights}
     agent, dataset = grpo(policy, kl_coef=0.1)
     assert not isinstance(agent.reference_model, keras.Model)      # a view, no copy
-    agent.compile(optimizer=keras.optimizers.Adam(1e-2))
+    agent.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=False)
     agent.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0)
     moved = [v.path for v in policy.weights if not np.array_equal(before[v.path], v.numpy())]
     assert moved and all("lora_kernel" in path for path in moved), moved
@@ -214,8 +228,9 @@ def test_lora_trains_only_the_adapters_and_the_reference_stays_the_base(presets,
 
 def test_grpo_raises_a_toy_reward(presets):
     policy = tfpg.KerasHubPolicy.from_preset(presets("gpt2"))
-    agent, dataset = grpo(policy)
-    agent.compile(optimizer=keras.optimizers.Adam(0.1))     # a tiny, nearly uniform model
+    agent, dataset = grpo(policy, kl_coef=0.0)
+    # A tiny, nearly uniform model: a large step. The plain graph: tracing is faster.
+    agent.compile(optimizer=keras.optimizers.Adam(0.1), jit_compile=False)
     history = agent.fit(dataset, epochs=5, steps_per_epoch=3, verbose=0).history["reward"]
     assert history[-1] > history[0] + 0.2, history
 
@@ -225,10 +240,10 @@ def test_ppo_with_a_shared_trunk_critic_raises_a_toy_reward(presets):
     critic = tfpg.ValueNetwork.from_policy(policy)
     assert critic.backbone is policy.backbone
     agent = tfpg.algorithms.PPO(policy, value_model=critic, reward_fn=toy_reward,
-                                max_new_tokens=4, num_epochs=2)
+                                max_new_tokens=4, num_epochs=2, kl_coef=0.0)
     dataset = tfpg.data.prompt_dataset(PROMPTS * 2, policy.tokenizer, batch_size=8,
                                        repeat=True)
-    agent.compile(optimizer=keras.optimizers.Adam(0.1))
+    agent.compile(optimizer=keras.optimizers.Adam(0.1), jit_compile=False)
     history = agent.fit(dataset, epochs=5, steps_per_epoch=3, verbose=0).history["reward"]
     assert history[-1] > history[0] + 0.2, history
 
@@ -241,7 +256,7 @@ def test_a2c_with_a_separate_keras_hub_critic(presets):
     agent = tfpg.algorithms.A2C(policy, value_model=critic, reward_fn=toy_reward,
                                 max_new_tokens=3)
     dataset = tfpg.data.prompt_dataset(PROMPTS, policy.tokenizer, batch_size=4, repeat=True)
-    agent.compile(optimizer=keras.optimizers.Adam(1e-3))
+    agent.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=False)
     head = critic.value_head.kernel.numpy().copy()
     logs = agent.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0).history
     assert np.isfinite(logs["value_loss"][-1])
@@ -283,14 +298,29 @@ def test_export_serves_in_a_fresh_process_without_tfpg(presets, tmp_path):
     tok = policy.tokenizer
     prompts = ["1 + 2 =", "the cat sat on"]
     ids, mask = left_pad(tok.encode(prompts), tok.pad_id)
-    greedy = tfpg.generate(policy, ids, prompt_mask=mask, max_new_tokens=6, sampler="greedy")
+    greedy = tfpg.generate(policy, ids, prompt_mask=mask, max_new_tokens=6, sampler="greedy",
+                           jit_compile=False)
     expected = tok.decode(greedy.token_ids)
     path = tfpg.export_saved_model(policy, tok, str(tmp_path / "export"), max_new_tokens=6)
+    # The fresh process starts TensorFlow (seconds) while this one loads the export.
+    serve = subprocess.Popen([sys.executable, "-c", SERVE, path, json.dumps(prompts)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert tfpg.load(path).generate(prompts) == expected
-    result = subprocess.run([sys.executable, "-c", SERVE, path, json.dumps(prompts)],
-                            capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    assert result.returncode == 0, result.stderr[-2000:]
-    completions, imported = [json.loads(line) for line in result.stdout.strip().splitlines()[-2:]]
+    out, err = serve.communicate(timeout=300)
+    assert serve.returncode == 0, err[-2000:]
+    completions, imported = [json.loads(line) for line in out.strip().splitlines()[-2:]]
     assert completions == expected
     assert imported == []
+
+
+def test_mirrored_lora_step_equals_one_device():
+    """One GRPO step (LoRA, KL to the adapters-off reference) on 2 logical CPUs under
+    MirroredStrategy vs one device (the script configures the devices first)."""
+    script = os.path.join(os.path.dirname(__file__), "scripts", "mirrored_keras_hub_step.py")
+    result = subprocess.run([sys.executable, script, "lora"], capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    name, difference, update = result.stdout.split()[-3:]
+    assert name == "lora" and float(update) > 1e-4
+    assert float(difference) < 1e-6

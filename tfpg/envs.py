@@ -278,7 +278,10 @@ class TextGenerationEnv:
         else:
             index = self._next_index()
         row = self._columns["prompt"][index]                         # [P], left-padded
-        prompt = row[np.argmax(row != 0):] if np.any(row != 0) else row[:0]
+        # Padding is the mask's 0s (a KerasHub pad id can be a real token).
+        real = (self._columns["prompt_mask"][index] > 0 if "prompt_mask" in self._columns
+                else row != 0)
+        prompt = row[np.argmax(real):] if np.any(real) else row[:0]
         self._episode = {"index": index, "prompt": prompt.astype(np.int32),
                          "completion": [], "done": None}
         return self._observation(), {"prompt": self.tokenizer.decode(prompt), "index": index}

@@ -352,7 +352,7 @@ def generate(policy, prompt_ids, max_new_tokens=32, sampler="sample", temperatur
     prompt_ids = tf.cast(prompt_ids, tf.int32)
     prompt_mask = prompt_padding_mask(policy, prompt_ids, prompt_mask)
     compiled = _compiled_decode(policy, greedy, top_k is not None, top_p is not None,
-                                eos_id, suppress_ids, resolve_jit_compile(jit_compile))
+                                eos_id, suppress_ids, resolve_jit_compile(jit_compile, policy))
     output = compiled(tf.cast(prompt_ids, tf.int32), tf.cast(max_new_tokens, tf.int32),
                       _seed_tensor(seed), tf.cast(temperature, tf.float32),
                       tf.cast(top_k if top_k is not None else 0, tf.int32),

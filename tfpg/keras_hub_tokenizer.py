@@ -26,13 +26,12 @@ SavedModel exported with this tokenizer needs `import tensorflow_text` first.
 import base64
 import json
 import os
-import tempfile
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tfpg.text import _check_max_length, _check_truncate, _left_pad
+from tfpg.text import _check_max_length, _check_truncate, _left_pad, write_json_atomically
 
 FORMAT = "tfpg.KerasHubTokenizer"
 VERSION = 1
@@ -200,18 +199,7 @@ class KerasHubTokenizer:
         else:
             payload["vocabulary"] = hub.vocabulary
             payload["merges"] = list(hub.merges)
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".tokenizer-", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(payload, f, ensure_ascii=False)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_json_atomically(os.fspath(path), payload, indent=None)
 
     @classmethod
     def load(cls, path):

@@ -311,22 +311,7 @@ class Tokenizer:
         path = os.fspath(path)
         payload = {"format": _FORMAT, "version": _VERSION, "level": self._level,
                    "vocabulary": self._vocabulary}
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".tokenizer-", suffix=".tmp", dir=directory)
-        try:
-            # mkstemp makes the file 0600; give it the mode `open` would (0644 under
-            # the usual umask 022), like the other files of an export.
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(payload, f, ensure_ascii=False, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_json_atomically(path, payload)
 
     @classmethod
     def load(cls, path):
@@ -356,6 +341,27 @@ class Tokenizer:
 
     def __repr__(self):
         return f"Tokenizer(level={self._level!r}, vocabulary_size={self.vocabulary_size})"
+
+
+def write_json_atomically(path, payload, indent=1):
+    """Writes `payload` as JSON to `path` through a temp file + rename (a reader never
+    sees half a file)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tokenizer-", suffix=".tmp", dir=directory)
+    try:
+        # mkstemp makes the file 0600; give it the mode `open` would (0644 under
+        # the usual umask 022), like the other files of an export.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(payload, f, ensure_ascii=False, indent=indent)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def _split(text, level):

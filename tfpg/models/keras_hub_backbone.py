@@ -49,6 +49,11 @@ FAMILIES = (
 )
 
 
+def _length(token_ids):
+    """T of token_ids [B, T], static where known (XLA needs static slice sizes)."""
+    return token_ids.shape[1] if token_ids.shape[1] is not None else tf.shape(token_ids)[1]
+
+
 def supported_families():
     return ", ".join(family.name for family in FAMILIES)
 
@@ -107,8 +112,8 @@ class KerasHubBackbone(keras.layers.Layer):
         backbone = self.hub_backbone
         x = backbone.token_embedding(token_ids)
         if self.family.embedding == "learned_positions":
-            length = tf.shape(token_ids)[1]
-            positions = tf.maximum(tf.cumsum(key_mask, axis=1) - 1, 0)[:, start:start + length]
+            positions = tf.maximum(tf.cumsum(key_mask, axis=1) - 1, 0)             # [B, S]
+            positions = tf.slice(positions, [0, start], [-1, _length(token_ids)])  # [B, T]
             x = backbone.embeddings_add(
                 (x, backbone.position_embedding(x, positions=positions)))
             x = backbone.embeddings_dropout(x, training=training)
@@ -171,7 +176,7 @@ class KerasHubBackbone(keras.layers.Layer):
         index = tf.cast(index, tf.int32)
         key_mask = tf.tensor_scatter_nd_update(
             tf.transpose(cache["mask"]),
-            (index + tf.range(tf.shape(token_ids)[1]))[:, None],
+            (index + tf.range(_length(token_ids)))[:, None],
             tf.transpose(tf.cast(padding_mask, tf.int32)))
         key_mask = tf.transpose(key_mask)                                       # [B, S]
         x = self._embed(token_ids, key_mask, index, training)
@@ -189,6 +194,13 @@ class KerasHubBackbone(keras.layers.Layer):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        config["hub_backbone"] = keras.saving.deserialize_keras_object(config["hub_backbone"])
-        return cls(**config)
+        return cls(**deserialize_entry(config, "hub_backbone"))
+
+
+def deserialize_entry(config, key):
+    """A copy of `config` whose `key` (a serialized Keras / KerasHub object) is
+    deserialized: for the `from_config` of models holding a KerasHub model."""
+    import keras_hub  # noqa: F401  (registers the KerasHub classes)
+    config = dict(config)
+    config[key] = keras.saving.deserialize_keras_object(config[key])
+    return config

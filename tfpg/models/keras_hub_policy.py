@@ -6,7 +6,8 @@ import keras
 import tensorflow as tf
 
 from tfpg.keras_hub_tokenizer import KerasHubTokenizer, special_ids, structural_ids
-from tfpg.models.keras_hub_backbone import KerasHubBackbone, supported_families
+from tfpg.models.keras_hub_backbone import (KerasHubBackbone, deserialize_entry,
+                                            supported_families)
 
 
 def _check_causal_lm(causal_lm):
@@ -46,6 +47,9 @@ class KerasHubPolicy(keras.Model):
     >>> policy = tfpg.KerasHubPolicy.from_preset("gpt2_base_en", lora_rank=8)
     >>> logits = policy(ids, padding_mask=mask)            # [B, T, 50257] float32
     """
+
+    # jit_compile="auto" compiles the decode loop with XLA on CPU too (tfpg.xla).
+    xla_on_cpu = True
 
     def __init__(self, causal_lm, lora_rank=None, pad_id=None, bos_id=None, eos_id=None,
                  **kwargs):
@@ -158,10 +162,7 @@ class KerasHubPolicy(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        import keras_hub  # noqa: F401  (registers the KerasHub classes)
-        config = dict(config)
-        config["causal_lm"] = keras.saving.deserialize_keras_object(config["causal_lm"])
-        return cls(**config)
+        return cls(**deserialize_entry(config, "causal_lm"))
 
 
 class AdaptersOff:

@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from tfpg.models.keras_hub_backbone import KerasHubBackbone
+from tfpg.models.keras_hub_backbone import KerasHubBackbone, deserialize_entry
 
 
 @keras.saving.register_keras_serializable(package="tfpg")
@@ -64,7 +64,4 @@ class KerasHubValueNetwork(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        import keras_hub  # noqa: F401  (registers the KerasHub classes)
-        config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)
+        return cls(**deserialize_entry(config, "backbone"))
