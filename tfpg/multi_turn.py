@@ -34,7 +34,6 @@ import numpy as np
 import tensorflow as tf
 
 from tfpg import advantages as adv
-from tfpg import losses
 from tfpg.generation import generate
 from tfpg.turn_env import as_numpy_batch
 
@@ -326,20 +325,6 @@ def rollout_tensors(episodes, on_invalid="raise"):
     return {key: tf.constant(value) for key, value in rollout.items()}, invalid
 
 
-def reference_kl(trainer, logits, prompt_ids, completion_ids, completion_mask,
-                 prompt_mask, mask):
-    """(kl [B, N], reference log-probs [B, N]) of the trainer's reference model,
-    masked by `mask`, between the models' own temperature-scaled distributions."""
-    ref_logits = trainer.completion_logits(trainer.reference_model, prompt_ids,
-                                           completion_ids, completion_mask, prompt_mask)
-    ref_log_probs = losses.token_log_probs(ref_logits, completion_ids,
-                                           trainer.temperature, mask)
-    policy_log_probs = losses.token_log_probs(logits, completion_ids,
-                                              trainer.temperature, mask)
-    kl = losses.kl_penalty(policy_log_probs, ref_log_probs, trainer.kl_estimator)
-    return kl * mask, ref_log_probs
-
-
 def score_rollout(trainer, rollout):
     """Adds old log-probs (and support), reference log-probs / KL and values to
     `rollout`, in one forward pass of each model over the whole trajectories."""
@@ -347,14 +332,11 @@ def score_rollout(trainer, rollout):
                   rollout["completion_mask"], rollout["prompt_mask"])
     ids, mask = rollout["completion_ids"], rollout["policy_mask"]
     logits = trainer.completion_logits(trainer.policy, *trajectory)
-    rollout["old_log_probs"], filtered = trainer.sampled_log_probs(logits, ids, mask)
-    if trainer.keeps_support:
-        # Scored on the kept support, as in every later epoch: the first ratio is 1.
-        rollout["support"] = trainer.rollout_support(filtered)
-        rollout["old_log_probs"], _ = trainer.sampled_log_probs(logits, ids, mask,
-                                                                rollout["support"])
+    rollout["old_log_probs"], support = trainer.behaviour_log_probs(logits, ids, mask)
+    if support is not None:
+        rollout["support"] = support
     if trainer.reference_model is not None:
-        kl, rollout["ref_log_probs"] = reference_kl(trainer, logits, *trajectory, mask)
+        kl, rollout["ref_log_probs"] = trainer.reference_kl(logits, *trajectory, mask)
         if trainer.kl_in_reward:
             rollout["token_rewards"] -= trainer.kl_coef * kl
         rollout["kl"] = kl

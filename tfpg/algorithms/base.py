@@ -365,6 +365,31 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         depend on the policy; suppression alone is the same in every epoch)."""
         return self.top_k is not None or self.top_p is not None
 
+    def behaviour_log_probs(self, logits, completion_ids, mask):
+        """(old log-probs [B, N] of the sampled tokens, the support the rollout keeps or
+        None): scored as every later epoch scores them."""
+        old_log_probs, filtered = self.sampled_log_probs(logits, completion_ids, mask)
+        support = self.rollout_support(filtered) if self.keeps_support else None
+        if support is not None:
+            # Scored on the kept support, as every later epoch: the first ratio is 1.
+            old_log_probs, _ = self.sampled_log_probs(logits, completion_ids, mask, support)
+        return old_log_probs, support
+
+    def reference_kl(self, logits, prompt_ids, completion_ids, completion_mask,
+                     prompt_mask, mask):
+        """(KL [B, N] to the reference model masked by `mask`, reference log-probs
+        [B, N]); `logits` are the policy's for the same completions."""
+        ref_logits = self.completion_logits(self.reference_model, prompt_ids,
+                                            completion_ids, completion_mask, prompt_mask)
+        # KL between the models' own (temperature-scaled) distributions: a top-k
+        # filter on the reference would make KL infinite for tokens it excludes.
+        ref_log_probs = losses.token_log_probs(ref_logits, completion_ids,
+                                               self.temperature, mask)
+        policy_log_probs = losses.token_log_probs(logits, completion_ids,
+                                                  self.temperature, mask)
+        kl = losses.kl_penalty(policy_log_probs, ref_log_probs, self.kl_estimator)
+        return kl * mask, ref_log_probs
+
     def collect_rollout(self, batch):
         """Samples, scores and annotates completions. Returns a dict of [B, ...] tensors."""
         if self.group_size > 1:
@@ -380,11 +405,7 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
 
         logits = self.completion_logits(self.policy, prompt_ids, completion_ids, mask,
                                         prompt_mask)
-        old_log_probs, filtered = self.sampled_log_probs(logits, completion_ids, mask)
-        support = self.rollout_support(filtered) if self.keeps_support else None
-        if support is not None:
-            # Scored on the kept support, as every later epoch: the first ratio is 1.
-            old_log_probs, _ = self.sampled_log_probs(logits, completion_ids, mask, support)
+        old_log_probs, support = self.behaviour_log_probs(logits, completion_ids, mask)
         scored = compute_rewards(self.reward_fn, prompt_ids, completion_ids, mask, batch,
                                  self.on_invalid_reward)
         rollout = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
@@ -398,17 +419,8 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
 
         token_rewards = adv.sequence_score_to_token_rewards(scored.rewards, mask)
         if self.reference_model is not None:
-            ref_logits = self.completion_logits(self.reference_model, prompt_ids,
-                                                completion_ids, mask, prompt_mask)
-            # KL between the models' own (temperature-scaled) distributions: a top-k
-            # filter on the reference would make KL infinite for tokens it excludes.
-            ref_log_probs = losses.token_log_probs(ref_logits, completion_ids,
-                                                   self.temperature, mask)
-            policy_log_probs = losses.token_log_probs(logits, completion_ids,
-                                                      self.temperature, mask)
-            kl = losses.kl_penalty(policy_log_probs, ref_log_probs, self.kl_estimator)
-            kl = kl * mask                                                   # [B, N]
-            rollout["ref_log_probs"] = ref_log_probs
+            kl, rollout["ref_log_probs"] = self.reference_kl(
+                logits, prompt_ids, completion_ids, mask, prompt_mask, mask)
             if self.kl_in_reward:
                 token_rewards -= self.kl_coef * kl
             rollout["kl"] = kl
