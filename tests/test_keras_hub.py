@@ -162,6 +162,21 @@ def test_tokenizer_matches_the_interface_and_its_graph_layers(presets, family, t
     assert policy.tokenizer.encode(texts) == encoded
 
 
+def test_python_reward_reads_keras_hub_completions(presets):
+    tok = KerasHubTokenizer.from_preset(presets("gpt2"))
+    seen = []
+    reward = tfpg.rewards.PythonReward(lambda prompts, completions: seen.extend(
+        zip(prompts, completions)) or [1.0] * len(prompts), tokenizer=tok)
+    ids, mask = left_pad([tok.encode("1 + 2 ="), tok.encode("!")], tok.pad_id)
+    completion = tok.encode(" 3", add_bos=False)
+    completions = tf.constant([completion + [tok.eos_id, 0, 0], [0, 0, tok.eos_id] + completion])
+    completion_mask = tf.constant([[1.0] * (len(completion) + 1) + [0.0, 0.0],
+                                   [1.0] * 3 + [0.0] * len(completion)])
+    reward(tf.constant(ids), completions, completion_mask, {"prompt": tf.constant(ids)})
+    # Id 0 is GPT-2's "!": a real token in a completion, never padding.
+    assert seen == [("1 + 2 =", " 3"), ("!", "!!")]
+
+
 def test_prompt_dataset_masks_gpt2_padding(presets):
     tok = KerasHubTokenizer.from_preset(presets("gpt2"))
     batch = next(iter(tfpg.data.prompt_dataset(["!", "the cat"], tok, batch_size=2)))

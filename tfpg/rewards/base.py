@@ -118,16 +118,18 @@ def _on_invalid_scope(on_invalid):
         _ON_INVALID.reset(token)
 
 
-def completion_tokens(completion_ids, completion_mask, eos_id=2):
-    """The completion's text tokens: ids with EOS and everything after it set to 0.
+def completion_tokens(completion_ids, completion_mask, eos_id=2, pad_id=0):
+    """The completion's text tokens: ids with EOS and everything after it set to
+    `pad_id` (0; a KerasHub tokenizer's own pad id where 0 is a real token).
 
     Args:
         completion_ids: int [B, N].
         completion_mask: float [B, N], 1 on generated tokens (EOS included).
         eos_id: id to cut at (the first one in a row); None keeps every masked-in id.
+        pad_id: what replaces the cut ids.
 
     Returns:
-        int32 [B, N], still aligned with the input (zeros are padding).
+        int32 [B, N], still aligned with the input (`pad_id` is padding).
 
     >>> completion_tokens(tf.constant([[5, 6, 2, 7]]), tf.constant([[1., 1., 1., 0.]])).numpy()
     array([[5, 6, 0, 0]], dtype=int32)
@@ -137,7 +139,7 @@ def completion_tokens(completion_ids, completion_mask, eos_id=2):
     if eos_id is not None:
         is_eos = tf.cast(tf.equal(ids, eos_id), tf.int32)
         keep &= tf.equal(tf.cumsum(is_eos, axis=1), 0)
-    return tf.where(keep, ids, 0)
+    return tf.where(keep, ids, pad_id)
 
 
 def compact_ids(ids):

@@ -73,7 +73,10 @@ class PythonReward(Reward):
     def __call__(self, prompt_ids, completion_ids, completion_mask, batch):
         on_invalid = current_on_invalid()  # fixed when traced, like the graph itself
         columns = _accepted_columns(self.fn, sorted(k for k in batch if k != "prompt"))
-        text_ids = completion_tokens(completion_ids, completion_mask)  # [B, N]
+        # Cut at the tokenizer's EOS, padded with its pad id (KerasHub: not 0).
+        text_ids = completion_tokens(completion_ids, completion_mask,
+                                     getattr(self.tokenizer, "eos_id", 2),
+                                     getattr(self.tokenizer, "pad_id", 0))  # [B, N]
 
         def run(prompt, completion, *values):
             prompts, completions = self._decode(prompt), self._decode(completion)
