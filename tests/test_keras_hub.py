@@ -162,7 +162,7 @@ def test_tokenizer_matches_the_interface_and_its_graph_layers(presets, family, t
     assert policy.tokenizer.encode(texts) == encoded
 
 
-def test_python_reward_reads_keras_hub_completions(presets):
+def test_text_rewards_read_keras_hub_completions(presets):
     tok = KerasHubTokenizer.from_preset(presets("gpt2"))
     seen = []
     reward = tfpg.rewards.PythonReward(lambda prompts, completions: seen.extend(
@@ -175,6 +175,9 @@ def test_python_reward_reads_keras_hub_completions(presets):
     reward(tf.constant(ids), completions, completion_mask, {"prompt": tf.constant(ids)})
     # Id 0 is GPT-2's "!": a real token in a completion, never padding.
     assert seen == [("1 + 2 =", " 3"), ("!", "!!")]
+    exact = tfpg.rewards.ExactMatch(answer_key="answer", tokenizer=tok, eos_id=tok.eos_id)
+    scores = exact(None, completions, completion_mask, {"answer": tf.constant([" 3", "!!"])})
+    assert scores.numpy().tolist() == [1.0, 1.0]
 
 
 def test_prompt_dataset_masks_gpt2_padding(presets):

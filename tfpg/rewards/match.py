@@ -62,7 +62,12 @@ class ExactMatch(Reward):
             raise KeyError(f"reward {self.name} needs batch[{self.answer_key!r}]; the "
                            f"batch has {sorted(batch)}")
         answer = tf.convert_to_tensor(batch[self.answer_key])
-        tokens = completion_tokens(completion_ids, completion_mask, self.eos_id)  # [B, N]
+        as_text = self.normalizer is not None or answer.dtype == tf.string
+        # Decoded as text, the cut ids are the tokenizer's pad (a KerasHub id 0 is a
+        # real token); compared as ids, 0 is the references' padding.
+        pad_id = getattr(self.tokenizer, "pad_id", 0) if as_text else 0
+        tokens = completion_tokens(completion_ids, completion_mask, self.eos_id,
+                                   pad_id)                                  # [B, N]
         if self.normalizer is not None:
             return self._match_normalized(tokens, answer)
         if answer.dtype == tf.string:
