@@ -25,7 +25,7 @@ import numpy as np
 
 import tfpg
 from tfpg.tasks import get_task
-from tfpg.training import pretrain
+from tfpg.pretraining import pretrain
 
 TASKS = ("calculator", "guess")
 METRICS = {"calculator": ("accuracy", "tool_call_rate", "calls_per_episode"),

@@ -194,6 +194,11 @@ def test_run_calls_waits_for_the_timeout_in_all_not_per_call():
     results = run_calls([(lambda a: release.wait(5), None)] * 4 + [(str, 7)], timeout=0.2)
     assert time.perf_counter() - started < 1.0
     assert results == [(False, "timeout")] * 4 + [(True, "7")]
+    # The 4 workers still stuck are replaced: later calls run at once.
+    started = time.perf_counter()
+    assert run_calls([(str, i) for i in range(8)], timeout=2.0) == \
+        [(True, str(i)) for i in range(8)]
+    assert time.perf_counter() - started < 1.0
     release.set()
 
 

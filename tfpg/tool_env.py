@@ -11,10 +11,11 @@ done and `reward_fn` scores it.
 A call never crashes the run. A tool that raises, runs longer than `timeout`
 seconds, returns something `str()` cannot print, or a call of an unknown tool or
 without its closing tag gives an error observation (`error_format`, e.g.
-"error: timeout") and the episode goes on. Every call of a turn runs at once, each
-in a daemon thread of its own: Python cannot stop a thread, so a tool that hangs is
-abandoned (its thread is left behind, and never keeps the process alive at exit)
-and the turn waits at most `timeout` seconds in all. Outputs longer than
+"error: timeout") and the episode goes on. Every call of a turn runs at once on a
+pool of daemon worker threads (`ToolWorkers`): Python cannot stop a thread, so a
+tool that hangs is abandoned (its worker is left behind and replaced, and never
+keeps the process alive at exit) and the turn waits at most `timeout` seconds in
+all. Outputs longer than
 `max_output_chars` are cut. Tool outputs are observations: they are tokenised
 with the policy's tokenizer and never trained on.
 
@@ -28,6 +29,7 @@ with the policy's tokenizer and never trained on.
 
 import ast
 import operator
+import queue
 import re
 import threading
 import time
@@ -70,29 +72,73 @@ def calculator(expression, max_digits=30):
     return value(tree.body)
 
 
+class _Slot:
+    """Where a worker leaves one call's (ok, value)."""
+
+    __slots__ = ("done", "result")
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.result = None
+
+
+class ToolWorkers:
+    """Long-lived daemon threads that run tool calls, all of a turn's calls at once.
+
+    Starting a thread per call costs more than a cheap tool; these workers wait on a
+    queue instead. A worker stuck in a tool that hangs is left to it: `run` starts
+    new workers whenever fewer are idle than calls are waiting, so a hang never
+    delays a later call, and daemon threads never keep the process alive at exit.
+    """
+
+    def __init__(self):
+        self._tasks = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0        # workers waiting for a task
+        self._queued = 0      # tasks no worker has taken yet
+
+    def _work(self):
+        while True:
+            slot, fn, argument = self._tasks.get()
+            with self._lock:
+                self._idle -= 1
+                self._queued -= 1
+            try:
+                slot.result = (True, fn(argument))
+            except BaseException as error:   # noqa: B036 -- a tool must never end the run
+                slot.result = (False, type(error).__name__)
+            slot.done.set()
+            with self._lock:
+                self._idle += 1
+
+    def run(self, calls, timeout):
+        """Runs calls [(fn, argument)]; returns [(ok, output or error name)], with
+        (False, "timeout") for those not finished `timeout` seconds after the start."""
+        slots = [_Slot() for _ in calls]
+        with self._lock:
+            missing = len(calls) - (self._idle - self._queued)
+            self._queued += len(calls)
+            self._idle += max(missing, 0)     # counted before they start: no double start
+        for _ in range(max(missing, 0)):
+            threading.Thread(target=self._work, daemon=True, name="tfpg-tool").start()
+        deadline = time.monotonic() + timeout
+        for slot, (fn, argument) in zip(slots, calls):
+            self._tasks.put((slot, fn, argument))
+        for slot in slots:
+            slot.done.wait(max(deadline - time.monotonic(), 0.0))
+        return [slot.result if slot.done.is_set() else (False, "timeout") for slot in slots]
+
+
+_WORKERS = ToolWorkers()
+
+
 def run_calls(calls, timeout):
-    """Runs calls [(fn, argument)] concurrently, each in a daemon thread.
+    """Runs calls [(fn, argument)] concurrently on the shared `ToolWorkers`.
 
     Returns a list of (ok, value): (True, output) or (False, error name), with
     (False, "timeout") for calls not finished `timeout` seconds after the start.
     """
-    results = [None] * len(calls)
-
-    def run(index, fn, argument):
-        try:
-            results[index] = (True, fn(argument))
-        except BaseException as error:   # noqa: B036 -- a tool must never end the run
-            results[index] = (False, type(error).__name__)
-
-    threads = [threading.Thread(target=run, args=(i, fn, argument), daemon=True,
-                                name=f"tfpg-tool-{i}")
-               for i, (fn, argument) in enumerate(calls)]
-    deadline = time.monotonic() + timeout
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(max(deadline - time.monotonic(), 0.0))
-    return [(False, "timeout") if result is None else result for result in list(results)]
+    return _WORKERS.run(calls, timeout)
 
 
 class ToolEnv(TurnEnv):
