@@ -13,13 +13,13 @@ but the last. Interleaved in one process (`common.Timer`), per batch size:
 * single-turn, same policy tokens: one `tfpg.generate` of the policy's tokens only.
 
 Two envs: "constant" (returns the reply text: the rollout's own overhead) and
-"tool" (a `ToolEnv` whose every turn calls `calc`, in a thread per call with a time
-limit). Reported: policy tokens/s, the ratios to the two single-turn runs, and the
+"tool" (a `ToolEnv` whose every turn calls `calc`, on its pool of worker threads
+with a time limit). Reported: policy tokens/s, the ratios to the two single-turn runs, and the
 share of the rollout's wall time spent in the env (`Episodes.env_seconds`). A
 second table: one GRPO `train_step` with `env=` (rollout in Python, update in a
 tf.function) and the share of its time in the env (`env_time_fraction`).
 
-    python benchmarks/multi_turn.py            # ~2 min on 2 idle cores
+    python benchmarks/multi_turn.py            # ~4 min on 2 cores
     python benchmarks/multi_turn.py --quick    # batch 32 only, small model
 """
 
@@ -60,7 +60,7 @@ class ConstantEnv(TurnEnv):
 
 class ToolEveryTurn(ToolEnv):
     """A `ToolEnv` whose every turn is a `calc` call (the random policy's text is
-    ignored): the cost of the tool machinery, one thread per call."""
+    ignored): the cost of the tool machinery."""
 
     def __init__(self, reply_tokens):
         super().__init__({"calc": calculator}, TOKENIZER, timeout=1.0,
