@@ -21,6 +21,7 @@ import tensorflow as tf
 from tfpg.config import (POLICY_MAX_LENGTH, RUNTIME_OPTIONS, TrainConfig, UsageError,
                          check_writable)
 from tfpg.export import export_saved_model
+from tfpg.model_source import load_policy
 from tfpg.models import PolicyNetwork
 from tfpg.text import Tokenizer
 
@@ -160,8 +161,8 @@ def export_from_source(source, output, tokenizer_path=None):
     """`tfpg export`: a SavedModel from a run's checkpoint directory or a `.keras` file.
 
     A checkpoint directory (`OUTPUT.checkpoint` of `tfpg train`) holds its tokenizer
-    and options; a `.keras` PolicyNetwork needs a tokenizer JSON, by default
-    `tokenizer.json` beside it.
+    and options (a run from `--model` rebuilds that model, then reads the weights); a
+    `.keras` PolicyNetwork needs a tokenizer JSON, by default `tokenizer.json` beside it.
     """
     check_writable(output)
     if os.path.isdir(source):
@@ -177,16 +178,19 @@ def export_from_source(source, output, tokenizer_path=None):
         own_tokenizer = os.path.join(source, "tokenizer.json")
         if not os.path.exists(own_tokenizer):
             raise UsageError(f"{source}: no tokenizer.json (a half-written checkpoint?)")
-        # The run's own tokenizer gives the model's shape; another one must match it.
-        model_vocabulary = Tokenizer.load(own_tokenizer).vocabulary_size
-        tokenizer = Tokenizer.load(tokenizer_path or own_tokenizer)
-        if tokenizer.vocabulary_size != model_vocabulary:
-            raise UsageError(f"tokenizer has {tokenizer.vocabulary_size} tokens but the model "
-                             f"{model_vocabulary}: they do not belong together")
-        policy = PolicyNetwork(model_vocabulary, config.embedding_dim,
-                               config.hidden_dim, backbone=config.backbone,
-                               num_layers=config.num_layers, max_length=POLICY_MAX_LENGTH)
-        policy.build()
+        if config.model is not None:            # the run started from this model
+            policy, tokenizer = load_policy(config.model, config.lora_rank, tokenizer_path)
+        else:
+            # The run's own tokenizer gives the model's shape; another one must match it.
+            model_vocabulary = Tokenizer.load(own_tokenizer).vocabulary_size
+            tokenizer = Tokenizer.load(tokenizer_path or own_tokenizer)
+            if tokenizer.vocabulary_size != model_vocabulary:
+                raise UsageError(f"tokenizer has {tokenizer.vocabulary_size} tokens but the "
+                                 f"model {model_vocabulary}: they do not belong together")
+            policy = PolicyNetwork(model_vocabulary, config.embedding_dim,
+                                   config.hidden_dim, backbone=config.backbone,
+                                   num_layers=config.num_layers, max_length=POLICY_MAX_LENGTH)
+            policy.build()
         names = [state.get(f"{phase}_checkpoint") or phase for phase in ("finetune", "pretrain")
                  if state.get(f"{phase}_epochs_done") or state.get(f"{phase}_checkpoint")]
         names = [name for name in names
@@ -202,23 +206,10 @@ def export_from_source(source, output, tokenizer_path=None):
         max_new_tokens = state.get("max_new_tokens", 32)
         max_prompt_length = state.get("max_prompt_length")
     elif source.endswith(".keras") and os.path.isfile(source):
-        tokenizer_path = tokenizer_path or os.path.join(os.path.dirname(source),
-                                                        "tokenizer.json")
-        if not os.path.exists(tokenizer_path):
-            raise UsageError(f"{source}: no tokenizer; pass --tokenizer F.json")
-        tokenizer = Tokenizer.load(tokenizer_path)
-        try:
-            policy = keras.models.load_model(source)
-        except Exception as error:  # noqa: BLE001 - any unreadable file is a usage error
-            raise UsageError(f"{source}: cannot load ({type(error).__name__})") from None
-        if not isinstance(policy, PolicyNetwork):
-            raise UsageError(f"{source}: holds a {type(policy).__name__}, not a PolicyNetwork")
+        policy, tokenizer = load_policy(source, tokenizer_path=tokenizer_path)
         max_new_tokens = 32
         max_prompt_length = None
     else:
         raise UsageError(f"{source}: not a checkpoint directory or a .keras file")
-    if policy.vocab_size != tokenizer.vocabulary_size:
-        raise UsageError(f"tokenizer has {tokenizer.vocabulary_size} tokens but the model "
-                         f"{policy.vocab_size}: they do not belong together")
     return export_saved_model(policy, tokenizer, output, max_new_tokens=max_new_tokens,
                               eos_id=tokenizer.eos_id, max_prompt_length=max_prompt_length)

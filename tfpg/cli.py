@@ -89,6 +89,12 @@ def _train_parser(subparsers, common):
     train.add_argument("--truncate-prompts", choices=TRUNCATE_PROMPTS,
                        help="a longer prompt: error (default), or keep its left / right "
                             "part, with a warning")
+    train.add_argument("--model", help="start from this model instead of a new "
+                                       "PolicyNetwork: a KerasHub preset name or directory, "
+                                       "or a .keras policy (tokenizer.json beside it); "
+                                       "pre-training only with --pretrain-epochs")
+    train.add_argument("--lora-rank", type=int,
+                       help="with a KerasHub --model: train rank-N LoRA adapters only")
     train.add_argument("--log-every", type=int,
                        help="train steps between TensorBoard points (default: about 100 "
                             "points per curve)")

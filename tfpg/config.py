@@ -64,6 +64,9 @@ class TrainConfig:
     on_invalid_reward: str = "raise"  # NaN / inf rewards: "raise", "zero" or "skip"
     log_every: int = None           # train steps between TensorBoard points; None: about
                                     # LOG_POINTS points per curve
+    model: str = None               # start from this model instead of a new PolicyNetwork:
+                                    # a KerasHub preset name or directory, or a .keras file
+    lora_rank: int = None           # with a KerasHub --model: train LoRA adapters only
 
     @classmethod
     def from_dict(cls, values):
@@ -115,7 +118,7 @@ def check_config(config):
         if getattr(config, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
     for name in ("num_cpu_devices", "max_prompt_length", "max_new_tokens", "steps_per_epoch",
-                 "log_every"):
+                 "log_every", "lora_rank"):
         value = getattr(config, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
@@ -127,6 +130,20 @@ def check_config(config):
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0")
     if config.train_file is not None and not os.path.isfile(config.train_file):
         raise UsageError(f"{config.train_file}: file not found")
+    if config.lora_rank is not None and config.model is None:
+        raise UsageError("--lora-rank needs --model (a KerasHub preset)")
+    if config.model is not None and not config.model.endswith(".keras") \
+            and config.pretrain_epochs:
+        # Pre-training windows are padded with id 0, a real token in KerasHub
+        # vocabularies; the preset comes pre-trained anyway.
+        raise UsageError("--pretrain-epochs with a KerasHub --model is not supported; "
+                         "leave it out to fine-tune the preset as it is")
+    if config.model is not None and config.model.endswith(".keras"):
+        if not os.path.isfile(config.model):
+            raise UsageError(f"{config.model}: file not found")
+        if config.lora_rank is not None:
+            raise UsageError("--lora-rank needs a KerasHub preset; a .keras policy has "
+                             "no LoRA adapters")
 
 
 def check_writable(path, min_free_mb=None):

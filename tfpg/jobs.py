@@ -80,7 +80,7 @@ def _named_reward(reward_fn, spec):
     return reward
 
 
-def _file_job(config):
+def _file_job(config, tokenizer=None):
     from tfpg.tasks.base import Split
     columns = tfpg_data.read_file(config.train_file)
     prompts = columns.pop("prompt")
@@ -90,7 +90,7 @@ def _file_job(config):
                          "give --reward module:function or a .tsv / .jsonl with references")
     first = [r if isinstance(r, str) else r[0] for r in references] if references else None
     pretrain_texts = [f"{p} {r}" for p, r in zip(prompts, first)] if first else list(prompts)
-    tokenizer = Tokenizer.from_texts(pretrain_texts + [
+    tokenizer = tokenizer or Tokenizer.from_texts(pretrain_texts + [
         r for refs in (references or []) for r in ([refs] if isinstance(refs, str) else refs)])
     cut = max(1, len(prompts) // 10)
     references = references or [""] * len(prompts)
@@ -112,12 +112,15 @@ def _file_job(config):
                3 if config.epochs is None else config.epochs)
 
 
-def make_job(config):
+def make_job(config, tokenizer=None):
+    """The job of `config`. `tokenizer`: that of a model the run starts from (`--model`),
+    which then encodes the data instead of a tokenizer made for it; such a model is
+    pre-trained only when `--pretrain-epochs` asks."""
     if config.train_file is not None:
-        job = _file_job(config)
+        job = _file_job(config, tokenizer)
     else:
         task = get_task(config.task, seed=config.seed)
-        tokenizer = task.tokenizer()
+        tokenizer = tokenizer or task.tokenizer()
         job = Job(config.task, task.pretrain_texts, task.train, task.heldout, tokenizer,
                   load_reward(config.reward, tokenizer, task.reward(tokenizer)),
                   lambda prompts, completions: task.evaluate(prompts, completions, "heldout"),
@@ -134,8 +137,11 @@ def make_job(config):
     if config.reward_model is not None:
         from tfpg.reward_training import load_reward_model
         job.reward_fn = load_reward_model(config.reward_model, job.tokenizer)
+    if config.model is not None and config.pretrain_epochs is None:
+        job.pretrain_epochs = 0
     job.max_prompt_length = config.max_prompt_length
-    if job.max_prompt_length is None and config.backbone == "transformer":
+    if job.max_prompt_length is None and config.backbone == "transformer" \
+            and config.model is None:
         # Position ids must stay inside the Transformer's table.
         job.max_prompt_length = POLICY_MAX_LENGTH - job.max_new_tokens
         if job.max_prompt_length < 2:

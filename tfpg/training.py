@@ -4,9 +4,11 @@
 
 1. make the job (`tfpg.jobs`): a bundled task or the user's file, its tokenizer,
    reward and evaluation;
-2. make the model: a new `PolicyNetwork` (`make_policy`), on the devices of the
-   chosen strategy (`tfpg.devices`);
-3. pre-train it with maximum likelihood if asked (`tfpg.pretraining`);
+2. make the model: a new `PolicyNetwork` (`make_policy`), or the `.keras` policy or
+   KerasHub preset of `--model` (`tfpg.model_source`; it brings its tokenizer, which
+   the job then uses), on the devices of the chosen strategy (`tfpg.devices`);
+3. pre-train it with maximum likelihood if asked (`tfpg.pretraining`; by default a
+   new policy is, a `--model` is not);
 4. evaluate it on held-out data ("before", `tfpg.evaluation`);
 5. fine-tune it with the chosen policy-gradient algorithm and reward;
 6. evaluate again ("after", with the KL to the pre-trained policy), export the
@@ -48,6 +50,7 @@ from tfpg.devices import (configure_cpu_devices, float32_copy, is_chief,  # noqa
 from tfpg.evaluation import evaluate_policy, format_table  # noqa: F401
 from tfpg.export import export_saved_model
 from tfpg.jobs import Job, check_prompt_lengths, load_reward, make_job  # noqa: F401
+from tfpg.model_source import load_policy
 from tfpg.models import PolicyNetwork, ValueNetwork
 from tfpg.pretraining import (EpochProgress, LanguageModelTrainer, copy_policy,  # noqa: F401
                               pretrain, pretraining_dataset)
@@ -78,8 +81,13 @@ def run_training(config, log=print, warn=_warn):
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
 
-    # 1. the job
-    job = make_job(config)
+    # 1. the job (with the tokenizer of the model it starts from, if any)
+    policy = None
+    if config.model is not None:
+        keras.utils.set_random_seed(config.seed)        # LoRA adapters' initial weights
+        with strategy.scope():
+            policy, tokenizer = load_policy(config.model, config.lora_rank)
+    job = make_job(config, tokenizer=None if policy is None else tokenizer)
     if not job.pretrain_texts or not len(job.train) or not len(job.heldout):
         raise UsageError("empty dataset: nothing to train or evaluate on")
     check_prompt_lengths(job, warn)
@@ -94,7 +102,7 @@ def run_training(config, log=print, warn=_warn):
         job.tokenizer.save(os.path.join(checkpoint_dir, "tokenizer.json"))
     previous_precision = set_precision(config.mixed_precision)
     try:
-        return _run(_Run(config, job, strategy, chief, state, output, logdir, log))
+        return _run(_Run(config, job, strategy, chief, state, output, logdir, log), policy)
     finally:
         set_precision(previous_precision)
 
@@ -109,7 +117,11 @@ class _Run:
 
     def evaluation_policy(self, policy):
         """A float32 copy of `policy` outside the strategy, made once (so that its
-        traced generation functions are reused) and refreshed with its weights."""
+        traced generation functions are reused) and refreshed with its weights. A
+        KerasHub policy is evaluated as it is (it trains on one device, in its own
+        dtype)."""
+        if not isinstance(policy, PolicyNetwork):
+            return policy
         if self._evaluation_copy is None:
             self._evaluation_copy = float32_copy(policy)
         else:
@@ -117,11 +129,12 @@ class _Run:
         return self._evaluation_copy
 
 
-def _run(run):
+def _run(run, policy=None):
     keras.utils.set_random_seed(run.config.seed)
-    # 2. the model
-    with run.strategy.scope():
-        policy = make_policy(run.config, run.job)
+    # 2. the model (a --model is loaded already: its tokenizer made the job)
+    if policy is None:
+        with run.strategy.scope():
+            policy = make_policy(run.config, run.job)
     # 3. pre-training
     pretrain_phase(run, policy)
     # 4. the agent (its reference is the pre-trained policy) and "before" metrics
@@ -222,8 +235,13 @@ def evaluate_and_export(run, agent):
     the SavedModel export and `metrics.json`; returns the metrics."""
     config, job, state = run.config, run.job, run.state
     exported = run.evaluation_policy(agent.policy)
-    after, completions = evaluate_policy(exported, job, float32_copy(agent.reference_model))
-    metrics = {"task": job.name, "algorithm": config.algorithm, "backbone": config.backbone,
+    reference = agent.reference_model
+    if isinstance(reference, PolicyNetwork):
+        reference = float32_copy(reference)
+    after, completions = evaluate_policy(exported, job, reference)
+    metrics = {"task": job.name, "algorithm": config.algorithm,
+               "backbone": config.backbone if config.model is None else None,
+               "model": config.model, "lora_rank": config.lora_rank,
                "strategy": config.strategy, "replicas": run.strategy.num_replicas_in_sync,
                "mixed_precision": config.mixed_precision or "float32",
                "primary_metric": job.primary_metric, "before": state["before"],
@@ -241,7 +259,6 @@ def evaluate_and_export(run, agent):
 
 
 def _algorithm_options(config, job, policy):
-    vocabulary_size = policy.vocab_size
     options = {"max_new_tokens": job.max_new_tokens, "eos_id": job.tokenizer.eos_id,
                "seed": config.seed, "on_invalid_reward": config.on_invalid_reward}
     cls = ALGORITHMS[config.algorithm]
@@ -254,8 +271,10 @@ def _algorithm_options(config, job, policy):
     # The pre-trained policy as the reference, also when kl_coef is 0: the trainer
     # then measures and logs the KL without penalising it.
     options["reference_model"] = reference_of(policy)
-    if cls.uses_value_model:
-        options["value_model"] = ValueNetwork(vocabulary_size, config.embedding_dim,
+    if cls.uses_value_model and not isinstance(policy, PolicyNetwork):
+        options["value_model"] = ValueNetwork.from_policy(policy)     # on its trunk
+    elif cls.uses_value_model:
+        options["value_model"] = ValueNetwork(policy.vocab_size, config.embedding_dim,
                                               config.hidden_dim, backbone=config.backbone,
                                               num_layers=config.num_layers,
                                               max_length=POLICY_MAX_LENGTH)

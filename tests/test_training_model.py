@@ -1,0 +1,94 @@
+"""`tfpg train --model`: a run that starts from a KerasHub preset (with LoRA) or a
+`.keras` policy instead of a new PolicyNetwork; its tokenizer encodes the data,
+pre-training is skipped, and resume and export work as for a new policy."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from tfpg import training
+from tfpg.cli import main
+
+keras_hub = pytest.importorskip("keras_hub")
+sys.path.insert(0, os.path.dirname(__file__))
+from keras_hub_models import save_preset  # noqa: E402
+
+import tfpg  # noqa: E402
+
+TINY = {"batch_size": 8, "steps_per_epoch": 2, "max_new_tokens": 3, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def job_file(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("model_runs")
+    rng = np.random.default_rng(0)
+    lines = [f"{a} + {b} =\t{a + b}" for a, b in rng.integers(0, 5, (40, 2))]
+    (directory / "add.tsv").write_text("\n".join(lines) + "\n")
+    return directory
+
+
+def config(directory, name, **options):
+    return training.TrainConfig(train_file=str(directory / "add.tsv"), reward="exact_match",
+                                output=str(directory / name / "model"),
+                                logdir=str(directory / name / "logs"), **dict(TINY, **options))
+
+
+def test_a_lora_run_from_a_keras_hub_preset_resumes_and_exports(job_file):
+    preset = save_preset("gpt2", job_file / "presets")
+    log = []
+    run = config(job_file, "gpt2", model=preset, lora_rank=2, epochs=2, steps_per_epoch=1)
+    metrics = training.run_training(run, log=log.append)
+    assert not [line for line in log if line.startswith("pre-training")]   # skipped
+    assert metrics["model"] == preset and metrics["lora_rank"] == 2
+    assert np.isfinite(metrics["after"]["kl"])
+
+    # As if killed after epoch 1 (its checkpoint then named in the state): the same
+    # command restores the checkpoint into the rebuilt preset and trains epoch 2.
+    state_path = job_file / "gpt2/model.checkpoint/state.json"
+    state = json.loads(state_path.read_text())
+    assert state["pretrain_epochs_done"] == 0 and state["finetune_epochs_done"] == 2
+    state_path.write_text(json.dumps(dict(state, finetune_epochs_done=1)))
+    log.clear()
+    training.run_training(run, log=log.append)
+    assert "fine-tuning epoch 1/2" in log[0], log
+
+    # `tfpg export` of the checkpoint rebuilds the preset and gives the same model.
+    assert main(["export", str(job_file / "gpt2/model.checkpoint"), "--output",
+                 str(job_file / "gpt2/copy")]) == 0
+    completions = tfpg.load(str(job_file / "gpt2/model")).generate(["1 + 2 =", "3 + 4 ="])
+    assert len(completions) == 2 and all(isinstance(c, str) for c in completions)
+    assert tfpg.load(str(job_file / "gpt2/copy")).generate(["1 + 2 =", "3 + 4 ="]) == \
+        completions
+
+
+def test_a_run_from_a_keras_policy_uses_its_tokenizer(job_file):
+    tokenizer = tfpg.Tokenizer.from_texts(["0 1 2 3 4 5 6 7 8 9 + ="])
+    policy = tfpg.PolicyNetwork(tokenizer.vocabulary_size, 8, 16)
+    policy.build()
+    (job_file / "keras").mkdir()
+    policy.save(str(job_file / "keras/policy.keras"))
+    tokenizer.save(str(job_file / "keras/tokenizer.json"))
+    metrics = training.run_training(config(job_file, "keras", model=str(
+        job_file / "keras/policy.keras"), epochs=1), log=lambda *_: None)
+    assert metrics["backbone"] is None and metrics["model"].endswith("policy.keras")
+    exported = tfpg.load(str(job_file / "keras/model"))
+    assert exported.tokenizer.vocabulary == tokenizer.vocabulary
+
+
+@pytest.mark.parametrize("options,words", [
+    ({"lora_rank": 2}, ["--lora-rank needs --model"]),
+    ({"model": "missing.keras"}, ["missing.keras", "not found"]),
+    ({"model": "no/such/preset"}, ["--model no/such/preset"]),
+    ({"model": "gpt2_dir", "pretrain_epochs": 2}, ["--pretrain-epochs", "KerasHub"]),
+])
+def test_bad_model_options_are_one_line(job_file, options, words):
+    with pytest.raises(training.UsageError) as error:
+        training.run_training(config(job_file, "bad", epochs=1, **options),
+                              log=lambda *_: None)
+    for word in words:
+        assert word in str(error.value)
+    assert "\n" not in str(error.value)
+    assert not (job_file / "bad").exists()

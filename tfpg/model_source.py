@@ -1,0 +1,63 @@
+"""An existing model to start a run from (`tfpg train --model`, `tfpg export F.keras`).
+
+`load_policy(source)` takes a `.keras` file holding a `PolicyNetwork` (its tokenizer is
+the `tokenizer.json` beside it, or `tokenizer_path`) or a KerasHub preset (a name that
+KerasHub downloads, or a local directory written by `save_to_preset`), which brings
+its own tokenizer. Returns `(policy, tokenizer)`; anything unreadable is a UsageError
+in one line.
+"""
+
+import os
+
+import keras
+
+from tfpg.config import UsageError
+from tfpg.models import PolicyNetwork
+from tfpg.text import Tokenizer
+
+
+def load_policy(source, lora_rank=None, tokenizer_path=None):
+    """(policy, tokenizer) of `source`: a `.keras` PolicyNetwork or a KerasHub preset
+    (with `lora_rank`, LoRA adapters of that rank, the only trainable weights)."""
+    if source.endswith(".keras"):
+        if lora_rank is not None:
+            raise UsageError("--lora-rank needs a KerasHub preset; a .keras policy has no "
+                             "LoRA adapters")
+        return _keras_file(source, tokenizer_path)
+    return _keras_hub_preset(source, lora_rank)
+
+
+def _keras_file(source, tokenizer_path):
+    if not os.path.isfile(source):
+        raise UsageError(f"{source}: file not found")
+    tokenizer_path = tokenizer_path or os.path.join(os.path.dirname(source), "tokenizer.json")
+    if not os.path.exists(tokenizer_path):
+        raise UsageError(f"{source}: no tokenizer; pass --tokenizer F.json (or put "
+                         "tokenizer.json beside it)")
+    tokenizer = Tokenizer.load(tokenizer_path)
+    try:
+        policy = keras.models.load_model(source)
+    except Exception as error:  # noqa: BLE001 - any unreadable file is a usage error
+        raise UsageError(f"{source}: cannot load ({type(error).__name__})") from None
+    if not isinstance(policy, PolicyNetwork):
+        raise UsageError(f"{source}: holds a {type(policy).__name__}, not a PolicyNetwork")
+    if policy.vocab_size != tokenizer.vocabulary_size:
+        raise UsageError(f"tokenizer has {tokenizer.vocabulary_size} tokens but the model "
+                         f"{policy.vocab_size}: they do not belong together")
+    return policy, tokenizer
+
+
+def _keras_hub_preset(source, lora_rank):
+    try:
+        from tfpg.models import KerasHubPolicy
+        policy = KerasHubPolicy.from_preset(source, lora_rank=lora_rank)
+    except ImportError as error:
+        raise UsageError(f"--model {source}: needs keras-hub (pip install tfpg[hub]): "
+                         f"{error}") from None
+    except Exception as error:  # noqa: BLE001 - KerasHub raises many types
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UsageError(f"--model {source}: not a .keras file or a KerasHub preset that "
+                         f"loads ({first})") from None
+    if policy.tokenizer is None:
+        raise UsageError(f"--model {source}: the preset has no tokenizer (preprocessor)")
+    return policy, policy.tokenizer
