@@ -101,6 +101,11 @@ def test_the_native_log_filter_drops_absl_lines_and_keeps_the_rest():
 def test_train_writes_export_metrics_and_logs(trained):
     workdir, result = trained
     assert native_log_lines(result.stderr) == [], result.stderr[-2000:]
+    assert "\x1b[" not in result.stdout                # no ANSI codes off a terminal
+    progress = [line for line in result.stdout.splitlines()
+                if line.startswith("pre-training epoch")]
+    assert [line.split(" - ")[0] for line in progress] == [
+        f"pre-training epoch {n}/4" for n in (1, 2, 3, 4)]
     assert "held-out" in result.stdout and "before" in result.stdout
     metrics = json.loads((workdir / "out/model/metrics.json").read_text())
     assert metrics["task"] == "arithmetic" and metrics["algorithm"] == "rloo"
