@@ -1,5 +1,6 @@
 """Multi-turn episodes: the turn-level env protocol, ToolEnv, rollouts and trainers."""
 
+import json
 import threading
 import time
 
@@ -300,7 +301,7 @@ class RewardPerStep(keras.callbacks.Callback):
         self.rewards.append(float(tf.reduce_mean(self.model.last_rollout["scores"])))
 
 
-def test_failing_tools_give_error_observations_and_training_goes_on():
+def test_failing_tools_give_error_observations_and_training_goes_on(tmp_path):
     tools = {"calc": lambda a: 1 / 0, "hang": lambda a: time.sleep(30)}
     # The policy writes "<calc> 12*3 </calc>" and ends the turn at "</calc>".
     table = {ID["go"]: ID["<calc>"], ID["<calc>"]: ID["12*3"], ID["12*3"]: ID["</calc>"],
@@ -310,12 +311,18 @@ def test_failing_tools_give_error_observations_and_training_goes_on():
     trainer = with_env(tfpg.algorithms.RLOO, BigramPolicy(TOK.vocabulary_size, table),
                        env, max_turns=3, group_size=2, max_new_tokens=4, sampler="greedy")
     trainer.compile(optimizer="sgd")
+    samples = tfpg.callbacks.SampleLogger(str(tmp_path), TOK)
     logs = trainer.fit(tf.data.Dataset.from_tensors(prompts("go", "go")).repeat(2),
-                       verbose=0).history
+                       verbose=0, callbacks=[samples]).history
     assert logs["tool_calls"][-1] == 1.0 and logs["tool_errors"][-1] == 1.0
     episodes = trainer.last_episodes
     assert episodes.render(TOK, 0) == "go | <calc> 12*3 </calc> [error:] 36"
     np.testing.assert_allclose(episodes.rewards, [1.0] * 4)
+    # Sample tables show whole episodes (one per distinct prompt).
+    with open(tmp_path / "samples" / "samples.jsonl") as f:
+        record = json.loads(f.readline())
+    assert (record["prompt"], record["completion"], record["reward"]) == \
+        ("go", "<calc> 12*3 </calc> [error:] 36", 1.0)
 
 
 def test_trainer_env_options_are_checked_in_one_line():

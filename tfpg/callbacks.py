@@ -391,6 +391,10 @@ class SampleLogger(_GlobalStep):
     * `logdir/samples/epoch_0001.md` (after the first epoch) or `step_00000100.md`;
     * one JSON line per sample appended to `logdir/samples/samples.jsonl`.
 
+    With a multi-turn trainer (`env=`) the rows are whole episodes of the last
+    training batch instead: prompt | turns with the env's replies in [brackets] |
+    the episode's reward.
+
     Args:
         logdir: TensorBoard log directory.
         tokenizer: the `Tokenizer` of the policy.
@@ -507,6 +511,11 @@ class SampleLogger(_GlobalStep):
 
     def _samples(self):
         model = self.model
+        episodes = getattr(model, "last_episodes", None)
+        if getattr(model, "env", None) is not None and episodes is not None:
+            # Multi-turn trainers: whole episodes of the last training batch (turns
+            # and env replies), which carry the env's columns a prompt list lacks.
+            return episodes.records(self.tokenizer)
         if self._prompt_ids is None:
             self._prompt_ids = self._default_prompt_ids()
         policy = _policy_of(model)

@@ -91,13 +91,33 @@ class Episodes(NamedTuple):
                if i != eos_id]
         return tokenizer.decode(np.asarray(ids, np.int32))
 
-    def render(self, tokenizer, row):
-        """Row `row` as text, env replies in [brackets]: "prompt | turn [reply] turn"."""
+    def transcript(self, tokenizer, row):
+        """Row `row` after its prompt, env replies in [brackets]: "turn [reply] turn"."""
         parts = []
-        for role, ids in self.segments[row]:
+        for role, ids in self.segments[row][1:]:
             text = tokenizer.decode(np.asarray(ids, np.int32)) if ids else ""
             parts.append(f"[{text}]" if role == ENV else text)
-        return parts[0] + " | " + " ".join(parts[1:])
+        return " ".join(parts)
+
+    def render(self, tokenizer, row):
+        """Row `row` as text: "prompt | turn [reply] turn"."""
+        prompt = tokenizer.decode(np.asarray(self.segments[row][0][1], np.int32))
+        return prompt + " | " + self.transcript(tokenizer, row)
+
+    def records(self, tokenizer, limit=4):
+        """Up to `limit` episodes of distinct prompts as sample records: "prompt",
+        "completion" (the transcript), "reward" (the episode's), "reference" None."""
+        records, seen = [], set()
+        for row in range(len(self.turns)):
+            prompt = tokenizer.decode(np.asarray(self.segments[row][0][1], np.int32))
+            if prompt in seen:
+                continue
+            seen.add(prompt)
+            records.append({"prompt": prompt, "completion": self.transcript(tokenizer, row),
+                            "reward": float(self.rewards[row]), "reference": None})
+            if len(records) == limit:
+                break
+        return records
 
 
 def _encode(tokenizer, observation, first):
