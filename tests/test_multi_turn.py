@@ -139,6 +139,29 @@ def test_turn_budget_max_turns_and_eos_end_turns():
     np.testing.assert_array_equal(episodes.turns, [2])
 
 
+def test_trajectories_never_outgrow_a_position_table():
+    class Positional(BigramPolicy):
+        has_position_table, max_length = True, 7
+
+    class Chatty(TurnEnv):
+        def respond(self, rows, completions):
+            return ["ok ok ok"] * len(rows), np.zeros(len(rows)), np.zeros(len(rows), bool)
+
+    # "say" -> "x" -> "x" ...: turns of 3 tokens, replies of 3, prompts of 2 and 4.
+    table = {ID["say"]: ID["x"], ID["x"]: ID["x"], ID["ok"]: ID["x"], ID["a"]: ID["x"]}
+    episodes = multi_turn.rollout_episodes(Positional(TOK.vocabulary_size, table),
+                                           Chatty(TOK), prompts("say", "say a a"),
+                                           max_turns=4, max_new_tokens=3, sampler="greedy")
+    lengths = episodes.prompt_mask.sum(axis=1) + episodes.completion_mask.sum(axis=1)
+    np.testing.assert_array_equal(lengths, [7, 7])
+    x, ok = ID["x"], ID["ok"]
+    # Row 0: BOS say | x x x, ok ok (cut to fit). Row 1 (4 prompt tokens): its
+    # turn is cut at the 3 tokens left by the longer context.
+    np.testing.assert_array_equal(episodes.completion_ids[0], [x, x, x, ok, ok])
+    np.testing.assert_array_equal(episodes.policy_mask, [[1, 1, 1, 0, 0], [1, 1, 1, 0, 0]])
+    np.testing.assert_array_equal(episodes.done, [False, False])
+
+
 def test_env_protocol_validates_its_calls():
     env = ScriptedEnv(TOK)
     with pytest.raises(RuntimeError, match="reset"):

@@ -34,8 +34,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfpg import advantages as adv
-from tfpg.generation import generate
+from tfpg.generation import generate, policy_is_positional
 from tfpg.turn_env import as_numpy_batch
+from tfpg.xla import resolve_jit_compile
 
 POLICY, ENV, PROMPT = "policy", "env", "prompt"
 
@@ -126,9 +127,10 @@ def _encode(tokenizer, observation, first):
     return [int(i) for i in np.asarray(observation).reshape([-1])]
 
 
-def _left_padded(rows, pad_id):
-    """Lists of ids -> (int32 [n, L] left-padded, int32 [n, L] mask)."""
-    width = max(len(row) for row in rows)
+def _left_padded(rows, pad_id, multiple=1):
+    """Lists of ids -> (int32 [n, L] left-padded, int32 [n, L] mask); L is the longest
+    row rounded up to a multiple of `multiple`."""
+    width = -(-max(len(row) for row in rows) // multiple) * multiple
     ids = np.full([len(rows), width], pad_id, np.int32)
     mask = np.zeros([len(rows), width], np.int32)
     for i, row in enumerate(rows):
@@ -173,8 +175,9 @@ def rollout_episodes(policy, env, batch, max_turns, max_new_tokens, sampler="sam
     pad_id = getattr(policy, "pad_id", getattr(tokenizer, "pad_id", 0))
     eos_id = getattr(policy, "eos_id", getattr(tokenizer, "eos_id", 2))
     stop_id = eos_id if env.turn_end_id is None else env.turn_end_id
-    if max_length is None and getattr(policy, "backbone_type", None) == "transformer":
+    if max_length is None and policy_is_positional(policy):
         max_length = policy.max_length
+    jit_compile = resolve_jit_compile(jit_compile)
     batch = as_numpy_batch(batch)
 
     started = time.perf_counter()
@@ -200,10 +203,16 @@ def rollout_episodes(policy, env, batch, max_turns, max_new_tokens, sampler="sam
             alive = alive[room >= 1]
         if not alive.size:
             break
+        contexts = [prompts[r] + rest[r] for r in alive]
+        # Under XLA every new shape compiles again: context widths in steps of 32.
+        multiple = 32 if jit_compile else 1
+        longest = max(len(context) for context in contexts)
+        if max_length is not None and -(-longest // multiple) * multiple >= max_length:
+            multiple = 1
+        ids, mask = _left_padded(contexts, pad_id, multiple)
         budget = max_new_tokens
-        if max_length is not None:
-            budget = int(min(budget, room[room >= 1].max()))
-        ids, mask = _left_padded([prompts[r] + rest[r] for r in alive], pad_id)
+        if max_length is not None:   # the longest context bounds every row's turn
+            budget = int(min(budget, max_length - ids.shape[1]))
         started = time.perf_counter()
         out = generate(policy, ids, max_new_tokens=budget, sampler=sampler,
                        temperature=temperature, top_k=top_k, top_p=top_p, eos_id=stop_id,
@@ -212,15 +221,11 @@ def rollout_episodes(policy, env, batch, max_turns, max_new_tokens, sampler="sam
         tokens, token_mask, token_log_probs = (t.numpy() for t in out)
         generate_seconds += time.perf_counter() - started
 
-        turns, texts = [], []
+        texts = []
         for i, row in enumerate(alive):
-            length = int(token_mask[i].sum())
-            if max_length is not None:
-                length = min(length, max_length - len(prompts[row]) - len(rest[row]))
-            ids_i = tokens[i, :length].tolist()
+            ids_i = tokens[i, :int(token_mask[i].sum())].tolist()
             if stop_id != eos_id and eos_id in ids_i:   # EOS ends a turn too
                 ids_i = ids_i[:ids_i.index(eos_id) + 1]
-            turns.append(ids_i)
             texts.append(tokenizer.decode(np.asarray(ids_i, np.int32)))
             rest[row] += ids_i
             roles[row] += [POLICY] * len(ids_i)
@@ -235,6 +240,8 @@ def rollout_episodes(policy, env, batch, max_turns, max_new_tokens, sampler="sam
             if dones[i] or turn + 1 == max_turns:
                 continue   # no policy token follows: the reply is not part of it
             reply = _encode(tokenizer, observations[i], False)
+            if max_length is not None:     # cut to fit; the row then ends (no room)
+                reply = reply[:max(max_length - len(prompts[row]) - len(rest[row]), 0)]
             rest[row] += reply
             roles[row] += [ENV] * len(reply)
             log_probs[row] += [0.0] * len(reply)
