@@ -463,3 +463,20 @@ def test_guess_task_teacher_and_env_agree():
     assert task.guesses("8 8 no 3 ?") == ["8", "3"]
     assert task.evaluate(task.heldout.prompts, ["8 ? lower 4 ? higher 5 ?", "8 8 no 3 ?"]) \
         == {"success_rate": 0.5, "mean_turns": 5.5}
+
+
+def test_episode_task_run_episodes_plays_the_split_against_its_env():
+    task = GuessTask(seed=0, num_train=4, num_heldout=40, num_pretrain=4)
+    tokenizer = task.tokenizer()
+    ids = {w: tokenizer.token_to_id(w) for w in (":", "8", "?", "higher", "lower")}
+    # Always "8 ?": found at once when the number is 8, never otherwise.
+    table = {ids[":"]: ids["8"], ids["8"]: ids["?"], ids["higher"]: ids["8"],
+             ids["lower"]: ids["8"]}
+    metrics, texts = task.run_episodes(BigramPolicy(tokenizer.vocabulary_size, table),
+                                       tokenizer, "heldout", batch_size=16)
+    eights = np.mean(np.asarray(task.heldout.extras["target"]) == 8)
+    assert 0 < eights < 1
+    assert metrics == pytest.approx({"success_rate": eights,
+                                     "mean_turns": eights + 8 * (1 - eights),
+                                     "reward": eights})
+    assert len(texts) == 40 and texts[0].startswith("8 ?")

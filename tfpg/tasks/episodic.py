@@ -34,13 +34,14 @@ class EpisodeTask(Task):
                      sampler="greedy", seed=0, limit=None):
         """Plays `split` (its first `limit` prompts) against `env(tokenizer)`.
 
-        Returns (metrics of `evaluate`, list of episode texts after the prompt).
+        Returns (metrics of `evaluate` and "reward", the mean episode reward; list of
+        episode texts after the prompt).
         """
         part = self.split(split)
         count = len(part) if limit is None else min(limit, len(part))
         env = self.env(tokenizer)
         columns = next(iter(self.prompt_dataset(tokenizer, split, batch_size=len(part))))
-        texts = []
+        texts, rewards = [], []
         for start in range(0, count, batch_size):
             end = min(start + batch_size, count)
             batch = {key: value.numpy()[start:end] for key, value in columns.items()}
@@ -48,7 +49,10 @@ class EpisodeTask(Task):
                 policy, env, batch, self.max_turns, self.max_new_tokens, sampler=sampler,
                 seed=[seed, start])
             texts += [episodes.text(tokenizer, row) for row in range(len(episodes.turns))]
-        return self.evaluate(part.prompts[:count], texts, split), texts
+            rewards += episodes.rewards.tolist()
+        metrics = self.evaluate(part.prompts[:count], texts, split)
+        metrics["reward"] = mean(rewards)
+        return metrics, texts
 
 
 def mean(values):
