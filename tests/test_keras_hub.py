@@ -342,3 +342,16 @@ def test_mirrored_lora_step_equals_one_device():
     name, difference, update = result.stdout.split()[-3:]
     assert name == "lora" and float(update) > 1e-4
     assert float(difference) < 1e-6
+
+
+def test_example_vocabulary_builds_a_gpt2_tokenizer():
+    import importlib.util
+    path = os.path.join(os.path.dirname(__file__), "..", "examples", "keras_hub_policy.py")
+    spec = importlib.util.spec_from_file_location("example_keras_hub_policy", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    vocabulary, merges = example.train_vocabulary(["12+34=46", "57+38=85"] * 5)
+    assert len(vocabulary) == 258 and len(merges) == 1
+    tok = KerasHubTokenizer(keras_hub.models.GPT2Tokenizer(vocabulary=vocabulary,
+                                                           merges=merges))
+    assert tok.decode(tok.encode("57+38=")) == "57+38="
