@@ -313,6 +313,25 @@ def test_grpo_and_ppo_raise_the_reward_of_a_multi_turn_toy(algorithm):
     assert trainer.last_episodes.turns.tolist() == [3] * len(trainer.last_episodes.turns)
 
 
+@pytest.mark.parametrize("algorithm, options", [
+    ("REINFORCE", {"baseline": "moving_average"}), ("REINFORCE", {"baseline": "value"}),
+    ("A2C", {}), ("RLOO", {"group_size": 2, "num_epochs": 2, "top_k": 5})])
+def test_every_algorithm_takes_a_multi_turn_step(algorithm, options):
+    policy = BigramPolicy(TOK.vocabulary_size, seed=0)
+    if algorithm == "A2C" or options.get("baseline") == "value":
+        options = dict(options, value_model=tfpg.ValueNetwork(TOK.vocabulary_size, 8, 8))
+    trainer = with_env(getattr(tfpg.algorithms, algorithm), policy, EchoEnv(TOK),
+                       max_turns=3, max_new_tokens=2, kl_coef=0.1, entropy_coef=0.01,
+                       **options)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.1))
+    before = policy.w.numpy().copy()
+    batch = {"prompt": tf.constant([[1, ID["say"], ID[w]] for w in WORDS3])}
+    logs = {k: float(v) for k, v in trainer.train_step(batch).items()}
+    assert all(np.isfinite(v) for v in logs.values()), logs
+    assert logs["turns"] == 3.0 and logs["env_tokens"] == 4.0     # 2 replies of 2 words
+    assert not np.allclose(policy.w.numpy(), before)
+
+
 class RewardPerStep(keras.callbacks.Callback):
     rewards = []
 
@@ -359,6 +378,8 @@ def test_trainer_env_options_are_checked_in_one_line():
         tfpg.algorithms.RLOO(policy, None, env=env, max_turns=0)
     with pytest.raises(TypeError, match="TurnEnv"):
         tfpg.algorithms.RLOO(policy, None, env=object())
+    with pytest.raises(ValueError, match="SCST does not run multi-turn episodes"):
+        tfpg.algorithms.SCST(policy, None, env=env)
     trainer = tfpg.algorithms.RLOO(policy, None, env=env)
     assert trainer.max_turns == 4
     with pytest.raises(ValueError, match="jit_compile=True"):

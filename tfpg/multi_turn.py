@@ -275,12 +275,16 @@ def metric_names(env):
             *env.metric_names]
 
 
-def check_env(env, max_turns, reward_fn):
-    """Validates a trainer's `env=` / `max_turns` / `reward_fn`; returns max_turns."""
+def check_env(env, max_turns, reward_fn, algorithm=None):
+    """Validates a trainer's `env=` / `max_turns` / `reward_fn` (`algorithm`: the
+    trainer's class); returns max_turns."""
     if env is None:
         if max_turns is not None:
             raise ValueError("max_turns is for multi-turn episodes: pass env= too")
         return None
+    if not getattr(algorithm, "supports_env", True):
+        raise ValueError(f"{algorithm.__name__} does not run multi-turn episodes (env=); "
+                         "use REINFORCE, RLOO, GRPO, A2C or PPO")
     if not all(callable(getattr(env, name, None)) for name in ("reset", "step")) \
             or not hasattr(env, "tokenizer"):
         raise TypeError(f"env must be a tfpg.turn_env.TurnEnv (reset / step / "

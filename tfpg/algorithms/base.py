@@ -140,6 +140,7 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
     # corrects for the policy having moved (a clipped importance ratio).
     reuses_rollouts = False
     min_group_size = 1
+    supports_env = True        # multi-turn episodes (env=); see tfpg.multi_turn
 
     def __init__(self, policy, reward_fn, value_model=None, reference_model=None,
                  max_new_tokens=32, sampler="sample", temperature=1.0, top_k=None,
@@ -202,7 +203,7 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         self.loss_aggregation = loss_aggregation
         self.on_invalid_reward = on_invalid_reward
         self.seed = int(seed)
-        self.max_turns = multi_turn.check_env(env, max_turns, reward_fn)
+        self.max_turns = multi_turn.check_env(env, max_turns, reward_fn, type(self))
         self.env = env
         self.initial_kl_coef = float(kl_coef)
         self.kl_coef = self.add_weight(shape=(), initializer=keras.initializers.Constant(

@@ -21,6 +21,7 @@ class SCST(PolicyGradientTrainer):
     """
 
     default_loss_aggregation = "sequence_sum"
+    supports_env = False    # the baseline is a single-turn greedy decode scored by reward_fn
 
     def compute_advantages(self, rollout, batch):
         mask = rollout["completion_mask"]
