@@ -132,12 +132,6 @@ def check_config(config):
         raise UsageError(f"{config.train_file}: file not found")
     if config.lora_rank is not None and config.model is None:
         raise UsageError("--lora-rank needs --model (a KerasHub preset)")
-    if config.model is not None and not config.model.endswith(".keras") \
-            and config.pretrain_epochs:
-        # Pre-training windows are padded with id 0, a real token in KerasHub
-        # vocabularies; the preset comes pre-trained anyway.
-        raise UsageError("--pretrain-epochs with a KerasHub --model is not supported; "
-                         "leave it out to fine-tune the preset as it is")
     if config.model is not None and config.model.endswith(".keras"):
         if not os.path.isfile(config.model):
             raise UsageError(f"{config.model}: file not found")

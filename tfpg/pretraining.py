@@ -52,11 +52,18 @@ class LanguageModelTrainer(DistributedFitMixin, keras.Model):
         self.optimizer.build(self.trainable_variables)
 
     def train_step(self, data):
-        inputs, targets = data                                        # [B, L] each
-        mask = tf.cast(tf.not_equal(targets, 0), tf.float32)          # [B, L]
+        # (inputs, targets) padded with id 0, or (inputs, targets, mask) where id 0 is
+        # a real token (KerasHub vocabularies): [B, L] each.
+        inputs, targets, *mask = data
+        options = {}
+        if mask:
+            mask = tf.cast(mask[0], tf.float32)                       # [B, L]
+            options["padding_mask"] = mask > 0
+        else:
+            mask = tf.cast(tf.not_equal(targets, 0), tf.float32)      # [B, L]
         count = cross_replica_sum(tf.reduce_sum(mask))
         with tf.GradientTape() as tape:
-            logits = self.policy(inputs, training=True)               # [B, L, V] float32
+            logits = self.policy(inputs, training=True, **options)    # [B, L, V] float32
             per_token = keras.losses.sparse_categorical_crossentropy(
                 targets, tf.cast(logits, tf.float32), from_logits=True)
             loss = tf.math.divide_no_nan(tf.reduce_sum(per_token * mask), count)
@@ -70,11 +77,35 @@ class LanguageModelTrainer(DistributedFitMixin, keras.Model):
 def pretraining_dataset(texts, tokenizer, batch_size, seed, max_sequence_length=128):
     """`language_model_dataset` windows as long as the longest text (at most
     `max_sequence_length` pairs): padding to a fixed length would waste most of the
-    compute on short texts."""
+    compute on short texts.
+
+    For a tokenizer whose id 0 is a real token (a KerasHub one: its `pad_id` is not
+    0), batches are (inputs, targets, mask), inputs padded with `pad_id`."""
     longest = max((len(ids) for ids in tokenizer.encode(list(texts))), default=1)
-    return tfpg_data.language_model_dataset(
-        texts, tokenizer, sequence_length=min(longest, max_sequence_length),
-        batch_size=batch_size, seed=seed)
+    pad_id = getattr(tokenizer, "pad_id", 0)
+    options = dict(sequence_length=min(longest, max_sequence_length),
+                   batch_size=batch_size, seed=seed)
+    if pad_id == 0:
+        return tfpg_data.language_model_dataset(texts, tokenizer, **options)
+    # The same windows of ids + 1, so that 0 marks padding; shifted back after.
+    windows = tfpg_data.language_model_dataset(texts, _ShiftedIds(tokenizer), **options)
+
+    def unshift(inputs, targets):
+        real = targets > 0
+        return (tf.where(real, inputs - 1, pad_id), tf.where(real, targets - 1, pad_id),
+                tf.cast(real, tf.int32))
+    return windows.map(unshift)
+
+
+class _ShiftedIds:
+    """A tokenizer's `encode` and `eos_id`, every id + 1 (0 is then free for padding)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.eos_id = tokenizer.eos_id + 1
+
+    def encode(self, texts):
+        return [[i + 1 for i in ids] for ids in self.tokenizer.encode(texts)]
 
 
 def pretrain(texts, tokenizer, epochs, *, policy=None, seed=0, batch_size=64,
