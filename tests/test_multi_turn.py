@@ -313,6 +313,29 @@ def test_grpo_and_ppo_raise_the_reward_of_a_multi_turn_toy(algorithm):
     assert trainer.last_episodes.turns.tolist() == [3] * len(trainer.last_episodes.turns)
 
 
+@pytest.mark.parametrize("backbone", ["lstm", "transformer"])
+def test_trajectory_scoring_reproduces_the_sampled_log_probs(backbone):
+    # The update scores whole trajectories in one pass (first observation left-padded,
+    # turns and replies right-padded); that must give the log-probs each turn's own
+    # generation sampled with (left-padded contexts), so the first PPO ratio is 1.
+    keras.utils.set_random_seed(0)
+    policy = tfpg.PolicyNetwork(TOK.vocabulary_size, 16, 16, backbone=backbone,
+                                num_heads=2, max_length=64)
+    trainer = with_env(tfpg.algorithms.PPO, policy, EchoEnv(TOK), max_turns=3,
+                       max_new_tokens=3, top_k=6, kl_coef=0.0, seed=1,
+                       value_model=tfpg.ValueNetwork(TOK.vocabulary_size, 8, 8))
+    trainer.compile(optimizer="sgd")
+    _, episodes = multi_turn.sample_episodes(
+        trainer, prompts("say a", "say b c", "say c a b"))
+    rollout, _ = multi_turn.rollout_tensors(episodes)
+    rollout = multi_turn.score_rollout(trainer, rollout)
+    mask = episodes.policy_mask > 0
+    assert mask.sum() > 10 and (episodes.completion_mask > episodes.policy_mask).any()
+    np.testing.assert_allclose(rollout["old_log_probs"].numpy()[mask],
+                               episodes.log_probs[mask], atol=2e-5)
+    assert np.all(rollout["old_log_probs"].numpy()[~mask] == 0)
+
+
 @pytest.mark.parametrize("algorithm, options", [
     ("REINFORCE", {"baseline": "moving_average"}), ("REINFORCE", {"baseline": "value"}),
     ("A2C", {}), ("RLOO", {"group_size": 2, "num_epochs": 2, "top_k": 5})])
