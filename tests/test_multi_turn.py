@@ -390,6 +390,30 @@ def test_failing_tools_give_error_observations_and_training_goes_on(tmp_path):
         ("go", "<calc> 12*3 </calc> [error:] 36", 1.0)
 
 
+class NanEnv(TurnEnv):
+    """One turn; row 1's reward is NaN."""
+
+    def respond(self, rows, completions):
+        rewards = np.where(rows == 1, np.nan, 1.0)
+        return [""] * len(rows), rewards, np.ones(len(rows), bool)
+
+
+def test_non_finite_env_rewards_raise_or_are_skipped():
+    batch = prompts("go", "ok", "go")
+    trainer = with_env(tfpg.algorithms.REINFORCE, BigramPolicy(TOK.vocabulary_size, SCRIPT),
+                       NanEnv(TOK), max_turns=2, max_new_tokens=2)
+    trainer.compile(optimizer="sgd")
+    with pytest.raises(ValueError, match=r"non-finite rewards in rows \[1\]"):
+        trainer.train_step(batch)
+    trainer = with_env(tfpg.algorithms.REINFORCE, BigramPolicy(TOK.vocabulary_size, SCRIPT),
+                       NanEnv(TOK), max_turns=2, max_new_tokens=2, on_invalid_reward="skip")
+    trainer.compile(optimizer="sgd")
+    logs = trainer.train_step(batch)
+    assert float(logs["invalid_rewards"]) == 1.0 and float(logs["reward"]) == 1.0
+    np.testing.assert_array_equal(trainer.last_rollout["completion_mask"].numpy().sum(axis=1),
+                                  [2, 0, 2])
+
+
 def test_trainer_env_options_are_checked_in_one_line():
     policy = BigramPolicy(TOK.vocabulary_size)
     env = ScriptedEnv(TOK)

@@ -309,11 +309,10 @@ def sample_episodes(trainer, batch, seed=None):
         batch = {key: np.repeat(value, trainer.group_size, axis=0)
                  for key, value in batch.items()}
     seed = trainer._sampling_seed() if seed is None else seed
-    suppress_ids = getattr(trainer, "sampled_suppress_ids", trainer.suppress_ids)
     episodes = rollout_episodes(
         trainer.policy, trainer.env, batch, trainer.max_turns, trainer.max_new_tokens,
         sampler=trainer.sampler, temperature=trainer.temperature, top_k=trainer.top_k,
-        top_p=trainer.top_p, suppress_ids=suppress_ids, seed=seed,
+        top_p=trainer.top_p, suppress_ids=trainer.sampled_suppress_ids, seed=seed,
         jit_compile=bool(getattr(trainer, "jit_decode", False)))
     return batch, episodes
 
