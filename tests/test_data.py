@@ -277,5 +277,6 @@ def test_read_file_dispatch_feeds_prompt_dataset(tmp_path, tok):
         "prompt": [[1, 4, 5], [0, 1, 8]],
         "prompt_mask": [[1, 1, 1], [0, 1, 1]],
         "reference": [[[6, 0], [7, 8]], [[4, 0], [0, 0]]],
+        "reference_mask": [[[1, 0], [1, 1]], [[1, 0], [0, 0]]],
         "answer": [b"7", b"9"],
     }

@@ -159,7 +159,8 @@ def test_arithmetic_reward_in_graph(tasks):
     task = tasks["arithmetic"]
     tokenizer = task.tokenizer()
     batch = next(iter(task.prompt_dataset(tokenizer, split="heldout", batch_size=64)))
-    assert set(batch) == {"prompt", "prompt_mask", "reference", "answer", "carry"}
+    assert set(batch) == {"prompt", "prompt_mask", "reference", "reference_mask", "answer",
+                          "carry"}
     carry = np.flatnonzero(batch["carry"].numpy())[:3]
     batch = {k: tf.gather(v, carry) for k, v in batch.items()}
     pairs = [parse_prompt(p) for p in tokenizer.decode(batch["prompt"].numpy())]

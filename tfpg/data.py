@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 _INT32 = np.iinfo(np.int32)
-_RESERVED_COLUMNS = ("prompt", "prompt_mask", "reference")
+_RESERVED_COLUMNS = ("prompt", "prompt_mask", "reference", "reference_mask")
 
 
 class DataError(ValueError):
@@ -101,11 +101,14 @@ def prompt_dataset(prompts, tokenizer, references=None, batch_size=32,
       KerasHub vocabularies the pad id can also be a real token, so padding is
       told by this mask, never by the id).
     * `"reference"` (when `references` is given): int32, encoded without BOS or
-      EOS and RIGHT-padded with 0. If every reference is a string the shape is
-      [B, R]; if any is a list of strings (several references for one prompt)
-      every row becomes a list and the shape is [B, K, R], K the most references
-      any prompt has, missing references being all-zero rows. R (and K) are at
+      EOS and RIGHT-padded with the tokenizer's `pad_id` (0 for tfpg's
+      `Tokenizer`). If every reference is a string the shape is [B, R]; if any
+      is a list of strings (several references for one prompt) every row
+      becomes a list and the shape is [B, K, R], K the most references any
+      prompt has, missing references being all-padding rows. R (and K) are at
       least 1 even when every reference is empty.
+    * `"reference_mask"` (with `"reference"`): int32 of its shape, 1 for the
+      references' tokens, 0 for padding (what the id rewards read).
     * one column per `extras` entry: strings -> tf.string, ints -> int32,
       floats -> float32, bools -> tf.bool.
 
@@ -132,6 +135,8 @@ def prompt_dataset(prompts, tokenizer, references=None, batch_size=32,
     >>> batch = {k: v.numpy().tolist() for k, v in next(iter(ds)).items()}
     >>> batch["prompt"], batch["prompt_mask"], batch["reference"]
     ([[1, 4, 5], [0, 1, 6]], [[1, 1, 1], [0, 1, 1]], [[6, 0], [4, 5]])
+    >>> batch["reference_mask"]
+    [[1, 0], [1, 1]]
     """
     prompts = _as_list(prompts, "prompts")
     if not prompts:
@@ -149,7 +154,8 @@ def prompt_dataset(prompts, tokenizer, references=None, batch_size=32,
     prompt_ids, prompt_mask = _encode_prompts(prompts, tokenizer, max_prompt_length, truncate)
     columns = {"prompt": prompt_ids, "prompt_mask": prompt_mask}
     if references is not None:
-        columns["reference"] = _encode_references(references, tokenizer, len(prompts))
+        columns["reference"], columns["reference_mask"] = _encode_references(
+            references, tokenizer, len(prompts))
     for name, values in (extras or {}).items():
         if name in _RESERVED_COLUMNS:
             raise ValueError(f"extras may not be named {name!r} (reserved column)")
@@ -188,7 +194,8 @@ def _encode_prompts(prompts, tokenizer, max_prompt_length, truncate):
 
 
 def _encode_references(references, tokenizer, count):
-    """-> int32 [N, R] (one string each) or [N, K, R] (lists), right-padded with 0."""
+    """-> (ids, mask): int32 [N, R] (one string each) or [N, K, R] (lists), ids
+    right-padded with the tokenizer's pad id."""
     references = _as_list(references, "references")
     if len(references) != count:
         raise ValueError(f"got {count} prompts but {len(references)} references")
@@ -201,17 +208,17 @@ def _encode_references(references, tokenizer, count):
         except (TypeError, ValueError) as e:
             raise type(e)(f"reference {index}: {e}") from None
     width = max([1] + [len(ids) for group in rows for ids in group])
-    if not multi:
-        array = np.zeros([count, width], np.int32)  # [N, R]
-        for i, (ids,) in enumerate(rows):
-            array[i, :len(ids)] = ids
-        return array
     depth = max([1] + [len(group) for group in rows])
-    array = np.zeros([count, depth, width], np.int32)  # [N, K, R]
+    pad_id = getattr(tokenizer, "pad_id", 0)
+    array = np.full([count, depth, width], pad_id, np.int32)  # [N, K, R]
+    mask = np.zeros([count, depth, width], np.int32)  # [N, K, R]
     for i, group in enumerate(rows):
         for k, ids in enumerate(group):
             array[i, k, :len(ids)] = ids
-    return array
+            mask[i, k, :len(ids)] = 1
+    if not multi:
+        return array[:, 0], mask[:, 0]  # [N, R]
+    return array, mask
 
 
 def _extra_column(name, values, count):

@@ -6,7 +6,8 @@ validates the result and masks invalid samples (see `tfpg.rewards.base`).
 """
 
 from tfpg.rewards.base import (ON_INVALID, InvalidRewardError, Reward, RewardResult,
-                               compact_ids, completion_tokens, compute_rewards, reward_name)
+                               compact_ids, completion_token_mask, completion_tokens,
+                               compute_rewards, id_mask, reward_name)
 from tfpg.rewards.bleu import BLEU, SMOOTHING_METHODS, corpus_bleu, sentence_bleu
 from tfpg.rewards.combine import WeightedSum
 from tfpg.rewards.keyword import Keyword
@@ -23,7 +24,8 @@ __all__ = [
     "BLEU", "ExactMatch", "InvalidRewardError", "Keyword", "Length", "ON_INVALID",
     "OverlongPenalty",
     "Perplexity", "PreferenceTrainer", "PythonReward", "Reward", "RewardModel", "RewardResult",
-    "SMOOTHING_METHODS", "WeightedSum", "compact_ids", "completion_tokens",
-    "compute_rewards", "corpus_bleu", "pairwise_accuracy", "read_preference_pairs",
+    "SMOOTHING_METHODS", "WeightedSum", "compact_ids", "completion_token_mask",
+    "completion_tokens", "compute_rewards", "corpus_bleu", "id_mask", "pairwise_accuracy",
+    "read_preference_pairs",
     "reward_name", "sentence_bleu", "train_preference_model", "train_reward_model",
 ]

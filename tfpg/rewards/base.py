@@ -118,9 +118,36 @@ def _on_invalid_scope(on_invalid):
         _ON_INVALID.reset(token)
 
 
+def completion_token_mask(completion_ids, completion_mask, eos_id=2):
+    """Which completion positions are text tokens: masked in and before the first EOS.
+
+    Args:
+        completion_ids: int [B, N].
+        completion_mask: float [B, N], 1 on generated tokens (EOS included).
+        eos_id: the tokenizer's / policy's EOS id (the first one in a row is cut,
+            with everything after it); None keeps every masked-in id.
+
+    Returns:
+        float32 [B, N], 1 = text token. Which ids those are never matters: in
+        KerasHub vocabularies id 0 is a real token.
+
+    >>> completion_token_mask(tf.constant([[0, 6, 2, 7]]), tf.constant([[1., 1., 1., 0.]])).numpy()
+    array([[1., 1., 0., 0.]], dtype=float32)
+    """
+    ids = tf.cast(completion_ids, tf.int32)
+    keep = tf.cast(completion_mask, tf.float32) > 0  # [B, N]
+    if eos_id is not None:
+        is_eos = tf.cast(tf.equal(ids, eos_id), tf.int32)
+        keep &= tf.equal(tf.cumsum(is_eos, axis=1), 0)
+    return tf.cast(keep, tf.float32)
+
+
 def completion_tokens(completion_ids, completion_mask, eos_id=2, pad_id=0):
     """The completion's text tokens: ids with EOS and everything after it set to
     `pad_id` (0; a KerasHub tokenizer's own pad id where 0 is a real token).
+
+    For decoding to text. Rewards that compare ids use `completion_token_mask`
+    instead: a filler id cannot tell padding from a real token.
 
     Args:
         completion_ids: int [B, N].
@@ -129,32 +156,61 @@ def completion_tokens(completion_ids, completion_mask, eos_id=2, pad_id=0):
         pad_id: what replaces the cut ids.
 
     Returns:
-        int32 [B, N], still aligned with the input (`pad_id` is padding).
+        int32 [B, N], still aligned with the input.
 
     >>> completion_tokens(tf.constant([[5, 6, 2, 7]]), tf.constant([[1., 1., 1., 0.]])).numpy()
     array([[5, 6, 0, 0]], dtype=int32)
     """
-    ids = tf.cast(completion_ids, tf.int32)
-    keep = tf.cast(completion_mask, tf.float32) > 0  # [B, N]
-    if eos_id is not None:
-        is_eos = tf.cast(tf.equal(ids, eos_id), tf.int32)
-        keep &= tf.equal(tf.cumsum(is_eos, axis=1), 0)
-    return tf.where(keep, ids, pad_id)
+    keep = completion_token_mask(completion_ids, completion_mask, eos_id) > 0  # [B, N]
+    return tf.where(keep, tf.cast(completion_ids, tf.int32), pad_id)
 
 
-def compact_ids(ids):
-    """Moves the nonzero ids of each row to the front, keeping their order.
+def id_mask(batch, key, pad_id=0):
+    """The mask of the id column `batch[key]`: `batch[key + "_mask"]` when the batch
+    has it (`prompt_dataset`'s "reference_mask"), else `batch[key] != pad_id`.
 
     Args:
-        ids: int32 [..., T], 0 = padding anywhere in a row.
+        batch: the dataset element dict.
+        key: an int column, [B, R] or [B, K, R].
+        pad_id: the fallback's padding id (0 for tfpg's `Tokenizer`).
 
     Returns:
-        (compacted int32 [..., T], lengths int32 [...]).
+        float32, the shape of `batch[key]`, 1 = real token.
+    """
+    ids = tf.convert_to_tensor(batch[key])
+    mask_key = f"{key}_mask"
+    if mask_key not in batch:
+        return tf.cast(tf.not_equal(ids, tf.cast(pad_id, ids.dtype)), tf.float32)
+    mask = tf.cast(batch[mask_key], tf.float32)
+    if (ids.shape.rank is not None and mask.shape.rank is not None
+            and not ids.shape.is_compatible_with(mask.shape)):
+        raise ValueError(f"batch[{mask_key!r}] has shape {mask.shape} but batch[{key!r}] "
+                         f"has shape {ids.shape}; they must match")
+    return mask
+
+
+def compact_ids(ids, mask=None):
+    """Moves the real ids of each row to the front, keeping their order.
+
+    Args:
+        ids: int32 [..., T].
+        mask: [..., T], nonzero = real token, anywhere in a row; None: the
+            nonzero ids are real (0 = padding, tfpg's `Tokenizer`).
+
+    Returns:
+        (compacted int32 [..., T], lengths int32 [...]); positions from a row's
+        length on hold 0, which can be a real id: tell them by the length.
 
     >>> [x.numpy().tolist() for x in compact_ids(tf.constant([[0, 5, 0, 6]]))]
     [[[5, 6, 0, 0]], [2]]
+    >>> [x.numpy().tolist() for x in compact_ids(tf.constant([[9, 0, 5, 9]]),
+    ...                                          tf.constant([[0, 1, 1, 0]]))]
+    [[[0, 5, 0, 0]], [2]]
     """
-    is_pad = tf.cast(tf.equal(ids, 0), tf.int32)
+    ids = tf.convert_to_tensor(ids)
+    real = tf.not_equal(ids, 0) if mask is None else tf.cast(mask, tf.float32) > 0
+    ids = tf.where(real, ids, tf.zeros_like(ids))
+    is_pad = 1 - tf.cast(real, tf.int32)
     lengths = tf.reduce_sum(1 - is_pad, axis=-1)
     # Usually rows are already right-padded: skip the sort then.
     compact = tf.reduce_all(is_pad[..., 1:] >= is_pad[..., :-1])

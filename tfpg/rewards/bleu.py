@@ -20,14 +20,17 @@ Both follow `nltk.translate.bleu_score` exactly, including its corner cases:
   leaves zero precisions alone when that length is 1, which drops them from the
   geometric mean.
 
-Token ids are non-negative; id 0 is padding and is ignored anywhere in a row: a
-row stands for its nonzero ids in order. References are `[B, R]` (one per
-hypothesis) or `[B, K, R]` (up to K per hypothesis; all-zero rows are missing
-references, not empty ones). A hypothesis whose references are all missing
-scores 0.
+Token ids are non-negative. Which ids count comes from masks (`hypothesis_mask`,
+`reference_mask`, 1 = real token, anywhere in a row): a row stands for its
+masked-in ids in order, so id 0 can be a real token (KerasHub vocabularies).
+Without a mask, id 0 is padding (tfpg's `Tokenizer`). References are `[B, R]`
+(one per hypothesis) or `[B, K, R]` (up to K per hypothesis; rows without a real
+token are missing references, not empty ones). A hypothesis whose references are
+all missing scores 0.
 
-`BLEU` is the reward: `sentence_bleu` of each completion (cut before EOS)
-against `batch["reference"]`.
+`BLEU` is the reward: `sentence_bleu` of each completion (cut before EOS, masked
+by the completion mask) against `batch["reference"]` (masked by
+`batch["reference_mask"]`).
 """
 
 import math
@@ -37,7 +40,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from tfpg.rewards.base import Reward, compact_ids, completion_tokens
+from tfpg.rewards.base import Reward, compact_ids, completion_token_mask, id_mask
 
 SMOOTHING_METHODS = ("none", "method1", "method2", "method3", "method4")
 
@@ -106,16 +109,19 @@ def _ngram_keys(tokens, max_order):
     return tf.cond(fits, packed, ranked)
 
 
-def bleu_statistics(hypothesis_ids, reference_ids, max_order=4):
+def bleu_statistics(hypothesis_ids, reference_ids, max_order=4, hypothesis_mask=None,
+                    reference_mask=None):
     """Per-sentence BLEU sufficient statistics, as nltk computes them.
 
     `sentence_bleu` scores them row by row, `corpus_bleu` sums them first.
 
     Args:
-        hypothesis_ids: int [B, T], 0 = padding.
-        reference_ids: int [B, R] or [B, K, R], 0 = padding; all-zero rows of a
-            [B, K, R] tensor are missing references.
+        hypothesis_ids: int [B, T].
+        reference_ids: int [B, R] or [B, K, R]; rows of a [B, K, R] tensor
+            without a real token are missing references.
         max_order: longest n-gram.
+        hypothesis_mask: [B, T], 1 = real token; None: the nonzero ids.
+        reference_mask: the shape of `reference_ids`; None: the nonzero ids.
 
     Returns:
         A tuple of float64 tensors:
@@ -134,17 +140,19 @@ def bleu_statistics(hypothesis_ids, reference_ids, max_order=4):
     hyp = tf.cast(tf.convert_to_tensor(hypothesis_ids), tf.int32)
     refs = tf.cast(tf.convert_to_tensor(reference_ids), tf.int32)
     hyp.shape.assert_has_rank(2)
-    if refs.shape.rank == 2:
-        refs = refs[:, None, :]  # [B, 1, R]
-        one_reference = True
-    elif refs.shape.rank == 3:
-        one_reference = False
-    else:
+    if refs.shape.rank not in (2, 3):
         raise ValueError(
             f"reference_ids must have shape [B, R] or [B, K, R], got {refs.shape}")
+    one_reference = refs.shape.rank == 2
+    if reference_mask is not None:
+        reference_mask = tf.convert_to_tensor(reference_mask)
+        reference_mask.shape.assert_is_compatible_with(refs.shape)
+    if one_reference:
+        refs = refs[:, None, :]  # [B, 1, R]
+        reference_mask = None if reference_mask is None else reference_mask[:, None, :]
 
-    hyp, hyp_len = compact_ids(hyp)  # [B, T], [B]
-    refs, ref_len = compact_ids(refs)  # [B, K, R], [B, K]
+    hyp, hyp_len = compact_ids(hyp, hypothesis_mask)  # [B, T], [B]
+    refs, ref_len = compact_ids(refs, reference_mask)  # [B, K, R], [B, K]
     b, t = tf.shape(hyp)[0], tf.shape(hyp)[1]
     k, r = tf.shape(refs)[1], tf.shape(refs)[2]
     keys = _ngram_keys(tf.concat([hyp, tf.reshape(refs, [b, k * r])], axis=1), max_order)
@@ -240,17 +248,21 @@ def bleu_from_statistics(numerators, denominators, hypothesis_lengths, reference
     return tf.where(tf.equal(num[:, 0], 0.0), tf.zeros_like(score), score)
 
 
-def sentence_bleu(hypothesis_ids, reference_ids, max_order=4, smoothing="method1"):
+def sentence_bleu(hypothesis_ids, reference_ids, max_order=4, smoothing="method1",
+                  hypothesis_mask=None, reference_mask=None):
     """Sentence-level BLEU of every row, equal to nltk's `sentence_bleu` to 1e-6.
 
     Args:
-        hypothesis_ids: int [B, T]; 0 = padding (ignored wherever it occurs).
+        hypothesis_ids: int [B, T].
         reference_ids: int [B, R] (one reference each) or [B, K, R] (several;
-            all-zero rows are missing references).
+            rows without a real token are missing references).
         max_order: longest n-gram; weights are uniform, 1 / max_order.
         smoothing: "none" (nltk's default, `method0`), or nltk's
             `SmoothingFunction().method1` ... `method4` with nltk's defaults
             (epsilon = 0.1, k = 5).
+        hypothesis_mask: [B, T], 1 = real token (anywhere in the row); None:
+            id 0 is padding (tfpg's `Tokenizer`).
+        reference_mask: the shape of `reference_ids`; None: id 0 is padding.
 
     Returns:
         float32 [B]. The computation runs in float64; rounding the result to
@@ -260,9 +272,13 @@ def sentence_bleu(hypothesis_ids, reference_ids, max_order=4, smoothing="method1
     >>> refs = tf.constant([[4, 5, 6, 7, 8], [4, 5, 0, 0, 0]])
     >>> [round(float(x), 4) for x in sentence_bleu(hyp, refs)]
     [1.0, 0.1495]
+    >>> float(sentence_bleu([[0, 5, 9]], [[0, 5, 7]], max_order=2,
+    ...                     hypothesis_mask=[[1, 1, 0]], reference_mask=[[1, 1, 0]])[0])
+    1.0
     """
     max_order, smoothing = _check_max_order(max_order), _check_smoothing(smoothing)
-    stats = bleu_statistics(hypothesis_ids, reference_ids, max_order)
+    stats = bleu_statistics(hypothesis_ids, reference_ids, max_order, hypothesis_mask,
+                            reference_mask)
     return tf.cast(bleu_from_statistics(*stats, smoothing=smoothing), tf.float32)
 
 
@@ -299,12 +315,13 @@ def _to_id_arrays(hypotheses, references):
 
 
 @tf.function(reduce_retracing=True)
-def _corpus_statistics(hyp, refs, max_order):
+def _corpus_statistics(hyp, refs, max_order, hyp_mask, ref_mask):
     # Evaluation calls this with many small corpora: one graph beats eager ops.
-    return bleu_statistics(hyp, refs, max_order)
+    return bleu_statistics(hyp, refs, max_order, hyp_mask, ref_mask)
 
 
-def corpus_bleu(hypotheses, references, max_order=4, smoothing="none"):
+def corpus_bleu(hypotheses, references, max_order=4, smoothing="none",
+                hypothesis_mask=None, reference_mask=None):
     """Corpus-level BLEU with nltk's `corpus_bleu` semantics, for evaluation.
 
     Clipped matches, n-gram counts, hypothesis lengths and closest reference
@@ -312,12 +329,14 @@ def corpus_bleu(hypotheses, references, max_order=4, smoothing="none"):
     of sentence scores). As in nltk, "method4" uses the corpus hypothesis length.
 
     Args:
-        hypotheses: int [B, T] ids (0 = padding), or a list of token sequences
-            (ids or strings, as nltk takes them).
+        hypotheses: int [B, T] ids, or a list of token sequences (ids or
+            strings, as nltk takes them).
         references: int [B, R] / [B, K, R] ids matching an id array of
             hypotheses, or a list (one per hypothesis) of lists of token sequences.
         max_order: longest n-gram; uniform weights.
         smoothing: "none" (nltk's default) or "method1" ... "method4".
+        hypothesis_mask, reference_mask: for id arrays, 1 = real token, as in
+            `sentence_bleu`; None: id 0 is padding.
 
     Returns:
         Python float.
@@ -329,30 +348,39 @@ def corpus_bleu(hypotheses, references, max_order=4, smoothing="none"):
     """
     max_order, smoothing = _check_max_order(max_order), _check_smoothing(smoothing)
     hyp, refs = _to_id_arrays(hypotheses, references)
+    if (hypothesis_mask is not None or reference_mask is not None) and hyp is not hypotheses:
+        raise TypeError("corpus_bleu takes hypothesis_mask / reference_mask only with id "
+                        "arrays, not with lists of token sequences")
     refs = tf.cast(refs, tf.int32)
     if refs.shape.rank == 2:
         refs = refs[:, None, :]
-    num, den, h, r = _corpus_statistics(tf.cast(hyp, tf.int32), refs, max_order)
+        if reference_mask is not None:
+            reference_mask = tf.convert_to_tensor(reference_mask)[:, None, :]
+    as_mask = lambda m: None if m is None else tf.cast(m, tf.float32)  # noqa: E731
+    num, den, h, r = _corpus_statistics(tf.cast(hyp, tf.int32), refs, max_order,
+                                        as_mask(hypothesis_mask), as_mask(reference_mask))
     totals = [tf.reduce_sum(x, axis=0, keepdims=True) for x in (num, den, h, r)]
     return float(bleu_from_statistics(*totals, smoothing=smoothing)[0])
 
 
-def _nltk_sentence_bleu(hyp, refs, max_order, smoothing):
-    """nltk's own sentence_bleu on numpy id arrays, row by row (the reference)."""
+def _nltk_sentence_bleu(hyp, hyp_mask, refs, ref_mask, max_order, smoothing):
+    """nltk's own sentence_bleu on numpy id arrays and their masks, row by row (the
+    reference implementation)."""
     from nltk.translate import bleu_score  # a slow import that only this backend needs
 
     smoothing_function = None if smoothing == "none" else getattr(
         bleu_score.SmoothingFunction(), smoothing)
     weights = (1.0 / max_order,) * max_order
     if refs.ndim == 2:
-        refs = refs[:, None, :]
+        refs, ref_mask = refs[:, None, :], ref_mask[:, None, :]
     scores = np.zeros([hyp.shape[0]], np.float32)
     with warnings.catch_warnings():
         # method0's "0 counts of n-gram overlaps" warning, once per sentence.
         warnings.simplefilter("ignore")
         for b in range(hyp.shape[0]):
-            hypothesis = [int(t) for t in hyp[b] if t != 0]
-            references = [[int(t) for t in r if t != 0] for r in refs[b]]
+            hypothesis = [int(t) for t, m in zip(hyp[b], hyp_mask[b]) if m > 0]
+            references = [[int(t) for t, m in zip(r, rm) if m > 0]
+                          for r, rm in zip(refs[b], ref_mask[b])]
             references = [r for r in references if r] or [[]]
             scores[b] = bleu_score.sentence_bleu(references, hypothesis, weights,
                                                  smoothing_function)
@@ -362,9 +390,12 @@ def _nltk_sentence_bleu(hyp, refs, max_order, smoothing):
 class BLEU(Reward):
     """Sentence BLEU of each completion against `batch[reference_key]`.
 
-    The completion is cut before its EOS; references are int [B, R] or
-    [B, K, R] (0 = padding, no BOS/EOS), e.g. `tokenizer.encode(refs,
-    add_bos=False)` padded with 0.
+    The completion's tokens are those of `completion_mask` before its EOS;
+    references are int [B, R] or [B, K, R] (no BOS/EOS), e.g. `prompt_dataset`'s
+    "reference", whose real tokens are `batch[reference_key + "_mask"]` when the
+    batch has that column ("reference_mask"), else the ids other than `pad_id`.
+    Ids are never padding by value otherwise: id 0 is a real token in KerasHub
+    vocabularies.
 
     Args:
         max_order: longest n-gram (uniform weights).
@@ -373,7 +404,10 @@ class BLEU(Reward):
         backend: "tf" (vectorised, in-graph) or "nltk" (nltk itself through
             `tf.numpy_function`, one sentence at a time: the reference
             implementation, slow, not XLA-compatible).
-        eos_id: where completions stop (None: use every masked-in token).
+        eos_id: where completions stop: the tokenizer's / policy's EOS id (2 for
+            tfpg's `Tokenizer`; None: use every masked-in token).
+        pad_id: the references' padding id when the batch has no mask column
+            (0 for tfpg's `Tokenizer`).
         name: defaults to "BLEU".
 
     >>> reward = BLEU()
@@ -384,7 +418,7 @@ class BLEU(Reward):
     """
 
     def __init__(self, max_order=4, smoothing="method1", reference_key="reference",
-                 backend="tf", eos_id=2, name=None):
+                 backend="tf", eos_id=2, pad_id=0, name=None):
         super().__init__(name=name)
         self.max_order = _check_max_order(max_order)
         self.smoothing = _check_smoothing(smoothing)
@@ -393,22 +427,26 @@ class BLEU(Reward):
         self.reference_key = reference_key
         self.backend = backend
         self.eos_id = eos_id
+        self.pad_id = pad_id
 
     def get_config(self):
         return {"max_order": self.max_order, "smoothing": self.smoothing,
                 "reference_key": self.reference_key, "backend": self.backend,
-                "eos_id": self.eos_id, "name": self.name}
+                "eos_id": self.eos_id, "pad_id": self.pad_id, "name": self.name}
 
     def __call__(self, prompt_ids, completion_ids, completion_mask, batch):
         if self.reference_key not in batch:
             raise KeyError(f"reward {self.name} needs batch[{self.reference_key!r}] "
                            f"(reference token ids); the batch has {sorted(batch)}")
-        hyp = completion_tokens(completion_ids, completion_mask, self.eos_id)  # [B, N]
+        hyp = tf.cast(completion_ids, tf.int32)  # [B, N]
+        hyp_mask = completion_token_mask(hyp, completion_mask, self.eos_id)  # [B, N]
         refs = tf.cast(batch[self.reference_key], tf.int32)  # [B, R] or [B, K, R]
+        ref_mask = id_mask(batch, self.reference_key, self.pad_id)  # like refs
         if self.backend == "tf":
-            return sentence_bleu(hyp, refs, self.max_order, self.smoothing)
+            return sentence_bleu(hyp, refs, self.max_order, self.smoothing, hyp_mask, ref_mask)
         scores = tf.numpy_function(
-            lambda h, r: _nltk_sentence_bleu(h, r, self.max_order, self.smoothing),
-            [hyp, refs], tf.float32, name="nltk_bleu")
+            lambda h, hm, r, rm: _nltk_sentence_bleu(h, hm, r, rm, self.max_order,
+                                                     self.smoothing),
+            [hyp, hyp_mask, refs, ref_mask], tf.float32, name="nltk_bleu")
         scores.set_shape(hyp.shape[:1])
         return scores  # [B]
