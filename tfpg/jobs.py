@@ -43,12 +43,14 @@ def load_reward(spec, tokenizer, task_reward):
     """The reward named by `--reward`: a built-in name, `module:function`, or the task's."""
     if spec is None:
         return task_reward
+    # EOS and pad come from the run's tokenizer (a KerasHub model's are not 2 and 0).
+    eos_id, pad_id = tokenizer.eos_id, tokenizer.pad_id
     if spec == "bleu":
-        return rewards.BLEU()
+        return rewards.BLEU(eos_id=eos_id, pad_id=pad_id)
     if spec == "exact_match":
-        return rewards.ExactMatch(answer_key="reference")
+        return rewards.ExactMatch(answer_key="reference", eos_id=eos_id, pad_id=pad_id)
     if spec == "length":
-        return rewards.Length()
+        return rewards.Length(eos_id=eos_id)
     if ":" not in spec:
         raise UsageError(f"unknown reward {spec!r}; use one of {', '.join(NAMED_REWARDS)} "
                          "or module:function")
