@@ -8,8 +8,8 @@ group 4 = 32 samples), 16 sampled tokens per completion (TRL forced to the full
 length with `min_new_tokens`; tfpg with no EOS), temperature 1, no top-k / top-p, the
 same reward (fraction of completion tokens that are the character "a"), no KL
 (`beta=0` / `kl_coef=0`), one gradient step per generation, DAPO token-mean loss (TRL's
-default `loss_type`), clip 0.2, gradient clipping 1.0, Adam lr 1e-4, no gradient
-checkpointing, no vLLM.
+default `loss_type`), clip 0.2, gradient clipping 1.0, Adam lr 1e-4 (TRL: AdamW,
+weight decay 0) on a constant schedule, no gradient checkpointing, no vLLM.
 
 A step is everything from sampling to the optimizer update: TRL's is timed from
 `on_step_begin` to `on_step_end` of its own training loop (generation with
@@ -19,14 +19,18 @@ policies; a second tfpg row keeps the decode loop a plain `tf.function`). They
 alternate in one process: a TRL callback runs one timed step of each tfpg trainer after
 each TRL step, so load from other processes slows all alike.
 
-Threads: by default each library gets one CPU thread (`--threads 1`). With both
-libraries' default pools in one process on a loaded 2-core machine, torch's threads
-contend with TensorFlow's and TRL's step slowed from 0.05 s (TRL alone) to a median
-of 1.6 s, a 24x "win" for tfpg that is an artefact; one thread each is stable and the
-same for both. `--threads 0` keeps the defaults. Warm-up steps of
-each are dropped; the medians of the rest are reported, and tfpg / TRL.
+Threads: by default each library gets one CPU thread (`--threads 1`, the same for
+both). With both libraries' default pools in one process on the 2-core machine at load
+4, TRL's steps once took 0.4-3.4 s (median 1.6 s, against 0.05 s for TRL alone), a
+24x "win" for tfpg that was thread contention, not speed; a rerun at lower load did
+not show it. Equal explicit counts (1 or 2) gave steady steps. `--threads 0` keeps the
+defaults.
 
-    python benchmarks/vs_trl.py          # about 30 s on 2 cores; needs torch + trl
+The first `--warmup` steps of each are dropped (tracing, XLA compiling); the medians of
+the rest are reported, and tfpg / TRL.
+
+    pip install torch trl                # a CPU torch wheel is enough
+    python benchmarks/vs_trl.py          # about 30 s on 2 cores
 """
 
 import argparse
