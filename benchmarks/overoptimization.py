@@ -119,7 +119,8 @@ def summarize_curve(points):
     peak = max(points, key=lambda p: p["gold"])
     last = points[-1]
     return {"gold_start": first["gold"], "gold_peak": peak["gold"], "peak_step": peak["step"],
-            "kl_at_gold_peak": peak["kl"], "proxy_gain_at_gold_peak": peak["proxy"] - first["proxy"],
+            "kl_at_gold_peak": peak["kl"],
+            "proxy_gain_at_gold_peak": peak["proxy"] - first["proxy"],
             "gold_gain_at_peak": peak["gold"] - first["gold"],
             "gold_end": last["gold"], "proxy_gain_end": last["proxy"] - first["proxy"],
             "gold_gain_end": last["gold"] - first["gold"], "kl_end": last["kl"]}

@@ -3,6 +3,8 @@
 import json
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -175,7 +177,8 @@ def test_bad_pair_files(tmp_path):
     good = json.dumps({"prompt": "p", "chosen": "a b", "rejected": "b a"})
     assert read_preference_pairs(_write(tmp_path / "ok.jsonl", [good, ""]))["chosen"] == ["a b"]
     missing = _write(tmp_path / "m.jsonl", [good, json.dumps({"prompt": "p", "chosen": "a"})])
-    _one_line_data_error(lambda: read_preference_pairs(missing), r"m.jsonl:2: missing .*'rejected'")
+    _one_line_data_error(lambda: read_preference_pairs(missing),
+                         r"m.jsonl:2: missing .*'rejected'")
     same = _write(tmp_path / "s.jsonl", [json.dumps({"prompt": "p", "chosen": "a  b",
                                                      "rejected": "a b"})])
     _one_line_data_error(lambda: read_preference_pairs(same), "s.jsonl:1: .*same text")
@@ -279,7 +282,6 @@ def test_a_classifier_reward_model_saves_and_serves_too(tmp_path):
 def test_a_keras_hub_trunk_reward_model_scores_saves_and_serves(tmp_path):
     pytest.importorskip("keras_hub")
     pytest.importorskip("tfpg.models.keras_hub_policy")
-    import sys
     sys.path.insert(0, os.path.dirname(__file__))
     from keras_hub_models import save_preset
 
@@ -316,3 +318,69 @@ def test_a_keras_hub_trunk_reward_model_scores_saves_and_serves(tmp_path):
     assert loaded.for_tokenizer(tok) is loaded
     with pytest.raises(ValueError, match="train the reward model with the policy's"):
         loaded.for_tokenizer(Tokenizer.from_texts(["the cat"]))
+
+
+# ------------------------------------------------------------------ command line
+
+TFPG = [sys.executable, "-m", "tfpg.cli"]
+
+
+def tfpg_cli(args, cwd, timeout=600):
+    env = {key: value for key, value in os.environ.items() if key != "TFPG_DEBUG"}
+    return subprocess.run(TFPG + args, cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def assert_one_line_error(result, *words):
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("tfpg: error:")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_cli_train_reward_then_train_with_the_reward_model(tmp_path):
+    made = tfpg_cli(["train-reward", "--task", "preference", "--output", "rm", "--epochs", "1",
+                     "--hidden-dim", "16", "--embedding-dim", "8"], tmp_path)
+    assert made.returncode == 0, made.stderr[-2000:]
+    assert "held-out pairwise accuracy" in made.stdout and "ceiling" in made.stdout
+    assert RewardModel.load(str(tmp_path / "rm")).metadata["ceiling"] > 0.8
+    trained = tfpg_cli(["train", "--task", "preference", "--reward-model", "rm",
+                        "--pretrain-epochs", "1", "--epochs", "1", "--steps-per-epoch", "2",
+                        "--batch-size", "16", "--output", "out/model", "--logdir", "out/logs"],
+                       tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    metrics = json.loads((tmp_path / "out/model/metrics.json").read_text())
+    assert metrics["task"] == "preference" and metrics["primary_metric"] == "gold_reward"
+    for phase in ("before", "after"):
+        assert {"gold_reward", "reward", "kl"} <= set(metrics[phase]), metrics[phase]
+    assert metrics["after"]["kl"] > 0
+
+
+@pytest.mark.parametrize("args,words", [
+    (["train", "--task", "preference"], ["--reward-model", "train-reward"]),
+    (["train", "--task", "preference", "--reward-model", "nowhere"], ["nowhere"]),
+    (["train", "--reward", "bleu", "--reward-model", "rm"], ["not both"]),
+    (["train-reward", "--pairs", "missing.jsonl"], ["missing.jsonl:2", "'rejected'"]),
+    (["train-reward", "--pairs", "same.jsonl"], ["same.jsonl:1", "same text"]),
+    (["train-reward", "--pairs", "empty.jsonl"], ["empty.jsonl", "no preference pairs"]),
+    (["train-reward", "--pairs", "fr.jsonl", "--tokenizer", "tok.json"], ["another language"]),
+    (["train-reward", "--task", "arithmetic"], ["no preference pairs"]),
+    (["train-reward", "--task", "preference", "--pairs", "fr.jsonl"], ["not allowed with"]),
+])
+def test_cli_bad_preference_input_exits_2_and_writes_nothing(tmp_path, args, words):
+    good = json.dumps({"prompt": "describe the rain", "chosen": "the rain is clear .",
+                       "rejected": "the rain is vague ."})
+    _write(tmp_path / "missing.jsonl", [good, json.dumps({"prompt": "p", "chosen": "a"})])
+    _write(tmp_path / "same.jsonl", [json.dumps({"prompt": "p", "chosen": "a b",
+                                                 "rejected": "a b"})])
+    _write(tmp_path / "empty.jsonl", [])
+    _write(tmp_path / "fr.jsonl", [json.dumps({"prompt": "décris la pluie",
+                                               "chosen": "elle est claire .",
+                                               "rejected": "elle est floue ."})] * 4)
+    get_task("preference", num_pairs=4, num_heldout_pairs=4, num_train=4, num_heldout=4,
+             num_pretrain=4).tokenizer().save(str(tmp_path / "tok.json"))
+    before = set(os.listdir(tmp_path))
+    result = tfpg_cli(args + ["--output", "out/model"], tmp_path)
+    assert_one_line_error(result, *words)
+    assert set(os.listdir(tmp_path)) == before

@@ -1,10 +1,12 @@
-"""The `tfpg` command: train, generate, evaluate, export.
+"""The `tfpg` command: train, train-reward, generate, evaluate, export.
 
     tfpg train                      # the embedded default, end to end, in minutes
     tfpg train --task translate --algorithm ppo --backbone gru
     tfpg generate saved_models/arithmetic-rloo "12+34=" "57+68="
     tfpg evaluate saved_models/arithmetic-rloo --task arithmetic
     tfpg export saved_models/arithmetic-rloo.checkpoint --output saved_models/copy
+    tfpg train-reward --task preference --output saved_models/preference-rm
+    tfpg train --task preference --reward-model saved_models/preference-rm
 
     tfpg train --strategy mirrored --num-cpu-devices 2      # 2 replicas on one CPU
     TF_CONFIG='{"cluster": ..., "task": ...}' tfpg train --strategy multi_worker
@@ -29,7 +31,7 @@ from tfpg.native_logs import filter_native_logs, quiet_environment
 
 SAMPLERS = ("greedy", "sample", "top_k", "top_p")
 ALGORITHM_NAMES = ("reinforce", "scst", "rloo", "grpo", "a2c", "ppo")
-TASK_NAMES = ("arithmetic", "translate", "keywords")
+TASK_NAMES = ("arithmetic", "translate", "keywords", "preference")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,6 +61,8 @@ def _train_parser(subparsers, common):
     train.add_argument("--backbone", help="lstm | gru | transformer (default lstm)")
     train.add_argument("--reward", help="bleu | exact_match | length | module:function "
                                         "(default: the task's reward)")
+    train.add_argument("--reward-model", help="score with a reward model directory written "
+                                              "by `tfpg train-reward`")
     train.add_argument("--pretrain-epochs", type=int)
     train.add_argument("--epochs", type=int, help="fine-tuning epochs")
     train.add_argument("--batch-size", type=int)
@@ -102,6 +106,22 @@ def _train_parser(subparsers, common):
                        help="NaN / inf rewards: raise (default), zero, or skip the sample")
 
 
+def _train_reward_parser(subparsers, common):
+    reward = subparsers.add_parser("train-reward", parents=[common],
+                                   help="fit a Bradley-Terry reward model on preference pairs")
+    source = reward.add_mutually_exclusive_group()
+    source.add_argument("--task", help="bundled task with preference pairs (default preference)")
+    source.add_argument("--pairs", help='JSONL lines {"prompt", "chosen", "rejected"}')
+    reward.add_argument("--output", required=True, help="reward model directory")
+    reward.add_argument("--tokenizer", help="tokenizer JSON, e.g. the policy's (default: the "
+                                            "task's, or one built from the pairs)")
+    reward.add_argument("--backbone", choices=("lstm", "gru", "transformer"))
+    for name, kind in (("epochs", int), ("batch-size", int), ("learning-rate", float),
+                       ("seed", int), ("embedding-dim", int), ("hidden-dim", int),
+                       ("margin", float), ("validation-split", float)):
+        reward.add_argument(f"--{name}", type=kind)
+
+
 def _build_parser():
     parser = _Parser(prog="tfpg", description="Policy-gradient fine-tuning of Keras "
                                               "language models.")
@@ -110,6 +130,7 @@ def _build_parser():
                         help="show TensorFlow's own log lines (also $TFPG_DEBUG=1)")
     subparsers = parser.add_subparsers(dest="command", parser_class=_Parser)
     _train_parser(subparsers, common)
+    _train_reward_parser(subparsers, common)
 
     generate = subparsers.add_parser("generate", help="complete prompts with a SavedModel",
                                      parents=[common])
@@ -170,6 +191,13 @@ def _train(args):
     if metrics.get("chief", True):
         print(format_table(metrics))
         print(f"exported to {metrics['output']} (metrics in {metrics['output']}/metrics.json)")
+
+
+def _train_reward(args):
+    from tfpg.reward_training import format_summary, train_reward
+    options = {key: value for key, value in vars(args).items()
+               if value is not None and key not in ("command", "verbose")}
+    print(format_summary(train_reward(**options)))
 
 
 def _generate(args):
@@ -237,7 +265,8 @@ def _export(args):
     print(f"exported to {path}")
 
 
-COMMANDS = {"train": _train, "generate": _generate, "evaluate": _evaluate, "export": _export}
+COMMANDS = {"train": _train, "train-reward": _train_reward, "generate": _generate,
+            "evaluate": _evaluate, "export": _export}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -254,7 +283,7 @@ def main(argv=None):
             quiet_environment()
             filter_native_logs()
         if args.command is None:
-            raise UsageError("missing command: train, generate, evaluate or export "
+            raise UsageError("missing command: train, train-reward, generate, evaluate or export "
                              "(tfpg --help)")
         with warnings.catch_warnings() if not verbose else contextlib.nullcontext():
             if not verbose:

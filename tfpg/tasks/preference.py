@@ -33,8 +33,9 @@ on held-out labels (`pairwise_ceiling`) is that of the Bayes-optimal predictor
 sign(u_a - u_b), i.e. the mean over held-out pairs of max(p, 1 - p).
 
 Held-out prompts (and held-out pairs) use a quarter of the (request, topic)
-combinations (one request each of 12 topics), which occur neither in the teaching corpus nor among the fine-tuning
-prompts or training pairs; every topic word occurs in training texts.
+combinations (one request each of 12 topics), which occur neither in the teaching
+corpus nor among the fine-tuning prompts or training pairs; every topic word occurs
+in training texts.
 
 >>> task = PreferenceTask(seed=0, num_pairs=8, num_heldout_pairs=4, num_train=4,
 ...                       num_heldout=2, num_pretrain=8)
@@ -111,7 +112,8 @@ class GoldUtility(rewards.Reward):
         tokens = rewards.completion_tokens(completion_ids, completion_mask, self.eos_id)
 
         def hits(ids):
-            return tf.equal(tokens[:, :, None], tf.constant(ids, tf.int32)[None, None])  # [B, N, W]
+            ids = tf.constant(ids, tf.int32)[None, None]                   # [1, 1, W]
+            return tf.equal(tokens[:, :, None], ids)                         # [B, N, W]
 
         good = tf.reduce_sum(tf.cast(tf.reduce_any(hits(self.good_ids), axis=1), tf.float32),
                              axis=1)                                                   # [B]
