@@ -1,6 +1,7 @@
 """Multi-turn episodes: the turn-level env protocol, ToolEnv, rollouts and trainers."""
 
 import json
+import re
 import threading
 import time
 
@@ -548,3 +549,30 @@ def test_episode_task_run_episodes_plays_the_split_against_its_env():
                                      "mean_turns": eights + 8 * (1 - eights),
                                      "reward": eights})
     assert len(texts) == 40 and texts[0].startswith("8 ?")
+
+
+# --- the command line ------------------------------------------------------------------
+
+def test_tfpg_train_and_evaluate_run_a_multi_turn_task(tmp_path):
+    import subprocess
+    import sys
+    command = [sys.executable, "-m", "tfpg.cli"]
+    train = command + ["train", "--task", "guess", "--algorithm", "grpo",
+                       "--pretrain-epochs", "2", "--epochs", "1", "--steps-per-epoch", "2",
+                       "--output", "model", "--logdir", "logs"]
+    result = subprocess.run(train, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
+    assert {"success_rate", "mean_turns", "reward"} <= set(metrics["after"])
+    # TensorBoard / CSV get the per-turn statistics; sample tables whole episodes.
+    header = (tmp_path / "logs" / "rewards.csv").read_text().splitlines()[0]
+    assert all(name in header for name in ("turns", "turn_length", "env_tokens", "success"))
+    samples = (tmp_path / "logs" / "samples" / "epoch_0001.md").read_text()
+    assert re.search(r"\| guess 1 to 16 : \| \d+ \? (\[(higher|lower)\] \d+ \? )*", samples)
+    # The export plays the same episodes with its single-turn generate and the env.
+    result = subprocess.run(command + ["evaluate", "model"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluated = json.loads(result.stdout[result.stdout.index("{"):])
+    assert evaluated == pytest.approx({k: metrics["after"][k]
+                                       for k in ("success_rate", "mean_turns")})

@@ -31,7 +31,7 @@ from tfpg.native_logs import filter_native_logs, quiet_environment
 
 SAMPLERS = ("greedy", "sample", "top_k", "top_p")
 ALGORITHM_NAMES = ("reinforce", "scst", "rloo", "grpo", "a2c", "ppo")
-TASK_NAMES = ("arithmetic", "translate", "keywords", "preference")
+TASK_NAMES = ("arithmetic", "translate", "keywords", "preference", "calculator", "guess")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -232,7 +232,14 @@ def _evaluate(args):
             raise UsageError("give --task or --eval-file (the model names no bundled task)")
         task = get_task(name)
         _check_task_vocabulary(model, name, task.heldout.prompts)
-        completions = model.generate(task.heldout.prompts)
+        if hasattr(task, "env"):      # multi-turn: episodes with the task's env
+            episodes = model.run_episodes(
+                task.env(model.tokenizer), task.heldout.prompts, task.max_turns,
+                extras=task.heldout.extras, max_new_tokens=task.max_new_tokens)
+            completions = [(" " if task.level == "word" else "").join(
+                text for _, text in episode["turns"]) for episode in episodes]
+        else:
+            completions = model.generate(task.heldout.prompts)
         metrics = task.evaluate(task.heldout.prompts, completions, "heldout")
     print(json.dumps(metrics, indent=2))
 

@@ -86,7 +86,8 @@ class TrainConfig:
 
 # Fine-tuning defaults per task: epochs over the train split and the held-out sizes
 # chosen so that `tfpg train` with no arguments finishes in minutes on 2 CPU cores.
-TASK_FINETUNE_EPOCHS = {"arithmetic": 4, "translate": 4, "keywords": 4, "preference": 4}
+TASK_FINETUNE_EPOCHS = {"arithmetic": 4, "translate": 4, "keywords": 4, "preference": 4,
+                        "calculator": 4, "guess": 4}
 POLICY_MAX_LENGTH = 256
 
 

@@ -14,6 +14,10 @@ from tfpg.losses import token_log_probs
 def evaluate_policy(policy, job, reference=None, batch_size=256):
     """Held-out metrics of greedy completions, plus mean reward and (with a reference)
     the KL per sequence to it on sampled completions."""
+    if job.episodes is not None:
+        # Multi-turn: greedy episodes against the task's env (no KL measured).
+        metrics, texts = job.episodes.run_episodes(policy, job.tokenizer, "heldout")
+        return dict(metrics, kl=0.0), texts
     heldout = job.heldout
     dataset = tfpg_data.prompt_dataset(heldout.prompts, job.tokenizer,
                                        references=heldout.references,

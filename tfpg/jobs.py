@@ -15,7 +15,7 @@ import numpy as np
 from tfpg import data as tfpg_data
 from tfpg import rewards
 from tfpg.config import NAMED_REWARDS, POLICY_MAX_LENGTH, TASK_FINETUNE_EPOCHS, UsageError
-from tfpg.tasks import get_task
+from tfpg.tasks import EpisodeTask, get_task
 from tfpg.text import Tokenizer
 
 
@@ -37,6 +37,7 @@ class Job:
     max_prompt_length: int = None   # tokens, BOS included; None: no limit
     truncate: str = "error"         # "error", "left" or "right"
     kl_coef: float = None           # the task's default kl_coef; None: the algorithm's
+    episodes: object = None         # a multi-turn task (tfpg.tasks.EpisodeTask): its env
 
 
 def load_reward(spec, tokenizer, task_reward):
@@ -131,6 +132,14 @@ def make_job(config, tokenizer=None):
                   else config.pretrain_epochs,
                   TASK_FINETUNE_EPOCHS[config.task] if config.epochs is None else config.epochs)
         job.kl_coef = getattr(task, "kl_coef", None)
+        if isinstance(task, EpisodeTask):
+            if config.reward is not None or config.reward_model is not None:
+                raise UsageError(f"the {config.task} task is scored by its environment: "
+                                 "drop --reward / --reward-model")
+            if config.algorithm == "scst":
+                raise UsageError(f"scst does not run the {config.task} task's multi-turn "
+                                 "episodes (its baseline is a single-turn greedy decode)")
+            job.episodes = task
         if getattr(task, "needs_reward_model", False) and config.reward_model is None \
                 and config.reward is None:
             raise UsageError(f"the {config.task} task trains against a learned reward: run "

@@ -266,6 +266,9 @@ def _algorithm_options(config, job, policy):
         options["kl_coef"] = config.kl_coef
     elif job.kl_coef is not None:
         options["kl_coef"] = job.kl_coef
+    if job.episodes is not None:        # multi-turn: the task's env gives the rewards
+        options.update(env=job.episodes.env(job.tokenizer),
+                       max_turns=job.episodes.max_turns)
     if config.algorithm in ("rloo", "grpo"):
         options["group_size"] = max(2, config.group_size)
     # The pre-trained policy as the reference, also when kl_coef is 0: the trainer
