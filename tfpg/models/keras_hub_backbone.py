@@ -197,6 +197,24 @@ class KerasHubBackbone(keras.layers.Layer):
         return cls(**deserialize_entry(config, "hub_backbone"))
 
 
+def trunk_of(model):
+    """The `KerasHubBackbone` for `model`: a `KerasHubBackbone` as it is (a shared
+    trunk), a `keras_hub.models.Backbone` wrapped, or a `CausalLM`'s backbone wrapped."""
+    import keras_hub
+    if isinstance(model, keras_hub.models.CausalLM):
+        model = model.backbone
+    if isinstance(model, KerasHubBackbone):
+        return model
+    return KerasHubBackbone(model, name="trunk")
+
+
+def backbone_from_preset(preset, dtype=None):
+    """A fresh `keras_hub.models.Backbone` from a preset name or a local preset directory."""
+    import keras_hub
+    options = {} if dtype is None else {"dtype": dtype}
+    return keras_hub.models.Backbone.from_preset(preset, **options)
+
+
 def deserialize_entry(config, key):
     """A copy of `config` whose `key` (a serialized Keras / KerasHub object) is
     deserialized: for the `from_config` of models holding a KerasHub model."""

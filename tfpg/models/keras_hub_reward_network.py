@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from tfpg.models.keras_hub_backbone import KerasHubBackbone
+from tfpg.models.keras_hub_backbone import backbone_from_preset, deserialize_entry, trunk_of
 from tfpg.models.reward_network import ScoreNormalization
 
 
@@ -31,11 +31,7 @@ class KerasHubRewardNetwork(ScoreNormalization, keras.Model):
     """
 
     def __init__(self, backbone, **kwargs):
-        import keras_hub
-        if isinstance(backbone, keras_hub.models.CausalLM):
-            backbone = backbone.backbone
-        if not isinstance(backbone, KerasHubBackbone):
-            backbone = KerasHubBackbone(backbone, name="trunk")
+        backbone = trunk_of(backbone)
         super().__init__(**kwargs)
         self.backbone = backbone
         self.score_head = keras.layers.Dense(1, dtype="float32", name="score_head")
@@ -46,9 +42,7 @@ class KerasHubRewardNetwork(ScoreNormalization, keras.Model):
     @classmethod
     def from_preset(cls, preset, dtype=None, **kwargs):
         """A reward network on a fresh copy of a preset's backbone (head at random)."""
-        import keras_hub
-        options = {} if dtype is None else {"dtype": dtype}
-        return cls(keras_hub.models.Backbone.from_preset(preset, **options), **kwargs)
+        return cls(backbone_from_preset(preset, dtype), **kwargs)
 
     @classmethod
     def from_policy(cls, policy, **kwargs):
@@ -79,7 +73,4 @@ class KerasHubRewardNetwork(ScoreNormalization, keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        import keras_hub  # noqa: F401  (registers the KerasHub classes)
-        config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)
+        return cls(**deserialize_entry(config, "backbone"))

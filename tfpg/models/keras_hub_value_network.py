@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from tfpg.models.keras_hub_backbone import KerasHubBackbone, deserialize_entry
+from tfpg.models.keras_hub_backbone import backbone_from_preset, deserialize_entry, trunk_of
 
 
 @keras.saving.register_keras_serializable(package="tfpg")
@@ -26,11 +26,7 @@ class KerasHubValueNetwork(keras.Model):
     """
 
     def __init__(self, backbone, **kwargs):
-        import keras_hub
-        if isinstance(backbone, keras_hub.models.CausalLM):
-            backbone = backbone.backbone
-        if not isinstance(backbone, KerasHubBackbone):
-            backbone = KerasHubBackbone(backbone, name="trunk")
+        backbone = trunk_of(backbone)
         super().__init__(**kwargs)
         self.backbone = backbone
         self.value_head = keras.layers.Dense(1, dtype="float32", name="value_head")
@@ -45,9 +41,7 @@ class KerasHubValueNetwork(keras.Model):
     @classmethod
     def from_preset(cls, preset, dtype=None, **kwargs):
         """A critic on a fresh copy of a preset's backbone (its head starts at random)."""
-        import keras_hub
-        options = {} if dtype is None else {"dtype": dtype}
-        return cls(keras_hub.models.Backbone.from_preset(preset, **options), **kwargs)
+        return cls(backbone_from_preset(preset, dtype), **kwargs)
 
     def build(self, input_shape=None):
         self.built = True
