@@ -65,7 +65,7 @@ from tfpg import __version__
 from tfpg.generation import (decode_loop, policy_is_positional, resolve_eos_id,
                              resolve_sampler, sampling_suppress_ids)
 from tfpg.losses import token_log_probs
-from tfpg.text import Tokenizer
+from tfpg.text import Tokenizer, read_json_marker
 
 __all__ = ["export_saved_model", "load", "recover", "read_export_info", "GeneratorModel"]
 
@@ -359,18 +359,8 @@ def _read_export_info(path):
     if not os.path.isfile(info_path):
         raise ValueError(f"{path}: is a SavedModel but not a complete tfpg export "
                          f"(no {METADATA_FILE})")
-    try:
-        with open(info_path, encoding="utf-8") as f:
-            info = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{info_path}: invalid JSON ({str(e).splitlines()[0]})") from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise ValueError(f"{info_path}: not a tfpg export marker "
-                         f"(missing \"format\": \"{FORMAT}\")")
-    if info.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: unsupported tfpg export version {info.get('version')!r} "
-                         f"(this tfpg reads version {FORMAT_VERSION})")
-    return info
+    return read_json_marker(info_path, FORMAT, FORMAT_VERSION, "tfpg export",
+                            "tfpg export", where=path)
 
 
 def read_export_info(path):

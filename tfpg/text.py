@@ -343,6 +343,24 @@ class Tokenizer:
         return f"Tokenizer(level={self._level!r}, vocabulary_size={self.vocabulary_size})"
 
 
+def read_json_marker(path, format_name, version, marker, versioned, where=None):
+    """The JSON object in `path` that names itself `{"format": format_name, "version":
+    version}` (the marker files of exports and saved models), or a one-line ValueError:
+    invalid JSON, "not a {marker} marker", or "{where}: unsupported {versioned} version"."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: invalid JSON ({str(e).splitlines()[0]})") from None
+    if not isinstance(info, dict) or info.get("format") != format_name:
+        raise ValueError(f"{path}: not a {marker} marker "
+                         f"(missing \"format\": \"{format_name}\")")
+    if info.get("version") != version:
+        raise ValueError(f"{where or path}: unsupported {versioned} version "
+                         f"{info.get('version')!r} (this tfpg reads version {version})")
+    return info
+
+
 def write_json_atomically(path, payload, indent=1):
     """Writes `payload` as JSON to `path` through a temp file + rename (a reader never
     sees half a file)."""

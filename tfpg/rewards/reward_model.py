@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfpg.rewards.base import Reward
+from tfpg.text import read_json_marker
 
 FORMAT = "tfpg.RewardModel"
 FORMAT_VERSION = 1
@@ -301,18 +302,8 @@ def read_reward_model_info(directory):
     if not os.path.isdir(directory) or not os.path.isfile(path):
         raise ValueError(f"{directory}: is not a tfpg reward model (no {INFO_FILE}; write "
                          "one with `tfpg train-reward` or RewardModel.save)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            info = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: invalid JSON ({str(e).splitlines()[0]})") from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a tfpg reward model marker "
-                         f"(missing \"format\": \"{FORMAT}\")")
-    if info.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{directory}: unsupported reward model version "
-                         f"{info.get('version')!r} (this tfpg reads version {FORMAT_VERSION})")
-    return info
+    return read_json_marker(path, FORMAT, FORMAT_VERSION, "tfpg reward model",
+                            "reward model", where=directory)
 
 
 class _ScoreModule(tf.Module):
