@@ -204,3 +204,35 @@ def test_target_kl_needs_a_positive_kl_coef():
     controller can never move a zero coefficient."""
     with pytest.raises(ValueError, match="kl_coef > 0"):
         REINFORCE(tfpg.PolicyNetwork(VOCAB, 8, 8), count_fives, target_kl=0.1)
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: REINFORCE(p, count_fives, max_new_tokens=3, eos_id=None, seed=1),
+    lambda p: RLOO(p, count_fives, group_size=2, max_new_tokens=3, eos_id=None, seed=1),
+    lambda p: GRPO(p, count_fives, group_size=2, kl_coef=0.0, top_k=3, max_new_tokens=3,
+                   eos_id=None, seed=1),
+])
+def test_a_single_update_without_reference_skips_the_rollout_scoring_pass(make):
+    """With one update per rollout and no reference, the rollout has no forward pass of
+    its own: the update's log-probs stand in for the behaviour log-probs (ratio 1). The
+    gradient equals the one of a rollout scored separately."""
+    gradients = []
+    for scored in (False, True):
+        keras.utils.set_random_seed(0)
+        agent = compiled(make(tfpg.PolicyNetwork(VOCAB, 8, 8)))
+        assert not agent.scores_rollout
+        if scored:
+            type(agent).scores_rollout = property(lambda self: True)
+        try:
+            rollout, _ = agent.collect_rollout({"prompt": prompts(8)})
+            assert ("old_log_probs" in rollout) == scored
+            keras.utils.set_random_seed(0)
+            gradients.append(agent.gradients({"prompt": prompts(8)}))
+        finally:
+            if scored:
+                del type(agent).scores_rollout
+    for unscored, scored in zip(*gradients):
+        np.testing.assert_allclose(tf.convert_to_tensor(unscored),
+                                   tf.convert_to_tensor(scored), atol=1e-6)
+    assert max(float(tf.reduce_max(tf.abs(tf.convert_to_tensor(g))))
+               for g in gradients[0] if g is not None) > 0

@@ -391,6 +391,16 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         kl = losses.kl_penalty(policy_log_probs, ref_log_probs, self.kl_estimator)
         return kl * mask, ref_log_probs
 
+    @property
+    def scores_rollout(self):
+        """Whether the rollout runs its own forward pass for the behaviour log-probs
+        (and the policy side of the KL). With one update per rollout and no reference
+        it need not: the update's forward uses the same weights, so its log-probs are
+        the behaviour log-probs (ratio 1, as TRL's num_iterations=1) and one forward
+        pass of the step is saved."""
+        return (self.num_epochs * self.num_minibatches > 1
+                or self.reference_model is not None)
+
     def collect_rollout(self, batch):
         """Samples, scores and annotates completions. Returns a dict of [B, ...] tensors."""
         if self.group_size > 1:
@@ -404,18 +414,19 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         completion_ids.set_shape([None, self.max_new_tokens])
         mask.set_shape([None, self.max_new_tokens])
 
-        logits = self.completion_logits(self.policy, prompt_ids, completion_ids, mask,
-                                        prompt_mask)
-        old_log_probs, support = self.behaviour_log_probs(logits, completion_ids, mask)
         scored = compute_rewards(self.reward_fn, prompt_ids, completion_ids, mask, batch,
                                  self.on_invalid_reward)
         rollout = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
                    "completion_ids": completion_ids,
                    "completion_mask": mask, "loss_mask": mask * scored.valid[:, None],
-                   "old_log_probs": old_log_probs, "scores": scored.rewards,
-                   "valid": scored.valid}
-        if support is not None:
-            rollout["support"] = support
+                   "scores": scored.rewards, "valid": scored.valid}
+        if self.scores_rollout:
+            logits = self.completion_logits(self.policy, prompt_ids, completion_ids, mask,
+                                            prompt_mask)
+            rollout["old_log_probs"], support = self.behaviour_log_probs(
+                logits, completion_ids, mask)
+            if support is not None:
+                rollout["support"] = support
         self._record(scored.metrics())
 
         token_rewards = adv.sequence_score_to_token_rewards(scored.rewards, mask)
@@ -527,6 +538,8 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
                                             minibatch.get("prompt_mask"))
             log_probs, filtered = self.sampled_log_probs(
                 logits, minibatch["completion_ids"], mask, minibatch.get("support"))
+            if "old_log_probs" not in minibatch:    # see `scores_rollout`
+                minibatch = dict(minibatch, old_log_probs=tf.stop_gradient(log_probs))
             values = None
             if self.value_model is not None:
                 values = self.completion_values(minibatch["prompt_ids"],
