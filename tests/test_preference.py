@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfpg import data as tfpg_data
 from tfpg import rewards
 from tfpg.data import DataError
 from tfpg.losses import bradley_terry_loss
@@ -353,7 +354,9 @@ def test_cli_train_reward_then_train_with_the_reward_model(tmp_path):
     metrics = json.loads((tmp_path / "out/model/metrics.json").read_text())
     assert metrics["task"] == "preference" and metrics["primary_metric"] == "gold_reward"
     for phase in ("before", "after"):
-        assert {"gold_reward", "reward", "kl"} <= set(metrics[phase]), metrics[phase]
+        # Gold and proxy reward of greedy and of sampled completions.
+        assert {"gold_reward", "reward", "sampled_gold_reward", "sampled_reward",
+                "kl"} <= set(metrics[phase]), metrics[phase]
     assert metrics["after"]["kl"] > 0
 
 
@@ -384,3 +387,35 @@ def test_cli_bad_preference_input_exits_2_and_writes_nothing(tmp_path, args, wor
     result = tfpg_cli(args + ["--output", "out/model"], tmp_path)
     assert_one_line_error(result, *words)
     assert set(os.listdir(tmp_path)) == before
+
+
+def test_the_preference_task_is_also_evaluated_on_sampled_completions():
+    """`sampled_metrics`: the task's metrics and the reward of the completions sampled
+    at temperature 1 with seed 0, beside the greedy ones."""
+    import keras
+    from tfpg.config import TrainConfig
+    from tfpg.evaluation import evaluate_policy
+    from tfpg.generation import generate
+    from tfpg.jobs import make_job
+
+    task = get_task("preference", num_pairs=8, num_heldout_pairs=4, num_train=4,
+                    num_heldout=6, num_pretrain=8)
+    job = make_job(TrainConfig(task="preference", reward="length"))
+    job.heldout = task.heldout
+    assert job.sampled_metrics
+    keras.utils.set_random_seed(0)
+    policy = PolicyNetwork(job.tokenizer.vocabulary_size, 8, 16)
+    metrics, greedy_texts = evaluate_policy(policy, job)
+
+    batch = next(iter(tfpg_data.prompt_dataset(task.heldout.prompts, job.tokenizer,
+                                               batch_size=256)))
+    sampled = generate(policy, batch["prompt"], job.max_new_tokens, seed=0,
+                       prompt_mask=batch["prompt_mask"])
+    expected = task.evaluate(task.heldout.prompts, job.tokenizer.decode(sampled.token_ids))
+    for name, value in expected.items():
+        assert metrics[f"sampled_{name}"] == pytest.approx(value), name
+        assert metrics[name] == pytest.approx(task.evaluate(task.heldout.prompts,
+                                                            greedy_texts)[name])
+    rewards_of_samples = job.reward_fn(batch["prompt"], sampled.token_ids, sampled.mask, batch)
+    assert metrics["sampled_reward"] == pytest.approx(float(tf.reduce_mean(rewards_of_samples)))
+    assert metrics["sampled_gold_reward"] != metrics["gold_reward"]

@@ -13,7 +13,10 @@ from tfpg.losses import token_log_probs
 
 def evaluate_policy(policy, job, reference=None, batch_size=256):
     """Held-out metrics of greedy completions, plus mean reward and (with a reference)
-    the KL per sequence to it on sampled completions."""
+    the KL per sequence to it on sampled completions (temperature 1, seed 0). A job
+    with `sampled_metrics` also gets its metrics and reward of those sampled
+    completions, as "sampled_<name>": what RL fine-tuning optimises is the expected
+    reward of samples, which the greedy completion alone can misstate."""
     if job.episodes is not None:
         # Multi-turn: greedy episodes against the task's env (no KL measured).
         metrics, texts = job.episodes.run_episodes(policy, job.tokenizer, "heldout")
@@ -24,22 +27,36 @@ def evaluate_policy(policy, job, reference=None, batch_size=256):
                                        extras=heldout.extras or None, batch_size=batch_size,
                                        max_prompt_length=job.max_prompt_length,
                                        truncate=job.truncate)
-    completions, reward_sum, kl_sum = [], 0.0, 0.0
+    completions, sampled_completions = [], []
+    reward_sum, sampled_reward_sum, kl_sum = 0.0, 0.0, 0.0
     for batch in dataset:
         greedy = generate(policy, batch["prompt"], job.max_new_tokens, sampler="greedy",
                           prompt_mask=batch["prompt_mask"])
         completions += job.tokenizer.decode(greedy.token_ids)
-        reward_sum += float(tf.reduce_sum(job.reward_fn(batch["prompt"], greedy.token_ids,
-                                                        greedy.mask, batch)))
+        reward_sum += _reward_sum(job, batch, greedy)
+        if reference is None and not job.sampled_metrics:
+            continue
+        sampled = generate(policy, batch["prompt"], job.max_new_tokens, seed=0,
+                           prompt_mask=batch["prompt_mask"])
         if reference is not None:
-            sampled = generate(policy, batch["prompt"], job.max_new_tokens, seed=0,
-                               prompt_mask=batch["prompt_mask"])
             kl_sum += float(tf.reduce_sum(_sequence_kl(policy, reference, batch["prompt"],
                                                        sampled, batch["prompt_mask"])))
+        if job.sampled_metrics:
+            sampled_completions += job.tokenizer.decode(sampled.token_ids)
+            sampled_reward_sum += _reward_sum(job, batch, sampled)
     metrics = job.evaluate(heldout.prompts, completions)
     metrics["reward"] = reward_sum / len(heldout)
     metrics["kl"] = kl_sum / len(heldout) if reference is not None else 0.0
+    if job.sampled_metrics:
+        sampled = job.evaluate(heldout.prompts, sampled_completions)
+        sampled["reward"] = sampled_reward_sum / len(heldout)
+        metrics.update({f"sampled_{name}": value for name, value in sampled.items()})
     return metrics, completions
+
+
+def _reward_sum(job, batch, generated):
+    return float(tf.reduce_sum(job.reward_fn(batch["prompt"], generated.token_ids,
+                                             generated.mask, batch)))
 
 
 def _sequence_kl(policy, reference, prompt_ids, sampled, prompt_mask):

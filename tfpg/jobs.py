@@ -38,6 +38,7 @@ class Job:
     truncate: str = "error"         # "error", "left" or "right"
     kl_coef: float = None           # the task's default kl_coef; None: the algorithm's
     episodes: object = None         # a multi-turn task (tfpg.tasks.EpisodeTask): its env
+    sampled_metrics: bool = False   # also evaluate sampled completions ("sampled_" keys)
 
 
 def load_reward(spec, tokenizer, task_reward):
@@ -132,6 +133,7 @@ def make_job(config, tokenizer=None):
                   else config.pretrain_epochs,
                   TASK_FINETUNE_EPOCHS[config.task] if config.epochs is None else config.epochs)
         job.kl_coef = getattr(task, "kl_coef", None)
+        job.sampled_metrics = bool(getattr(task, "sampled_metrics", False))
         if isinstance(task, EpisodeTask):
             if config.reward is not None or config.reward_model is not None:
                 raise UsageError(f"the {config.task} task is scored by its environment: "

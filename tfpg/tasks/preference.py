@@ -162,6 +162,9 @@ class PreferenceTask(Task):
     # pays this KL price: without it the policy over-optimises the learned reward.
     needs_reward_model = True
     kl_coef = 0.1
+    # The gold reward of sampled completions too (`sampled_gold_reward`): RLHF
+    # optimises and Gao et al. (2022) measure the expected reward of samples.
+    sampled_metrics = True
 
     def __init__(self, seed=0, annotator_temperature=1.0, intensifier_good=0.7,
                  intensifier_bad=0.1, keyword_rate=0.3, num_pairs=2000,
