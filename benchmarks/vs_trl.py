@@ -15,7 +15,9 @@ A step is everything from sampling to the optimizer update: TRL's is timed from
 `on_step_begin` to `on_step_end` of its own training loop (generation with
 `model.generate`, reward, loss, backward, `optimizer.step`); tfpg's is one call of the
 compiled `train_function` (the decode loop under XLA, tfpg's CPU default for KerasHub
-policies; a second tfpg row keeps the decode loop a plain `tf.function`). They
+policies; a second tfpg row keeps the decode loop a plain `tf.function`, a third
+compiles the whole step with XLA, `compile(jit_compile=True)`, which tfpg offers for
+in-graph rewards such as this one). They
 alternate in one process: a TRL callback runs one timed step of each tfpg trainer after
 each TRL step, so load from other processes slows all alike.
 
@@ -118,9 +120,10 @@ def kerashub_policy(args, vocab_size):
     return tfpg.KerasHubPolicy(causal_lm, eos_id=None)
 
 
-def tfpg_step(args, tokenizer, xla_decode):
+def tfpg_step(args, tokenizer, xla_decode, jit_compile="auto"):
     """A zero-argument callable running one compiled tfpg GRPO step, and the policy;
-    `xla_decode` None keeps tfpg's default (`jit_compile="auto"`)."""
+    `xla_decode` None keeps tfpg's default (`jit_compile="auto"`: the decode loop in
+    XLA); `jit_compile=True` compiles the whole step (the reward is in-graph)."""
     policy = kerashub_policy(args, len(tokenizer))
     ids = np.array([tokenizer(p)["input_ids"] for p in prompts(args.prompts, args.prompt_length, 1)],
                    np.int32)                                        # [P, prompt_length]
@@ -136,7 +139,7 @@ def tfpg_step(args, tokenizer, xla_decode):
                                  max_new_tokens=args.new_tokens, kl_coef=0.0,
                                  loss_type="dapo", clip_epsilon=0.2, max_grad_norm=1.0,
                                  seed=0)
-    agent.compile(optimizer=keras.optimizers.Adam(args.learning_rate), jit_compile="auto")
+    agent.compile(optimizer=keras.optimizers.Adam(args.learning_rate), jit_compile=jit_compile)
     if xla_decode is not None:
         agent.jit_decode = xla_decode
     agent.make_train_function()
@@ -192,6 +195,7 @@ def main():
     steps = {}
     steps["tfpg"], policy = tfpg_step(args, tokenizer, None)
     steps["tfpg, plain decode"], _ = tfpg_step(args, tokenizer, False)
+    steps["tfpg, jit_compile=True"], _ = tfpg_step(args, tokenizer, None, jit_compile=True)
     model = hf_model(args, tokenizer)
     samples = args.prompts * args.group
     total = args.warmup + args.steps
@@ -232,8 +236,11 @@ def main():
                         ("min s", "min_s", "{:.3f}"),
                         ("samples/s", "samples_per_s", "{:.1f}"),
                         ("parameters", "parameters", "{:,}")], rows)
+    whole = medians["tfpg, jit_compile=True"] / medians["TRL"]
     print(f"tfpg / TRL step time (medians): {ratio:.3f} (TRL / tfpg {1 / ratio:.1f}x); "
-          f"with the plain decode loop {medians['tfpg, plain decode'] / medians['TRL']:.3f}")
+          f"with the plain decode loop {medians['tfpg, plain decode'] / medians['TRL']:.3f}; "
+          f"the whole step in XLA (jit_compile=True) {whole:.3f} (TRL / tfpg "
+          f"{1 / whole:.1f}x)")
     common.write_json(args.output, {
         "environment": dict(common.environment(), torch=torch.__version__,
                             transformers=transformers.__version__, trl=trl.__version__,
@@ -242,7 +249,8 @@ def main():
                                 tf.config.threading.get_intra_op_parallelism_threads(),
                                 tf.config.threading.get_inter_op_parallelism_threads()]),
         "config": vars(args), "vocabulary": len(tokenizer), "samples": samples,
-        "rows": rows, "tfpg_over_trl": ratio, "times_s": times,
+        "rows": rows, "tfpg_over_trl": ratio, "tfpg_jit_compile_true_over_trl": whole,
+        "times_s": times,
         "seconds": time.perf_counter() - started})
 
 
