@@ -7,15 +7,17 @@ time ("ML continued": what the fine-tuning compute buys without a reward). Every
 is scored on the held-out split:
 
 * the task's metric on greedy completions (arithmetic exact match %, translate
-  corpus BLEU, keywords satisfaction %),
-* the mean reward of those greedy completions,
+  corpus BLEU, keywords satisfaction %); for `preference` the hidden gold reward of
+  sampled completions (temperature 1, seed 0), with the learned reward model of
+  `tfpg train-reward --task preference --seed SEED` as the training reward,
+* the mean reward of those completions (preference: the learned proxy reward),
 * KL(policy || pre-trained) per sequence, Monte-Carlo on sampled completions,
 * seconds of training (pre-training for the ML row; `fit` wall-clock, tracing
   included, for the others).
 
 Results are mean +- std over seeds; the JSON holds every run and every setting.
 
-    python benchmarks/quality.py                          # 3 tasks x 3 seeds, all rows
+    python benchmarks/quality.py                          # 4 tasks x 3 seeds, all rows
     python benchmarks/quality.py --tasks arithmetic --seeds 0 --algorithms rloo ppo
     python benchmarks/quality.py --quick                  # a smoke run, minutes
 
@@ -34,10 +36,11 @@ import tensorflow as tf
 
 import tfpg
 from tfpg.algorithms import ALGORITHMS
+from tfpg.reward_training import load_reward_model, train_reward
 from tfpg.tasks import get_task
 from tfpg.training import Job, copy_policy, evaluate_policy, pretrain, variable_checkpoint
 
-TASKS = ("arithmetic", "translate", "keywords")
+TASKS = ("arithmetic", "translate", "keywords", "preference")
 ML, ML_CONTINUED = "maximum likelihood", "ML continued"
 
 # Shared settings: the `tfpg train` defaults (LSTM 64/128, Adam 3e-3 for
@@ -72,23 +75,38 @@ TRAINERS = {**{name: ALGORITHMS[name] for name in ALGORITHMS},
 # The KL coefficient per task (None: each algorithm's default, 0 for REINFORCE / SCST /
 # RLOO / A2C, 0.04 for GRPO, 0.05 for PPO). The keywords reward alone is hackable
 # ("was wonderful ." everywhere), so there every algorithm pays the same KL price.
-TASK_KL_COEF = {"arithmetic": None, "translate": None, "keywords": 0.1}
+TASK_KL_COEF = {"arithmetic": None, "translate": None, "keywords": 0.1, "preference": 0.1}
 QUICK = {"task_options": {"arithmetic": dict(num_train=256, num_heldout=64, num_pretrain=1000),
                           "translate": dict(num_train=256, num_heldout=64, num_pretrain=800),
-                          "keywords": dict(num_train=256, num_heldout=64, num_pretrain=600)},
+                          "keywords": dict(num_train=256, num_heldout=64, num_pretrain=600),
+                          "preference": dict(num_train=256, num_heldout=64, num_pretrain=600,
+                                             num_pairs=500, num_heldout_pairs=100)},
          "pretrain_epochs": 3, "epochs": 1}
 
 
-def make_job(task_name, seed, quick):
+def make_job(task_name, seed, quick, cache_dir):
     options = QUICK["task_options"][task_name] if quick else {}
     task = get_task(task_name, seed=seed, **options)
     tokenizer = task.tokenizer()
-    return Job(task_name, task.pretrain_texts, task.train, task.heldout, tokenizer,
-               task.reward(tokenizer),
-               lambda prompts, completions: task.evaluate(prompts, completions, "heldout"),
-               task.primary_metric, task.max_new_tokens,
-               QUICK["pretrain_epochs"] if quick else task.pretrain_epochs,
-               QUICK["epochs"] if quick else FINETUNE["epochs"])
+    job = Job(task_name, task.pretrain_texts, task.train, task.heldout, tokenizer,
+              task.reward(tokenizer),
+              lambda prompts, completions: task.evaluate(prompts, completions, "heldout"),
+              task.primary_metric, task.max_new_tokens,
+              QUICK["pretrain_epochs"] if quick else task.pretrain_epochs,
+              QUICK["epochs"] if quick else FINETUNE["epochs"])
+    job.sampled_metrics = bool(getattr(task, "sampled_metrics", False))
+    if getattr(task, "needs_reward_model", False):
+        job.reward_fn = learned_reward(task, tokenizer, seed, quick, cache_dir)
+    return job
+
+
+def learned_reward(task, tokenizer, seed, quick, cache_dir):
+    """The reward model `tfpg train-reward --task preference --seed SEED` fits (its
+    defaults), cached in `cache_dir`."""
+    directory = os.path.join(cache_dir, f"{task.name}-{seed}{'-quick' if quick else ''}-rm")
+    if not os.path.exists(directory):
+        train_reward(directory, task=task.name, seed=seed)
+    return load_reward_model(directory, tokenizer)
 
 
 def new_policy(job):
@@ -199,9 +217,12 @@ def evaluate(policy, job, reference):
 
 # ------------------------------------------------------------------- tables
 
-METRIC_SCALE = {"arithmetic": ("exact_match", "exact match %", 100.0),
-                "translate": ("bleu", "BLEU", 1.0),
-                "keywords": ("satisfaction", "satisfaction %", 100.0)}
+METRIC_SCALE = {"arithmetic": ("exact_match", "exact match % (greedy)", 100.0),
+                "translate": ("bleu", "BLEU (greedy)", 1.0),
+                "keywords": ("satisfaction", "satisfaction % (greedy)", 100.0),
+                # RLHF's objective and Gao et al.'s measure: the gold reward of samples
+                # (the greedy one, "gold_reward", is in the JSON).
+                "preference": ("sampled_gold_reward", "gold reward (sampled)", 1.0)}
 
 
 def summarize(runs, tasks, methods):
@@ -214,8 +235,10 @@ def summarize(runs, tasks, methods):
             rows = [r for r in runs if r["task"] == task and r["method"] == method]
             if not rows:
                 continue
+            # Sampled metrics go with the reward of the same samples.
+            reward = "sampled_reward" if metric.startswith("sampled_") else "reward"
             columns = {"metric": [scale * r["metrics"][metric] for r in rows],
-                       "reward": [r["metrics"]["reward"] for r in rows],
+                       "reward": [r["metrics"][reward] for r in rows],
                        "kl": [r["metrics"]["kl"] for r in rows],
                        "seconds": [r["seconds"] for r in rows]}
             summary[task][method] = {
@@ -236,10 +259,11 @@ def markdown(summary, caption):
         _, label, _ = METRIC_SCALE[task]
         seeds = max(v["metric"][2] for v in rows.values())
         lines += [f"**{task}** ({seeds} seed{'s' if seeds > 1 else ''})", "",
-                  f"| method | held-out {label} (greedy) | reward | KL (nats/seq) | seconds |",
+                  f"| method | held-out {label} | reward | KL (nats/seq) | seconds |",
                   "|---|---:|---:|---:|---:|"]
+        digits = 2 if task == "preference" else 1     # gold utility units, not %
         for method, v in rows.items():
-            lines.append(f"| {method} | {cell(v['metric'], 1)} | {cell(v['reward'], 3)} | "
+            lines.append(f"| {method} | {cell(v['metric'], digits)} | {cell(v['reward'], 3)} | "
                          f"{cell(v['kl'], 2)} | {cell(v['seconds'], 0)} |")
         lines.append("")
     gaps = []
@@ -249,7 +273,7 @@ def markdown(summary, caption):
             continue
         best = max(algorithms, key=lambda m: algorithms[m]["metric"][0])
         gap = algorithms[best]["metric"][0] - rows[ML_CONTINUED]["metric"][0]
-        unit = "BLEU" if task == "translate" else "points"
+        unit = {"translate": "BLEU", "preference": "gold"}.get(task, "points")
         gaps.append(f"{task} {gap:+.1f} {unit} ({best}, KL {algorithms[best]['kl'][0]:.2f})")
     if gaps:
         lines += ["Best algorithm minus ML continued: " + "; ".join(gaps) + ".", ""]
@@ -267,10 +291,13 @@ def caption(quick):
             f"{FINETUNE['samples_per_step']} sampled completions (Adam "
             f"{FINETUNE['learning_rate']}, clip {FINETUNE['max_grad_norm']}, temperature 1; "
             f"{algos}; value models the policy's size; KL coefficient: keywords "
-            f"{TASK_KL_COEF['keywords']} for all algorithms, elsewhere each algorithm's "
+            f"{TASK_KL_COEF['keywords']} and preference {TASK_KL_COEF['preference']} for "
+            f"all algorithms (preference: against the learned reward model of `tfpg "
+            f"train-reward --task preference --seed SEED`), elsewhere each algorithm's "
             f"default (0 except GRPO 0.04, PPO 0.05)). ML continued: the pre-trained policy "
             f"trained on with cross-entropy for the mean fine-tuning wall-clock. Metric and "
-            f"reward on greedy completions; KL(policy || pre-trained) per sequence on "
+            f"reward on greedy completions (preference: gold and proxy reward on sampled "
+            f"completions, temperature 1, seed 0); KL(policy || pre-trained) per sequence on "
             f"sampled completions; seconds: training wall-clock on 2 shared CPU cores "
             f"(pre-training for the ML row). Mean ± std over seeds.")
 
@@ -302,7 +329,11 @@ def provenance():
             "cpu_count": os.cpu_count()}
 
 
-def save(path, markdown_path, runs, tasks, methods, quick, origin):
+def save(path, markdown_path, runs, quick, origin):
+    """Writes the JSON and the markdown of every saved run (all tasks and methods, not
+    only this invocation's: a run of one task keeps the others' tables)."""
+    tasks = [task for task in TASKS if any(r["task"] == task for r in runs)]
+    methods = [ML, ML_CONTINUED] + list(ALGORITHM_OPTIONS)
     summary = summarize(runs, tasks, methods)
     result = {"caption": caption(quick), "quick": quick, "provenance": origin,
               "settings": {"model": MODEL, "pretrain": PRETRAIN, "finetune": FINETUNE,
@@ -354,7 +385,7 @@ def main():
     if args.table_only:
         with open(args.output) as f:
             origin = json.load(f).get("provenance")
-        print(save(args.output, markdown_path, runs, args.tasks, methods, args.quick, origin))
+        print(save(args.output, markdown_path, runs, args.quick, origin))
         return
 
     def done(task, seed, method):
@@ -363,8 +394,9 @@ def main():
 
     def record(task, seed, method, seconds, metrics, **extra):
         runs.append({"task": task, "seed": seed, "method": method, "quick": args.quick,
-                     "seconds": round(seconds, 1), "metrics": metrics, **extra})
-        save(args.output, markdown_path, runs, args.tasks, methods, args.quick, origin)
+                     "commit": origin["commit"], "seconds": round(seconds, 1),
+                     "metrics": metrics, **extra})
+        save(args.output, markdown_path, runs, args.quick, origin)
         metric = METRIC_SCALE[task][0]
         print(f"[{time.strftime('%H:%M:%S')}] {task} seed {seed} {method:<20} "
               f"{metric} {metrics[metric]:.3f}  reward {metrics['reward']:.3f}  "
@@ -374,7 +406,7 @@ def main():
         for seed in args.seeds:
             if all(done(task, seed, m) for m in methods):
                 continue
-            job = make_job(task, seed, args.quick)
+            job = make_job(task, seed, args.quick, cache_dir)
             pretrained, optimizer, pretrain_seconds = pretrained_policy(job, seed, cache_dir)
             reference = copy_policy(pretrained, trainable=False)
             if not done(task, seed, ML):
@@ -398,7 +430,7 @@ def main():
                        evaluate(pretrained, job, reference), steps=steps,
                        budget_seconds=round(budget, 1))
     print()
-    print(save(args.output, markdown_path, runs, args.tasks, methods, args.quick, origin))
+    print(save(args.output, markdown_path, runs, args.quick, origin))
 
 
 if __name__ == "__main__":
