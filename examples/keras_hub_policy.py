@@ -8,7 +8,12 @@ the exact-match verifier: once training every weight, once LoRA adapters only (t
 reference is then the same weights with the adapters off). Held-out exact match,
 greedy decoding, before / after.
 
-    python examples/keras_hub_policy.py [--epochs 3] [--pretrain-epochs 30] [--seed 0]
+This GPT-2 learns the sums late: its loss sits near 1.02 for about 40 epochs (the
+answer digits not yet aligned with the operands), then falls; 60 epochs at Adam 3e-3
+reach the teacher's level (held-out exact match 0.03 after 40 epochs, 0.30 after 50,
+0.38 after 60 on seed 0); 1e-2 does not learn at all in 40.
+
+    python examples/keras_hub_policy.py [--epochs 6] [--pretrain-epochs 60] [--seed 0]
 """
 
 import argparse
@@ -48,12 +53,17 @@ def pretrain(task, preset, epochs, seed):
     backbone = keras_hub.models.GPT2Backbone(
         vocabulary_size=tokenizer.vocabulary_size(), num_layers=2, num_heads=4,
         hidden_dim=64, intermediate_dim=128, max_sequence_length=32)
-    causal_lm = keras_hub.models.GPT2CausalLM(
-        backbone, keras_hub.models.GPT2CausalLMPreprocessor(tokenizer, sequence_length=12))
+    preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(tokenizer, sequence_length=12)
+    causal_lm = keras_hub.models.GPT2CausalLM(backbone, preprocessor)
     causal_lm.compile(optimizer=keras.optimizers.Adam(3e-3))
-    causal_lm.fit(tf.data.Dataset.from_tensor_slices(task.pretrain_texts)
-                  .shuffle(len(task.pretrain_texts), seed=seed).batch(64),
+    # KerasHub's preprocessor runs once, cached: re-splitting the byte pairs of every
+    # batch in every epoch took longer than this tiny model's training steps.
+    windows = (tf.data.Dataset.from_tensor_slices(task.pretrain_texts).batch(256)
+               .map(preprocessor).unbatch().cache())
+    causal_lm.preprocessor = None           # the windows are preprocessed already
+    causal_lm.fit(windows.shuffle(len(task.pretrain_texts), seed=seed).batch(64),
                   epochs=epochs, verbose=0, shuffle=False)     # the dataset shuffles
+    causal_lm.preprocessor = preprocessor   # saved with the preset
     causal_lm.save_to_preset(preset)
 
 
@@ -74,7 +84,7 @@ def fine_tune(preset, task, lora_rank, epochs, seed):
     before = evaluate(policy, task)
     agent = tfpg.algorithms.GRPO(policy, reward_fn=task.reward(tok), group_size=4,
                                  max_new_tokens=task.max_new_tokens, seed=seed)
-    agent.compile(optimizer=keras.optimizers.Adam(3e-3 if lora_rank else 1e-3))
+    agent.compile(optimizer=keras.optimizers.Adam(1e-2 if lora_rank else 1e-3))
     data = tfpg.data.prompt_dataset(task.train.prompts, tok, references=task.train.references,
                                     batch_size=16, shuffle=True, seed=seed,
                                     drop_remainder=True)
@@ -87,8 +97,8 @@ def fine_tune(preset, task, lora_rank, epochs, seed):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--pretrain-epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--pretrain-epochs", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     started = time.perf_counter()
