@@ -13,8 +13,12 @@ import pytest
 import tfpg
 from tfpg import native_logs
 
+sys.path.insert(0, os.path.dirname(__file__))
+from cli_batch import run_cli_cases  # noqa: E402
+
 TFPG = [sys.executable, "-m", "tfpg.cli"]
-SMALL = ["train", "--pretrain-epochs", "4", "--epochs", "2", "--batch-size", "128"]
+SMALL = ["train", "--pretrain-epochs", "4", "--epochs", "2", "--steps-per-epoch", "2",
+         "--batch-size", "128"]
 # TensorFlow's native log lines, as they appear on stderr without the filter.
 NATIVE_LOG = re.compile(r"^[IWE]\d{4} |^WARNING: All log messages before absl|"
                         r"^To enable the following instructions")
@@ -136,7 +140,7 @@ def test_generate_evaluate_and_export_subcommands(trained):
     assert again.stdout == generated.stdout   # same weights as the trained export
 
 
-@pytest.mark.parametrize("args,words", [
+BAD_INPUT = [
     (["train", "--task", "chess"], ["unknown task", "chess"]),
     (["train", "--algorithm", "dqn"], ["unknown algorithm", "dqn"]),
     (["train", "--train-file", "missing.tsv"], ["missing.tsv", "not found"]),
@@ -149,20 +153,50 @@ def test_generate_evaluate_and_export_subcommands(trained):
     (["train", "--epochs", "many"], ["epochs"]),
     (["generate", "nowhere", "hi"], ["nowhere"]),
     (["frobnicate"], ["frobnicate"]),
-])
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, words):
-    (tmp_path / "empty.tsv").write_text("")
-    (tmp_path / "malformed.tsv").write_text("a prompt\tits reference\nno tab on this line\n")
-    (tmp_path / "bad.yaml").write_text("learning_rat: 0.1\n")
-    before = set(os.listdir(tmp_path))
-    result = run(args + ["--output", "out/model"] if args[0] == "train" else args, tmp_path)
-    assert_usage_error(result, *words)
-    assert set(os.listdir(tmp_path)) == before      # no half-written output or logs
+]
+
+
+def _bad_input_directory(directory):
+    (directory / "empty.tsv").write_text("")
+    (directory / "malformed.tsv").write_text("a prompt\tits reference\nno tab on this line\n")
+    (directory / "bad.yaml").write_text("learning_rat: 0.1\n")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def bad_input_runs(tmp_path_factory):
+    """Every BAD_INPUT command, each in a directory of its own, all in one process
+    (tests/cli_batch.py): (directory, files before, result) per case."""
+    cases, directories = [], []
+    for index, (args, _) in enumerate(BAD_INPUT):
+        directory = _bad_input_directory(tmp_path_factory.mktemp(f"bad{index}"))
+        directories.append((directory, set(os.listdir(directory))))
+        cases.append((args + ["--output", "out/model"] if args[0] == "train" else args,
+                      directory))
+    results = run_cli_cases(cases, env=ENV)
+    return [(d, before, result) for (d, before), result in zip(directories, results)]
+
+
+@pytest.mark.parametrize("case", range(len(BAD_INPUT)),
+                         ids=[" ".join(args) for args, _ in BAD_INPUT])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(bad_input_runs, case):
+    directory, before, result = bad_input_runs[case]
+    assert_usage_error(result, *BAD_INPUT[case][1])
+    assert set(os.listdir(directory)) == before     # no half-written output or logs
+
+
+def test_one_bad_input_alone_in_a_fresh_process(tmp_path):
+    """The same as a user meets it: one command, its own process, exit status 2."""
+    result = run(["train", "--train-file", "malformed.tsv", "--output", "out/model"],
+                 _bad_input_directory(tmp_path))
+    assert_usage_error(result, "malformed.tsv:2")
+    assert native_log_lines(result.stderr) == []
+    assert not (tmp_path / "out").exists()
 
 
 def test_killed_run_resumes_from_its_last_epoch(tmp_path):
-    args = ["train", "--pretrain-epochs", "6", "--epochs", "2", "--batch-size", "128",
-            "--output", "out/model", "--logdir", "out/logs"]
+    args = ["train", "--pretrain-epochs", "6", "--epochs", "2", "--steps-per-epoch", "2",
+            "--batch-size", "128", "--output", "out/model", "--logdir", "out/logs"]
     env = ENV
     process = subprocess.Popen(TFPG + args, cwd=tmp_path, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -21,6 +21,9 @@ from tfpg.tasks import get_task
 from tfpg.tasks.preference import utility_of, utility_terms
 from tfpg.text import Tokenizer
 
+sys.path.insert(0, os.path.dirname(__file__))
+from cli_batch import run_cli_cases  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def task():
@@ -360,7 +363,7 @@ def test_cli_train_reward_then_train_with_the_reward_model(tmp_path):
     assert metrics["after"]["kl"] > 0
 
 
-@pytest.mark.parametrize("args,words", [
+BAD_PREFERENCE_INPUT = [
     (["train", "--task", "preference"], ["--reward-model", "train-reward"]),
     (["train", "--task", "preference", "--reward-model", "nowhere"], ["nowhere"]),
     (["train", "--reward", "bleu", "--reward-model", "rm"], ["not both"]),
@@ -370,23 +373,43 @@ def test_cli_train_reward_then_train_with_the_reward_model(tmp_path):
     (["train-reward", "--pairs", "fr.jsonl", "--tokenizer", "tok.json"], ["another language"]),
     (["train-reward", "--task", "arithmetic"], ["no preference pairs"]),
     (["train-reward", "--task", "preference", "--pairs", "fr.jsonl"], ["not allowed with"]),
-])
-def test_cli_bad_preference_input_exits_2_and_writes_nothing(tmp_path, args, words):
+]
+
+
+def _bad_preference_directory(directory):
     good = json.dumps({"prompt": "describe the rain", "chosen": "the rain is clear .",
                        "rejected": "the rain is vague ."})
-    _write(tmp_path / "missing.jsonl", [good, json.dumps({"prompt": "p", "chosen": "a"})])
-    _write(tmp_path / "same.jsonl", [json.dumps({"prompt": "p", "chosen": "a b",
-                                                 "rejected": "a b"})])
-    _write(tmp_path / "empty.jsonl", [])
-    _write(tmp_path / "fr.jsonl", [json.dumps({"prompt": "décris la pluie",
-                                               "chosen": "elle est claire .",
-                                               "rejected": "elle est floue ."})] * 4)
+    _write(directory / "missing.jsonl", [good, json.dumps({"prompt": "p", "chosen": "a"})])
+    _write(directory / "same.jsonl", [json.dumps({"prompt": "p", "chosen": "a b",
+                                                  "rejected": "a b"})])
+    _write(directory / "empty.jsonl", [])
+    _write(directory / "fr.jsonl", [json.dumps({"prompt": "décris la pluie",
+                                                "chosen": "elle est claire .",
+                                                "rejected": "elle est floue ."})] * 4)
     get_task("preference", num_pairs=4, num_heldout_pairs=4, num_train=4, num_heldout=4,
-             num_pretrain=4).tokenizer().save(str(tmp_path / "tok.json"))
-    before = set(os.listdir(tmp_path))
-    result = tfpg_cli(args + ["--output", "out/model"], tmp_path)
-    assert_one_line_error(result, *words)
-    assert set(os.listdir(tmp_path)) == before
+             num_pretrain=4).tokenizer().save(str(directory / "tok.json"))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def bad_preference_runs(tmp_path_factory):
+    """Every BAD_PREFERENCE_INPUT command in a directory of its own, all in one
+    process (tests/cli_batch.py): (directory, files before, result) per case."""
+    directories = [_bad_preference_directory(tmp_path_factory.mktemp(f"bad{i}"))
+                   for i in range(len(BAD_PREFERENCE_INPUT))]
+    before = [set(os.listdir(d)) for d in directories]
+    env = {key: value for key, value in os.environ.items() if key != "TFPG_DEBUG"}
+    results = run_cli_cases([(args + ["--output", "out/model"], d) for (args, _), d
+                             in zip(BAD_PREFERENCE_INPUT, directories)], env=env)
+    return list(zip(directories, before, results))
+
+
+@pytest.mark.parametrize("case", range(len(BAD_PREFERENCE_INPUT)),
+                         ids=[" ".join(args) for args, _ in BAD_PREFERENCE_INPUT])
+def test_cli_bad_preference_input_exits_2_and_writes_nothing(bad_preference_runs, case):
+    directory, before, result = bad_preference_runs[case]
+    assert_one_line_error(result, *BAD_PREFERENCE_INPUT[case][1])
+    assert set(os.listdir(directory)) == before
 
 
 def test_the_preference_task_is_also_evaluated_on_sampled_completions():
