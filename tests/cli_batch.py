@@ -18,3 +18,23 @@ def run_cli_cases(cases, env=None, timeout=600):
                           text=True, timeout=timeout, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return [types.SimpleNamespace(**result) for result in json.loads(done.stdout)]
+
+
+def run_in_fresh_directories(tmp_path_factory, commands, make_directory, env=None):
+    """Each command in a new directory of its own, prepared by `make_directory(path)`,
+    all in one subprocess: [(directory, its files before, result)] in order."""
+    directories = [make_directory(tmp_path_factory.mktemp(f"case{i}"))
+                   for i in range(len(commands))]
+    before = [set(os.listdir(directory)) for directory in directories]
+    results = run_cli_cases(list(zip(commands, directories)), env=env)
+    return list(zip(directories, before, results))
+
+
+def assert_usage_error(result, *words):
+    """Exit status 2, exactly one `tfpg: error:` line naming `words`, no traceback."""
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("tfpg: error:")]
+    assert len(lines) == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]

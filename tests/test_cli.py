@@ -14,7 +14,7 @@ import tfpg
 from tfpg import native_logs
 
 sys.path.insert(0, os.path.dirname(__file__))
-from cli_batch import run_cli_cases  # noqa: E402
+from cli_batch import assert_usage_error, run_in_fresh_directories  # noqa: E402
 
 TFPG = [sys.executable, "-m", "tfpg.cli"]
 SMALL = ["train", "--pretrain-epochs", "4", "--epochs", "2", "--steps-per-epoch", "2",
@@ -34,15 +34,6 @@ def run(args, cwd, timeout=600):
 
 def native_log_lines(text):
     return [line for line in text.splitlines() if NATIVE_LOG.match(line)]
-
-
-def assert_usage_error(result, *words):
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = [line for line in result.stderr.splitlines() if line.startswith("tfpg: error:")]
-    assert len(lines) == 1, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -167,14 +158,9 @@ def _bad_input_directory(directory):
 def bad_input_runs(tmp_path_factory):
     """Every BAD_INPUT command, each in a directory of its own, all in one process
     (tests/cli_batch.py): (directory, files before, result) per case."""
-    cases, directories = [], []
-    for index, (args, _) in enumerate(BAD_INPUT):
-        directory = _bad_input_directory(tmp_path_factory.mktemp(f"bad{index}"))
-        directories.append((directory, set(os.listdir(directory))))
-        cases.append((args + ["--output", "out/model"] if args[0] == "train" else args,
-                      directory))
-    results = run_cli_cases(cases, env=ENV)
-    return [(d, before, result) for (d, before), result in zip(directories, results)]
+    commands = [args + ["--output", "out/model"] if args[0] == "train" else args
+                for args, _ in BAD_INPUT]
+    return run_in_fresh_directories(tmp_path_factory, commands, _bad_input_directory, ENV)
 
 
 @pytest.mark.parametrize("case", range(len(BAD_INPUT)),

@@ -22,7 +22,7 @@ from tfpg.tasks.preference import utility_of, utility_terms
 from tfpg.text import Tokenizer
 
 sys.path.insert(0, os.path.dirname(__file__))
-from cli_batch import run_cli_cases  # noqa: E402
+from cli_batch import assert_usage_error, run_in_fresh_directories  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -335,14 +335,6 @@ def tfpg_cli(args, cwd, timeout=600):
                           timeout=timeout, env=env)
 
 
-def assert_one_line_error(result, *words):
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = [line for line in result.stderr.splitlines() if line.startswith("tfpg: error:")]
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    for word in words:
-        assert word in lines[0], lines[0]
-
-
 def test_cli_train_reward_then_train_with_the_reward_model(tmp_path):
     made = tfpg_cli(["train-reward", "--task", "preference", "--output", "rm", "--epochs", "1",
                      "--hidden-dim", "16", "--embedding-dim", "8"], tmp_path)
@@ -395,20 +387,17 @@ def _bad_preference_directory(directory):
 def bad_preference_runs(tmp_path_factory):
     """Every BAD_PREFERENCE_INPUT command in a directory of its own, all in one
     process (tests/cli_batch.py): (directory, files before, result) per case."""
-    directories = [_bad_preference_directory(tmp_path_factory.mktemp(f"bad{i}"))
-                   for i in range(len(BAD_PREFERENCE_INPUT))]
-    before = [set(os.listdir(d)) for d in directories]
     env = {key: value for key, value in os.environ.items() if key != "TFPG_DEBUG"}
-    results = run_cli_cases([(args + ["--output", "out/model"], d) for (args, _), d
-                             in zip(BAD_PREFERENCE_INPUT, directories)], env=env)
-    return list(zip(directories, before, results))
+    return run_in_fresh_directories(
+        tmp_path_factory, [args + ["--output", "out/model"] for args, _ in BAD_PREFERENCE_INPUT],
+        _bad_preference_directory, env)
 
 
 @pytest.mark.parametrize("case", range(len(BAD_PREFERENCE_INPUT)),
                          ids=[" ".join(args) for args, _ in BAD_PREFERENCE_INPUT])
 def test_cli_bad_preference_input_exits_2_and_writes_nothing(bad_preference_runs, case):
     directory, before, result = bad_preference_runs[case]
-    assert_one_line_error(result, *BAD_PREFERENCE_INPUT[case][1])
+    assert_usage_error(result, *BAD_PREFERENCE_INPUT[case][1])
     assert set(os.listdir(directory)) == before
 
 
