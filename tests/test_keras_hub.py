@@ -207,9 +207,9 @@ def test_sampled_log_probs_equal_the_trainers_scoring(presets):
     batch = next(iter(dataset))
     sampled = agent.sample(batch["prompt"], agent._sampling_seed(),
                            prompt_mask=batch["prompt_mask"])
-    logits = agent.completion_logits(policy, batch["prompt"], sampled.token_ids,
-                                     sampled.mask, batch["prompt_mask"])
-    scored, _ = agent.sampled_log_probs(logits, sampled.token_ids, sampled.mask)
+    rollout = {"prompt_ids": batch["prompt"], "prompt_mask": batch["prompt_mask"],
+               "completion_ids": sampled.token_ids, "completion_mask": sampled.mask}
+    scored = agent.score_completions(policy, rollout, sampled.mask).log_probs
     assert float(tf.reduce_sum(sampled.mask)) > 4
     np.testing.assert_allclose(scored.numpy(), sampled.log_probs.numpy(), atol=1e-5)
 

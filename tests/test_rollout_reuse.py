@@ -10,8 +10,8 @@ import tensorflow as tf
 import keras
 import tfpg
 from tfpg.algorithms import A2C, GRPO, PPO, REINFORCE, RLOO, SCST
-from tfpg.algorithms.base import support_mask
-from tfpg.generation import FILTERED_LOGIT
+from tfpg.generation import FILTERED_LOGIT, filter_logits
+from tfpg.token_scores import support_mask
 
 VOCAB = 8
 
@@ -81,20 +81,21 @@ def test_later_epochs_score_old_tokens_on_the_sampled_top_k_support():
 @pytest.mark.parametrize("options", [{"top_k": 3}, {"top_p": 0.6}, {"top_k": 7, "top_p": 0.9}])
 def test_the_rollout_keeps_the_support_compactly(options):
     """Top-k alone keeps the k ids per position ([B, N, k], -1 for none: here only 6
-    ids can be drawn), top-p a bool mask; both give back the filtered support."""
+    ids can be drawn), top-p a mask packed to bits ([B, N, ceil(V / 8)] bytes); both
+    give back the filtered support."""
     keras.utils.set_random_seed(0)
     agent = compiled(GRPO(tfpg.PolicyNetwork(VOCAB, 8, 8), count_fives, group_size=2,
                           max_new_tokens=3, eos_id=None, **options))
     rollout, _ = agent.collect_rollout({"prompt": prompts(4)})
     support = rollout["support"]
     if "top_p" in options:
-        assert support.dtype == tf.bool and support.shape == (8, 3, VOCAB)
+        assert support.dtype == tf.uint8 and support.shape == (8, 3, 1)
     else:
         assert support.dtype == tf.int32 and support.shape == (8, 3, 3)
-    logits = agent.completion_logits(agent.policy, rollout["prompt_ids"],
-                                     rollout["completion_ids"], rollout["completion_mask"])
-    _, filtered = agent.sampled_log_probs(logits, rollout["completion_ids"],
-                                          rollout["completion_mask"])
+    sequence = tf.concat([rollout["prompt_ids"], rollout["completion_ids"]], axis=1)
+    logits = agent.policy(sequence)[:, rollout["prompt_ids"].shape[1] - 1:-1]
+    filtered = filter_logits(logits, agent.temperature, agent.top_k, agent.top_p,
+                             agent.sampled_suppress_ids)
     np.testing.assert_array_equal(support_mask(support, VOCAB).numpy(),
                                   filtered.numpy() > FILTERED_LOGIT)
     ids = support_mask(tf.constant([[[4, -1, 6]]]), VOCAB).numpy()

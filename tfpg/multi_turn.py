@@ -360,16 +360,10 @@ def score_rollout(trainer, rollout):
     `rollout`, in one forward pass of each model over the whole trajectories."""
     trajectory = (rollout["prompt_ids"], rollout["completion_ids"],
                   rollout["completion_mask"], rollout["prompt_mask"])
-    ids, mask = rollout["completion_ids"], rollout["policy_mask"]
-    logits = trainer.completion_logits(trainer.policy, *trajectory)
-    rollout["old_log_probs"], support = trainer.behaviour_log_probs(logits, ids, mask)
-    if support is not None:
-        rollout["support"] = support
-    if trainer.reference_model is not None:
-        kl, rollout["ref_log_probs"] = trainer.reference_kl(logits, *trajectory, mask)
-        if trainer.kl_in_reward:
-            rollout["token_rewards"] -= trainer.kl_coef * kl
-        rollout["kl"] = kl
+    mask = rollout["policy_mask"]
+    rollout.update(trainer.score_rollout(rollout, mask))
+    if "kl" in rollout and trainer.kl_in_reward:
+        rollout["token_rewards"] -= trainer.kl_coef * rollout["kl"]
     if trainer.value_model is not None:
         rollout["values"] = trainer.completion_values(*trajectory) * mask
     return rollout

@@ -38,7 +38,8 @@ class A2C(PolicyGradientTrainer):
             self.gamma, self.gae_lambda)
         return {"advantages": advantages, "returns": returns}
 
-    def loss_terms(self, minibatch, log_probs, values, logits):
+    def loss_terms(self, minibatch, scores, values):
+        log_probs = scores.log_probs
         return {"policy_loss": self.policy_gradient_term(minibatch, log_probs),
                 "value_loss": self.value_term(minibatch, values)}, {}
 

@@ -31,10 +31,10 @@ from tfpg import multi_turn
 from tfpg.distribution import (DistributedFitMixin, apply_gradients, cross_replica_sum,
                                is_loss_scale_optimizer, num_replicas, replica_rows,
                                scale_loss)
-from tfpg.generation import (FILTERED_LOGIT, decode_loop, filter_logits,
-                             prompt_padding_mask, resolve_eos_id, resolve_sampler,
-                             sampling_suppress_ids)
+from tfpg.generation import (decode_loop, prompt_padding_mask, resolve_eos_id,
+                             resolve_sampler, sampling_suppress_ids)
 from tfpg.rewards.base import ON_INVALID, compute_rewards
+from tfpg.token_scores import SamplingFilter, score_tokens
 from tfpg.xla import in_xla_context, resolve_jit_compile
 
 # Folded into the step seed for the minibatch permutation: a stream of its own, so that
@@ -46,21 +46,6 @@ MINIBATCH_STREAM = 0x6D696E69   # "mini"
 def sequence_return(rollout):
     """Total reward of each completion, any KL penalty in the reward included: [B]."""
     return tf.reduce_sum(rollout["token_rewards"] * rollout["completion_mask"], axis=1)
-
-
-def support_mask(support, vocab_size):
-    """bool [B, N, V] from a rollout's support: a bool mask as it is, or token ids
-    int32 [B, N, k] (-1 = no token) scattered into one."""
-    if support.dtype == tf.bool:
-        return support
-    shape = tf.shape(support)                                               # [B, N, k]
-    rows = tf.broadcast_to(tf.range(shape[0])[:, None, None], shape)
-    positions = tf.broadcast_to(tf.range(shape[1])[None, :, None], shape)
-    index = tf.stack([rows, positions, tf.maximum(support, 0)], axis=-1)    # [B, N, k, 3]
-    # Max, not update: the -1 entries all land on id 0 with a 0 and must not erase a 1.
-    hits = tf.tensor_scatter_nd_max(tf.zeros([shape[0], shape[1], vocab_size], tf.int32),
-                                    index, tf.cast(support >= 0, tf.int32))
-    return hits > 0
 
 
 def truncated_completions(rollout, max_new_tokens, eos_id):
@@ -131,6 +116,11 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
             rollout runs in Python between compiled turns and the update in a
             tf.function (see `tfpg.multi_turn`). Python objects: not in `get_config`.
         max_turns: policy turns per episode with `env` (default 4).
+        head_chunk_size: completion positions the vocabulary projection (and the
+            softmax, entropy, KL inputs) runs on at once in the update and the
+            rollout's scoring (see `tfpg.token_scores`); None: about 2^24 logits a
+            chunk (64 MB), e.g. 110 positions at V = 151,936. Memory, not results:
+            every chunk size gives the same loss and gradients.
     """
 
     default_loss_aggregation = "token_mean"
@@ -148,7 +138,7 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
                  kl_estimator="k1", kl_in_reward=True, target_kl=None, kl_horizon=10000,
                  entropy_coef=0.0, value_coef=0.5, num_epochs=1, num_minibatches=1,
                  max_grad_norm=1.0, loss_aggregation=None, on_invalid_reward="raise",
-                 seed=0, env=None, max_turns=None, **kwargs):
+                 seed=0, env=None, max_turns=None, head_chunk_size=None, **kwargs):
         super().__init__(**kwargs)
         resolve_sampler(sampler, temperature, top_k, top_p)
         if self.uses_value_model and value_model is None:
@@ -203,6 +193,9 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         self.loss_aggregation = loss_aggregation
         self.on_invalid_reward = on_invalid_reward
         self.seed = int(seed)
+        if head_chunk_size is not None and int(head_chunk_size) < 1:
+            raise ValueError(f"head_chunk_size must be >= 1 or None, got {head_chunk_size}")
+        self.head_chunk_size = None if head_chunk_size is None else int(head_chunk_size)
         self.max_turns = multi_turn.check_env(env, max_turns, reward_fn, type(self))
         self.env = env
         self.initial_kl_coef = float(kl_coef)
@@ -316,15 +309,25 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         instance's __dict__, out of Keras' attribute tracking."""
         return tf.function(self._decode, jit_compile=True)
 
-    def completion_logits(self, model, prompt_ids, completion_ids, completion_mask,
+    def completion_hidden(self, model, prompt_ids, completion_ids, completion_mask,
                           prompt_mask=None):
-        """Logits [B, N, V] that `model` gives each completion position."""
+        """(hidden states [B, N, H] at the positions that predict each completion
+        token, the head that maps them to float32 logits [., V]).
+
+        Only the trunk runs on the whole sequence: the head (the vocabulary
+        projection) is left to `score_tokens`, which runs it on completion positions
+        in chunks. A model without `hidden_states` / `head_logits` gives its logits
+        as the "hidden states" and an identity head.
+        """
         sequence = tf.concat([prompt_ids, completion_ids], axis=1)
         padding = tf.concat([self.prompt_mask(prompt_ids, prompt_mask),
                              completion_mask > 0], axis=1)
-        prompt_length = tf.shape(prompt_ids)[1]
+        start = tf.shape(prompt_ids)[1] - 1
+        if hasattr(model, "hidden_states"):
+            hidden = model.hidden_states(sequence, padding_mask=padding, training=False)
+            return hidden[:, start:-1], model.head_logits
         logits = model(sequence, padding_mask=padding, training=False)
-        return logits[:, prompt_length - 1:-1]
+        return logits[:, start:-1], lambda hidden: tf.cast(hidden, tf.float32)
 
     def completion_values(self, prompt_ids, completion_ids, completion_mask,
                           prompt_mask=None):
@@ -335,61 +338,62 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         values = self.value_model(sequence, padding_mask=padding, training=False)
         return values[:, tf.shape(prompt_ids)[1] - 1:-1] * completion_mask
 
-    def sampled_log_probs(self, logits, completion_ids, completion_mask, support=None):
-        """Log-probs [B, N] under the distribution that was sampled (filters applied).
+    @property
+    def sampling(self):
+        """The `SamplingFilter` of the trainer's sampling options (suppression included)."""
+        return SamplingFilter(self.temperature, self.top_k, self.top_p,
+                              self.sampled_suppress_ids)
 
-        `support`, the top-k / top-p support kept from the rollout (see
-        `rollout_support`), replaces the filters: later epochs score the old tokens
-        on the support they were sampled from, not one recomputed from the updated
-        policy (where an old token may have dropped out, with log-prob -1e9).
+    def score_completions(self, model, rollout, mask, sampling=None, support=None,
+                          **outputs):
+        """`TokenScores` [B, N] of the rollout's completions under `model`, masked by
+        `mask` [B, N] (log-probs 0 where it is 0).
+
+        `sampling` (default: the trainer's) is the distribution scored; `support`, the
+        top-k / top-p support kept from the rollout, replaces its filters: later
+        epochs score the old tokens on the support they were sampled from, not one
+        recomputed from the updated policy. `outputs`: `score_tokens`' flags
+        (entropy, temperature_log_probs, keep_support, entropy_gradient).
         """
-        if support is None:
-            filtered = filter_logits(logits, self.temperature, self.top_k, self.top_p,
-                                     self.sampled_suppress_ids)
-        else:
-            filtered = tf.where(support_mask(support, logits.shape[-1]),
-                                filter_logits(logits, self.temperature), FILTERED_LOGIT)
-        return losses.token_log_probs(filtered, completion_ids, mask=completion_mask), filtered
-
-    def rollout_support(self, filtered):
-        """The support of filtered logits [B, N, V] as a rollout keeps it: with top-k
-        alone the ids of the kept tokens, int32 [B, N, k] (-1: none), k / V of a
-        mask's memory; with top-p a bool mask [B, N, V] (B * N * V bytes)."""
-        if self.top_p is None and isinstance(self.top_k, int):
-            values, ids = tf.math.top_k(filtered, min(self.top_k, filtered.shape[-1]))
-            return tf.where(values > FILTERED_LOGIT, ids, -1)
-        return filtered > FILTERED_LOGIT
+        hidden, head = self.completion_hidden(
+            model, rollout["prompt_ids"], rollout["completion_ids"],
+            rollout["completion_mask"], rollout.get("prompt_mask"))
+        scores = score_tokens(head, hidden, rollout["completion_ids"],
+                              sampling or self.sampling, support,
+                              chunk_size=self.head_chunk_size,
+                              vocab_size=getattr(model, "vocab_size", None), **outputs)
+        real = mask > 0
+        return scores._replace(**{
+            name: tf.where(real, getattr(scores, name), 0.0)
+            for name in ("log_probs", "temperature_log_probs")
+            if getattr(scores, name) is not None})
 
     @property
     def keeps_support(self):
         """Whether rollouts carry their sampling support (only top-k / top-p make it
         depend on the policy; suppression alone is the same in every epoch)."""
-        return self.top_k is not None or self.top_p is not None
+        return self.sampling.keeps_support
 
-    def behaviour_log_probs(self, logits, completion_ids, mask):
-        """(old log-probs [B, N] of the sampled tokens, the support the rollout keeps or
-        None): scored as every later epoch scores them."""
-        old_log_probs, filtered = self.sampled_log_probs(logits, completion_ids, mask)
-        support = self.rollout_support(filtered) if self.keeps_support else None
-        if support is not None:
-            # Scored on the kept support, as every later epoch: the first ratio is 1.
-            old_log_probs, _ = self.sampled_log_probs(logits, completion_ids, mask, support)
-        return old_log_probs, support
-
-    def reference_kl(self, logits, prompt_ids, completion_ids, completion_mask,
-                     prompt_mask, mask):
-        """(KL [B, N] to the reference model masked by `mask`, reference log-probs
-        [B, N]); `logits` are the policy's for the same completions."""
-        ref_logits = self.completion_logits(self.reference_model, prompt_ids,
-                                            completion_ids, completion_mask, prompt_mask)
-        # KL between the models' own (temperature-scaled) distributions: a top-k
-        # filter on the reference would make KL infinite for tokens it excludes.
-        ref_log_probs = losses.token_log_probs(ref_logits, completion_ids,
-                                               self.temperature, mask)
-        policy_log_probs = losses.token_log_probs(logits, completion_ids,
-                                                  self.temperature, mask)
-        kl = losses.kl_penalty(policy_log_probs, ref_log_probs, self.kl_estimator)
-        return kl * mask, ref_log_probs
+    def score_rollout(self, rollout, mask):
+        """The rollout's behaviour log-probs "old_log_probs" [B, N] (and the "support"
+        later epochs score on), and with a reference "ref_log_probs" and "kl" [B, N]
+        (masked by `mask`): one pass of the policy's trunk and one of the reference's."""
+        with_reference = self.reference_model is not None
+        scores = self.score_completions(self.policy, rollout, mask,
+                                        keep_support=self.keeps_support,
+                                        temperature_log_probs=with_reference)
+        scored = {"old_log_probs": scores.log_probs}
+        if scores.support is not None:
+            scored["support"] = scores.support
+        if with_reference:
+            # KL between the models' own (temperature-scaled) distributions: a top-k
+            # filter on the reference would make KL infinite for tokens it excludes.
+            reference = self.score_completions(self.reference_model, rollout, mask,
+                                               SamplingFilter(self.temperature))
+            kl = losses.kl_penalty(scores.temperature_log_probs, reference.log_probs,
+                                   self.kl_estimator)
+            scored.update(ref_log_probs=reference.log_probs, kl=kl * mask)
+        return scored
 
     @property
     def scores_rollout(self):
@@ -421,21 +425,12 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
                    "completion_mask": mask, "loss_mask": mask * scored.valid[:, None],
                    "scores": scored.rewards, "valid": scored.valid}
         if self.scores_rollout:
-            logits = self.completion_logits(self.policy, prompt_ids, completion_ids, mask,
-                                            prompt_mask)
-            rollout["old_log_probs"], support = self.behaviour_log_probs(
-                logits, completion_ids, mask)
-            if support is not None:
-                rollout["support"] = support
+            rollout.update(self.score_rollout(rollout, mask))
         self._record(scored.metrics())
 
         token_rewards = adv.sequence_score_to_token_rewards(scored.rewards, mask)
-        if self.reference_model is not None:
-            kl, rollout["ref_log_probs"] = self.reference_kl(
-                logits, prompt_ids, completion_ids, mask, prompt_mask, mask)
-            if self.kl_in_reward:
-                token_rewards -= self.kl_coef * kl
-            rollout["kl"] = kl
+        if "kl" in rollout and self.kl_in_reward:
+            token_rewards -= self.kl_coef * rollout["kl"]
         rollout["token_rewards"] = token_rewards                             # [B, N]
         if self.value_model is not None:
             rollout["values"] = self.completion_values(prompt_ids, completion_ids, mask,
@@ -485,16 +480,23 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         """Returns a dict with "advantages" [B, N] (and "returns" [B, N] with a critic)."""
         raise NotImplementedError
 
-    def loss_terms(self, minibatch, log_probs, values, logits):
+    def loss_terms(self, minibatch, scores, values):
         """Per-token losses of one minibatch.
 
-        `log_probs` [b, N] are under the sampled distribution; `logits` [b, N, V] are
-        the policy's raw logits (for a KL to the reference); `values` [b, N] or None.
+        `scores` is the minibatch's `TokenScores` [b, N] under the policy being
+        updated: `log_probs` under the sampled distribution, `entropy`, and
+        `temperature_log_probs` where `needs_temperature_log_probs` (a KL to the
+        reference in the loss); `values` [b, N] or None.
         Returns (terms, token_metrics): `terms` maps a log name to
         (per_token [b, N], coefficient, aggregation mode); `token_metrics` maps a log
         name to per-token values averaged over real tokens.
         """
         raise NotImplementedError
+
+    @property
+    def needs_temperature_log_probs(self):
+        """Whether `loss_terms` reads `scores.temperature_log_probs`."""
+        return False
 
     def policy_gradient_term(self, minibatch, log_probs):
         """-A_t log pi(a_t | s_t): the REINFORCE term (advantages are constants)."""
@@ -532,22 +534,22 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         """
         mask = minibatch["loss_mask"]
         with tf.GradientTape() as tape:
-            logits = self.completion_logits(self.policy, minibatch["prompt_ids"],
-                                            minibatch["completion_ids"],
-                                            minibatch["completion_mask"],
-                                            minibatch.get("prompt_mask"))
-            log_probs, filtered = self.sampled_log_probs(
-                logits, minibatch["completion_ids"], mask, minibatch.get("support"))
+            scores = self.score_completions(
+                self.policy, minibatch, mask, support=minibatch.get("support"),
+                entropy=True, entropy_gradient=bool(self.entropy_coef),
+                temperature_log_probs=self.needs_temperature_log_probs)
+            if not self.entropy_coef:    # logged only: score_tokens gives it no gradient
+                scores = scores._replace(entropy=tf.stop_gradient(scores.entropy))
             if "old_log_probs" not in minibatch:    # see `scores_rollout`
-                minibatch = dict(minibatch, old_log_probs=tf.stop_gradient(log_probs))
+                minibatch = dict(minibatch, old_log_probs=tf.stop_gradient(scores.log_probs))
             values = None
             if self.value_model is not None:
                 values = self.completion_values(minibatch["prompt_ids"],
                                                 minibatch["completion_ids"],
                                                 minibatch["completion_mask"],
                                                 minibatch.get("prompt_mask"))
-            terms, token_metrics = self.loss_terms(minibatch, log_probs, values, logits)
-            entropy = self._aggregate(losses.entropy(filtered), mask, "token_mean")
+            terms, token_metrics = self.loss_terms(minibatch, scores, values)
+            entropy = self._aggregate(scores.entropy, mask, "token_mean")
             total = -self.entropy_coef * entropy
             logs = {"entropy": entropy}
             for name, (per_token, coefficient, mode) in terms.items():
@@ -677,5 +679,6 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
             entropy_coef=self.entropy_coef, value_coef=self.value_coef,
             num_epochs=self.num_epochs, num_minibatches=self.num_minibatches,
             max_grad_norm=self.max_grad_norm, loss_aggregation=self.loss_aggregation,
-            on_invalid_reward=self.on_invalid_reward, seed=self.seed)
+            on_invalid_reward=self.on_invalid_reward, seed=self.seed,
+            head_chunk_size=self.head_chunk_size)
         return config

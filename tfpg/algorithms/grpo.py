@@ -96,23 +96,25 @@ class GRPO(PolicyGradientTrainer):
             result["loss_mask"] = rollout["loss_mask"] * kept[:, None]
         return result
 
-    def loss_terms(self, minibatch, log_probs, values, logits):
+    def loss_terms(self, minibatch, scores, values):
+        log_probs = scores.log_probs
         mask = minibatch["loss_mask"]
         surrogate, _, clipped = losses.ppo_clipped_surrogate(
             log_probs, minibatch["old_log_probs"], minibatch["advantages"],
             self.clip_epsilon, mask, self.clip_epsilon_high, self.importance_sampling_level)
         if self.top_entropy_quantile < 1.0:
-            entropies = losses.entropy(self.sampled_log_probs(
-                logits, minibatch["completion_ids"], mask, minibatch.get("support"))[1])
-            surrogate *= losses.high_entropy_mask(entropies, mask, self.top_entropy_quantile)
+            surrogate *= losses.high_entropy_mask(scores.entropy, mask,
+                                                  self.top_entropy_quantile)
         terms = {"policy_loss": (surrogate, 1.0, self.loss_aggregation)}
         if self.reference_model is not None:
-            policy_log_probs = losses.token_log_probs(
-                logits, minibatch["completion_ids"], self.temperature, mask)
-            kl = losses.kl_penalty(policy_log_probs, minibatch["ref_log_probs"],
+            kl = losses.kl_penalty(scores.temperature_log_probs, minibatch["ref_log_probs"],
                                    self.kl_estimator)
             terms["kl_loss"] = (kl, self.kl_coef, self.loss_aggregation)
         return terms, approx_kl_and_clip_fraction(log_probs, minibatch, clipped)
+
+    @property
+    def needs_temperature_log_probs(self):
+        return self.reference_model is not None    # the KL term of the loss
 
     def get_config(self):
         config = super().get_config()

@@ -52,7 +52,8 @@ class PPO(PolicyGradientTrainer):
                                     sum_fn=cross_replica_sum)
         return {"advantages": advantages, "returns": returns}
 
-    def loss_terms(self, minibatch, log_probs, values, logits):
+    def loss_terms(self, minibatch, scores, values):
+        log_probs = scores.log_probs
         surrogate, _, clipped = losses.ppo_clipped_surrogate(
             log_probs, minibatch["old_log_probs"], minibatch["advantages"],
             self.clip_epsilon, minibatch["loss_mask"])

@@ -69,7 +69,8 @@ class REINFORCE(PolicyGradientTrainer):
         baseline = tf.where(self.moving_average_count > 1, baseline, 0.0)
         return {"advantages": (returns - baseline) * mask}
 
-    def loss_terms(self, minibatch, log_probs, values, logits):
+    def loss_terms(self, minibatch, scores, values):
+        log_probs = scores.log_probs
         terms = {"policy_loss": self.policy_gradient_term(minibatch, log_probs)}
         if self.baseline == "value":
             terms["value_loss"] = self.value_term(minibatch, values)

@@ -48,7 +48,8 @@ class RLOO(PolicyGradientTrainer):
                                          rollout["valid"])                   # [B]
         return {"advantages": adv.broadcast_sequence_advantages(advantages, mask)}
 
-    def loss_terms(self, minibatch, log_probs, values, logits):
+    def loss_terms(self, minibatch, scores, values):
+        log_probs = scores.log_probs
         if not self.uses_ratio:
             return {"policy_loss": self.policy_gradient_term(minibatch, log_probs)}, {}
         mask = minibatch["loss_mask"]

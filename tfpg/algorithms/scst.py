@@ -35,5 +35,6 @@ class SCST(PolicyGradientTrainer):
         return {"advantages": (returns - tf.stop_gradient(baseline)[:, None]) * mask,
                 "loss_mask": rollout["loss_mask"] * scored.valid[:, None]}
 
-    def loss_terms(self, minibatch, log_probs, values, logits):
+    def loss_terms(self, minibatch, scores, values):
+        log_probs = scores.log_probs
         return {"policy_loss": self.policy_gradient_term(minibatch, log_probs)}, {}

@@ -127,14 +127,20 @@ class KerasHubPolicy(keras.Model):
     def build(self, input_shape=None):
         self.built = True
 
-    def _logits(self, hidden):
+    def head_logits(self, hidden):
+        """Hidden states [..., H] -> logits float32 [..., V]: the (tied or untied)
+        reverse embedding, with the family's soft-capping where it has one."""
         logits = self.causal_lm.backbone.token_embedding(hidden, reverse=True)
         return tf.cast(logits, tf.float32)
 
+    def hidden_states(self, token_ids, padding_mask=None, training=None):
+        """token_ids int [B, T] (padding_mask [B, T], 1 = real) -> the final-norm
+        hidden states [B, T, H] (compute dtype)."""
+        return self.backbone(token_ids, padding_mask=padding_mask, training=training)
+
     def call(self, token_ids, padding_mask=None, training=None):
         """token_ids int [B, T] (padding_mask [B, T], 1 = real) -> logits float32 [B, T, V]."""
-        return self._logits(self.backbone(token_ids, padding_mask=padding_mask,
-                                          training=training))
+        return self.head_logits(self.hidden_states(token_ids, padding_mask, training))
 
     def initial_cache(self, batch_size, max_length):
         """An empty decoding cache for `batch_size` sequences of up to `max_length` tokens."""
@@ -148,7 +154,7 @@ class KerasHubPolicy(keras.Model):
                                                       padding_mask, training)
         if last_only:
             hidden = hidden[:, -1:]
-        return self._logits(hidden), hidden, cache
+        return self.head_logits(hidden), hidden, cache
 
     def get_config(self):
         config = super().get_config()
@@ -178,6 +184,18 @@ class AdaptersOff:
     def __init__(self, policy):
         self.policy = policy
 
+    @property
+    def vocab_size(self):
+        return self.policy.vocab_size
+
     def __call__(self, token_ids, padding_mask=None, training=None):
         with self.policy.adapters_disabled():
             return self.policy(token_ids, padding_mask=padding_mask, training=training)
+
+    def hidden_states(self, token_ids, padding_mask=None, training=None):
+        with self.policy.adapters_disabled():
+            return self.policy.hidden_states(token_ids, padding_mask, training)
+
+    def head_logits(self, hidden):
+        with self.policy.adapters_disabled():
+            return self.policy.head_logits(hidden)

@@ -43,7 +43,15 @@ class PolicyNetwork(BackboneModel):
 
     def call(self, token_ids, padding_mask=None, training=None):
         """token_ids int [B, T] -> logits float32 [B, T, V]."""
-        hidden = self.backbone(token_ids, padding_mask=padding_mask, training=training)
+        return self.head_logits(self.hidden_states(token_ids, padding_mask, training))
+
+    def hidden_states(self, token_ids, padding_mask=None, training=None):
+        """token_ids int [B, T] -> the backbone's hidden states [B, T, H]."""
+        return self.backbone(token_ids, padding_mask=padding_mask, training=training)
+
+    def head_logits(self, hidden):
+        """Hidden states [..., H] -> logits float32 [..., V] (the trainers run this
+        head on completion positions only, in chunks: `tfpg.token_scores`)."""
         return self.lm_head(hidden)
 
     def initial_cache(self, batch_size, max_length):
