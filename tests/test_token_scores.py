@@ -21,6 +21,8 @@ from tfpg import losses, token_scores
 from tfpg.algorithms import A2C, GRPO, PPO, REINFORCE, RLOO, SCST
 from tfpg.generation import FILTERED_LOGIT, filter_logits
 
+sys.path.insert(0, os.path.dirname(__file__))
+
 VOCAB = 23
 CHUNK = 3          # positions per chunk: 32 rows x 5 tokens make 54 chunks
 
@@ -64,13 +66,13 @@ def prompts(rows=8):
     return tf.constant(np.random.default_rng(0).integers(3, VOCAB, (rows, 3)), tf.int32)
 
 
-def step_loss_and_gradients(agent, chunked):
+def step_loss_and_gradients(agent, chunked, batch=None):
     """(loss, gradients) of one rollout + update, chunked or with whole logits."""
     if not chunked:
         original = tfpg.algorithms.base.score_tokens
         tfpg.algorithms.base.score_tokens = whole_logits_scores
     try:
-        rollout, batch = agent.collect_rollout({"prompt": prompts()})
+        rollout, batch = agent.collect_rollout(batch or {"prompt": prompts()})
         rollout.update(agent.compute_advantages(rollout, batch))
         total, gradients, _ = agent.loss_and_gradients(rollout)
     finally:
@@ -125,6 +127,58 @@ def test_each_sampler_and_kl_estimator_steps_as_with_whole_logits(sampling, kl_e
     sizes decides which of them the quantile keeps.)"""
     assert_same_step(GRPO, group_size=4, kl_coef=0.2, kl_estimator=kl_estimator,
                      entropy_coef=0.05, num_epochs=2, **sampling)
+
+
+def hub_policy(family="gpt2"):
+    from keras_hub_models import build_causal_lm
+    return tfpg.KerasHubPolicy(build_causal_lm(family))
+
+
+def hub_prompts(policy):
+    ids = np.random.default_rng(0).integers(3, 40, (8, 3)).astype(np.int32)
+    return {"prompt": ids, "prompt_mask": np.ones_like(ids)}
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gemma", "gemma3", "llama3"])
+def test_keras_hub_heads_step_as_with_whole_logits(family):
+    """The head is the family's own reverse embedding, run per chunk: Gemma 2's final
+    soft-capping, Gemma 3's untied... every transform kept exact (GRPO with a KL)."""
+    def agent():
+        keras.utils.set_random_seed(0)
+        trainer = GRPO(hub_policy(family), count_fives, group_size=4, kl_coef=0.1,
+                       max_new_tokens=4, seed=3, head_chunk_size=CHUNK, entropy_coef=0.05)
+        trainer.compile(optimizer="sgd")
+        return trainer
+
+    got = step_loss_and_gradients(agent(), True, hub_prompts(None))
+    want = step_loss_and_gradients(agent(), False, hub_prompts(None))
+    assert abs(got[0] - want[0]) <= 1e-6
+    for a, b in zip(got[1], want[1]):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("hub", [False, True])
+def test_gradient_checkpointing_gives_the_same_step(hub):
+    """The trunk rematerialised block by block: the same loss and gradients (tfpg's
+    Transformer; a KerasHub GPT-2 with a critic on its trunk)."""
+    def agent(checkpointing):
+        keras.utils.set_random_seed(0)
+        if not hub:
+            return make(GRPO, group_size=4, kl_coef=0.1, backbone="transformer",
+                        gradient_checkpointing=checkpointing)
+        policy = hub_policy()
+        trainer = PPO(policy, count_fives, value_model=tfpg.ValueNetwork.from_policy(policy),
+                      max_new_tokens=4, seed=3, num_epochs=1,
+                      gradient_checkpointing=checkpointing)
+        trainer.compile(optimizer="sgd")
+        return trainer
+
+    batch = hub_prompts(None) if hub else None
+    got = step_loss_and_gradients(agent(True), True, batch)
+    want = step_loss_and_gradients(agent(False), True, batch)
+    assert abs(got[0] - want[0]) <= 1e-6
+    for a, b in zip(got[1], want[1]):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
 
 
 def test_the_kept_support_is_packed_and_unpacks_exactly():

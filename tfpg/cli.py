@@ -99,6 +99,9 @@ def _train_parser(subparsers, common):
                                        "pre-training only with --pretrain-epochs")
     train.add_argument("--lora-rank", type=int,
                        help="with a KerasHub --model: train rank-N LoRA adapters only")
+    train.add_argument("--gradient-checkpointing", action="store_true", default=None,
+                       help="recompute each transformer block's activations in the "
+                            "backward pass: long completions in less memory")
     train.add_argument("--log-every", type=int,
                        help="train steps between TensorBoard points (default: about 100 "
                             "points per curve)")

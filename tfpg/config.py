@@ -17,7 +17,8 @@ NAMED_REWARDS = ("bleu", "exact_match", "length")
 ON_INVALID_REWARD = ("raise", "zero", "skip")
 # Options that change how a run executes but not what it computes: a run may be
 # resumed with other values (e.g. on more devices).
-RUNTIME_OPTIONS = ("strategy", "num_cpu_devices", "deterministic", "logdir", "log_every")
+RUNTIME_OPTIONS = ("strategy", "num_cpu_devices", "deterministic", "logdir", "log_every",
+                   "gradient_checkpointing")
 # TensorBoard points per curve when --log-every is not given.
 LOG_POINTS = 100
 NUM_CPU_DEVICES_ENV = "TFPG_NUM_CPU_DEVICES"
@@ -67,6 +68,7 @@ class TrainConfig:
     model: str = None               # start from this model instead of a new PolicyNetwork:
                                     # a KerasHub preset name or directory, or a .keras file
     lora_rank: int = None           # with a KerasHub --model: train LoRA adapters only
+    gradient_checkpointing: bool = False  # rematerialise transformer blocks in the update
 
     @classmethod
     def from_dict(cls, values):

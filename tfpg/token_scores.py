@@ -31,7 +31,9 @@ from tfpg.generation import FILTERED_LOGIT, filter_logits
 
 # Default chunk: about 2^24 logits (64 MB in float32) per chunk, whatever V is.
 CHUNK_LOGITS = 2 ** 24
-_BITS = tf.constant([1, 2, 4, 8, 16, 32, 64, 128], tf.uint8)
+# Bit weights of a packed mask (a list: a tensor made at import would start TensorFlow's
+# runtime before a MultiWorkerMirroredStrategy could configure it).
+_BITS = [1, 2, 4, 8, 16, 32, 64, 128]
 
 
 class SamplingFilter(NamedTuple):
@@ -83,12 +85,13 @@ def pack_mask(mask):
     if pad:
         bits = tf.pad(bits, [[0, 0]] * (len(mask.shape) - 1) + [[0, pad]])
     shape = tf.concat([tf.shape(bits)[:-1], [(vocab_size + pad) // 8, 8]], 0)
-    return tf.reduce_sum(tf.reshape(bits, shape) * _BITS, axis=-1)
+    return tf.reduce_sum(tf.reshape(bits, shape) * tf.constant(_BITS, tf.uint8), axis=-1)
 
 
 def unpack_mask(packed, vocab_size):
     """uint8 [..., ceil(V / 8)] from `pack_mask` -> bool [..., V]."""
-    bits = tf.bitwise.bitwise_and(packed[..., None], _BITS) > 0          # [..., V8, 8]
+    bits = tf.bitwise.bitwise_and(packed[..., None], tf.constant(_BITS, tf.uint8))
+    bits = bits > 0                                                         # [..., V8, 8]
     shape = tf.concat([tf.shape(packed)[:-1], [packed.shape[-1] * 8]], 0)
     return tf.reshape(bits, shape)[..., :vocab_size]
 

@@ -260,7 +260,8 @@ def evaluate_and_export(run, agent):
 
 def _algorithm_options(config, job, policy):
     options = {"max_new_tokens": job.max_new_tokens, "eos_id": job.tokenizer.eos_id,
-               "seed": config.seed, "on_invalid_reward": config.on_invalid_reward}
+               "seed": config.seed, "on_invalid_reward": config.on_invalid_reward,
+               "gradient_checkpointing": bool(config.gradient_checkpointing)}
     cls = ALGORITHMS[config.algorithm]
     if config.kl_coef is not None:
         options["kl_coef"] = config.kl_coef

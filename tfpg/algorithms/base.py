@@ -33,6 +33,7 @@ from tfpg.distribution import (DistributedFitMixin, apply_gradients, cross_repli
                                scale_loss)
 from tfpg.generation import (decode_loop, prompt_padding_mask, resolve_eos_id,
                              resolve_sampler, sampling_suppress_ids)
+from tfpg.models.checkpointing import gradient_checkpointing
 from tfpg.rewards.base import ON_INVALID, compute_rewards
 from tfpg.token_scores import SamplingFilter, score_tokens
 from tfpg.xla import in_xla_context, resolve_jit_compile
@@ -121,6 +122,10 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
             rollout's scoring (see `tfpg.token_scores`); None: about 2^24 logits a
             chunk (64 MB), e.g. 110 positions at V = 151,936. Memory, not results:
             every chunk size gives the same loss and gradients.
+        gradient_checkpointing: rematerialise the transformer trunks (policy and
+            critic; tfpg's Transformer and KerasHub backbones) block by block in the
+            update's backward pass: long sequences fit in less memory, for about one
+            more forward pass of compute. LSTM / GRU trunks are not affected.
     """
 
     default_loss_aggregation = "token_mean"
@@ -138,7 +143,8 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
                  kl_estimator="k1", kl_in_reward=True, target_kl=None, kl_horizon=10000,
                  entropy_coef=0.0, value_coef=0.5, num_epochs=1, num_minibatches=1,
                  max_grad_norm=1.0, loss_aggregation=None, on_invalid_reward="raise",
-                 seed=0, env=None, max_turns=None, head_chunk_size=None, **kwargs):
+                 seed=0, env=None, max_turns=None, head_chunk_size=None,
+                 gradient_checkpointing=False, **kwargs):
         super().__init__(**kwargs)
         resolve_sampler(sampler, temperature, top_k, top_p)
         if self.uses_value_model and value_model is None:
@@ -196,6 +202,7 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         if head_chunk_size is not None and int(head_chunk_size) < 1:
             raise ValueError(f"head_chunk_size must be >= 1 or None, got {head_chunk_size}")
         self.head_chunk_size = None if head_chunk_size is None else int(head_chunk_size)
+        self.gradient_checkpointing = bool(gradient_checkpointing)
         self.max_turns = multi_turn.check_env(env, max_turns, reward_fn, type(self))
         self.env = env
         self.initial_kl_coef = float(kl_coef)
@@ -533,7 +540,7 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         `LossScaleOptimizer` (mixed_float16), as `optimizer.apply` expects them.
         """
         mask = minibatch["loss_mask"]
-        with tf.GradientTape() as tape:
+        with tf.GradientTape() as tape, gradient_checkpointing(self.gradient_checkpointing):
             scores = self.score_completions(
                 self.policy, minibatch, mask, support=minibatch.get("support"),
                 entropy=True, entropy_gradient=bool(self.entropy_coef),
@@ -680,5 +687,6 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
             num_epochs=self.num_epochs, num_minibatches=self.num_minibatches,
             max_grad_norm=self.max_grad_norm, loss_aggregation=self.loss_aggregation,
             on_invalid_reward=self.on_invalid_reward, seed=self.seed,
-            head_chunk_size=self.head_chunk_size)
+            head_chunk_size=self.head_chunk_size,
+            gradient_checkpointing=self.gradient_checkpointing)
         return config

@@ -21,6 +21,8 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
+from tfpg.models.checkpointing import checkpointed
+
 
 class Family(NamedTuple):
     """What differs between the supported KerasHub decoder families."""
@@ -132,7 +134,9 @@ class KerasHubBackbone(keras.layers.Layer):
                 x, cache = layer(x, training=training, **arguments)
                 new_caches.append(cache)
             else:
-                x = layer(x, training=training, **arguments)
+                x = checkpointed(
+                    lambda x, layer=layer, arguments=arguments:
+                    layer(x, training=training, **arguments))(x)
         return self.hub_backbone.layer_norm(x), new_caches
 
     def call(self, token_ids, padding_mask=None, training=None):

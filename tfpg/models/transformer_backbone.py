@@ -5,6 +5,7 @@ import math
 import keras
 import tensorflow as tf
 
+from tfpg.models.checkpointing import checkpointed
 from tfpg.xla import in_xla_context
 
 # A large finite negative instead of -inf: a row that is entirely masked (a left-padding
@@ -233,7 +234,8 @@ class TransformerBackbone(keras.layers.Layer):
         attention_mask = tf.logical_and(causal[None], padding_mask[:, None, :])  # [B, T, T]
         x = self._embed(token_ids, positions, training)
         for block in self.blocks:
-            x, _, _ = block(x, attention_mask, training=training)
+            x = checkpointed(lambda x, block=block: block(x, attention_mask,
+                                                          training=training)[0])(x)
         return self.final_norm(x)
 
     def call_with_cache(self, token_ids, cache, index, padding_mask=None, training=None,
