@@ -68,17 +68,8 @@ def prompts(rows=8):
 
 def step_loss_and_gradients(agent, chunked, batch=None):
     """(loss, gradients) of one rollout + update, chunked or with whole logits."""
-    if not chunked:
-        original = tfpg.algorithms.base.score_tokens
-        tfpg.algorithms.base.score_tokens = whole_logits_scores
-    try:
-        rollout, batch = agent.collect_rollout(batch or {"prompt": prompts()})
-        rollout.update(agent.compute_advantages(rollout, batch))
-        total, gradients, _ = agent.loss_and_gradients(rollout)
-    finally:
-        if not chunked:
-            tfpg.algorithms.base.score_tokens = original
-    return float(total), [tf.convert_to_tensor(g).numpy() for g in gradients]
+    total, gradients = _step_tensors(agent, chunked, batch)
+    return float(total), [g.numpy() for g in gradients]
 
 
 def make(algorithm, **options):
@@ -155,6 +146,58 @@ def test_keras_hub_heads_step_as_with_whole_logits(family):
     assert abs(got[0] - want[0]) <= 1e-6
     for a, b in zip(got[1], want[1]):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+
+
+def test_lora_xla_and_mixed_precision_steps_as_with_whole_logits():
+    """A LoRA policy against its adapters-off reference, the step compiled by XLA
+    (`jit_compile=True`), and a mixed_bfloat16 Transformer (float32 head, float32
+    log-softmax): chunked equals whole logits."""
+    def lora_agent():
+        keras.utils.set_random_seed(0)
+        policy = tfpg.KerasHubPolicy(hub_policy().causal_lm, lora_rank=2)
+        trainer = GRPO(policy, count_fives, group_size=4, kl_coef=0.1, max_new_tokens=4,
+                       seed=3, head_chunk_size=CHUNK)
+        trainer.compile(optimizer="sgd")
+        return trainer
+
+    def compare(make_agent, batch=None, jit=False, atol=1e-6):
+        results = []
+        for chunked in (True, False):
+            agent = make_agent()
+            step = lambda: step_loss_and_gradients(agent, chunked, batch)  # noqa: E731
+            if jit:
+                function = tf.function(lambda: _step_tensors(agent, chunked),
+                                       jit_compile=True)
+                total, gradients = function()
+                step = lambda: (float(total), [g.numpy() for g in gradients])  # noqa: E731
+            results.append(step())
+        assert abs(results[0][0] - results[1][0]) <= atol
+        for a, b in zip(results[0][1], results[1][1]):
+            np.testing.assert_allclose(a, b, atol=atol, rtol=0)
+
+    compare(lora_agent, hub_prompts(None))
+    compare(lambda: make(GRPO, group_size=4, kl_coef=0.1, top_k=6, num_epochs=2,
+                         backbone="transformer"), jit=True)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        compare(lambda: make(PPO, kl_coef=0.1, entropy_coef=0.05, num_epochs=1,
+                             backbone="transformer"))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def _step_tensors(agent, chunked, batch=None):
+    if not chunked:
+        original = tfpg.algorithms.base.score_tokens
+        tfpg.algorithms.base.score_tokens = whole_logits_scores
+    try:
+        rollout, batch = agent.collect_rollout(batch or {"prompt": prompts()})
+        rollout.update(agent.compute_advantages(rollout, batch))
+        total, gradients, _ = agent.loss_and_gradients(rollout)
+    finally:
+        if not chunked:
+            tfpg.algorithms.base.score_tokens = original
+    return total, [tf.convert_to_tensor(g) for g in gradients]
 
 
 @pytest.mark.parametrize("hub", [False, True])
