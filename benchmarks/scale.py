@@ -15,8 +15,9 @@ defaults (no vLLM, no gradient checkpointing, no Liger).
 Memory is the peak resident set of the process above its baseline: the baseline is
 the resident set once the model, trainer and optimizer are built, just before the
 first step; the peak is the largest resident set seen by a sampler thread (every
-20 ms) during the steps, and `/usr/bin/time -v`'s maximum for the whole process is
-recorded beside it. Times are the median over the steps after the warm-up (tracing
+20 ms) during the timed steps. The warm-up step's peak (tfpg's tracing and XLA
+compiling happen there, once per process) is recorded beside it, and so is
+`/usr/bin/time -v`'s maximum for the whole process. Times are the median over the steps after the warm-up (tracing
 and XLA compiling excluded), and the resident set after the last step is reported.
 
     python benchmarks/scale.py                          # tfpg only
@@ -60,6 +61,11 @@ class PeakSampler:
         while not self._stop.is_set():
             self.peak = max(self.peak, rss_bytes())
             time.sleep(self.interval)
+
+    def restart(self):
+        """The peak so far; sampling goes on from the present resident set."""
+        peak, self.peak = self.peak, rss_bytes()
+        return max(peak, self.peak)
 
     def __enter__(self):
         self._thread.start()
@@ -159,7 +165,7 @@ def trl_cell(cell, steps, warmup, gradient_checkpointing):
     def reward(completions, completion_ids, **kwargs):
         return [sum(t == target for t in row) / max(len(row), 1) for row in completion_ids]
 
-    times, peaks = [], []
+    times, marks = [], {}
 
     class Timing(transformers.TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
@@ -167,9 +173,15 @@ def trl_cell(cell, steps, warmup, gradient_checkpointing):
 
         def on_step_end(self, args, state, control, **kwargs):
             times.append(time.perf_counter() - self.start)
+            if len(times) == warmup:
+                marks["warmup_peak"] = marks["sampler"].restart()
 
     import tempfile
     with tempfile.TemporaryDirectory() as output_dir:
+        # A saved model: TRL builds the reference (beta > 0) from the policy's path.
+        model_dir = os.path.join(output_dir, "model")
+        network.save_pretrained(model_dir)
+        del network
         grpo_config = trl.GRPOConfig(
             output_dir=output_dir, per_device_train_batch_size=PROMPTS * group,
             gradient_accumulation_steps=1, num_generations=group,
@@ -180,15 +192,18 @@ def trl_cell(cell, steps, warmup, gradient_checkpointing):
             gradient_checkpointing=gradient_checkpointing, report_to=[],
             logging_steps=10 ** 6, save_strategy="no", max_steps=total, seed=0,
             shuffle_dataset=False, dataloader_num_workers=0, disable_tqdm=True,
+            model_init_kwargs={"dtype": torch.float32},
             generation_kwargs={"min_new_tokens": new_tokens})
         trainer = trl.GRPOTrainer(
-            model=network, reward_funcs=reward, args=grpo_config,
+            model=model_dir, reward_funcs=reward, args=grpo_config,
             train_dataset=datasets.Dataset.from_dict({"prompt": texts}),
             processing_class=tokenizer, callbacks=[Timing()])
         baseline = rss_bytes()
         with PeakSampler() as sampler:
+            marks["sampler"] = sampler
             trainer.train()
         return {"baseline": baseline, "peak": sampler.peak, "after": rss_bytes(),
+                "warmup_peak": marks.get("warmup_peak", sampler.peak),
                 "times_s": times, "versions": {"torch": torch.__version__,
                                                "transformers": transformers.__version__,
                                                "trl": trl.__version__}}
@@ -203,12 +218,15 @@ def child(args):
         baseline = rss_bytes()
         times = []
         with PeakSampler() as sampler:
-            for _ in range(args.warmup + args.steps):
+            for step in range(args.warmup + args.steps):
                 start = time.perf_counter()
                 run()
                 times.append(time.perf_counter() - start)
+                if step + 1 == args.warmup:
+                    warmup_peak = sampler.restart()
         import tensorflow as tf
         result = {"baseline": baseline, "peak": sampler.peak, "after": rss_bytes(),
+                  "warmup_peak": warmup_peak if args.warmup else sampler.peak,
                   "times_s": times, "versions": {"tensorflow": tf.__version__}}
     result["ru_maxrss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print("RESULT " + json.dumps(result), flush=True)
@@ -247,6 +265,7 @@ def run_cell(python, side, cell, args):
         median_s=times[len(times) // 2] if len(times) % 2 else
         (times[len(times) // 2 - 1] + times[len(times) // 2]) / 2,
         peak_above_baseline_gib=(result["peak"] - result["baseline"]) / 2 ** 30,
+        warmup_peak_above_baseline_gib=(result["warmup_peak"] - result["baseline"]) / 2 ** 30,
         after_above_baseline_gib=(result["after"] - result["baseline"]) / 2 ** 30,
         wall_s=time.perf_counter() - started)
     return result

@@ -51,7 +51,9 @@ def filter_logits(logits, temperature=1.0, top_k=None, top_p=None, suppress_ids=
     Entries outside the support are set to `FILTERED_LOGIT`. `top_k` / `top_p` of
     None means no such filter; they may be Python numbers or scalar tensors.
     """
-    logits = tf.cast(logits, tf.float32) / tf.cast(temperature, tf.float32)
+    logits = tf.cast(logits, tf.float32)
+    if not (isinstance(temperature, (int, float)) and temperature == 1):
+        logits = logits / tf.cast(temperature, tf.float32)
     if suppress_ids:
         vocab_size = tf.shape(logits)[-1]
         suppressed = tf.reduce_any(
