@@ -14,6 +14,11 @@
 Bad input ends with a one-line message and exit status 2; nothing half-written is
 left behind (`TFPG_DEBUG=1` shows the traceback instead). TensorFlow's own log lines
 are kept off the console unless `--verbose` (or `TFPG_DEBUG`) asks for them.
+
+`generate` and `evaluate` verify a model directory before TensorFlow runs any of it
+(its manifest, and no op outside tfpg's own exports: `tfpg.trust`); `train`,
+`train-reward` and `export` hold `OUTPUT.lock`, so a second writer of one output
+exits 2 naming the first one's PID (`tfpg.locking`).
 """
 
 import argparse

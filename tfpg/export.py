@@ -32,14 +32,21 @@ makes the options truly optional by choosing the signature for you.
 
 Beside the SavedModel files the directory holds `tokenizer.json` (the tokenizer) and
 `tfpg_export.json` (format marker, version, generation defaults, vocabulary size,
-free-form metadata), which `load` uses to recognise a tfpg export.
+free-form metadata, and a manifest: the SHA-256 of every other file), which `load`
+uses to recognise a tfpg export.
+
+Loading verifies before it executes (a SavedModel is a program): `load` checks the
+manifest, then reads `saved_model.pb` without running it and refuses any op that
+tfpg's own exports do not contain (`WriteFile`, `PyFunc`, ...; see `tfpg.trust`).
+`load(path, trust_remote_code=True)` skips the op check for a graph you built.
 
 Exports are atomic: the model is written into a sibling `PATH.tmp-<random>` and then
 renamed into place. An existing export is first renamed to `PATH.tfpg-backup` and
 deleted only once the new one is in place, so an interruption at any moment leaves
 either the old or the new export; `recover` (run by `export_saved_model`, `load`
-and `SavedModelExport`) puts a stranded backup back. Do not export to the same path
-from two processes at once.
+and `SavedModelExport`) puts a stranded backup back. One process writes a path at a
+time: the writer holds `PATH.lock` (`tfpg.locking`), a second one is refused, and
+recovery runs only under that lock (`load` skips it while another process writes).
 
 Example:
 >>> tfpg.export_saved_model(policy, tok, "saved_models/run", max_new_tokens=16)
@@ -61,9 +68,10 @@ import zipfile
 import numpy as np
 import tensorflow as tf
 
-from tfpg import __version__
+from tfpg import __version__, trust
 from tfpg.generation import (decode_loop, policy_is_positional, resolve_eos_id,
                              resolve_sampler, sampling_suppress_ids)
+from tfpg.locking import output_lock, try_output_lock
 from tfpg.losses import token_log_probs
 from tfpg.text import Tokenizer, read_json_marker
 
@@ -216,7 +224,8 @@ def export_saved_model(policy, tokenizer, path, max_new_tokens=32, sampler="gree
         policy: a `PolicyNetwork` or `KerasHubPolicy`.
         tokenizer: the `Tokenizer` (or `KerasHubTokenizer`) the policy was trained with.
         path: target directory. It is replaced atomically if it holds a previous
-            tfpg export; any other non-empty directory is refused.
+            tfpg export; any other non-empty directory is refused, and so is a path
+            that another process is writing (it holds `PATH.lock`).
         max_new_tokens, sampler, temperature, top_k, top_p, eos_id: generation
             defaults of the `generate` signature (see `tfpg.generate`).
         max_prompt_length: longer prompts keep their last tokens (BOS stays). For a
@@ -250,31 +259,39 @@ def export_saved_model(policy, tokenizer, path, max_new_tokens=32, sampler="gree
                 "top_p": None if top_p is None else float(top_p),
                 "eos_id": None if eos_id is None else int(eos_id)}
     path = _normalize(path)
-    recover(path)
-    _check_replaceable(path)
+    _check_replaceable(path)            # before anything is created
     if not policy.built:
         policy.build()
+    make_parent(path)
+    with output_lock(path):
+        recover(path)
+        _check_replaceable(path)        # a restored backup may have changed it
+        tmp = path + TMP_SUFFIX + secrets.token_hex(4)
+        try:
+            _write_saved_model(policy, tokenizer, defaults, max_prompt_length, tmp)
+            tokenizer.save(os.path.join(tmp, TOKENIZER_FILE))
+            # Written last: its presence marks the directory as a complete export.
+            _write_json(os.path.join(tmp, METADATA_FILE), {
+                "format": FORMAT, "version": FORMAT_VERSION, "tfpg_version": __version__,
+                "vocabulary_size": tokenizer.vocabulary_size,
+                "max_prompt_length": max_prompt_length,
+                "generation": defaults, "metadata": metadata or {},
+                "manifest": trust.file_manifest(tmp, exclude=(METADATA_FILE,))})
+            _move_into_place(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return path
+
+
+def make_parent(path):
+    """Creates the parent directory of `path`; a file in the way is a one-line error."""
     parent = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(parent, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise ValueError(f"{path}: cannot be created, a file is in the way of "
                          f"{parent}") from None
-    tmp = path + TMP_SUFFIX + secrets.token_hex(4)
-    try:
-        _write_saved_model(policy, tokenizer, defaults, max_prompt_length, tmp)
-        tokenizer.save(os.path.join(tmp, TOKENIZER_FILE))
-        # Written last: its presence marks the directory as a complete export.
-        _write_json(os.path.join(tmp, METADATA_FILE), {
-            "format": FORMAT, "version": FORMAT_VERSION, "tfpg_version": __version__,
-            "vocabulary_size": tokenizer.vocabulary_size,
-            "max_prompt_length": max_prompt_length,
-            "generation": defaults, "metadata": metadata or {}})
-        _move_into_place(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
 
 
 def _write_saved_model(policy, tokenizer, defaults, max_prompt_length, directory):
@@ -294,8 +311,37 @@ def recover(path):
     Restores `path` from `PATH.tfpg-backup` when only the backup exists, deletes a
     backup whose replacement is in place, and removes stale `PATH.tmp-*` folders.
     Returns True when a backup was restored.
+
+    Runs under the writer lock of `path` (taken here unless this process holds it):
+    a `PATH.tmp-*` is stale only when no live process holds that lock. Raises
+    `tfpg.locking.OutputLockedError` when there is something to repair and another
+    process holds it.
     """
     path = _normalize(path)
+    if not _needs_recovery(path):
+        return False
+    with output_lock(path):
+        return _recover_locked(path)
+
+
+def recover_if_unlocked(path):
+    """`recover(path)` unless another process is writing `path` (or no lock can be
+    taken there, e.g. a read-only directory): what readers (`load`) run, so that
+    they never delete a live writer's `PATH.tmp-*`. Returns True when a backup was
+    restored."""
+    path = _normalize(path)
+    if not _needs_recovery(path):
+        return False            # the common case: no lock file is made at all
+    with try_output_lock(path) as locked:
+        return _recover_locked(path) if locked else False
+
+
+def _needs_recovery(path):
+    return os.path.isdir(path + BACKUP_SUFFIX) or bool(
+        glob.glob(glob.escape(path) + TMP_SUFFIX + "*"))
+
+
+def _recover_locked(path):
     backup = path + BACKUP_SUFFIX
     restored = False
     if os.path.isdir(backup):
@@ -371,20 +417,47 @@ def read_export_info(path):
     return _read_export_info(_normalize(path))
 
 
-def load(path):
+def load(path, trust_remote_code=False):
     """Loads a directory written by `export_saved_model` as a `GeneratorModel`.
+
+    Verifies before it executes: a SavedModel is a program (TensorFlow runs its
+    resource initializers at load and its signatures' ops at each call), so first
+
+    * every file must match the SHA-256 in the manifest of `tfpg_export.json` (an
+      edited `saved_model.pb`, variables file or `tokenizer.json` is refused);
+    * `saved_model.pb` is parsed, not run, and every op of its graph and function
+      library (resource initializers and signatures included) must be one that
+      tfpg's own exports contain (`tfpg.trust`): no file, network or Python op.
+
+    An export written before manifests existed is loaded with a warning (its files
+    cannot be checked for edits) but with the op check, which is what keeps its
+    graph from running code. The manifest lives in the directory, so it shows that
+    nothing changed since the export, not who made it; the op check is the guard.
+
+    Args:
+        path: the export directory.
+        trust_remote_code: True skips the op check (not the manifest), for a graph
+            you built yourself: loading then runs whatever ops the directory holds,
+            with your rights, as `tf.saved_model.load` does. Never pass it for a
+            directory from someone else.
 
     Raises FileNotFoundError (missing path) or ValueError (anything else that is not
     a complete tfpg export: a file, an empty or foreign directory, a half-written or
-    corrupt SavedModel) with one line naming the path and the problem.
+    corrupt SavedModel, a manifest mismatch, an op outside tfpg's exports) with one
+    line naming the path and the problem.
+
+    A `PATH.tmp-*` or `PATH.tfpg-backup` left by an interrupted export is cleaned up
+    first, unless another process holds `PATH.lock` (it is writing there now).
 
     >>> gen = tfpg.load("saved_models/run")
     >>> gen.generate(["3 + 4 ="])
     ['7']
     """
     path = _normalize(path)
-    recover(path)
+    recover_if_unlocked(path)
     info = _read_export_info(path)
+    trust.verify_model_directory(path, info, METADATA_FILE, "SavedModel", trust_remote_code,
+                                 anyway="tfpg.load(..., trust_remote_code=True)")
     tokenizer = _load_tokenizer(os.path.join(path, TOKENIZER_FILE))
     try:
         loaded = tf.saved_model.load(path)

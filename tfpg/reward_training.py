@@ -8,13 +8,16 @@ for accuracy, and the annotator's ceiling) or from a JSONL file of
 `{"prompt", "chosen", "rejected"}` lines (a tenth held out). The tokenizer is the
 task's, the one given (the policy's, so the reward reads the policy's ids), or
 one built from the file. Everything is checked before training, and the output
-directory is written once, whole, by rename: bad input leaves nothing behind.
+directory is written once, whole, by rename: bad input leaves nothing behind. The
+run holds the writer lock of its output (`OUTPUT.lock`, `tfpg.locking`) from just
+before training: a second run on the same output exits 2 naming the first's PID.
 `tfpg train --reward-model DIR` then fine-tunes against the saved model.
 """
 
 import os
 
 from tfpg.config import UsageError, check_writable
+from tfpg.locking import output_lock
 
 
 def train_reward(output, task=None, pairs=None, tokenizer=None, seed=0, epochs=None,
@@ -88,16 +91,18 @@ def train_reward(output, task=None, pairs=None, tokenizer=None, seed=0, epochs=N
     else:
         tok = default_tokenizer()
 
-    model = train_preference_model(
-        train["prompts"], train["chosen"], train["rejected"], tok, backbone=backbone,
-        embedding_dim=embedding_dim, hidden_dim=hidden_dim, num_layers=num_layers,
-        margin=margin, epochs=4 if epochs is None else epochs, batch_size=batch_size,
-        learning_rate=learning_rate, validation_split=validation_split, heldout=heldout,
-        seed=seed, verbose=verbose)
-    model.metadata.update({key: summary[key] for key in ("ceiling", "gold_accuracy")
-                           if key in summary})
-    model.metadata["source"] = summary["source"]
-    model.save(output)
+    # One writer per output: a second run on it is refused here, before it trains.
+    with output_lock(output):
+        model = train_preference_model(
+            train["prompts"], train["chosen"], train["rejected"], tok, backbone=backbone,
+            embedding_dim=embedding_dim, hidden_dim=hidden_dim, num_layers=num_layers,
+            margin=margin, epochs=4 if epochs is None else epochs, batch_size=batch_size,
+            learning_rate=learning_rate, validation_split=validation_split, heldout=heldout,
+            seed=seed, verbose=verbose)
+        model.metadata.update({key: summary[key] for key in ("ceiling", "gold_accuracy")
+                               if key in summary})
+        model.metadata["source"] = summary["source"]
+        model.save(output)
     summary.update(output=output, train_pairs=model.metadata["train_pairs"],
                    heldout_pairs=model.metadata["heldout_pairs"],
                    heldout_accuracy=model.metadata.get("heldout_accuracy"),
@@ -121,12 +126,13 @@ def format_summary(summary):
     return "\n".join(lines)
 
 
-def load_reward_model(directory, tokenizer):
+def load_reward_model(directory, tokenizer, trust_remote_code=False):
     """The saved reward model at `directory` as a reward for a policy using
     `tokenizer` (ids mapped in-graph when the vocabularies differ); one-line
-    usage errors for anything that is not a reward model."""
+    usage errors for anything that is not a reward model, or that fails the checks
+    of `RewardModel.load` (manifest, ops; `trust_remote_code` as there)."""
     from tfpg.rewards.reward_model import RewardModel
     try:
-        return RewardModel.load(directory).for_tokenizer(tokenizer)
+        return RewardModel.load(directory, trust_remote_code).for_tokenizer(tokenizer)
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(f"--reward-model: {error}") from None

@@ -16,6 +16,9 @@
 
 Every epoch of steps 3 and 5 is checkpointed (`tfpg.checkpoints`), so that a killed
 run, started again with the same options, resumes from its last completed epoch.
+From its first write on, the run (its chief) holds the writer lock of its output
+(`OUTPUT.lock`, `tfpg.locking`): a second run on the same output is refused with
+the first one's PID.
 Options and their checks are in `tfpg.config`. Under a multi-worker strategy every
 worker runs the same command and the chief alone writes checkpoints, logs, metrics
 and the export (`OUTPUT` must be on a file system every worker sees); a run gives
@@ -25,6 +28,7 @@ The names of the modules above stay importable from here (`from tfpg.training im
 pretrain, TrainConfig, ...`).
 """
 
+import contextlib
 import json
 import math
 import os
@@ -50,6 +54,7 @@ from tfpg.devices import (configure_cpu_devices, float32_copy, is_chief,  # noqa
 from tfpg.evaluation import evaluate_policy, format_table  # noqa: F401
 from tfpg.export import export_saved_model
 from tfpg.jobs import Job, check_prompt_lengths, load_reward, make_job  # noqa: F401
+from tfpg.locking import output_lock
 from tfpg.model_source import load_policy
 from tfpg.models import PolicyNetwork, ValueNetwork
 from tfpg.pretraining import (EpochProgress, LanguageModelTrainer, copy_policy,  # noqa: F401
@@ -91,20 +96,25 @@ def run_training(config, log=print, warn=_warn):
     if not job.pretrain_texts or not len(job.train) or not len(job.heldout):
         raise UsageError("empty dataset: nothing to train or evaluate on")
     check_prompt_lengths(job, warn)
-    state = RunState(checkpoint_dir, config, writable=chief)
-    if state.resumed:
-        log(f"resuming from {checkpoint_dir}: pre-training epoch "
-            f"{state['pretrain_epochs_done']}/{job.pretrain_epochs}, fine-tuning epoch "
-            f"{state['finetune_epochs_done']}/{job.finetune_epochs}")
-    else:
-        state.save(max_new_tokens=job.max_new_tokens, max_prompt_length=job.max_prompt_length)
-    if chief:
-        job.tokenizer.save(os.path.join(checkpoint_dir, "tokenizer.json"))
-    previous_precision = set_precision(config.mixed_precision)
-    try:
-        return _run(_Run(config, job, strategy, chief, state, output, logdir, log), policy)
-    finally:
-        set_precision(previous_precision)
+    # Everything above only reads: bad input is refused before the lock file exists.
+    # From here the chief writes (checkpoints, logs, the export), alone on its output;
+    # the other workers write nothing.
+    with output_lock(output) if chief else contextlib.nullcontext():
+        state = RunState(checkpoint_dir, config, writable=chief)
+        if state.resumed:
+            log(f"resuming from {checkpoint_dir}: pre-training epoch "
+                f"{state['pretrain_epochs_done']}/{job.pretrain_epochs}, fine-tuning epoch "
+                f"{state['finetune_epochs_done']}/{job.finetune_epochs}")
+        else:
+            state.save(max_new_tokens=job.max_new_tokens,
+                       max_prompt_length=job.max_prompt_length)
+        if chief:
+            job.tokenizer.save(os.path.join(checkpoint_dir, "tokenizer.json"))
+        previous_precision = set_precision(config.mixed_precision)
+        try:
+            return _run(_Run(config, job, strategy, chief, state, output, logdir, log), policy)
+        finally:
+            set_precision(previous_precision)
 
 
 class _Run:

@@ -12,7 +12,9 @@ A `RewardModel` that knows its tokenizer can be saved (`save(dir)`,
 
 Saving is atomic like `tfpg.export_saved_model`: everything is written into a
 sibling `DIR.tmp-<random>` and renamed into place (a previous reward model is
-replaced only once the new one is complete).
+replaced only once the new one is complete), under the writer lock `DIR.lock`.
+`reward_model.json` records a manifest (the SHA-256 of every other file), and
+`load` verifies it and the ops of `saved_model.pb` like `tfpg.load` (`tfpg.trust`).
 """
 
 import inspect
@@ -25,6 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfpg import trust
 from tfpg.rewards.base import Reward
 from tfpg.text import read_json_marker
 
@@ -194,42 +197,57 @@ class RewardModel(Reward):
     def save(self, directory):
         """Writes the reward model to `directory` atomically (see the module
         docstring); returns `directory`. A directory holding anything but a
-        previous reward model is refused."""
+        previous reward model is refused, and so is one that another process is
+        writing (it holds `DIR.lock`)."""
         from tfpg.export import _move_into_place, _normalize, _write_json, recover
+        from tfpg.locking import output_lock
         tokenizer = self._require_tokenizer("save")
         if not isinstance(self.model, keras.Model):
             raise TypeError(f"RewardModel.save needs a keras.Model, got "
                             f"{type(self.model).__name__}")
         directory = _normalize(directory)
-        recover(directory)
         check_replaceable(directory)
-        os.makedirs(os.path.dirname(os.path.abspath(directory)), exist_ok=True)
-        tmp = directory + ".tmp-" + secrets.token_hex(4)
-        try:
-            _write_score_saved_model(self, tokenizer, tmp)
-            self.model.save(os.path.join(tmp, MODEL_FILE))
-            tokenizer.save(os.path.join(tmp, TOKENIZER_FILE))
-            # Written last: its presence marks the directory as complete.
-            _write_json(os.path.join(tmp, INFO_FILE), {
-                "format": FORMAT, "version": FORMAT_VERSION, "name": self.name,
-                "include_prompt": bool(self.include_prompt),
-                "eos_id": None if self.eos_id is None else int(self.eos_id),
-                "tokenizer": type(tokenizer).__name__, "metadata": self.metadata})
-            _move_into_place(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        with output_lock(directory):
+            recover(directory)
+            check_replaceable(directory)
+            tmp = directory + ".tmp-" + secrets.token_hex(4)
+            try:
+                _write_score_saved_model(self, tokenizer, tmp)
+                self.model.save(os.path.join(tmp, MODEL_FILE))
+                tokenizer.save(os.path.join(tmp, TOKENIZER_FILE))
+                # Written last: its presence marks the directory as complete.
+                _write_json(os.path.join(tmp, INFO_FILE), {
+                    "format": FORMAT, "version": FORMAT_VERSION, "name": self.name,
+                    "include_prompt": bool(self.include_prompt),
+                    "eos_id": None if self.eos_id is None else int(self.eos_id),
+                    "tokenizer": type(tokenizer).__name__, "metadata": self.metadata,
+                    "manifest": trust.file_manifest(tmp, exclude=(INFO_FILE,))})
+                _move_into_place(tmp, directory)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         return directory
 
     @classmethod
-    def load(cls, directory):
-        """Reads a directory written by `save`; one-line errors for anything else."""
-        from tfpg.export import _normalize, recover
+    def load(cls, directory, trust_remote_code=False):
+        """Reads a directory written by `save`; one-line errors for anything else.
+
+        Verifies before it reads, as `tfpg.load` does: every file must match the
+        manifest in `reward_model.json`, and `saved_model.pb` (the same directory
+        served by `tf.saved_model.load`) may hold only ops of tfpg's own exports.
+        A reward model written before manifests existed loads with a warning and
+        the op check. `trust_remote_code=True` skips the op check, for a graph you
+        built yourself. `model.keras` is read in Keras' safe mode either way.
+        """
+        from tfpg.export import _normalize, recover_if_unlocked
         from tfpg.text import Tokenizer
         import tfpg.models  # noqa: F401 - registers the tfpg layers for deserialising
         directory = _normalize(directory)
-        recover(directory)
+        recover_if_unlocked(directory)
         info = read_reward_model_info(directory)
+        trust.verify_model_directory(
+            directory, info, INFO_FILE, "reward model", trust_remote_code,
+            anyway="RewardModel.load(..., trust_remote_code=True)")
         try:
             model = keras.saving.load_model(os.path.join(directory, MODEL_FILE))
         except Exception as e:  # noqa: BLE001 - any corrupt file, reported as one line
