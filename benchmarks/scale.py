@@ -296,6 +296,32 @@ def bytes_per_element(rows, side):
             if variance else None)
 
 
+def tfpg_memory_budget(cell):
+    """Where tfpg's step memory goes, analytically (MiB, float32), for one cell: what
+    lives through the step, and the largest transient pieces."""
+    from tfpg.token_scores import default_chunk_size
+    vocab_size, new_tokens, kl_coef, group = cell
+    rows, length = PROMPTS * group, PROMPT_LENGTH + new_tokens
+    parameters = (vocab_size * WIDTH + length * WIDTH
+                  + LAYERS * (12 * WIDTH * WIDTH + 13 * WIDTH) + 2 * WIDTH)
+    chunk = default_chunk_size(vocab_size)
+    mib = 4 / 2 ** 20
+    return {
+        "weights": parameters * mib,
+        "reference copy": parameters * mib if kl_coef else 0.0,
+        "gradients": parameters * mib,
+        "Adam slots": 2 * parameters * mib,
+        "KV cache (decode)": rows * LAYERS * 2 * length * WIDTH * mib,
+        # Kept for the backward: per block the input, norms, q / k / v, the
+        # feed-forward's 4x-wide hidden, and the attention probabilities [B, h, T, T].
+        "trunk activations (update)": LAYERS * (rows * length * WIDTH * 12
+                                                + 2 * rows * HEADS * length ** 2) * mib,
+        # The chunk's logits, filtered logits, log-softmax, softmax and gradient.
+        "LM head chunk (5 x [r, V])": 5 * chunk * vocab_size * mib,
+        "whole-logits equivalent, one [B, N, V]": rows * new_tokens * vocab_size * mib,
+    }
+
+
 def plot(rows, path):
     try:
         import matplotlib
@@ -402,6 +428,11 @@ def main():
                        "rows": rows}, f, indent=1)
     plot([r for r in rows if not r["gradient_checkpointing"]],
          os.path.splitext(args.output)[0] + ".png")
+    for cell in parse_cells(args)[:1] if args.cells else [(151936, 256, 0.04, 8)]:
+        print(f"tfpg's step memory at V={cell[0]}, N={cell[1]}, kl {cell[2]}, group "
+              f"{cell[3]} (analytic, MiB):")
+        for name, value in tfpg_memory_budget(cell).items():
+            print(f"  {name:<42} {value:8.1f}")
 
 
 if __name__ == "__main__":

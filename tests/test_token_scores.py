@@ -254,8 +254,13 @@ def test_chunk_size_changes_memory_not_results():
 
 
 MEMORY_SCRIPT = textwrap.dedent("""
-    import resource, sys
+    import os, sys, threading, time
     import numpy as np, tensorflow as tf, keras, tfpg
+
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
     chunk = int(sys.argv[1])
     vocab, new_tokens = 32768, 128
     keras.utils.set_random_seed(0)
@@ -268,10 +273,18 @@ MEMORY_SCRIPT = textwrap.dedent("""
     agent.compile(optimizer="adam")
     prompts = tf.constant(np.random.default_rng(0).integers(3, vocab, (4, 8)), tf.int32)
     data = tf.data.Dataset.from_tensors({"prompt": prompts})
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # The resident set sampled every 10 ms through the step, above its value before.
+    before, peak, done = rss(), [0], threading.Event()
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.01)
+    sampler = threading.Thread(target=sample)
+    sampler.start()
     agent.fit(data, epochs=1, verbose=0)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print((after - before) / 1024)
+    done.set()
+    sampler.join()
+    print((max(peak[0], rss()) - before) / 2 ** 20)
 """)
 
 

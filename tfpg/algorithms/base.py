@@ -395,8 +395,11 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         if with_reference:
             # KL between the models' own (temperature-scaled) distributions: a top-k
             # filter on the reference would make KL infinite for tokens it excludes.
-            reference = self.score_completions(self.reference_model, rollout, mask,
-                                               SamplingFilter(self.temperature))
+            # After the policy's pass, not beside it: the two trunks' activations
+            # (attention scores: B * heads * T^2 floats a layer) never coexist.
+            with tf.control_dependencies([scores.log_probs]):
+                reference = self.score_completions(self.reference_model, rollout, mask,
+                                                   SamplingFilter(self.temperature))
             kl = losses.kl_penalty(scores.temperature_log_probs, reference.log_probs,
                                    self.kl_estimator)
             scored.update(ref_log_probs=reference.log_probs, kl=kl * mask)
@@ -440,8 +443,11 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
             token_rewards -= self.kl_coef * rollout["kl"]
         rollout["token_rewards"] = token_rewards                             # [B, N]
         if self.value_model is not None:
-            rollout["values"] = self.completion_values(prompt_ids, completion_ids, mask,
-                                                       prompt_mask)
+            # After the scoring passes (see `score_rollout`): one trunk at a time.
+            with tf.control_dependencies([rollout[key] for key in ("old_log_probs", "kl")
+                                          if key in rollout]):
+                rollout["values"] = self.completion_values(prompt_ids, completion_ids,
+                                                           mask, prompt_mask)
         self._record_rollout_metrics(rollout, scored)
         return rollout, batch
 
