@@ -322,6 +322,28 @@ def tfpg_memory_budget(cell):
     }
 
 
+def markdown_table(rows):
+    """The README's table of a results file's rows."""
+    lines = ["| V | N | kl | group | tfpg peak GiB | TRL peak GiB | tfpg / TRL | tfpg step s "
+             "| TRL step s | tfpg / TRL | tfpg after GiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in sorted(rows, key=lambda r: (r["gradient_checkpointing"], r["cell"][3],
+                                           r["cell"][1], r["cell"][0], r["cell"][2])):
+        tfpg, trl = row["tfpg"], row.get("trl", {})
+
+        def value(side, key, form="{:.2f}"):
+            return form.format(side[key]) if key in side else "-"
+
+        v, n, kl, group = row["cell"]
+        lines.append(
+            f"| {v:,} | {n:,}{' (ckpt)' if row['gradient_checkpointing'] else ''} | {kl:g} "
+            f"| {group} | {value(tfpg, 'peak_above_baseline_gib')} "
+            f"| {value(trl, 'peak_above_baseline_gib')} | {value(row, 'memory_ratio')} "
+            f"| {value(tfpg, 'median_s', '{:.1f}')} | {value(trl, 'median_s', '{:.1f}')} "
+            f"| {value(row, 'time_ratio')} | {value(tfpg, 'after_above_baseline_gib')} |")
+    return "\n".join(lines)
+
+
 def plot(rows, path):
     try:
         import matplotlib
@@ -366,9 +388,19 @@ def main():
     parser.add_argument("--output", default=os.path.join(HERE, "results", "scale.json"))
     parser.add_argument("--side", help=argparse.SUPPRESS)
     parser.add_argument("--child-cell", help=argparse.SUPPRESS)
+    parser.add_argument("--markdown", action="store_true",
+                        help="print the table of --output as Markdown and exit")
     args = parser.parse_args()
     if args.child_cell:
         return child(args)
+    if args.markdown:
+        with open(args.output) as f:
+            results = json.load(f)
+        print(markdown_table(results["rows"]))
+        print("bytes per B * N * V element (fitted):", {
+            side: None if value is None else round(value, 2)
+            for side, value in results["bytes_per_bnv_element"].items()})
+        return None
 
     trl_python = args.trl_python or sys.executable
     if args.no_trl:
@@ -414,7 +446,17 @@ def main():
               f"{show(trl, 'median_s', '{:7.1f}')} {show(row, 'time_ratio', '{:6.2f}')}"
               + "".join(f"  [{name}: {side['error']}]" for name, side in
                         (("tfpg", tfpg), ("TRL", trl)) if "error" in side), flush=True)
-        previous[tuple(cell) + (args.gradient_checkpointing,)] = row
+        key = tuple(cell) + (args.gradient_checkpointing,)
+        if not trl_python and "trl" in previous.get(key, {}):
+            # A tfpg-only rerun keeps the TRL side measured before (its memory is the
+            # same; the time ratio then compares passes under different loads).
+            row["trl"] = previous[key]["trl"]
+            row["trl_from_earlier_pass"] = True
+            if "median_s" in tfpg and "median_s" in row["trl"]:
+                row["memory_ratio"] = (tfpg["peak_above_baseline_gib"]
+                                       / row["trl"]["peak_above_baseline_gib"])
+                row["time_ratio"] = tfpg["median_s"] / row["trl"]["median_s"]
+        previous[key] = row
         rows = list(previous.values())
         os.makedirs(os.path.dirname(args.output), exist_ok=True)
         with open(args.output, "w") as f:

@@ -200,6 +200,28 @@ def _step_tensors(agent, chunked, batch=None):
     return total, [tf.convert_to_tensor(g) for g in gradients]
 
 
+def test_keras_hub_attention_in_chunks_equals_keras_attention(monkeypatch):
+    """GPT-2's full passes attend in chunks of queries (`chunked_attention`): the same
+    step (loss, gradients) as Keras' own attention, on left-padded prompts."""
+    from tfpg.models import chunked_attention, keras_hub_backbone
+    monkeypatch.setattr(chunked_attention, "CHUNK_LOGITS", 64)      # many chunks
+    ids = np.random.default_rng(1).integers(3, 40, (8, 5)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[:3, :2] = 0                                                  # left padding
+    results = []
+    for chunked in (True, False):
+        monkeypatch.setattr(keras_hub_backbone, "CHUNKED_ATTENTION", chunked)
+        keras.utils.set_random_seed(0)
+        trainer = GRPO(hub_policy(), count_fives, group_size=4, kl_coef=0.1,
+                       max_new_tokens=4, seed=3)
+        trainer.compile(optimizer="sgd")
+        results.append(step_loss_and_gradients(trainer, True, {"prompt": ids,
+                                                               "prompt_mask": mask}))
+    assert abs(results[0][0] - results[1][0]) <= 1e-6
+    for a, b in zip(results[0][1], results[1][1]):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("hub", [False, True])
 def test_gradient_checkpointing_gives_the_same_step(hub):
     """The trunk rematerialised block by block: the same loss and gradients (tfpg's

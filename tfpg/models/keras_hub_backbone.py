@@ -16,12 +16,19 @@ The families differ only in how tokens are embedded and in the names of the
 transformer layers' mask / cache arguments: `FAMILIES` holds that per family.
 """
 
+import contextlib
+import functools
 from typing import NamedTuple
 
 import keras
 import tensorflow as tf
 
 from tfpg.models.checkpointing import checkpointed
+from tfpg.models.chunked_attention import chunked_dot_product_attention
+
+# Full passes (no cache) of families with Keras attention run it in chunks of queries
+# (see `KerasHubBackbone._chunked_attention`); False restores Keras' own (tests).
+CHUNKED_ATTENTION = True
 
 
 class Family(NamedTuple):
@@ -33,6 +40,9 @@ class Family(NamedTuple):
     cache_argument: str             # the layer's cache keyword
     index_argument: str             # the layer's cache-update-index keyword
     per_layer_cache: bool = False   # cache is a tuple of (key, value) per layer
+    # The layer's Keras `MultiHeadAttention` (attribute name), whose attention full
+    # passes compute in chunks of queries (`chunked_attention`); None: the family's own.
+    keras_attention: str = None
 
 
 _DECODER = ("decoder_padding_mask", "self_attention_cache",
@@ -41,7 +51,8 @@ _GEMMA = ("padding_mask", "cache", "cache_update_index")
 
 # Order matters only for subclasses: Llama3Backbone is a LlamaBackbone.
 FAMILIES = (
-    Family("GPT-2", "GPT2Backbone", "learned_positions", *_DECODER),
+    Family("GPT-2", "GPT2Backbone", "learned_positions", *_DECODER,
+           keras_attention="_self_attention_layer"),
     Family("Gemma 1 / 2", "GemmaBackbone", "scaled", *_GEMMA),
     Family("Gemma 3 (text)", "Gemma3Backbone", "scaled", *_GEMMA, per_layer_cache=True),
     Family("Llama / Llama 3", "LlamaBackbone", "plain", *_DECODER),
@@ -124,6 +135,31 @@ class KerasHubBackbone(keras.layers.Layer):
         return x
 
     def _run_layers(self, x, key_mask, caches, index, training):
+        if caches is None:
+            with self._chunked_attention():
+                return self._run_layer_stack(x, key_mask, caches, index, training)
+        return self._run_layer_stack(x, key_mask, caches, index, training)
+
+    @contextlib.contextmanager
+    def _chunked_attention(self):
+        """Within it (while tracing), the family's Keras attention layers compute full
+        passes with `chunked_dot_product_attention`: no [B, heads, T, T] tensor is
+        kept for the backward pass (the scoring and update passes of long sequences)."""
+        if not CHUNKED_ATTENTION or self.family.keras_attention is None:
+            yield
+            return
+        layers = [getattr(layer, self.family.keras_attention)
+                  for layer in self.hub_backbone.transformer_layers]
+        for attention in layers:
+            object.__setattr__(attention, "_compute_attention",
+                               functools.partial(_chunked_compute_attention, attention))
+        try:
+            yield
+        finally:
+            for attention in layers:
+                object.__delattr__(attention, "_compute_attention")
+
+    def _run_layer_stack(self, x, key_mask, caches, index, training):
         family = self.family
         new_caches = []
         for i, layer in enumerate(self.hub_backbone.transformer_layers):
@@ -199,6 +235,27 @@ class KerasHubBackbone(keras.layers.Layer):
     @classmethod
     def from_config(cls, config):
         return cls(**deserialize_entry(config, "hub_backbone"))
+
+
+def _chunked_compute_attention(attention, query, key, value, attention_mask=None,
+                               training=None, return_attention_scores=False,
+                               use_causal_mask=False):
+    """Keras `MultiHeadAttention._compute_attention` (no dropout, no scores returned)
+    as `chunked_dot_product_attention`; anything else goes to Keras' own."""
+    if return_attention_scores or (attention._dropout > 0 and training):
+        return type(attention)._compute_attention(
+            attention, query, key, value, attention_mask, training,
+            return_attention_scores, use_causal_mask)
+    mask = None if attention_mask is None else tf.cast(attention_mask, tf.bool)
+    if use_causal_mask:
+        length, keys = tf.shape(query)[1], tf.shape(key)[1]
+        causal = tf.linalg.band_part(tf.ones([length, keys], tf.bool), -1, 0)
+        mask = causal[None] if mask is None else tf.logical_and(mask, causal[None])
+    if mask is not None:
+        mask = mask[:, None]                                                  # [B, 1, T, S]
+    output = chunked_dot_product_attention(query, key, value, mask,
+                                           attention._inverse_sqrt_key_dim)
+    return output, None
 
 
 def trunk_of(model):
