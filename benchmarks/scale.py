@@ -17,8 +17,9 @@ the resident set once the model, trainer and optimizer are built, just before th
 first step; the peak is the largest resident set seen by a sampler thread (every
 20 ms) during the timed steps. The warm-up step's peak (tfpg's tracing and XLA
 compiling happen there, once per process) is recorded beside it, and so is
-`/usr/bin/time -v`'s maximum for the whole process. Times are the median over the steps after the warm-up (tracing
-and XLA compiling excluded), and the resident set after the last step is reported.
+`/usr/bin/time -v`'s maximum for the whole process. Times are the median over the
+steps after the warm-up (tracing and XLA compiling excluded), and the resident set
+after the last step is reported.
 
     python benchmarks/scale.py                          # tfpg only
     python benchmarks/scale.py --trl-python /path/to/venv-with-torch-trl/bin/python
@@ -283,10 +284,12 @@ def parse_cells(args):
 
 
 def bytes_per_element(rows, side):
-    """Least-squares slope of peak bytes against B * N * V over the cells of a side."""
+    """Least-squares slope of peak bytes against B * N * V over a side's cells of the
+    vocabulary sweep (N = 256, per KL weight: the length sweep adds attention's T^2)."""
     points = [(r["cell"][3] * PROMPTS * r["cell"][1] * r["cell"][0],
                r[side]["peak"] - r[side]["baseline"]) for r in rows
-              if "peak" in r.get(side, {})]
+              if "peak" in r.get(side, {}) and r["cell"][1] == 256
+              and r["cell"][2] == 0.04]
     if len(points) < 2:
         return None
     mean_x = sum(x for x, _ in points) / len(points)

@@ -184,7 +184,7 @@ def _chunk_logit_gradient(logits, tokens, sampling, support, upstream, options):
     return d_scaled
 
 
-def _split(tensor, chunks, chunk):
+def split_rows(tensor, chunks, chunk):
     """[R, ...] -> [C, r, ...], padded with zeros to C * r rows."""
     pad = chunks * chunk - tf.shape(tensor)[0]
     tensor = tf.pad(tensor, [[0, pad]] + [[0, 0]] * (len(tensor.shape) - 1))
@@ -231,18 +231,18 @@ def score_tokens(head, hidden, token_ids, sampling=SamplingFilter(), support=Non
     chunks = tf.maximum(-(-rows // chunk_size), 1)                          # C
     chunk = tf.maximum(-(-rows // chunks), 1)                               # r
     flat_hidden = tf.reshape(hidden, [-1, hidden.shape[-1]])                # [R, H]
-    tokens = _split(tf.reshape(tf.cast(token_ids, tf.int32), [-1]), chunks, chunk)
+    tokens = split_rows(tf.reshape(tf.cast(token_ids, tf.int32), [-1]), chunks, chunk)
     supports = None
     if support is not None:
-        supports = _split(tf.reshape(support, tf.concat([[-1], tf.shape(support)[2:]], 0)),
-                          chunks, chunk)
+        supports = split_rows(
+            tf.reshape(support, tf.concat([[-1], tf.shape(support)[2:]], 0)), chunks, chunk)
 
     def chunk_support(i):
         return None if supports is None else supports[i]
 
     @tf.custom_gradient
     def scores(flat_hidden):
-        split_hidden = _split(flat_hidden, chunks, chunk)                   # [C, r, H]
+        split_hidden = split_rows(flat_hidden, chunks, chunk)                   # [C, r, H]
 
         def forward(i):
             return _chunk_scores(head(split_hidden[i]), tokens[i], sampling,
@@ -255,7 +255,8 @@ def score_tokens(head, hidden, token_ids, sampling=SamplingFilter(), support=Non
         names = sorted(outputs)
 
         def gradient(*upstreams, variables=None):
-            upstream = {name: _split(g, chunks, chunk) for name, g in zip(names, upstreams)}
+            upstream = {name: split_rows(g, chunks, chunk)
+                        for name, g in zip(names, upstreams)}
             variables = list(variables or [])
 
             def body(i, variable_grads, hidden_grads):

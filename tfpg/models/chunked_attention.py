@@ -18,6 +18,8 @@ logits set to the same large negative value, softmax in float32).
 
 import tensorflow as tf
 
+from tfpg.token_scores import split_rows
+
 # About 2^24 attention logits (64 MB in float32) per chunk of queries.
 CHUNK_LOGITS = 2 ** 24
 
@@ -25,13 +27,6 @@ CHUNK_LOGITS = 2 ** 24
 def _large_negative(dtype):
     # Keras' value for masked logits (keras.src.backend.tensorflow.nn).
     return tf.constant(tf.as_dtype(dtype).max * -0.7, dtype)
-
-
-def _split(tensor, chunks, chunk):
-    """[T, ...] -> [C, r, ...], padded with zeros to C * r rows."""
-    pad = chunks * chunk - tf.shape(tensor)[0]
-    tensor = tf.pad(tensor, [[0, pad]] + [[0, 0]] * (len(tensor.shape) - 1))
-    return tf.reshape(tensor, tf.concat([[chunks, chunk], tf.shape(tensor)[1:]], 0))
 
 
 def chunked_dot_product_attention(query, key, value, mask, scale, chunk_logits=None):
@@ -52,11 +47,11 @@ def chunked_dot_product_attention(query, key, value, mask, scale, chunk_logits=N
     chunks = tf.maximum(-(-(per_query * length) // (chunk_logits or CHUNK_LOGITS)), 1)
     chunks = tf.minimum(chunks, tf.maximum(length, 1))
     chunk = tf.maximum(-(-length // chunks), 1)
-    queries = _split(tf.transpose(query, [1, 0, 2, 3]), chunks, chunk)     # [C, r, B, N, D]
+    queries = split_rows(tf.transpose(query, [1, 0, 2, 3]), chunks, chunk)  # [C,r,B,N,D]
     masks = None
     if mask is not None:
         mask = tf.broadcast_to(mask, tf.stack([batch, tf.shape(mask)[1], length, keys]))
-        masks = _split(tf.transpose(mask, [2, 0, 1, 3]), chunks, chunk)      # [C, r, B, n, S]
+        masks = split_rows(tf.transpose(mask, [2, 0, 1, 3]), chunks, chunk)  # [C,r,B,n,S]
 
     def probabilities(queries, i, key):
         logits = tf.einsum("RBNH,BSNH->BNRS", queries[i], key)
