@@ -6,15 +6,20 @@
   "reference": ..., **extras}` for the policy-gradient algorithms; prompts are
   left-padded so generation starts at the same position in every row.
 * `read_txt`, `read_tsv`, `read_jsonl`, `read_file`: plain-Python readers whose
-  errors are `DataError`s with one-line messages `path:line: what is wrong`.
+  errors are `DataError`s with one-line messages `path:line: what is wrong`. They
+  bound what a line may hold before anything tokenizes it: the characters of a
+  prompt (`PromptLimit`) and the nesting of a JSON line (`parse_json_line`).
 """
 
 import codecs
 import json
 import os
+import warnings
 
 import numpy as np
 import tensorflow as tf
+
+from tfpg.bounds import MAX_JSON_DEPTH, json_depth
 
 _INT32 = np.iinfo(np.int32)
 _RESERVED_COLUMNS = ("prompt", "prompt_mask", "reference", "reference_mask")
@@ -276,8 +281,70 @@ def _no_examples(path):
     return DataError(f"{path}: no examples (the file is empty or has only blank lines)")
 
 
-def read_txt(path):
+def parse_json_line(line, where):
+    """One JSONL line -> its value; a `DataError` naming `where` ("path:line") for
+    invalid JSON and for nesting deeper than `tfpg.bounds.MAX_JSON_DEPTH` (a deep
+    line would otherwise end in Python's RecursionError)."""
+    too_deep = DataError(f"{where}: nesting deeper than {MAX_JSON_DEPTH}")
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise too_deep from None
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise too_deep
+    return value
+
+
+class PromptLimit:
+    """Bounds the characters of each prompt a reader keeps, before anything tokenizes
+    it: a longer prompt is refused (`truncate="error"`, a `DataError` naming
+    path:line) or cut on the left ("left": its last `max_chars` characters are kept,
+    as `prompt_dataset` keeps the last tokens) or on the right ("right": its first
+    ones), counted for one warning per file (`report`).
+
+    Args:
+        path: the file, for messages.
+        max_chars: characters kept per prompt; None keeps every prompt whole.
+        truncate: "error", "left" or "right".
+        reason: what sets `max_chars` and how to lift it, for the error message.
+    """
+
+    def __init__(self, path, max_chars=None, truncate="error", reason=None):
+        if truncate not in ("error", "left", "right"):
+            raise ValueError(f"truncate must be 'error', 'left' or 'right', got {truncate!r}")
+        self.path, self.max_chars, self.truncate = path, max_chars, truncate
+        self.reason = reason or (f"max_prompt_chars={max_chars}; shorten it or pass "
+                                 "truncate='left' or 'right'")
+        self.cut_lines = []
+
+    def __call__(self, number, prompt):
+        """The prompt of line `number`, cut to `max_chars` characters if need be."""
+        if self.max_chars is None or len(prompt) <= self.max_chars:
+            return prompt
+        if self.truncate == "error":
+            raise DataError(f"{self.path}:{number}: prompt has {len(prompt)} characters, "
+                            f"more than {self.max_chars} ({self.reason})")
+        self.cut_lines.append(number)
+        return prompt[-self.max_chars:] if self.truncate == "left" else \
+            prompt[:self.max_chars]
+
+    def report(self):
+        """Warns once (Python `warnings`) if any prompt was cut."""
+        if self.cut_lines:
+            lines = self.cut_lines
+            kept = "last" if self.truncate == "left" else "first"
+            warnings.warn(f"{self.path}: {len(lines)} prompt(s) longer than "
+                          f"{self.max_chars} characters were cut before tokenizing, keeping "
+                          f"their {kept} {self.max_chars} characters (truncate "
+                          f"{self.truncate!r}; first: line {lines[0]})", stacklevel=3)
+
+
+def read_txt(path, prompt_limit=None):
     """Reads one text per non-blank line -> list[str] (line endings removed).
+
+    `prompt_limit`: a `PromptLimit` applied to each line (each is a prompt).
 
     >>> import tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "t.txt")
@@ -286,17 +353,19 @@ def read_txt(path):
     ['a b', 'c']
     """
     path = os.fspath(path)
-    texts = [line for _, line in _lines(path)]
+    limit = prompt_limit or PromptLimit(path)
+    texts = [limit(number, line) for number, line in _lines(path)]
     if not texts:
         raise _no_examples(path)
     return texts
 
 
-def read_tsv(path):
+def read_tsv(path, prompt_limit=None):
     """Reads `prompt<TAB>reference[<TAB>reference...]` lines -> (prompts, references).
 
     A line with one reference gives a str, a line with several gives a list of
     str (`prompt_dataset` accepts both). A line without a tab is a `DataError`.
+    `prompt_limit`: a `PromptLimit` applied to each prompt.
 
     >>> import tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "t.tsv")
@@ -305,24 +374,27 @@ def read_tsv(path):
     (['1 + 1', 'hi'], ['2', ['hello', 'hey']])
     """
     path = os.fspath(path)
+    limit = prompt_limit or PromptLimit(path)
     prompts, references = [], []
     for number, line in _lines(path):
         fields = line.split("\t")
         if len(fields) < 2:
             raise DataError(f"{path}:{number}: expected 'prompt<TAB>reference', found no tab")
-        prompts.append(fields[0])
+        prompts.append(limit(number, fields[0]))
         references.append(fields[1] if len(fields) == 2 else fields[1:])
     if not prompts:
         raise _no_examples(path)
     return prompts, references
 
 
-def read_jsonl(path):
+def read_jsonl(path, prompt_limit=None):
     """Reads one JSON object per line -> dict of columns.
 
     Each object needs a string `"prompt"`; `"reference"` (a string or a list of
     strings) and any other keys are optional, but every line must have the same
-    keys as the first one. Columns come back as lists, `"prompt"` first.
+    keys as the first one. Columns come back as lists, `"prompt"` first. A line
+    nested deeper than `tfpg.bounds.MAX_JSON_DEPTH` is a `DataError`.
+    `prompt_limit`: a `PromptLimit` applied to each prompt.
 
     >>> import tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "t.jsonl")
@@ -331,14 +403,11 @@ def read_jsonl(path):
     {'prompt': ['hi'], 'reference': ['yo'], 'id': [7]}
     """
     path = os.fspath(path)
+    limit = prompt_limit or PromptLimit(path)
     columns, first = None, None
     for number, line in _lines(path):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{number}: invalid JSON ({e.msg} at column {e.colno})") \
-                from None
         where = f"{path}:{number}"
+        record = parse_json_line(line, where)
         if not isinstance(record, dict):
             raise DataError(f"{where}: expected a JSON object, found {type(record).__name__}")
         if "prompt" not in record:
@@ -359,6 +428,7 @@ def read_jsonl(path):
             extra = sorted(record.keys() - columns.keys())
             problem = f"missing key {missing[0]!r}" if missing else f"unexpected key {extra[0]!r}"
             raise DataError(f"{where}: {problem} (every line needs the keys of line {first})")
+        record["prompt"] = limit(number, record["prompt"])
         for key, column in columns.items():
             column.append(record[key])
     if columns is None:
@@ -366,22 +436,33 @@ def read_jsonl(path):
     return columns
 
 
-def read_file(path):
+def read_file(path, max_prompt_chars=None, truncate="error", reason=None):
     """Reads a .txt, .tsv or .jsonl file -> dict of columns with at least "prompt".
 
     `.txt` lines become prompts; `.tsv` gives "prompt" and "reference"; `.jsonl`
     gives its keys. So `cols = read_file(p)` feeds
     `prompt_dataset(cols.pop("prompt"), tok, references=cols.pop("reference", None),
     extras=cols)`.
+
+    `max_prompt_chars` bounds each prompt as it is read (see `PromptLimit`:
+    `truncate` "error" refuses a longer one naming path:line, "left" / "right" keep
+    its last / first characters, with one warning for the file; `reason` explains
+    the bound in the error), so that nothing ever tokenizes a huge line whole. The
+    readers below take the `PromptLimit` itself; its warning is then the caller's
+    (`report()`).
     """
     path = os.fspath(path)
     suffix = os.path.splitext(path)[1].lower()
+    limit = PromptLimit(path, max_prompt_chars, truncate, reason)
     if suffix == ".txt":
-        return {"prompt": read_txt(path)}
-    if suffix == ".tsv":
-        prompts, references = read_tsv(path)
-        return {"prompt": prompts, "reference": references}
-    if suffix == ".jsonl":
-        return read_jsonl(path)
-    raise DataError(f"{path}: unsupported file type {suffix or '(no suffix)'!r} "
-                    f"(expected .txt, .tsv or .jsonl)")
+        columns = {"prompt": read_txt(path, limit)}
+    elif suffix == ".tsv":
+        prompts, references = read_tsv(path, limit)
+        columns = {"prompt": prompts, "reference": references}
+    elif suffix == ".jsonl":
+        columns = read_jsonl(path, limit)
+    else:
+        raise DataError(f"{path}: unsupported file type {suffix or '(no suffix)'!r} "
+                        f"(expected .txt, .tsv or .jsonl)")
+    limit.report()
+    return columns

@@ -20,14 +20,13 @@ and a SavedModel signature `score(prompts, completions) -> scores`.
 """
 
 import inspect
-import json
 import math
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tfpg.data import DataError, _lines
+from tfpg.data import DataError, _lines, parse_json_line
 from tfpg.losses import bradley_terry_loss
 from tfpg.rewards.reward_model import RewardModel, pad_ids
 
@@ -164,10 +163,7 @@ def read_preference_pairs(path):
     prompts, chosen, rejected = [], [], []
     for number, line in _lines(path):
         where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+        record = parse_json_line(line, where)      # invalid JSON, nesting too deep
         if not isinstance(record, dict):
             raise DataError(f"{where}: expected a JSON object, found {type(record).__name__}")
         for key in PAIR_KEYS:
