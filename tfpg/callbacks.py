@@ -36,6 +36,7 @@ import tensorflow as tf
 
 from tfpg.export import export_saved_model, read_export_info, recover
 from tfpg.generation import generate
+from tfpg.rewards.base import call_reward
 
 __all__ = ["RewardLogger", "LanguageModelLogger", "SampleLogger", "SavedModelExport"]
 
@@ -547,7 +548,11 @@ class SampleLogger(_GlobalStep):
             batch["reference"] = tf.constant(_right_pad(
                 self.tokenizer.encode(self.references, add_bos=False)))
         try:
-            rewards = _numpy(reward_fn(prompt_ids, out.token_ids, out.mask, batch))
+            # Within the trainer's reward_timeout: a hung reward must not hang `fit`.
+            rewards = _numpy(call_reward(
+                reward_fn, prompt_ids, out.token_ids, out.mask, batch,
+                getattr(self.model, "on_invalid_reward", "raise"),
+                getattr(self.model, "reward_timeout", None)))
             return rewards.reshape(len(self._prompt_ids))
         except Exception as e:  # a logging callback must not end the training run
             if not self._reward_warned:

@@ -30,8 +30,9 @@ import warnings
 
 # Only modules that do not import TensorFlow: `--help` and bad arguments answer at
 # once; each command imports what it runs.
-from tfpg.config import (ON_INVALID_REWARD, PRECISIONS, STRATEGIES, TRUNCATE_PROMPTS,
-                         TrainConfig, UsageError)
+from tfpg import bounds
+from tfpg.config import (ON_INVALID_REWARD, PRECISIONS, REWARD_TIMEOUT, STRATEGIES,
+                         TRUNCATE_PROMPTS, TrainConfig, UsageError, check_values)
 from tfpg.native_logs import filter_native_logs, quiet_environment
 
 SAMPLERS = ("greedy", "sample", "top_k", "top_p")
@@ -112,6 +113,26 @@ def _train_parser(subparsers, common):
                             "points per curve)")
     train.add_argument("--on-invalid-reward", choices=ON_INVALID_REWARD,
                        help="NaN / inf rewards: raise (default), zero, or skip the sample")
+    train.add_argument("--reward-timeout", type=_seconds_or_none, metavar="SECONDS",
+                       help=f"seconds a Python reward may take per call (default "
+                            f"{REWARD_TIMEOUT:g}; 'none': no limit); a slower call fails "
+                            "the step, or under --on-invalid-reward zero|skip its batch "
+                            "counts as invalid")
+
+
+# `--reward-timeout none`: argparse drops None values, so "none" stands for it until
+# `_train` builds the config.
+_NO_LIMIT = "none"
+
+
+def _seconds_or_none(text):
+    if text.strip().lower() == _NO_LIMIT:
+        return _NO_LIMIT
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds or 'none', got "
+                                         f"{text!r}") from None
 
 
 def _train_reward_parser(subparsers, common):
@@ -184,14 +205,20 @@ def _load_yaml(path):
 
 
 def _train(args):
-    from tfpg.training import configure_cpu_devices, format_table, run_training
+    if args.config is not None and not args.config.strip():
+        raise UsageError("--config is empty; give a path")
     values = _load_yaml(args.config) if args.config else {}
     flags = {key: value for key, value in vars(args).items()
              if value is not None and key not in ("command", "config", "verbose")}
     values.update(flags)
     if "train_file" in flags:
         values.pop("task", None)
+    if isinstance(values.get("reward_timeout"), str) \
+            and values["reward_timeout"].strip().lower() == _NO_LIMIT:
+        values["reward_timeout"] = None
     config = TrainConfig.from_dict(values)
+    check_values(config)                # before TensorFlow starts
+    from tfpg.training import configure_cpu_devices, format_table, run_training
     if config.strategy == "mirrored":
         # Logical devices exist only if made before TensorFlow runs its first op.
         configure_cpu_devices(config.num_cpu_devices)
@@ -201,7 +228,28 @@ def _train(args):
         print(f"exported to {metrics['output']} (metrics in {metrics['output']}/metrics.json)")
 
 
+def _check_flags(args, checks):
+    """Runs `tfpg.bounds` checks on the given flags (name -> check), before
+    TensorFlow starts; a value out of range is a UsageError naming the flag."""
+    for name, check in checks.items():
+        value = getattr(args, name, None)
+        if value is not None:
+            try:
+                check("--" + name.replace("_", "-"), value)
+            except ValueError as error:
+                raise UsageError(str(error)) from None
+
+
+def _check_path_flags(args, *names):
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and not value.strip():
+            raise UsageError(f"--{name.replace('_', '-')} is empty; give a path")
+
+
 def _train_reward(args):
+    _check_path_flags(args, "output", "tokenizer", "pairs")
+    _check_flags(args, {"learning_rate": bounds.check_positive})
     from tfpg.reward_training import format_summary, train_reward
     options = {key: value for key, value in vars(args).items()
                if value is not None and key not in ("command", "verbose")}
@@ -209,6 +257,11 @@ def _train_reward(args):
 
 
 def _generate(args):
+    _check_flags(args, {"max_new_tokens": bounds.check_count,
+                        "temperature": bounds.check_positive,
+                        "top_k": bounds.check_count, "top_p": bounds.check_top_p,
+                        "seed": lambda name, value: bounds.check_count(name, value, 0,
+                                                                       2**63 - 1)})
     from tfpg.export import load
     options = {name: getattr(args, name) for name in
                ("sampler", "max_new_tokens", "temperature", "top_k", "top_p", "seed")
@@ -275,6 +328,7 @@ def _check_task_vocabulary(model, task_name, prompts):
 
 
 def _export(args):
+    _check_path_flags(args, "output", "tokenizer")
     from tfpg.training import export_from_source
     path = export_from_source(args.source, args.output, args.tokenizer)
     print(f"exported to {path}")

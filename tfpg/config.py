@@ -10,6 +10,8 @@ import os
 import shutil
 import tempfile
 
+from tfpg import bounds
+
 STRATEGIES = ("default", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 TRUNCATE_PROMPTS = ("error", "left", "right")
@@ -18,7 +20,9 @@ ON_INVALID_REWARD = ("raise", "zero", "skip")
 # Options that change how a run executes but not what it computes: a run may be
 # resumed with other values (e.g. on more devices).
 RUNTIME_OPTIONS = ("strategy", "num_cpu_devices", "deterministic", "logdir", "log_every",
-                   "gradient_checkpointing")
+                   "gradient_checkpointing", "reward_timeout")
+# Seconds a Python reward may take per call (`--reward-timeout`), by default.
+REWARD_TIMEOUT = 600.0
 # TensorBoard points per curve when --log-every is not given.
 LOG_POINTS = 100
 NUM_CPU_DEVICES_ENV = "TFPG_NUM_CPU_DEVICES"
@@ -63,6 +67,8 @@ class TrainConfig:
     truncate_prompts: str = "error"  # a longer prompt: "error", or keep its "left" /
                                      # "right" part (with a warning)
     on_invalid_reward: str = "raise"  # NaN / inf rewards: "raise", "zero" or "skip"
+    reward_timeout: float = REWARD_TIMEOUT  # seconds a Python reward may take per call;
+                                            # None: no limit
     log_every: int = None           # train steps between TensorBoard points; None: about
                                     # LOG_POINTS points per curve
     model: str = None               # start from this model instead of a new PolicyNetwork:
@@ -93,8 +99,38 @@ TASK_FINETUNE_EPOCHS = {"arithmetic": 4, "translate": 4, "keywords": 4, "prefere
 POLICY_MAX_LENGTH = 256
 
 
+def _flag(name):
+    return "--" + name.replace("_", "-")
+
+
+def check_values(config):
+    """Raises UsageError (one line) for a numeric option out of its range or an empty
+    path, without importing TensorFlow: the command line runs it first.
+
+    learning_rate / pretrain_learning_rate: finite > 0; kl_coef: finite >= 0;
+    reward_timeout: None or finite > 0; max_new_tokens: an integer >= 1 (and below
+    2^31); output / logdir: not "" (which would silently mean the default)."""
+    checks = [(bounds.check_positive, "learning_rate"),
+              (bounds.check_positive, "pretrain_learning_rate"),
+              (bounds.check_timeout, "reward_timeout")]
+    if config.kl_coef is not None:
+        checks.append((bounds.check_non_negative, "kl_coef"))
+    if config.max_new_tokens is not None:
+        checks.append((bounds.check_count, "max_new_tokens"))
+    try:
+        for check, name in checks:
+            check(_flag(name), getattr(config, name))
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    for name in ("output", "logdir", "train_file", "model", "reward_model"):
+        value = getattr(config, name, None)
+        if isinstance(value, str) and not value.strip():
+            raise UsageError(f"{_flag(name)} is empty; give a path")
+
+
 def check_config(config):
     """Raises UsageError for options that cannot work, before anything is written."""
+    check_values(config)
     from tfpg.algorithms import ALGORITHMS
     from tfpg.tasks import TASKS
     if config.train_file is None and config.task not in TASKS:

@@ -9,6 +9,7 @@ import tensorflow as tf
 from tfpg import data as tfpg_data
 from tfpg.generation import generate
 from tfpg.losses import token_log_probs
+from tfpg.rewards.base import call_reward
 
 
 def evaluate_policy(policy, job, reference=None, batch_size=256):
@@ -55,8 +56,10 @@ def evaluate_policy(policy, job, reference=None, batch_size=256):
 
 
 def _reward_sum(job, batch, generated):
-    return float(tf.reduce_sum(job.reward_fn(batch["prompt"], generated.token_ids,
-                                             generated.mask, batch)))
+    # Checked (a str or a string tensor is named, not summed) and timed like a step.
+    rewards = call_reward(job.reward_fn, batch["prompt"], generated.token_ids,
+                          generated.mask, batch, job.on_invalid_reward, job.reward_timeout)
+    return float(tf.reduce_sum(rewards))
 
 
 def _sequence_kl(policy, reference, prompt_ids, sampled, prompt_mask):

@@ -68,9 +68,9 @@ import zipfile
 import numpy as np
 import tensorflow as tf
 
-from tfpg import __version__, trust
-from tfpg.generation import (decode_loop, policy_is_positional, resolve_eos_id,
-                             resolve_sampler, sampling_suppress_ids)
+from tfpg import __version__, bounds, trust
+from tfpg.generation import (cache_bytes_per_token, decode_loop, policy_is_positional,
+                             resolve_eos_id, resolve_sampler, sampling_suppress_ids)
 from tfpg.locking import output_lock, try_output_lock
 from tfpg.losses import token_log_probs
 from tfpg.text import Tokenizer, read_json_marker
@@ -275,6 +275,9 @@ def export_saved_model(policy, tokenizer, path, max_new_tokens=32, sampler="gree
                 "format": FORMAT, "version": FORMAT_VERSION, "tfpg_version": __version__,
                 "vocabulary_size": tokenizer.vocabulary_size,
                 "max_prompt_length": max_prompt_length,
+                # What `GeneratorModel.generate` bounds max_new_tokens with.
+                "max_length": policy.max_length if policy_is_positional(policy) else None,
+                "decode_cache_bytes_per_token": cache_bytes_per_token(policy),
                 "generation": defaults, "metadata": metadata or {},
                 "manifest": trust.file_manifest(tmp, exclude=(METADATA_FILE,))})
             _move_into_place(tmp, path)
@@ -516,6 +519,7 @@ class GeneratorModel:
         self.tokenizer = tokenizer
         self.generation_defaults = dict(info["generation"])
         self.metadata = dict(info.get("metadata") or {})
+        self._info = info
         self._loaded = loaded
         self.signatures = loaded.signatures
 
@@ -531,8 +535,15 @@ class GeneratorModel:
 
         Prompt words (or characters) outside the vocabulary are read as `<unk>`;
         a warning names them.
+
+        Raises ValueError for an option out of range (`tfpg.bounds`: temperature > 0
+        and finite, top_k an integer >= 1, top_p in (0, 1], max_new_tokens
+        an integer >= 1 that leaves a position for the prompt in a positional
+        model's table and whose decode fits `tfpg.bounds.decode_memory_limit()`).
         """
         prompts = _as_string_list(prompts, "prompts")
+        if max_new_tokens is not None:
+            self._check_max_new_tokens(len(prompts), max_new_tokens)
         self._warn_unknown(prompts)
         if sampler is not None:
             temperature, top_k, top_p = self._sampler_options(sampler, temperature, top_k,
@@ -542,8 +553,6 @@ class GeneratorModel:
         if all(option is None for option in options):
             out = self.signatures["generate"](prompts=tf.constant(prompts, tf.string))
         else:
-            if max_new_tokens is not None and max_new_tokens < 1:
-                raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
             resolve_sampler("sample", 1.0 if temperature is None else temperature,
                             top_k, top_p)
             if seed is not None and seed < 0:
@@ -558,6 +567,21 @@ class GeneratorModel:
         # errors="replace": a byte-level BPE model may stop inside a UTF-8 sequence.
         return [text.decode("utf-8", errors="replace")
                 for text in out["completions"].numpy().tolist()]
+
+    def _check_max_new_tokens(self, batch_size, max_new_tokens):
+        """Bounds `max_new_tokens` before the graph allocates anything: an integer
+        >= 1, below the position table's size, and a decode that fits in memory
+        (the prompt counted at the export's max_prompt_length, or 1 token)."""
+        max_new_tokens = bounds.check_count("max_new_tokens", max_new_tokens)
+        info = self._info
+        max_length = info.get("max_length")
+        if max_length is not None and max_new_tokens >= max_length:
+            raise ValueError(f"max_new_tokens {max_new_tokens} leaves no position for the "
+                             f"prompt in the model's max_length {max_length}")
+        bounds.check_decode_memory(batch_size, info.get("max_prompt_length") or 1,
+                                   max_new_tokens,
+                                   info.get("decode_cache_bytes_per_token") or 0,
+                                   info.get("vocabulary_size") or 0)
 
     def _sampler_options(self, sampler, temperature, top_k, top_p):
         """(temperature, top_k, top_p) that make the export's signature use `sampler`."""

@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from tfpg import bounds
 from tfpg.xla import resolve_jit_compile
 
 SAMPLERS = ("greedy", "sample", "top_k", "top_p")
@@ -288,21 +289,87 @@ def _compiled_decode(policy, greedy, use_top_k, use_top_p, eos_id, suppress_ids,
 
 
 def resolve_sampler(sampler, temperature, top_k, top_p):
-    """Validates sampler options; returns (greedy, top_k or None, top_p or None)."""
+    """Validates sampler options; returns (greedy, top_k or None, top_p or None).
+
+    `temperature` must be > 0 and finite (NaN or inf would sample uniform noise),
+    `top_k` an integer >= 1, `top_p` in (0, 1]; tensors are not checked here.
+    """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}; got {sampler!r}")
-    if not isinstance(temperature, tf.Tensor) and temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature} "
-                         "(use sampler='greedy' for argmax decoding)")
+    if not isinstance(temperature, tf.Tensor):
+        try:
+            bounds.check_positive("temperature", temperature)
+        except ValueError as error:
+            raise ValueError(f"{error} (use sampler='greedy' for argmax decoding)") from None
     if sampler == "top_k" and top_k is None:
         top_k = DEFAULT_TOP_K
     if sampler == "top_p" and top_p is None:
         top_p = DEFAULT_TOP_P
-    if top_k is not None and not isinstance(top_k, tf.Tensor) and top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
-    if top_p is not None and not isinstance(top_p, tf.Tensor) and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k is not None and not isinstance(top_k, tf.Tensor):
+        top_k = bounds.check_count("top_k", top_k)
+    if top_p is not None and not isinstance(top_p, tf.Tensor):
+        bounds.check_top_p("top_p", top_p)
     return sampler == "greedy", top_k, top_p
+
+
+_CACHE_BYTES = weakref.WeakKeyDictionary()
+
+
+def cache_bytes_per_token(policy):
+    """Bytes the decoding cache of `policy` holds per sequence and position (the KV
+    cache of a transformer; 0 for a recurrent state, whose size does not grow):
+    measured from two tiny `initial_cache`s, so it holds for any policy. 0 when
+    the policy has no `initial_cache`, is not built yet or the sizes are not
+    static."""
+    try:
+        return _CACHE_BYTES[policy]
+    except (KeyError, TypeError):
+        pass
+    if not hasattr(policy, "initial_cache"):
+        return 0
+    if not getattr(policy, "built", True):
+        return 0                        # measured once built (not here: no side effects)
+    with tf.init_scope():               # eager, also when called while tracing
+        one, two = (_nbytes(policy.initial_cache(1, length)) for length in (1, 2))
+    size = max(0, two - one) if one is not None and two is not None else 0
+    try:
+        _CACHE_BYTES[policy] = size
+    except TypeError:
+        pass                            # not weak-referenceable: measured every time
+    return size
+
+
+def _nbytes(structure):
+    total = 0
+    for tensor in tf.nest.flatten(structure):
+        elements = tensor.shape.num_elements()
+        if elements is None:
+            return None
+        total += elements * tensor.dtype.size
+    return total
+
+
+def check_decode_size(policy, batch_size, prompt_length, max_new_tokens,
+                      name="max_new_tokens", minimum=1):
+    """Refuses (ValueError, one line) a decode that cannot fit, before anything is
+    allocated: `max_new_tokens` not an integer in [minimum, 2^31 - 1]; prompt + completion
+    past the position table of a positional policy (tfpg's Transformer, KerasHub
+    GPT-2: `max_length`); buffers and cache above `tfpg.bounds.decode_memory_limit()`.
+    `batch_size` / `prompt_length` may be None (unknown): then 1 and 0 bound them
+    from below. Returns `max_new_tokens` as an int."""
+    max_new_tokens = bounds.check_count(name, max_new_tokens, minimum)
+    batch_size = 1 if batch_size is None else int(batch_size)
+    prompt_length = 0 if prompt_length is None else int(prompt_length)
+    max_length = getattr(policy, "max_length", None)
+    if policy_is_positional(policy) and max_length is not None \
+            and max(prompt_length, 1) + max_new_tokens > max_length:
+        raise ValueError(f"prompt length {max(prompt_length, 1)} + {name} {max_new_tokens} "
+                         f"exceeds the model's max_length {max_length} (its position "
+                         "table)")
+    bounds.check_decode_memory(batch_size, prompt_length, max_new_tokens,
+                               cache_bytes_per_token(policy),
+                               getattr(policy, "vocab_size", None) or 0, name)
+    return max_new_tokens
 
 
 def generate(policy, prompt_ids, max_new_tokens=32, sampler="sample", temperature=1.0,
@@ -313,11 +380,14 @@ def generate(policy, prompt_ids, max_new_tokens=32, sampler="sample", temperatur
     Args:
         policy: a `PolicyNetwork` (anything with `initial_cache` and `call_with_cache`).
         prompt_ids: int [B, P], left-padded.
-        max_new_tokens: completion length N (int or scalar tensor).
+        max_new_tokens: completion length N (int or scalar tensor); 0 gives empty
+            outputs. An int is bounded before anything is allocated
+            (`check_decode_size`): >= 0, inside a positional policy's `max_length`
+            with the prompt, and a decode that fits `tfpg.bounds.decode_memory_limit()`.
         sampler: "greedy" (argmax), "sample" (full softmax), "top_k" or "top_p".
             `top_k` / `top_p` apply whenever given; the samplers of those names only
             supply defaults (50 and 0.9).
-        temperature: softmax temperature (> 0).
+        temperature: softmax temperature (> 0 and finite).
         eos_id: a sequence stops after this token; None never stops early; "auto"
             (the default) takes the policy's `eos_id` (2 for a policy without one).
         seed: int or int [2] tensor for reproducible sampling; None draws a fresh one.
@@ -344,12 +414,13 @@ def generate(policy, prompt_ids, max_new_tokens=32, sampler="sample", temperatur
     prompt_ids = tf.convert_to_tensor(prompt_ids)
     if prompt_ids.shape.rank != 2:
         raise ValueError(f"prompt_ids must be [batch, length], got shape {prompt_ids.shape}")
-    max_length = getattr(policy, "max_length", None)
-    if (policy_is_positional(policy) and isinstance(max_new_tokens, int)
-            and prompt_ids.shape[1] is not None
-            and prompt_ids.shape[1] + max_new_tokens > max_length):
-        raise ValueError(f"prompt length {prompt_ids.shape[1]} + max_new_tokens "
-                         f"{max_new_tokens} exceeds the model's max_length {max_length}")
+    if prompt_ids.shape[1] == 0:
+        raise ValueError(f"prompt_ids has no tokens (shape {prompt_ids.shape.as_list()}); "
+                         "a prompt needs at least its BOS")
+    if not isinstance(max_new_tokens, (tf.Tensor, tf.Variable)):
+        # 0 is allowed: an empty completion, as documented above.
+        max_new_tokens = check_decode_size(policy, prompt_ids.shape[0], prompt_ids.shape[1],
+                                           max_new_tokens, minimum=0)
     eos_id = resolve_eos_id(policy, eos_id)
     prompt_ids = tf.cast(prompt_ids, tf.int32)
     prompt_mask = prompt_padding_mask(policy, prompt_ids, prompt_mask)

@@ -2,7 +2,10 @@
 
 `make_job(config)` reads a bundled task (`tfpg.tasks`) or the user's `.tsv` /
 `.jsonl` / `.txt` file, builds its tokenizer, resolves `--reward` and applies the
-prompt length limit.
+prompt length limit. Before any training it also refuses what cannot work: a
+decode that would not fit in memory (`tfpg.bounds`), a prompt line far longer than
+`--max-prompt-length` (cut or refused as it is read, never tokenized whole) and a
+reward that returns something other than numbers (`check_job_reward`).
 """
 
 import dataclasses
@@ -12,6 +15,7 @@ import inspect
 
 import numpy as np
 
+from tfpg import bounds
 from tfpg import data as tfpg_data
 from tfpg import rewards
 from tfpg.config import NAMED_REWARDS, POLICY_MAX_LENGTH, TASK_FINETUNE_EPOCHS, UsageError
@@ -39,6 +43,8 @@ class Job:
     kl_coef: float = None           # the task's default kl_coef; None: the algorithm's
     episodes: object = None         # a multi-turn task (tfpg.tasks.EpisodeTask): its env
     sampled_metrics: bool = False   # also evaluate sampled completions ("sampled_" keys)
+    on_invalid_reward: str = "raise"  # how evaluations treat a failing Python reward
+    reward_timeout: float = None    # seconds a Python reward may take; None: no limit
 
 
 def load_reward(spec, tokenizer, task_reward):
@@ -84,9 +90,38 @@ def _named_reward(reward_fn, spec):
     return reward
 
 
+def _prompt_token_limit(config, max_new_tokens):
+    """The prompt length limit in tokens the run will apply (None: none), known
+    before the file is read: --max-prompt-length, or a new Transformer's positions
+    left by max_new_tokens."""
+    if config.max_prompt_length is not None:
+        return config.max_prompt_length
+    if config.backbone == "transformer" and config.model is None:
+        limit = POLICY_MAX_LENGTH - max_new_tokens
+        return limit if limit >= 2 else None    # make_job says there is no room
+    return None
+
+
+def _read_train_file(config):
+    """The columns of --train-file, each prompt bounded in characters as it is read
+    (`tfpg.bounds.prompt_char_limit`), so that no line is ever tokenized whole: a
+    longer prompt is refused naming file:line (--truncate-prompts error) or cut to
+    its left / right part with a warning."""
+    tokens = _prompt_token_limit(config, config.max_new_tokens or 32)
+    if tokens is None:
+        reason = ("the most a prompt may have without --max-prompt-length; shorten it, "
+                  "or give --max-prompt-length N with --truncate-prompts left|right")
+    else:
+        reason = (f"{bounds.MAX_CHARS_PER_TOKEN} characters per token of the "
+                  f"{tokens}-token prompt limit; shorten it or pass --truncate-prompts "
+                  "left|right")
+    return tfpg_data.read_file(config.train_file, bounds.prompt_char_limit(tokens),
+                               config.truncate_prompts, reason)
+
+
 def _file_job(config, tokenizer=None):
     from tfpg.tasks.base import Split
-    columns = tfpg_data.read_file(config.train_file)
+    columns = _read_train_file(config)
     prompts = columns.pop("prompt")
     references = columns.pop("reference", None)
     if references is None and config.reward is None and config.reward_model is None:
@@ -161,7 +196,65 @@ def make_job(config, tokenizer=None):
             raise UsageError(f"--max-new-tokens {job.max_new_tokens} leaves no room for a "
                              f"prompt in the Transformer's {POLICY_MAX_LENGTH} positions")
     job.truncate = config.truncate_prompts
+    job.on_invalid_reward = config.on_invalid_reward
+    job.reward_timeout = config.reward_timeout
+    _check_decode_memory(config, job)
+    check_job_reward(job)
     return job
+
+
+def _check_decode_memory(config, job):
+    """Refuses, before anything is allocated, a fine-tuning decode whose buffers
+    (and a new Transformer's KV cache) would not fit (`tfpg.bounds`); the trainer
+    checks the policy's own cache again when its step is traced."""
+    rows = config.batch_size * (max(2, config.group_size)
+                                if config.algorithm in ("rloo", "grpo") else 1)
+    cache = 0
+    if config.backbone == "transformer" and config.model is None:
+        # Keys and values of every layer (float32), and the key mask (bool).
+        cache = 2 * config.num_layers * config.embedding_dim * 4 + 1
+    try:
+        bounds.check_decode_memory(rows, job.max_prompt_length or 1, job.max_new_tokens,
+                                   cache, job.tokenizer.vocabulary_size,
+                                   name="--max-new-tokens")
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+# Completion tokens of the batch `check_job_reward` scores.
+_PROBE_TOKENS = 16
+
+
+def check_job_reward(job):
+    """Scores two training prompts (with their references as the completions) once,
+    before any training, and raises UsageError when the reward returns something
+    that is not a batch of numbers (None, a str, a string tensor, the wrong shape),
+    naming the reward and what it returned; with --on-invalid-reward raise also
+    when it does not return within --reward-timeout. Whatever else goes wrong on
+    this batch is left to the training step (see `tfpg.rewards.check_reward`)."""
+    count = min(2, len(job.train))
+    if job.episodes is not None or count == 0:
+        return          # the task's env gives the rewards / nothing to score
+    import tensorflow as tf
+    references = list(job.train.references[:count])
+    batch = next(iter(tfpg_data.prompt_dataset(
+        list(job.train.prompts[:count]), job.tokenizer, references=references,
+        extras={k: v[:count] for k, v in job.train.extras.items()} or None,
+        batch_size=count, max_prompt_length=job.max_prompt_length,
+        truncate="error" if job.max_prompt_length is None else "left")))
+    length = min(job.max_new_tokens, _PROBE_TOKENS)
+    rows = [(ids + [job.tokenizer.eos_id])[:length] for ids in job.tokenizer.encode(
+        [r if isinstance(r, str) else (r[0] if r else "") for r in references],
+        add_bos=False)]
+    pad_id = getattr(job.tokenizer, "pad_id", 0)
+    ids = [row + [pad_id] * (length - len(row)) for row in rows]
+    mask = [[1.0] * len(row) + [0.0] * (length - len(row)) for row in rows]
+    try:
+        rewards.check_reward(job.reward_fn, batch["prompt"], tf.constant(ids, tf.int32),
+                             tf.constant(mask, tf.float32), batch, job.on_invalid_reward,
+                             job.reward_timeout)
+    except rewards.InvalidRewardError as error:
+        raise UsageError(str(error)) from None
 
 
 def check_prompt_lengths(job, warn):

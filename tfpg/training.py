@@ -271,6 +271,7 @@ def evaluate_and_export(run, agent):
 def _algorithm_options(config, job, policy):
     options = {"max_new_tokens": job.max_new_tokens, "eos_id": job.tokenizer.eos_id,
                "seed": config.seed, "on_invalid_reward": config.on_invalid_reward,
+               "reward_timeout": config.reward_timeout,
                "gradient_checkpointing": bool(config.gradient_checkpointing)}
     cls = ALGORITHMS[config.algorithm]
     if config.kl_coef is not None:

@@ -26,13 +26,14 @@ import keras
 import tensorflow as tf
 
 from tfpg import advantages as adv
+from tfpg import bounds
 from tfpg import losses
 from tfpg import multi_turn
 from tfpg.distribution import (DistributedFitMixin, apply_gradients, cross_replica_sum,
                                is_loss_scale_optimizer, num_replicas, replica_rows,
                                scale_loss)
-from tfpg.generation import (decode_loop, prompt_padding_mask, resolve_eos_id,
-                             resolve_sampler, sampling_suppress_ids)
+from tfpg.generation import (check_decode_size, decode_loop, prompt_padding_mask,
+                             resolve_eos_id, resolve_sampler, sampling_suppress_ids)
 from tfpg.models.checkpointing import gradient_checkpointing
 from tfpg.rewards.base import ON_INVALID, compute_rewards
 from tfpg.token_scores import SamplingFilter, score_tokens
@@ -42,6 +43,8 @@ from tfpg.xla import in_xla_context, resolve_jit_compile
 # the order of the rows never repeats the decode's sampling noise (which, with
 # inverse-CDF sampling, would sort the rows by the tokens they sampled).
 MINIBATCH_STREAM = 0x6D696E69   # "mini"
+# Seconds a Python reward (`PythonReward`) may take per call, by default.
+DEFAULT_REWARD_TIMEOUT = 600.0
 
 
 def sequence_return(rollout):
@@ -59,6 +62,18 @@ def truncated_completions(rollout, max_new_tokens, eos_id):
                          tf.maximum(tf.cast(lengths, tf.int32) - 1, 0), batch_dims=1)
         truncated *= tf.cast(tf.not_equal(last, eos_id), tf.float32)
     return truncated
+
+
+def _check_values(policy, max_new_tokens, kl_coef, target_kl, reward_timeout):
+    """The constructor's numeric options (`tfpg.bounds`), before anything is built:
+    max_new_tokens an integer >= 1 that leaves the prompt a position in a positional
+    policy's table, kl_coef finite and >= 0, target_kl None or finite and > 0,
+    reward_timeout None or > 0 seconds."""
+    check_decode_size(policy, None, None, max_new_tokens)
+    bounds.check_non_negative("kl_coef", kl_coef)
+    if target_kl is not None:
+        bounds.check_positive("target_kl", target_kl)
+    bounds.check_timeout("reward_timeout", reward_timeout)
 
 
 def frozen_copy(model):
@@ -110,6 +125,10 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         loss_aggregation: "token_mean", "sequence_mean", "sequence_sum" or
             "constant" (sum / (B * max_new_tokens)); None takes the algorithm's default.
         on_invalid_reward: "raise", "zero" or "skip" for NaN / inf / failing rewards.
+        reward_timeout: seconds a Python reward (`tfpg.rewards.PythonReward`) may take
+            per call (default 600); a call that takes longer fails the step naming
+            the reward and the limit ("raise") or scores the batch as invalid
+            ("zero" / "skip"). None waits for ever. In-graph rewards are not timed.
         seed: seeds the sampling; a run with the same seed samples the same tokens.
         env: a batched turn-level environment (`tfpg.turn_env.TurnEnv`, e.g.
             `tfpg.envs.ToolEnv`) for multi-turn episodes: the env gives the rewards
@@ -144,9 +163,11 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
                  entropy_coef=0.0, value_coef=0.5, num_epochs=1, num_minibatches=1,
                  max_grad_norm=1.0, loss_aggregation=None, on_invalid_reward="raise",
                  seed=0, env=None, max_turns=None, head_chunk_size=None,
-                 gradient_checkpointing=False, **kwargs):
-        super().__init__(**kwargs)
+                 gradient_checkpointing=False, reward_timeout=DEFAULT_REWARD_TIMEOUT,
+                 **kwargs):
         resolve_sampler(sampler, temperature, top_k, top_p)
+        _check_values(policy, max_new_tokens, kl_coef, target_kl, reward_timeout)
+        super().__init__(**kwargs)
         if self.uses_value_model and value_model is None:
             raise ValueError(f"{type(self).__name__} needs value_model= (a ValueNetwork)")
         if group_size < self.min_group_size:
@@ -198,6 +219,7 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         self.max_grad_norm = max_grad_norm
         self.loss_aggregation = loss_aggregation
         self.on_invalid_reward = on_invalid_reward
+        self.reward_timeout = bounds.check_timeout("reward_timeout", reward_timeout)
         self.seed = int(seed)
         if head_chunk_size is not None and int(head_chunk_size) < 1:
             raise ValueError(f"head_chunk_size must be >= 1 or None, got {head_chunk_size}")
@@ -422,6 +444,9 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
             batch = {key: tf.repeat(value, self.group_size, axis=0)
                      for key, value in batch.items()}
         prompt_ids = tf.cast(batch["prompt"], tf.int32)
+        # When traced, before the decode allocates: the sizes known then.
+        check_decode_size(self.policy, prompt_ids.shape[0], prompt_ids.shape[1],
+                          self.max_new_tokens)
         prompt_mask = self.prompt_mask(prompt_ids, batch.get("prompt_mask"))   # [B, P]
         generated = self.sample(prompt_ids, self._sampling_seed(), prompt_mask=prompt_mask)
         completion_ids, mask = generated.token_ids, generated.mask
@@ -429,7 +454,7 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         mask.set_shape([None, self.max_new_tokens])
 
         scored = compute_rewards(self.reward_fn, prompt_ids, completion_ids, mask, batch,
-                                 self.on_invalid_reward)
+                                 self.on_invalid_reward, self.reward_timeout)
         rollout = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
                    "completion_ids": completion_ids,
                    "completion_mask": mask, "loss_mask": mask * scored.valid[:, None],
@@ -692,7 +717,8 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
             entropy_coef=self.entropy_coef, value_coef=self.value_coef,
             num_epochs=self.num_epochs, num_minibatches=self.num_minibatches,
             max_grad_norm=self.max_grad_norm, loss_aggregation=self.loss_aggregation,
-            on_invalid_reward=self.on_invalid_reward, seed=self.seed,
+            on_invalid_reward=self.on_invalid_reward, reward_timeout=self.reward_timeout,
+            seed=self.seed,
             head_chunk_size=self.head_chunk_size,
             gradient_checkpointing=self.gradient_checkpointing)
         return config

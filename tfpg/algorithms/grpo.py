@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 
 from tfpg import advantages as adv
+from tfpg import bounds
 from tfpg import losses
 from tfpg.algorithms.base import (PolicyGradientTrainer, sequence_return,
                                   truncated_completions)
@@ -70,8 +71,9 @@ class GRPO(PolicyGradientTrainer):
         if not 0 < top_entropy_quantile <= 1:
             raise ValueError(f"top_entropy_quantile must be in (0, 1], got "
                              f"{top_entropy_quantile}")
-        if clip_epsilon_high is not None and clip_epsilon_high < 0:
-            raise ValueError(f"clip_epsilon_high must be >= 0, got {clip_epsilon_high}")
+        bounds.check_non_negative("clip_epsilon", clip_epsilon)
+        if clip_epsilon_high is not None:
+            bounds.check_non_negative("clip_epsilon_high", clip_epsilon_high)
         scale_rewards = adv.resolve_scale_rewards(scale_rewards)
         options.setdefault("kl_estimator", "k3")
         options.setdefault("loss_aggregation", LOSS_TYPES[loss_type])

@@ -3,6 +3,7 @@
 import keras
 
 from tfpg import advantages as adv
+from tfpg import bounds
 from tfpg import losses
 from tfpg.algorithms.base import PolicyGradientTrainer
 from tfpg.distribution import cross_replica_sum
@@ -34,6 +35,7 @@ class PPO(PolicyGradientTrainer):
     def __init__(self, policy, reward_fn, value_model=None, kl_coef=0.05, gamma=1.0,
                  gae_lambda=0.95, clip_epsilon=0.2, value_clip=0.2, whiten_advantages=True,
                  num_epochs=4, **options):
+        bounds.check_non_negative("clip_epsilon", clip_epsilon)
         super().__init__(policy, reward_fn, value_model=value_model, kl_coef=kl_coef,
                          num_epochs=num_epochs, **options)
         self.gamma = gamma

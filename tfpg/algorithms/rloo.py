@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from tfpg import advantages as adv
+from tfpg import bounds
 from tfpg import losses
 from tfpg.algorithms.base import PolicyGradientTrainer, sequence_return
 from tfpg.algorithms.grpo import approx_kl_and_clip_fraction
@@ -33,6 +34,7 @@ class RLOO(PolicyGradientTrainer):
     reuses_rollouts = True
 
     def __init__(self, policy, reward_fn, group_size=4, clip_epsilon=0.2, **options):
+        bounds.check_non_negative("clip_epsilon", clip_epsilon)
         super().__init__(policy, reward_fn, group_size=group_size, **options)
         self.clip_epsilon = clip_epsilon
 

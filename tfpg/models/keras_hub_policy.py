@@ -5,6 +5,7 @@ import contextlib
 import keras
 import tensorflow as tf
 
+from tfpg import bounds
 from tfpg.keras_hub_tokenizer import KerasHubTokenizer, special_ids, structural_ids
 from tfpg.models.keras_hub_backbone import (KerasHubBackbone, deserialize_entry,
                                             supported_families)
@@ -16,6 +17,13 @@ def _check_causal_lm(causal_lm):
         raise ValueError(f"KerasHubPolicy takes a keras_hub.models.CausalLM, got "
                          f"{type(causal_lm).__name__}; supported families: "
                          f"{supported_families()}")
+
+
+def _check_lora_rank(lora_rank):
+    """None (no LoRA) or an integer >= 1, as an int."""
+    if lora_rank is None:
+        return None
+    return bounds.check_count("lora_rank", lora_rank)
 
 
 @keras.saving.register_keras_serializable(package="tfpg")
@@ -53,12 +61,13 @@ class KerasHubPolicy(keras.Model):
 
     def __init__(self, causal_lm, lora_rank=None, pad_id=None, bos_id=None, eos_id=None,
                  **kwargs):
+        lora_rank = _check_lora_rank(lora_rank)
         _check_causal_lm(causal_lm)
         kwargs.setdefault("dtype", causal_lm.dtype_policy)
         super().__init__(**kwargs)
         self.causal_lm = causal_lm
         self.backbone = KerasHubBackbone(causal_lm.backbone, name="trunk")
-        self.lora_rank = None if lora_rank is None else int(lora_rank)
+        self.lora_rank = lora_rank
         if self.lora_rank is not None:
             self._enable_lora(self.lora_rank)
         hub_tokenizer = getattr(causal_lm.preprocessor, "tokenizer", None)
@@ -75,7 +84,10 @@ class KerasHubPolicy(keras.Model):
     @classmethod
     def from_preset(cls, preset, lora_rank=None, dtype=None, **kwargs):
         """A policy from a KerasHub preset name or a local preset directory
-        (`save_to_preset`); `dtype` e.g. "bfloat16" for the weights."""
+        (`save_to_preset`); `dtype` e.g. "bfloat16" for the weights. A `lora_rank`
+        that is not None or an integer >= 1 is refused (ValueError) before the
+        preset is read."""
+        lora_rank = _check_lora_rank(lora_rank)
         import keras_hub
         options = {} if dtype is None else {"dtype": dtype}
         return cls(keras_hub.models.CausalLM.from_preset(preset, **options),

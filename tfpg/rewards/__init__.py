@@ -5,9 +5,10 @@ batch) -> float32 [B]`; trainers call it through `compute_rewards`, which
 validates the result and masks invalid samples (see `tfpg.rewards.base`).
 """
 
-from tfpg.rewards.base import (ON_INVALID, InvalidRewardError, Reward, RewardResult,
-                               compact_ids, completion_token_mask, completion_tokens,
-                               compute_rewards, id_mask, reward_name)
+from tfpg.rewards.base import (ON_INVALID, InvalidRewardError, Reward, RewardOutputError,
+                               RewardResult, RewardTimeoutError, check_reward, compact_ids,
+                               completion_token_mask, completion_tokens, compute_rewards,
+                               id_mask, reward_name)
 from tfpg.rewards.bleu import BLEU, SMOOTHING_METHODS, corpus_bleu, sentence_bleu
 from tfpg.rewards.combine import WeightedSum
 from tfpg.rewards.keyword import Keyword
@@ -23,8 +24,9 @@ from tfpg.rewards.reward_model import RewardModel, train_reward_model
 __all__ = [
     "BLEU", "ExactMatch", "InvalidRewardError", "Keyword", "Length", "ON_INVALID",
     "OverlongPenalty",
-    "Perplexity", "PreferenceTrainer", "PythonReward", "Reward", "RewardModel", "RewardResult",
-    "SMOOTHING_METHODS", "WeightedSum", "compact_ids", "completion_token_mask",
+    "Perplexity", "PreferenceTrainer", "PythonReward", "Reward", "RewardModel",
+    "RewardOutputError", "RewardResult", "RewardTimeoutError",
+    "SMOOTHING_METHODS", "WeightedSum", "check_reward", "compact_ids", "completion_token_mask",
     "completion_tokens", "compute_rewards", "corpus_bleu", "id_mask", "pairwise_accuracy",
     "read_preference_pairs",
     "reward_name", "sentence_bleu", "train_preference_model", "train_reward_model",

@@ -35,7 +35,14 @@ Trainers never call a reward directly: they call `compute_rewards`, which
 
 `PythonReward` follows `on_invalid` too: with "raise" an exception inside the
 user function fails the step naming the reward and the offending prompt and
-completion; with "zero" / "skip" the sample gets NaN, which is then masked.
+completion; with "zero" / "skip" the sample gets NaN, which is then masked. It
+also follows `compute_rewards(..., timeout=)`: a call that has not returned after
+`timeout` seconds fails the step ("raise": "reward score did not return within
+600 s (reward_timeout)") or scores its batch as invalid ("zero" / "skip").
+
+`check_reward` calls a reward once, eagerly, on a small batch, and raises
+`RewardOutputError` when what it returns is not a batch of numbers (None, a `str`,
+a string tensor, the wrong shape): `tfpg train` runs it before any training.
 
 The in-graph rewards (`BLEU` with backend="tf", `ExactMatch` on ids, `Length`,
 `Keyword`, `Perplexity`, `RewardModel`, `WeightedSum` of those) also compile
@@ -53,11 +60,21 @@ import tensorflow as tf
 ON_INVALID = ("raise", "zero", "skip")
 
 _ON_INVALID = contextvars.ContextVar("tfpg_rewards_on_invalid", default="raise")
+_TIMEOUT = contextvars.ContextVar("tfpg_rewards_timeout", default=None)
 
 
 class InvalidRewardError(ValueError):
     """A reward returned an unusable value (raised eagerly; inside a graph the
     same message arrives as `tf.errors.InvalidArgumentError`)."""
+
+
+class RewardOutputError(InvalidRewardError, TypeError):
+    """A reward returned something that is not a batch of numbers: None, a `str`, a
+    string tensor, the wrong shape. A `TypeError` and a `ValueError` both."""
+
+
+class RewardTimeoutError(InvalidRewardError):
+    """A Python reward did not return within the timeout of `compute_rewards`."""
 
 
 class Reward:
@@ -109,12 +126,20 @@ def current_on_invalid():
     return _ON_INVALID.get()
 
 
+def current_timeout():
+    """The `timeout` (seconds, None: no limit) of the enclosing `compute_rewards`:
+    rewards that run Python code (`PythonReward`) read it while being traced."""
+    return _TIMEOUT.get()
+
+
 @contextlib.contextmanager
-def _on_invalid_scope(on_invalid):
+def _on_invalid_scope(on_invalid, timeout=None):
     token = _ON_INVALID.set(on_invalid)
+    timeout_token = _TIMEOUT.set(timeout)
     try:
         yield
     finally:
+        _TIMEOUT.reset(timeout_token)
         _ON_INVALID.reset(token)
 
 
@@ -251,7 +276,7 @@ class RewardResult(typing.NamedTuple):
 
 
 def compute_rewards(reward_fn, prompt_ids, completion_ids, completion_mask, batch,
-                    on_invalid="raise"):
+                    on_invalid="raise", timeout=None):
     """Calls `reward_fn`, validates its output and masks invalid samples.
 
     Args:
@@ -262,6 +287,8 @@ def compute_rewards(reward_fn, prompt_ids, completion_ids, completion_mask, batc
         completion_mask: float32 [B, N].
         batch: dict of the dataset element's columns, each with leading dim B.
         on_invalid: "raise", "zero" or "skip" (see the module docstring).
+        timeout: seconds a Python reward (`PythonReward`) may take per call; None
+            waits for ever (see the module docstring).
 
     Returns:
         A `RewardResult`.
@@ -289,7 +316,7 @@ def compute_rewards(reward_fn, prompt_ids, completion_ids, completion_mask, batc
     total, finite, components = None, None, {}
     for name, fn, weight in parts:
         described = _describe(fn, name if report else None)
-        with _on_invalid_scope(on_invalid):
+        with _on_invalid_scope(on_invalid, timeout):
             value = fn(*args)
         value = _as_rewards(value, described, completion_ids)  # float32 [B]
         ok = tf.math.is_finite(value)
@@ -308,6 +335,43 @@ def compute_rewards(reward_fn, prompt_ids, completion_ids, completion_mask, batc
                         components=components)
 
 
+def call_reward(reward_fn, prompt_ids, completion_ids, completion_mask, batch,
+                on_invalid="raise", timeout=None):
+    """`reward_fn`'s values as float32 [B], checked like `compute_rewards` checks
+    them (type, dtype, shape: `RewardOutputError` naming the reward) but with
+    non-finite values kept: for evaluations that report a mean as it is. A Python
+    reward follows `on_invalid` and `timeout` as under `compute_rewards`."""
+    with _on_invalid_scope(on_invalid, timeout):
+        value = reward_fn(prompt_ids, completion_ids, completion_mask, batch)
+    return _as_rewards(value, reward_name(reward_fn), completion_ids)
+
+
+def check_reward(reward_fn, prompt_ids, completion_ids, completion_mask, batch,
+                 on_invalid="raise", timeout=None):
+    """Calls `reward_fn` once, eagerly, through `compute_rewards`, to refuse a reward
+    that cannot work before a run trains with it.
+
+    Raises `RewardOutputError` when the reward returns something that is not a batch
+    of numbers (None, a `str`, a string tensor, the wrong shape), and, with
+    `on_invalid` "raise", `RewardTimeoutError` when it does not return within
+    `timeout` seconds. Every other failure on this batch (a NaN, an exception of
+    the reward's own code) is left to the training step, which reports or masks it
+    per `on_invalid` on real completions.
+
+    Args: as `compute_rewards` (a small batch: the call is eager).
+    """
+    try:
+        compute_rewards(reward_fn, prompt_ids, completion_ids, completion_mask, batch,
+                        on_invalid="raise", timeout=timeout)
+    except RewardOutputError:
+        raise
+    except RewardTimeoutError:
+        if on_invalid == "raise":
+            raise
+    except Exception:  # noqa: BLE001 - left to the step (see the docstring)
+        pass
+
+
 def _describe(fn, component=None):
     """"BLEU" for a plain reward, "'bleu' (BLEU)" for a named component."""
     name = reward_name(fn)
@@ -323,21 +387,25 @@ def _as_rewards(value, name, completion_ids):
     [B, N] when traced if both are static, else when run.
     """
     if value is None:
-        raise TypeError(f"reward {name} returned None; expected a float32 tensor of "
-                        "shape [B] (did the function forget to return?)")
+        raise RewardOutputError(f"reward {name} returned None; expected a float32 tensor "
+                                "of shape [B] (did the function forget to return?)")
     if not isinstance(value, (tf.Tensor, tf.Variable, np.ndarray)):
-        raise TypeError(f"reward {name} returned {type(value).__name__} {value!r:.80}; "
-                        "expected a float32 tensor of shape [B]")
+        raise RewardOutputError(f"reward {name} returned {type(value).__name__} "
+                                f"{value!r:.80}; expected a float32 tensor of shape [B]")
+    if isinstance(value, np.ndarray) and value.dtype.kind not in "biuf":
+        raise RewardOutputError(f"reward {name} returned a numpy array of dtype "
+                                f"{value.dtype}; expected float32 (or another real "
+                                "dtype, which is cast)")
     value = tf.convert_to_tensor(value)
     if not (value.dtype.is_floating or value.dtype.is_integer or value.dtype == tf.bool):
-        raise TypeError(f"reward {name} returned dtype {value.dtype.name}; expected "
-                        "float32 (or another real dtype, which is cast)")
+        raise RewardOutputError(f"reward {name} returned dtype {value.dtype.name}; "
+                                "expected float32 (or another real dtype, which is cast)")
     value = tf.cast(value, tf.float32)
     rank = value.shape.rank
     if rank == 2 and value.shape[1] == 1:
         value = value[:, 0]  # [B, 1] scorers (Dense(1) heads) are accepted
     elif rank is not None and rank != 1:
-        raise ValueError(f"reward {name} returned shape {value.shape}; expected [B]")
+        raise RewardOutputError(f"reward {name} returned shape {value.shape}; expected [B]")
     if rank is None:
         value = tf.reshape(value, [-1])
     message = (f"reward {name} returned the wrong number of values; expected one per "
@@ -345,7 +413,7 @@ def _as_rewards(value, name, completion_ids):
     size, batch_size = value.shape[0], completion_ids.shape[0]
     if size is not None and batch_size is not None:
         if size != batch_size:
-            raise ValueError(f"{message}, got {size} for B = {batch_size}")
+            raise RewardOutputError(f"{message}, got {size} for B = {batch_size}")
         return value
     # Checked through a control dependency, not a reshape to [B]: grappler's
     # constant folding can drop a Reshape feeding tf.where(is_finite(x), x, 0).

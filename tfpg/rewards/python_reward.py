@@ -1,11 +1,15 @@
 """`PythonReward`: a batched Python/numpy function of decoded strings as a reward."""
 
 import inspect
+import threading
+import time
 
 import numpy as np
 import tensorflow as tf
 
-from tfpg.rewards.base import InvalidRewardError, Reward, completion_tokens, current_on_invalid
+from tfpg.rewards.base import (InvalidRewardError, Reward, RewardOutputError,
+                               RewardTimeoutError, completion_tokens, current_on_invalid,
+                               current_timeout)
 
 
 def _to_python(column):
@@ -15,6 +19,17 @@ def _to_python(column):
             lambda x: x.decode("utf-8", "replace") if isinstance(x, bytes) else x,
             otypes=[object])(column).tolist()
     return column.tolist()
+
+
+def _item_types(values):
+    """"items of type str" for the non-number items of a reward's output."""
+    try:
+        items = list(np.asarray(values, dtype=object).reshape(-1))
+    except (TypeError, ValueError):
+        return f"a {type(values).__name__}"
+    kinds = sorted({type(v).__name__ for v in items
+                    if not isinstance(v, (int, float, np.number, type(None)))})
+    return f"items of type {', '.join(kinds)}" if kinds else f"a {type(values).__name__}"
 
 
 def _accepted_columns(fn, columns):
@@ -47,6 +62,14 @@ class PythonReward(Reward):
     samples get NaN (the whole batch when the output itself is unusable), which
     `compute_rewards` then masks.
 
+    Under `compute_rewards(..., timeout=T)` (the trainers' `reward_timeout`) `fn`
+    runs in a worker thread and the step waits at most T seconds for it: then
+    "raise" fails the step naming the reward and T, "zero" / "skip" score the
+    batch as invalid. Python cannot stop a thread, so a call that never returns
+    is left running (a daemon thread: it does not keep the process alive), and
+    while it runs `fn` is not called again (it may not be safe to call twice at
+    once): each batch meanwhile is refused the same way.
+
     Args:
         fn: the Python function.
         tokenizer: a `tfpg.Tokenizer` (or anything with `decode(ids [B, T]) ->
@@ -66,12 +89,14 @@ class PythonReward(Reward):
         super().__init__(name=name or getattr(fn, "__name__", None) or type(fn).__name__)
         self.fn = fn
         self.tokenizer = tokenizer
+        self._overdue = None      # the worker thread of a call that timed out
 
     def get_config(self):
         return {"fn": self.fn, "tokenizer": self.tokenizer, "name": self.name}
 
     def __call__(self, prompt_ids, completion_ids, completion_mask, batch):
         on_invalid = current_on_invalid()  # fixed when traced, like the graph itself
+        timeout = current_timeout()
         columns = _accepted_columns(self.fn, sorted(k for k in batch if k != "prompt"))
         # Cut at the tokenizer's EOS, padded with its pad id (KerasHub: not 0).
         text_ids = completion_tokens(completion_ids, completion_mask,
@@ -81,7 +106,7 @@ class PythonReward(Reward):
         def run(prompt, completion, *values):
             prompts, completions = self._decode(prompt), self._decode(completion)
             extras = {c: _to_python(v) for c, v in zip(columns, values)}
-            return self._run(prompts, completions, extras, on_invalid)
+            return self._run(prompts, completions, extras, on_invalid, timeout)
 
         out = tf.numpy_function(
             run, [tf.cast(prompt_ids, tf.int32), text_ids] + [batch[c] for c in columns],
@@ -97,24 +122,61 @@ class PythonReward(Reward):
     def _values(self, values, size):
         """`fn`'s output as float32 [size]; InvalidRewardError when unusable."""
         if values is None:
-            raise InvalidRewardError(f"reward {self.name} returned None; expected a "
-                                     f"sequence of {size} floats")
+            raise RewardOutputError(f"reward {self.name} returned None; expected a "
+                                    f"sequence of {size} floats")
+        if isinstance(values, (str, bytes)):
+            raise RewardOutputError(f"reward {self.name} returned {type(values).__name__} "
+                                    f"{values!r:.40}; expected a sequence of {size} floats")
         try:
             values = np.asarray(values, dtype=np.float64).reshape(-1)  # None items -> nan
         except (TypeError, ValueError) as error:
-            raise InvalidRewardError(f"reward {self.name} returned values that are not "
-                                     f"numbers ({error})") from None
+            raise RewardOutputError(f"reward {self.name} returned values that are not "
+                                    f"numbers ({error}; {_item_types(values)})") from None
         if values.shape != (size,):
-            raise InvalidRewardError(f"reward {self.name} returned {values.size} values for "
-                                     f"a batch of {size}")
+            raise RewardOutputError(f"reward {self.name} returned {values.size} values for "
+                                    f"a batch of {size}")
         return values.astype(np.float32)
 
-    def _run(self, prompts, completions, extras, on_invalid):
+    def _call(self, deadline, timeout, *args, **kwargs):
+        """`fn(*args, **kwargs)`; with a `deadline` (time.monotonic()) in a worker
+        thread, waited for until then (RewardTimeoutError after it)."""
+        if deadline is None:
+            return self.fn(*args, **kwargs)
+        if self._overdue is not None and self._overdue.is_alive():
+            raise RewardTimeoutError(
+                f"reward {self.name} is still running a call that took longer than "
+                f"reward_timeout={timeout:g} s; it is not called again until that returns")
+        outcome = {}
+
+        def work():
+            try:
+                outcome["value"] = self.fn(*args, **kwargs)
+            except BaseException as error:  # noqa: BLE001 - re-raised in the caller
+                outcome["error"] = error
+
+        worker = threading.Thread(target=work, name=f"tfpg-reward-{self.name}", daemon=True)
+        worker.start()
+        worker.join(max(0.0, deadline - time.monotonic()))
+        if worker.is_alive():
+            self._overdue = worker
+            raise RewardTimeoutError(f"reward {self.name} did not return within {timeout:g} "
+                                     f"s (reward_timeout={timeout:g}; None waits for ever)")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
+
+    def _run(self, prompts, completions, extras, on_invalid, timeout=None):
         size = len(completions)
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            values = self.fn(prompts, completions, **extras)
+            values = self._call(deadline, timeout, prompts, completions, **extras)
+        except RewardTimeoutError:
+            if on_invalid == "raise":
+                raise
+            return np.full([size], np.nan, np.float32)    # the batch is invalid
         except Exception as error:  # noqa: BLE001 -- reported or masked per sample below
-            values = self._run_one_by_one(prompts, completions, extras, on_invalid, error)
+            values = self._run_one_by_one(prompts, completions, extras, on_invalid, error,
+                                          deadline, timeout)
         try:
             values = self._values(values, size)
         except InvalidRewardError:
@@ -129,15 +191,21 @@ class PythonReward(Reward):
                 f"prompt={prompts[i]!r} completion={completions[i]!r}")
         return values
 
-    def _run_one_by_one(self, prompts, completions, extras, on_invalid, batch_error):
-        """After `fn` raised on the batch: finds the failing samples (NaN, or raise)."""
+    def _run_one_by_one(self, prompts, completions, extras, on_invalid, batch_error,
+                        deadline=None, timeout=None):
+        """After `fn` raised on the batch: finds the failing samples (NaN, or raise),
+        all within the batch's `deadline`."""
         values = np.full([len(completions)], np.nan, np.float32)
         failed = False
         for i in range(len(completions)):
             one = {k: v[i:i + 1] for k, v in extras.items()}
             try:
-                values[i] = self._values(
-                    self.fn(prompts[i:i + 1], completions[i:i + 1], **one), 1)[0]
+                values[i] = self._values(self._call(
+                    deadline, timeout, prompts[i:i + 1], completions[i:i + 1], **one), 1)[0]
+            except RewardTimeoutError:
+                if on_invalid == "raise":
+                    raise
+                return np.full([len(completions)], np.nan, np.float32)
             except Exception as error:  # noqa: BLE001
                 if on_invalid == "raise":
                     raise InvalidRewardError(
