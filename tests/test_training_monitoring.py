@@ -30,7 +30,9 @@ def run(tmp_path_factory):
     lines = [f"{a} + {b} =\t{' '.join(str(a + b))}" for a, b in rng.integers(0, 10, (80, 2))]
     (directory / "add.tsv").write_text("\n".join(lines) + "\n")
     config = training.TrainConfig(
-        train_file=str(directory / "add.tsv"), reward="exact_match", pretrain_epochs=2,
+        # "length": a signal from the first step, so that the policy moves whatever the
+        # order of the prompts (a tiny model rarely gets a sum exactly right).
+        train_file=str(directory / "add.tsv"), reward="length", pretrain_epochs=2,
         epochs=2, steps_per_epoch=3, log_every=2, max_new_tokens=4, kl_coef=0.0,
         output=str(directory / "model"), logdir=str(directory / "logs"), **TINY)
     log = []
@@ -45,7 +47,8 @@ def test_fine_tuning_scalars_every_log_every_steps_with_kl(run):
     for tag in ("reward", "kl", "entropy", "policy_loss"):
         assert [step for step, _ in events[tag]] == [2, 4, 6], tag
     kl = [float(value) for _, value in events["kl"]]
-    assert all(np.isfinite(kl)) and max(kl) > 0       # measured although kl_coef is 0
+    # Measured although kl_coef is 0 (a Monte-Carlo estimate: any sign).
+    assert all(np.isfinite(kl)) and max(np.abs(kl)) > 0
     assert metrics["after"]["kl"] != 0.0      # a Monte-Carlo estimate: any sign
     # Nothing else writes scalars: no keras.callbacks.TensorBoard "train/epoch_*" copies.
     assert sorted(os.listdir(directory / "logs")) == ["pretrain", "rewards", "rewards.csv",

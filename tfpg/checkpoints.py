@@ -6,6 +6,13 @@ of the policy, critic, reference, optimizers and KL controller, the tokenizer, a
 is written under a new name (`pretrain-3`, `finetune-1`) and only then named in
 `state.json`, which is replaced atomically: that rename is the commit, so a process
 killed at any instant leaves a state that names a complete checkpoint.
+
+A resumed run is the unbroken run (under `--deterministic`, to the bit): the checkpoint
+holds every variable a step reads (weights, optimizer slots and iterations, from which
+the sampling seeds derive, the trainer's adaptive `kl_coef` and moving-average
+baselines, Keras' seed generators), and what is not a variable is a pure function of
+(seed, phase, epoch) instead of a stream that runs on from the start: each epoch's data
+order (`epoch_batches`) and the global random state (`EpochSeed`, `reseed`).
 """
 
 import dataclasses
@@ -16,6 +23,7 @@ import shutil
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfpg.config import (POLICY_MAX_LENGTH, RUNTIME_OPTIONS, TrainConfig, UsageError,
@@ -128,6 +136,93 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.started = time.time()
 
 
+# The independent random streams of a run, folded with its seed into every seed it uses.
+SEED_STREAMS = {"pretrain": 1, "finetune": 2, "agent": 3, "evaluate": 4}
+
+
+def stream_seed(seed, stream, epoch=0):
+    """A seed in [0, 2**31) for `stream` (a key of SEED_STREAMS) at `epoch`, a pure
+    function of the run's `seed` (NumPy's SeedSequence: a stable, well-mixed hash,
+    so neighbouring seeds or epochs give unrelated streams)."""
+    entropy = [seed % 2**32, SEED_STREAMS[stream], epoch]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0] >> 1)
+
+
+def reseed(seed, stream, epoch=0):
+    """Seeds Python, NumPy, TensorFlow and Keras' global seed generator from
+    (seed, stream, epoch): what draws from them next (a layer's initial weights,
+    a Python reward using NumPy) draws the same however the run got here."""
+    keras.utils.set_random_seed(stream_seed(seed, stream, epoch))
+
+
+class EpochSeed(keras.callbacks.Callback):
+    """`reseed`s at each epoch's start from (seed, phase, epoch): epoch k's global
+    random streams do not depend on the epochs before it, which a resumed run skips."""
+
+    def __init__(self, seed, phase):
+        super().__init__()
+        self.seed, self.phase = seed, phase
+
+    def on_epoch_begin(self, epoch, logs=None):
+        reseed(self.seed, self.phase, epoch)
+
+
+def epoch_batches(elements, batch_size, seed, phase, first_epoch, epochs, steps=None,
+                  drop_remainder=False):
+    """The batches of epochs [first_epoch, epochs) of a dataset, each epoch's order a
+    pure function of (seed, phase, epoch).
+
+    A `shuffle(reshuffle_each_iteration=True)` dataset gives epoch k the k-th order of
+    a stream that starts again in every process, so a run resumed at epoch k would
+    see epoch 0's order. Here epoch k's order is a stateless permutation seeded by
+    (seed, phase, k), and one dataset holds all the remaining epochs, each exactly
+    `steps` batches: pass `steps_per_epoch=steps` to `fit` (one iterator over all
+    the epochs; any other iterator, such as Keras' probe of a first batch, starts
+    over at `first_epoch` and changes nothing).
+
+    Args:
+        elements: a dataset of single examples (not batched), in a fixed order;
+            read once into memory.
+        batch_size: examples per batch.
+        seed: the run's seed.
+        phase: "pretrain" or "finetune" (a key of SEED_STREAMS).
+        first_epoch, epochs: the epochs to give (`initial_epoch` and `epochs` of fit).
+        steps: batches per epoch; None: one pass over the examples. More than a pass
+            holds runs on into further passes, each in an order of its own.
+        drop_remainder: drop each pass's last partial batch (a static batch size).
+
+    Returns:
+        (dataset, steps): the batches, and the batches per epoch.
+    """
+    columns = elements.batch(2**31 - 1).get_single_element()     # every example, [n, ...]
+    count = int(tf.nest.flatten(columns)[0].shape[0])
+    per_pass = count // batch_size if drop_remainder else -(-count // batch_size)
+    if per_pass < 1:
+        raise ValueError(f"{count} examples make no batch of {batch_size} "
+                         "(drop_remainder=True)")
+    steps = steps or per_pass
+    passes = -(-steps // per_pass)
+    phase_seed = tf.constant([stream_seed(seed, phase), 0], tf.int64)
+
+    def one_pass(epoch, repetition):
+        pass_seed = tf.random.experimental.stateless_fold_in(
+            tf.random.experimental.stateless_fold_in(phase_seed, epoch, alg="philox"),
+            repetition, alg="philox")
+        order = tf.random.experimental.stateless_shuffle(tf.range(count), pass_seed,
+                                                         alg="philox")           # [n]
+        shuffled = tf.nest.map_structure(lambda column: tf.gather(column, order), columns)
+        return tf.data.Dataset.from_tensor_slices(shuffled).batch(
+            batch_size, drop_remainder=drop_remainder)
+
+    def one_epoch(epoch):
+        epoch = tf.cast(epoch, tf.int32)
+        repetitions = tf.data.Dataset.range(passes).map(lambda r: tf.cast(r, tf.int32))
+        return repetitions.flat_map(lambda r: one_pass(epoch, r)).take(steps)
+
+    dataset = tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch)
+    return dataset.prefetch(tf.data.AUTOTUNE), steps
+
+
 def variable_checkpoint(**groups):
     """A `tf.train.Checkpoint` of named lists of Keras variables.
 
@@ -138,6 +233,21 @@ def variable_checkpoint(**groups):
     return tf.train.Checkpoint(**{
         name: tf.train.Checkpoint(**{str(i): v.value for i, v in enumerate(variables)})
         for name, variables in groups.items()})
+
+
+def trainer_state(trainer):
+    """All a policy-gradient trainer's steps read and write, as named lists of
+    variables: "policy"; "optimizer" (slots and `iterations`, from which the
+    sampling and minibatch seeds derive); "trainer", its other variables (critic,
+    KL reference, adaptive `kl_coef`, moving-average baseline, seed generators)."""
+    policy_ids = {id(v) for v in trainer.policy.variables}
+    return {"policy": trainer.policy.variables, "optimizer": trainer.optimizer.variables,
+            "trainer": [v for v in trainer.variables if id(v) not in policy_ids]}
+
+
+def trainer_checkpoint(trainer):
+    """A `variable_checkpoint` of `trainer_state(trainer)`."""
+    return variable_checkpoint(**trainer_state(trainer))
 
 
 def restore(checkpoint, directory, name):

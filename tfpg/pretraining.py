@@ -74,17 +74,19 @@ class LanguageModelTrainer(DistributedFitMixin, keras.Model):
         return self.finalize_logs({"loss": self._loss_tracker.result()})
 
 
-def pretraining_dataset(texts, tokenizer, batch_size, seed, max_sequence_length=128):
+def pretraining_dataset(texts, tokenizer, batch_size, seed, max_sequence_length=128,
+                        shuffle=True):
     """`language_model_dataset` windows as long as the longest text (at most
     `max_sequence_length` pairs): padding to a fixed length would waste most of the
-    compute on short texts.
+    compute on short texts. `shuffle=False` keeps the texts' order (`tfpg train`
+    orders each epoch itself, see `tfpg.checkpoints.epoch_batches`).
 
     For a tokenizer whose id 0 is a real token (a KerasHub one: its `pad_id` is not
     0), batches are (inputs, targets, mask), inputs padded with `pad_id`."""
     longest = max((len(ids) for ids in tokenizer.encode(list(texts))), default=1)
     pad_id = getattr(tokenizer, "pad_id", 0)
     options = dict(sequence_length=min(longest, max_sequence_length),
-                   batch_size=batch_size, seed=seed)
+                   batch_size=batch_size, seed=seed, shuffle=shuffle)
     if pad_id == 0:
         return tfpg_data.language_model_dataset(texts, tokenizer, **options)
     # The same windows of ids + 1, so that 0 marks padding; shifted back after.

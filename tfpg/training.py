@@ -15,7 +15,11 @@
    SavedModel atomically and write `OUTPUT/metrics.json`.
 
 Every epoch of steps 3 and 5 is checkpointed (`tfpg.checkpoints`), so that a killed
-run, started again with the same options, resumes from its last completed epoch.
+run, started again with the same options, resumes from its last completed epoch. Each
+epoch's randomness (its data order, the Python / NumPy / TensorFlow / Keras random
+streams) is a pure function of (seed, phase, epoch), and everything else a step reads
+is in the checkpoint, so that under `--deterministic` the resumed run is the unbroken
+one, to the bit.
 From its first write on, the run (its chief) holds the writer lock of its output
 (`OUTPUT.lock`, `tfpg.locking`): a second run on the same output is refused with
 the first one's PID.
@@ -42,9 +46,9 @@ from tfpg import callbacks as tfpg_callbacks
 from tfpg import data as tfpg_data
 from tfpg.algorithms import ALGORITHMS
 from tfpg.algorithms.base import reference_of
-from tfpg.checkpoints import (STATE_VERSION, EpochCheckpoint, RunState,  # noqa: F401
-                              export_from_source, restore, variable_checkpoint,
-                              write_checkpoint)
+from tfpg.checkpoints import (STATE_VERSION, EpochCheckpoint, EpochSeed,  # noqa: F401
+                              RunState, epoch_batches, export_from_source, reseed, restore,
+                              trainer_checkpoint, variable_checkpoint, write_checkpoint)
 from tfpg.config import (LOG_POINTS, MIN_FREE_MB_ENV, NAMED_REWARDS,  # noqa: F401
                          NUM_CPU_DEVICES_ENV, ON_INVALID_REWARD, POLICY_MAX_LENGTH, PRECISIONS,
                          RUNTIME_OPTIONS, STRATEGIES, TASK_FINETUNE_EPOCHS, TRUNCATE_PROMPTS,
@@ -147,17 +151,18 @@ def _run(run, policy=None):
             policy = make_policy(run.config, run.job)
     # 3. pre-training
     pretrain_phase(run, policy)
-    # 4. the agent (its reference is the pre-trained policy) and "before" metrics
+    # 4. the agent (its reference is the pre-trained policy) and "before" metrics.
+    # Seeded afresh: a run resumed after pre-training ran none of its epochs, yet its
+    # critic must start from the unbroken run's initial weights.
+    reseed(run.config.seed, "agent")
     with run.strategy.scope():
         agent = ALGORITHMS[run.config.algorithm](
             policy, run.job.reward_fn, **_algorithm_options(run.config, run.job, policy))
         agent.compile(optimizer=keras.optimizers.Adam(run.config.learning_rate))
-    policy_ids = {id(v) for v in policy.variables}
-    checkpoint = variable_checkpoint(
-        policy=policy.variables, optimizer=agent.optimizer.variables,
-        trainer=[v for v in agent.variables if id(v) not in policy_ids])
+    checkpoint = trainer_checkpoint(agent)
     restore(checkpoint, run.state.directory, run.state["finetune_checkpoint"])
     if run.state["before"] is None and run.chief:
+        reseed(run.config.seed, "evaluate", 0)
         before, _ = evaluate_policy(run.evaluation_policy(policy), run.job)
         before["kl"] = 0.0
         run.state.save(before=before)
@@ -195,16 +200,19 @@ def pretrain_phase(run, policy):
     if done < job.pretrain_epochs:
         run.log(f"pre-training on {len(job.pretrain_texts)} texts "
                 f"({job.pretrain_epochs} epochs, {config.backbone})")
-        texts = pretraining_dataset(job.pretrain_texts, job.tokenizer,
-                                    config.batch_size, config.seed)
-        callbacks = [EpochCheckpoint(checkpoint, state, "pretrain", time.time())]
+        windows = pretraining_dataset(job.pretrain_texts, job.tokenizer, config.batch_size,
+                                      config.seed, shuffle=False).unbatch()
+        texts, steps = epoch_batches(windows, config.batch_size, config.seed, "pretrain",
+                                     done, job.pretrain_epochs)
+        callbacks = [EpochSeed(config.seed, "pretrain"),
+                     EpochCheckpoint(checkpoint, state, "pretrain", time.time())]
         if run.chief:
-            callbacks[:0] = [
+            callbacks[1:1] = [
                 tfpg_callbacks.LanguageModelLogger(
-                    run.logdir, log_every=_log_every(config, texts, job.pretrain_epochs)),
+                    run.logdir, log_every=_log_every(config, steps, job.pretrain_epochs)),
                 EpochProgress("pre-training", job.pretrain_epochs, log=run.log)]
         trainer.fit(shard_by_data(texts), epochs=job.pretrain_epochs, initial_epoch=done,
-                    verbose=0, callbacks=callbacks)
+                    steps_per_epoch=steps, verbose=0, callbacks=callbacks)
     if state["pretrain_checkpoint"] is None:
         write_checkpoint(checkpoint, state, "pretrain", 0)
 
@@ -218,32 +226,35 @@ def finetune_phase(run, agent, checkpoint):
         return
     run.log(f"fine-tuning with {config.algorithm} on {len(job.train)} prompts "
             f"({job.finetune_epochs} epochs)")
-    prompts = tfpg_data.prompt_dataset(
+    examples = tfpg_data.prompt_dataset(
         job.train.prompts, job.tokenizer, references=job.train.references,
-        extras=job.train.extras or None, batch_size=config.batch_size, shuffle=True,
-        seed=config.seed, drop_remainder=len(job.train) >= config.batch_size,
-        max_prompt_length=job.max_prompt_length, truncate=job.truncate)
-    if config.steps_per_epoch:
-        prompts = prompts.repeat().take(config.steps_per_epoch)
-    callbacks = [EpochCheckpoint(checkpoint, state, "finetune", time.time())]
+        extras=job.train.extras or None, batch_size=config.batch_size,
+        max_prompt_length=job.max_prompt_length, truncate=job.truncate).unbatch()
+    # --steps-per-epoch: each epoch that many batches of passes over the prompts.
+    prompts, steps = epoch_batches(examples, config.batch_size, config.seed, "finetune",
+                                   done, job.finetune_epochs, steps=config.steps_per_epoch,
+                                   drop_remainder=len(job.train) >= config.batch_size)
+    callbacks = [EpochSeed(config.seed, "finetune"),
+                 EpochCheckpoint(checkpoint, state, "finetune", time.time())]
     if run.chief:
-        callbacks[:0] = [
+        callbacks[1:1] = [
             tfpg_callbacks.RewardLogger(
                 csv_path=os.path.join(run.logdir, "rewards.csv"), logdir=run.logdir,
-                log_every=_log_every(config, prompts, job.finetune_epochs)),
+                log_every=_log_every(config, steps, job.finetune_epochs)),
             tfpg_callbacks.SampleLogger(
                 run.logdir, job.tokenizer, prompts=job.heldout.prompts[:8],
                 references=_first_references(job.heldout.references[:8]))]
     # A progress bar on a terminal; elsewhere one line an epoch, without ANSI codes.
     verbose = (1 if sys.stdout.isatty() else 2) if run.chief else 0
     agent.fit(shard_by_data(prompts), epochs=job.finetune_epochs, initial_epoch=done,
-              verbose=verbose, callbacks=callbacks)
+              steps_per_epoch=steps, verbose=verbose, callbacks=callbacks)
 
 
 def evaluate_and_export(run, agent):
     """"After" metrics and KL to the reference (float32 copies outside the strategy),
     the SavedModel export and `metrics.json`; returns the metrics."""
     config, job, state = run.config, run.job, run.state
+    reseed(config.seed, "evaluate", 1)
     exported = run.evaluation_policy(agent.policy)
     reference = agent.reference_model
     if isinstance(reference, PolicyNetwork):
@@ -296,12 +307,14 @@ def _algorithm_options(config, job, policy):
     return options
 
 
-def _log_every(config, dataset, epochs):
+def _log_every(config, steps, epochs):
     """Train steps between TensorBoard points: --log-every, or about LOG_POINTS
-    points over the whole phase."""
+    points over the whole phase of `steps` per epoch (a count, or a dataset of an
+    epoch's batches)."""
     if config.log_every:
         return config.log_every
-    steps = int(dataset.cardinality())
+    if isinstance(steps, tf.data.Dataset):
+        steps = int(steps.cardinality())
     if steps < 1:                                    # unknown: a point per epoch
         return None
     return max(1, math.ceil(steps * epochs / LOG_POINTS))
