@@ -13,9 +13,16 @@ the sampling seeds derive, the trainer's adaptive `kl_coef` and moving-average
 baselines, Keras' seed generators), and what is not a variable is a pure function of
 (seed, phase, epoch) instead of a stream that runs on from the start: each epoch's data
 order (`epoch_batches`) and the global random state (`EpochSeed`, `reseed`).
+
+A write that fails (a full disk, a quota, a read-only file system) is one line naming
+the file (`writing`: "no space left on device while writing PATH", a UsageError, exit
+status 2); a failed checkpoint leaves nothing of itself (no `*_temp` folder) and the
+previous one committed, so the same command, once there is room, resumes.
 """
 
+import contextlib
 import dataclasses
+import errno
 import glob
 import json
 import os
@@ -84,16 +91,24 @@ class RunState:
         return self.values[key]
 
     def save(self, **updates):
-        self.values.update(updates)
-        if not self.writable:
-            return
-        os.makedirs(self.directory, exist_ok=True)
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.values, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        """Updates the state and replaces `state.json` with it atomically; a failed
+        write (UsageError, see `writing`) leaves both as they were."""
+        values = dict(self.values, **updates)
+        if self.writable:
+            tmp = self.path + ".tmp"
+            with writing(self.path):
+                try:
+                    os.makedirs(self.directory, exist_ok=True)
+                    with open(tmp, "w") as f:
+                        json.dump(values, f, indent=2)
+                        f.flush()
+                        os.fsync(f.fileno())
+                    os.replace(tmp, self.path)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.remove(tmp)
+                    raise
+        self.values = values
 
 
 def _comparable(config):
@@ -105,14 +120,69 @@ def _comparable(config):
     return values
 
 
+# What the C library calls the errors of a failed file write. TensorFlow's file system
+# reports them in its messages, without an errno.
+_WRITE_ERRORS = tuple(os.strerror(code) for code in (
+    errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+    errno.EIO, errno.ENOENT, errno.ENOTDIR, errno.EISDIR))
+
+
+def write_failure(error):
+    """Why `error` failed a file write ("no space left on device"), or None when it
+    is not a failed write: any OSError; a TensorFlow error only when its message
+    names one of the C library's write errors (`SaveV2 ...; No space left on device`
+    is a ResourceExhaustedError, a full file an OutOfRangeError)."""
+    if isinstance(error, OSError):
+        reason = error.strerror or str(error) or type(error).__name__
+    elif isinstance(error, tf.errors.OpError):
+        reason = next((text for text in _WRITE_ERRORS if text in str(error.message)), None)
+    else:
+        reason = None
+    return reason and reason[0].lower() + reason[1:]
+
+
+@contextlib.contextmanager
+def writing(path):
+    """Reports a write of `path` under it that fails (disk full, quota, read-only
+    file system, ...) as a one-line UsageError naming it: `tfpg: error: no space left
+    on device while writing PATH`, exit status 2, instead of TensorFlow's `SaveV2`
+    trace or Python's OSError (whose write errors name no file). The caller cleans up."""
+    try:
+        yield
+    except (OSError, tf.errors.OpError) as error:
+        reason = write_failure(error)
+        if reason is None:
+            raise
+        raise UsageError(f"{reason} while writing {path}") from error
+
+
+def remove_checkpoint(directory, name):
+    """Deletes checkpoint `name` of `directory`: its files and the `NAME_temp` folder
+    that TensorFlow writes it in (and leaves behind when the write fails)."""
+    prefix = os.path.join(directory, name)
+    shutil.rmtree(prefix + "_temp", ignore_errors=True)
+    for path in glob.glob(glob.escape(prefix) + ".*"):
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
 def write_checkpoint(checkpoint, state, phase, epochs_done, **updates):
     """Writes `checkpoint` as `PHASE-EPOCHS`, commits it in the run state, then
-    deletes the phase's older (or half-written) checkpoints."""
+    deletes the phase's older (or half-written) checkpoints. A write that fails
+    (UsageError, see `writing`) deletes what it wrote and leaves the state naming
+    the previous checkpoint."""
     name = f"{phase}-{epochs_done}"
-    if state.writable:
-        checkpoint.write(os.path.join(state.directory, name))
-    state.save(**{f"{phase}_epochs_done": epochs_done, f"{phase}_checkpoint": name},
-               **updates)
+    try:
+        if state.writable:
+            prefix = os.path.join(state.directory, name)
+            with writing(prefix):
+                checkpoint.write(prefix)
+        state.save(**{f"{phase}_epochs_done": epochs_done, f"{phase}_checkpoint": name},
+                   **updates)
+    except UsageError:
+        if state.writable and state[f"{phase}_checkpoint"] != name:
+            remove_checkpoint(state.directory, name)
+        raise
     if state.writable:
         for path in glob.glob(os.path.join(glob.escape(state.directory), phase + "*")):
             if os.path.basename(path).startswith(name + "."):
@@ -121,6 +191,36 @@ def write_checkpoint(checkpoint, state, phase, epochs_done, **updates):
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 os.remove(path)
+
+
+class WriteReporting(keras.callbacks.Callback):
+    """Runs `callback` (a logger), a failed write in any of its hooks reported as a
+    one-line UsageError naming `path` (see `writing`)."""
+
+    def __init__(self, callback, path):
+        super().__init__()
+        self.callback, self.path = callback, path
+
+    def set_model(self, model):
+        super().set_model(model)
+        self.callback.set_model(model)
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.callback.set_params(params)
+
+
+def _reporting_writes(hook):
+    def run_hook(self, *args, **kwargs):
+        with writing(self.path):
+            return getattr(self.callback, hook)(*args, **kwargs)
+    run_hook.__name__ = hook
+    return run_hook
+
+
+for _hook in ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end",
+              "on_train_batch_begin", "on_train_batch_end"):
+    setattr(WriteReporting, _hook, _reporting_writes(_hook))
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -321,5 +421,6 @@ def export_from_source(source, output, tokenizer_path=None):
         max_prompt_length = None
     else:
         raise UsageError(f"{source}: not a checkpoint directory or a .keras file")
-    return export_saved_model(policy, tokenizer, output, max_new_tokens=max_new_tokens,
-                              eos_id=tokenizer.eos_id, max_prompt_length=max_prompt_length)
+    with writing(output):           # the export removes its own temporary folder
+        return export_saved_model(policy, tokenizer, output, max_new_tokens=max_new_tokens,
+                                  eos_id=tokenizer.eos_id, max_prompt_length=max_prompt_length)

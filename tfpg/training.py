@@ -47,8 +47,9 @@ from tfpg import data as tfpg_data
 from tfpg.algorithms import ALGORITHMS
 from tfpg.algorithms.base import reference_of
 from tfpg.checkpoints import (STATE_VERSION, EpochCheckpoint, EpochSeed,  # noqa: F401
-                              RunState, epoch_batches, export_from_source, reseed, restore,
-                              trainer_checkpoint, variable_checkpoint, write_checkpoint)
+                              RunState, WriteReporting, epoch_batches, export_from_source,
+                              reseed, restore, trainer_checkpoint, variable_checkpoint,
+                              write_checkpoint, writing)
 from tfpg.config import (LOG_POINTS, MIN_FREE_MB_ENV, NAMED_REWARDS,  # noqa: F401
                          NUM_CPU_DEVICES_ENV, ON_INVALID_REWARD, POLICY_MAX_LENGTH, PRECISIONS,
                          RUNTIME_OPTIONS, STRATEGIES, TASK_FINETUNE_EPOCHS, TRUNCATE_PROMPTS,
@@ -113,7 +114,9 @@ def run_training(config, log=print, warn=_warn):
             state.save(max_new_tokens=job.max_new_tokens,
                        max_prompt_length=job.max_prompt_length)
         if chief:
-            job.tokenizer.save(os.path.join(checkpoint_dir, "tokenizer.json"))
+            tokenizer_path = os.path.join(checkpoint_dir, "tokenizer.json")
+            with writing(tokenizer_path):
+                job.tokenizer.save(tokenizer_path)
         previous_precision = set_precision(config.mixed_precision)
         try:
             return _run(_Run(config, job, strategy, chief, state, output, logdir, log), policy)
@@ -208,8 +211,9 @@ def pretrain_phase(run, policy):
                      EpochCheckpoint(checkpoint, state, "pretrain", time.time())]
         if run.chief:
             callbacks[1:1] = [
-                tfpg_callbacks.LanguageModelLogger(
+                WriteReporting(tfpg_callbacks.LanguageModelLogger(
                     run.logdir, log_every=_log_every(config, steps, job.pretrain_epochs)),
+                    run.logdir),
                 EpochProgress("pre-training", job.pretrain_epochs, log=run.log)]
         trainer.fit(shard_by_data(texts), epochs=job.pretrain_epochs, initial_epoch=done,
                     steps_per_epoch=steps, verbose=0, callbacks=callbacks)
@@ -237,13 +241,13 @@ def finetune_phase(run, agent, checkpoint):
     callbacks = [EpochSeed(config.seed, "finetune"),
                  EpochCheckpoint(checkpoint, state, "finetune", time.time())]
     if run.chief:
-        callbacks[1:1] = [
+        callbacks[1:1] = [WriteReporting(logger, run.logdir) for logger in (
             tfpg_callbacks.RewardLogger(
                 csv_path=os.path.join(run.logdir, "rewards.csv"), logdir=run.logdir,
                 log_every=_log_every(config, steps, job.finetune_epochs)),
             tfpg_callbacks.SampleLogger(
                 run.logdir, job.tokenizer, prompts=job.heldout.prompts[:8],
-                references=_first_references(job.heldout.references[:8]))]
+                references=_first_references(job.heldout.references[:8])))]
     # A progress bar on a terminal; elsewhere one line an epoch, without ANSI codes.
     verbose = (1 if sys.stdout.isatty() else 2) if run.chief else 0
     agent.fit(shard_by_data(prompts), epochs=job.finetune_epochs, initial_epoch=done,
@@ -269,13 +273,21 @@ def evaluate_and_export(run, agent):
                "after": after, "seconds": round(state["seconds"], 1), "output": run.output,
                "samples": [{"prompt": p, "completion": c}
                            for p, c in zip(job.heldout.prompts[:5], completions[:5])]}
-    export_saved_model(exported, job.tokenizer, run.output, max_new_tokens=job.max_new_tokens,
-                       eos_id=job.tokenizer.eos_id, max_prompt_length=job.max_prompt_length,
-                       metadata={"task": job.name, "algorithm": config.algorithm})
-    tmp = os.path.join(run.output, "metrics.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(metrics, f, indent=2)
-    os.replace(tmp, os.path.join(run.output, "metrics.json"))
+    with writing(run.output):       # the export removes its own temporary folder
+        export_saved_model(exported, job.tokenizer, run.output,
+                           max_new_tokens=job.max_new_tokens, eos_id=job.tokenizer.eos_id,
+                           max_prompt_length=job.max_prompt_length,
+                           metadata={"task": job.name, "algorithm": config.algorithm})
+    path = os.path.join(run.output, "metrics.json")
+    with writing(path):
+        try:
+            with open(path + ".tmp", "w") as f:
+                json.dump(metrics, f, indent=2)
+            os.replace(path + ".tmp", path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.remove(path + ".tmp")
+            raise
     return metrics
 
 
