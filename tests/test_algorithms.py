@@ -165,3 +165,16 @@ def test_one_step_under_mirrored_strategy_equals_single_device():
     for name, difference, update in rows:
         assert float(update) > 1e-3, name       # the step really changed the weights
         assert float(difference) <= 1e-5, name
+
+
+def test_run_eagerly_takes_the_same_update_steps_as_the_graph():
+    """Several update steps per rollout (a while loop in the graph) also run eagerly,
+    to the same weights."""
+    weights = []
+    for eager in (False, True):
+        agent = make_agent("ppo", num_epochs=2, num_minibatches=2)
+        agent.compile(optimizer=keras.optimizers.Adam(1e-2), run_eagerly=eager)
+        agent.fit(toy_dataset().take(1), epochs=1, verbose=0)
+        weights.append(agent.policy.get_weights())
+    for graph, eager in zip(*weights):
+        np.testing.assert_allclose(graph, eager, atol=1e-5)

@@ -97,8 +97,8 @@ def _train_parser(subparsers, common):
     train.add_argument("--max-prompt-length", type=int,
                        help="longest prompt in tokens, BOS included")
     train.add_argument("--truncate-prompts", choices=TRUNCATE_PROMPTS,
-                       help="a longer prompt: error (default), or keep its left / right "
-                            "part, with a warning")
+                       help="a longer prompt: error (default), or cut on the left (drop "
+                            "its first tokens) / right (drop its last), with a warning")
     train.add_argument("--model", help="start from this model instead of a new "
                                        "PolicyNetwork: a KerasHub preset name or directory, "
                                        "or a .keras policy (tokenizer.json beside it); "

@@ -64,8 +64,8 @@ class TrainConfig:
     deterministic: bool = False     # tf.config.experimental.enable_op_determinism()
     max_prompt_length: int = None   # tokens, BOS included; None: no limit (Transformer:
                                     # its max_length - max_new_tokens)
-    truncate_prompts: str = "error"  # a longer prompt: "error", or keep its "left" /
-                                     # "right" part (with a warning)
+    truncate_prompts: str = "error"  # a longer prompt: "error", or cut on the "left"
+                                     # (drop its first tokens) / "right" (with a warning)
     on_invalid_reward: str = "raise"  # NaN / inf rewards: "raise", "zero" or "skip"
     reward_timeout: float = REWARD_TIMEOUT  # seconds a Python reward may take per call;
                                             # None: no limit

@@ -637,9 +637,9 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
 
         def body(step):
             self._update_step(minibatches(step), rollout_tokens)
-            return step + 1
+            return (step + 1,)          # a tuple like loop_vars: eager unpacks it too
 
-        tf.while_loop(lambda step: step < steps, body, [tf.constant(0)])
+        tf.while_loop(lambda step: step < steps, body, (tf.constant(0),))
 
     def _minibatch_rows(self, rollout):
         """A function of the step index giving that step's minibatch of the rollout."""
