@@ -208,9 +208,9 @@ def check_output(output, checkpoint_dir):
     """Refuses, before training, an output that the final export would refuse (a
     file, a non-empty directory that is not a tfpg export) and a checkpoint
     directory holding something other than a tfpg run."""
-    from tfpg.export import _check_replaceable
+    from tfpg.export import check_replaceable
     try:
-        _check_replaceable(output)          # what the export will check at the end
+        check_replaceable(output)           # what the export will check at the end
     except ValueError as error:
         raise UsageError(str(error)) from None
     if os.path.exists(checkpoint_dir):

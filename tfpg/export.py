@@ -259,27 +259,54 @@ def export_saved_model(policy, tokenizer, path, max_new_tokens=32, sampler="gree
                 "top_p": None if top_p is None else float(top_p),
                 "eos_id": None if eos_id is None else int(eos_id)}
     path = _normalize(path)
-    _check_replaceable(path)            # before anything is created
+    check_replaceable(path)             # before anything is created
     if not policy.built:
         policy.build()
     make_parent(path)
+
+    def write(tmp):
+        _write_saved_model(policy, tokenizer, defaults, max_prompt_length, tmp)
+        tokenizer.save(os.path.join(tmp, TOKENIZER_FILE))
+
+    return write_directory(path, write, METADATA_FILE, {
+        "format": FORMAT, "version": FORMAT_VERSION, "tfpg_version": __version__,
+        "vocabulary_size": tokenizer.vocabulary_size,
+        "max_prompt_length": max_prompt_length,
+        # What `GeneratorModel.generate` bounds max_new_tokens with.
+        "max_length": policy.max_length if policy_is_positional(policy) else None,
+        "decode_cache_bytes_per_token": cache_bytes_per_token(policy),
+        "generation": defaults, "metadata": metadata or {}})
+
+
+def write_directory(path, write, marker_file=METADATA_FILE, marker=None,
+                    kind="tfpg export"):
+    """Writes the directory `path` as one step, replacing a previous one.
+
+    Under `path`'s writer lock, `write(tmp)` fills a temporary sibling; then
+    `marker` (a dict) goes to `marker_file` last, with the manifest of every other
+    file (its presence marks the directory complete), and the sibling is renamed
+    into place (the old directory kept aside until then, see `recover`). On any
+    failure the sibling is removed and `path` is as it was.
+
+    Args:
+        path: the directory to write; absent, empty, or one holding `marker_file`.
+        write: a function of the temporary directory that writes the contents.
+        marker_file: the file naming what the directory is.
+        marker: the marker's contents; "manifest" is added.
+        kind: what such a directory is called in errors.
+
+    Returns:
+        `path`.
+    """
+    path = _normalize(path)
     with output_lock(path):
         recover(path)
-        _check_replaceable(path)        # a restored backup may have changed it
+        check_replaceable(path, marker_file, kind)  # a restored backup may differ
         tmp = path + TMP_SUFFIX + secrets.token_hex(4)
         try:
-            _write_saved_model(policy, tokenizer, defaults, max_prompt_length, tmp)
-            tokenizer.save(os.path.join(tmp, TOKENIZER_FILE))
-            # Written last: its presence marks the directory as a complete export.
-            _write_json(os.path.join(tmp, METADATA_FILE), {
-                "format": FORMAT, "version": FORMAT_VERSION, "tfpg_version": __version__,
-                "vocabulary_size": tokenizer.vocabulary_size,
-                "max_prompt_length": max_prompt_length,
-                # What `GeneratorModel.generate` bounds max_new_tokens with.
-                "max_length": policy.max_length if policy_is_positional(policy) else None,
-                "decode_cache_bytes_per_token": cache_bytes_per_token(policy),
-                "generation": defaults, "metadata": metadata or {},
-                "manifest": trust.file_manifest(tmp, exclude=(METADATA_FILE,))})
+            write(tmp)
+            _write_json(os.path.join(tmp, marker_file), dict(
+                marker or {}, manifest=trust.file_manifest(tmp, exclude=(marker_file,))))
             _move_into_place(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -365,14 +392,15 @@ def _normalize(path):
     return os.path.normpath(os.fspath(path))
 
 
-def _check_replaceable(path):
+def check_replaceable(path, marker_file=METADATA_FILE, kind="tfpg export"):
+    """Raises ValueError unless `path` is absent, empty or a `kind` (a directory
+    holding `marker_file`): tfpg replaces only what it wrote."""
     if not os.path.exists(path):
         return
     if not os.path.isdir(path):
-        raise ValueError(f"{path}: exists and is not a directory; refusing to replace it "
-                         "with a SavedModel")
-    if os.listdir(path) and not os.path.isfile(os.path.join(path, METADATA_FILE)):
-        raise ValueError(f"{path}: is a non-empty directory that is not a tfpg export; "
+        raise ValueError(f"{path}: exists and is not a directory; refusing to replace it")
+    if os.listdir(path) and not os.path.isfile(os.path.join(path, marker_file)):
+        raise ValueError(f"{path}: is a non-empty directory that is not a {kind}; "
                          "refusing to replace it (choose another path or empty it)")
 
 

@@ -20,8 +20,6 @@ replaced only once the new one is complete), under the writer lock `DIR.lock`.
 import inspect
 import json
 import os
-import secrets
-import shutil
 
 import keras
 import numpy as np
@@ -199,33 +197,26 @@ class RewardModel(Reward):
         docstring); returns `directory`. A directory holding anything but a
         previous reward model is refused, and so is one that another process is
         writing (it holds `DIR.lock`)."""
-        from tfpg.export import _move_into_place, _normalize, _write_json, recover
-        from tfpg.locking import output_lock
+        from tfpg.export import _normalize, write_directory
+
         tokenizer = self._require_tokenizer("save")
         if not isinstance(self.model, keras.Model):
             raise TypeError(f"RewardModel.save needs a keras.Model, got "
                             f"{type(self.model).__name__}")
         directory = _normalize(directory)
         check_replaceable(directory)
-        with output_lock(directory):
-            recover(directory)
-            check_replaceable(directory)
-            tmp = directory + ".tmp-" + secrets.token_hex(4)
-            try:
-                _write_score_saved_model(self, tokenizer, tmp)
-                self.model.save(os.path.join(tmp, MODEL_FILE))
-                tokenizer.save(os.path.join(tmp, TOKENIZER_FILE))
-                # Written last: its presence marks the directory as complete.
-                _write_json(os.path.join(tmp, INFO_FILE), {
-                    "format": FORMAT, "version": FORMAT_VERSION, "name": self.name,
-                    "include_prompt": bool(self.include_prompt),
-                    "eos_id": None if self.eos_id is None else int(self.eos_id),
-                    "tokenizer": type(tokenizer).__name__, "metadata": self.metadata,
-                    "manifest": trust.file_manifest(tmp, exclude=(INFO_FILE,))})
-                _move_into_place(tmp, directory)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
+
+        def write(tmp):
+            _write_score_saved_model(self, tokenizer, tmp)
+            self.model.save(os.path.join(tmp, MODEL_FILE))
+            tokenizer.save(os.path.join(tmp, TOKENIZER_FILE))
+
+        write_directory(directory, write, INFO_FILE, {
+            "format": FORMAT, "version": FORMAT_VERSION, "name": self.name,
+            "include_prompt": bool(self.include_prompt),
+            "eos_id": None if self.eos_id is None else int(self.eos_id),
+            "tokenizer": type(tokenizer).__name__, "metadata": self.metadata},
+            kind="tfpg reward model")
         return directory
 
     @classmethod
@@ -302,13 +293,8 @@ def _describe(tokenizer):
 
 def check_replaceable(directory):
     """Raises ValueError unless `directory` is absent, empty or a tfpg reward model."""
-    if not os.path.exists(directory):
-        return
-    if not os.path.isdir(directory):
-        raise ValueError(f"{directory}: exists and is not a directory; refusing to replace it")
-    if os.listdir(directory) and not os.path.isfile(os.path.join(directory, INFO_FILE)):
-        raise ValueError(f"{directory}: is a non-empty directory that is not a tfpg reward "
-                         "model; refusing to replace it (choose another path or empty it)")
+    from tfpg.export import check_replaceable as check_output
+    check_output(directory, INFO_FILE, "tfpg reward model")
 
 
 def read_reward_model_info(directory):
