@@ -30,10 +30,10 @@ TINY = {"embedding_dim": 16, "hidden_dim": 32, "batch_size": 16, "steps_per_epoc
 TRAIN = ["train", "--train-file", "add.tsv", "--config", "tiny.yaml", "--pretrain-epochs",
          "2", "--epochs", "2", "--reward", "length", "--max-new-tokens", "4",
          "--algorithm", "ppo", "--deterministic"]
-# The commits the resumed lineage is killed at, one process each: mid-pre-training;
-# after pre-training's last epoch (the rerun builds the agent with no pre-training
-# epoch run before it); mid-fine-tuning.
-KILLS = [("pretrain", 1), ("pretrain", 2), ("finetune", 1)]
+# The commits the resumed lineage is killed at, one process each: mid-pre-training,
+# mid-fine-tuning. (After pre-training's last epoch, where the rerun builds the agent
+# with no pre-training epoch run before it, is among benchmarks/faults.py's moments.)
+KILLS = [("pretrain", 1), ("finetune", 1)]
 PROMPTS = ["3 + 4 =", "9 + 9 =", "0 + 5 ="]
 
 
@@ -92,8 +92,7 @@ def assert_identical(expected, got):
 def test_each_rerun_resumed_where_the_kill_left_it(runs):
     _, reruns = runs
     assert "pre-training epoch 1/2, fine-tuning epoch 0/2" in reruns[0]
-    assert "pre-training epoch 2/2, fine-tuning epoch 0/2" in reruns[1]
-    assert "pre-training epoch 2/2, fine-tuning epoch 1/2" in reruns[2]
+    assert "pre-training epoch 2/2, fine-tuning epoch 1/2" in reruns[1]
 
 
 def test_resumed_weights_and_optimizer_state_equal_the_unbroken_run(runs):
