@@ -44,9 +44,11 @@ EXPECTED_METRICS = {
     "reinforce": COMMON,
     "scst": COMMON,
     "rloo": COMMON | {"zero_std_fraction"},
-    "grpo": COMMON | {"zero_std_fraction", "kl", "clip_fraction", "approx_kl"},
+    "grpo": COMMON | {"zero_std_fraction", "kl", "clip_fraction", "approx_kl",
+                      "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean"},
     "a2c": COMMON | {"value_loss"},
-    "ppo": COMMON | {"kl", "value_loss", "clip_fraction", "approx_kl"},
+    "ppo": COMMON | {"kl", "value_loss", "clip_fraction", "approx_kl", "clip_ratio/low_mean",
+                     "clip_ratio/high_mean", "clip_ratio/region_mean"},
 }
 
 

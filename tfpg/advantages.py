@@ -42,6 +42,9 @@ __all__ = [
     "rloo_advantages",
     "group_normalized_advantages",
     "resolve_scale_rewards",
+    "standardize",
+    "normalize_then_sum_advantages",
+    "MULTI_OBJECTIVE_AGGREGATIONS",
     "SCALE_REWARDS",
     "sequence_score_to_token_rewards",
     "broadcast_sequence_advantages",
@@ -405,6 +408,66 @@ def group_normalized_advantages(rewards, group_size, scale_by_std=True, epsilon=
         advantages = centered
     advantages = tf.where(is_zero_std[:, None], 0.0, advantages)  # [B, K]
     return tf.reshape(advantages, tf.shape(rewards)), tf.cast(is_zero_std, tf.float32)
+
+
+def standardize(values, valid=None, epsilon=1e-4, sum_fn=None):
+    """``(x - mean) / (std + epsilon)`` over the valid entries of a batch, with the
+    *unbiased* standard deviation (``ddof=1``) and ``epsilon`` added to it, as TRL's
+    batch-level normalisations (RLOO's ``normalize_advantages``, GDPO's last step).
+
+    Args:
+      values: float32 ``[B]``.
+      valid: optional float32 ``[B]``, 1 = counted (default all); others give 0.
+      epsilon: added to the standard deviation.
+      sum_fn: applied to the batch sums (a cross-replica all-reduce normalises over
+        the global batch).
+
+    Returns:
+      float32 ``[B]``, 0 at invalid entries.
+    """
+    values = tf.convert_to_tensor(values, tf.float32)  # [B]
+    valid = tf.ones_like(values) if valid is None else tf.cast(
+        tf.convert_to_tensor(valid) > 0, tf.float32)
+    sums = tf.stack([tf.reduce_sum(tf.where(valid > 0, values, 0.0)), tf.reduce_sum(valid)])
+    sums = sum_fn(sums) if sum_fn is not None else sums
+    mean = tf.math.divide_no_nan(sums[0], sums[1])
+    centered = tf.where(valid > 0, values - mean, 0.0)  # [B]
+    return centered / (_unbiased_std(centered, valid, sum_fn=sum_fn) + epsilon)
+
+
+MULTI_OBJECTIVE_AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
+
+
+def normalize_then_sum_advantages(components, weights, group_size, valid=None,
+                                  epsilon=1e-4, sum_fn=None):
+    """GDPO (TRL's ``multi_objective_aggregation="normalize_then_sum"``) advantages.
+
+    Each objective (column of ``components``) is normalised within each group,
+    ``(r_k - mean_group) / (std_group + epsilon)``, so that an objective with a large
+    scale or spread cannot drown the others; the normalised objectives are summed
+    with ``weights``, and the sum is standardised over the batch (:func:`standardize`).
+    Group statistics are TRL's (unbiased std, ``epsilon`` on the std); a group where
+    an objective is constant contributes 0 for it.
+
+    Args:
+      components: float32 ``[B * K, C]``: each sample's unweighted objectives, groups
+        in consecutive rows.
+      weights: ``C`` floats.
+      group_size: Python int ``K >= 2``.
+      valid: optional float32 ``[B * K]``, 1 = a scored sample.
+      epsilon: added to the standard deviations.
+      sum_fn: cross-replica sum for the batch statistics.
+
+    Returns:
+      float32 ``[B * K]``.
+    """
+    components = tf.convert_to_tensor(components, tf.float32)  # [B*K, C]
+    total = 0.0
+    for index, weight in enumerate(weights):
+        normalized, _ = group_normalized_advantages(components[:, index], group_size,
+                                                    "group", epsilon, valid)  # [B*K]
+        total += float(weight) * normalized
+    return standardize(total, valid, epsilon, sum_fn)
 
 
 def sequence_score_to_token_rewards(scores, mask):

@@ -17,6 +17,8 @@ filtering; every function here stays exact and NaN-free, values and gradients, f
 the entries that remain.
 """
 
+import math
+
 import keras
 import tensorflow as tf
 
@@ -34,6 +36,12 @@ __all__ = [
     "aggregate_loss",
     "AdvantageWeightedCrossentropy",
     "high_entropy_mask",
+    "importance_ratio",
+    "clip_ratio_indicators",
+    "cispo_loss",
+    "sapo_loss",
+    "vespo_weights",
+    "off_policy_sequence_mask",
     "AGGREGATION_MODES",
     "IMPORTANCE_SAMPLING_LEVELS",
     "KL_ESTIMATORS",
@@ -157,13 +165,18 @@ def full_kl(logits, ref_logits, temperature=1.0):
 
 
 def ppo_clipped_surrogate(log_probs, old_log_probs, advantages, clip_epsilon=0.2, mask=None,
-                          clip_epsilon_high=None, importance_sampling_level="token"):
+                          clip_epsilon_high=None, importance_sampling_level="token",
+                          delta=None):
     """PPO's clipped surrogate objective, per token, as a loss to minimise.
 
     ``ratio = exp(log_probs - old_log_probs)`` and
     ``loss = -min(ratio * A, clip(ratio, 1 - eps, 1 + eps_high) * A)``
     ``     = max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps_high))``
     (``eps_high = clip_epsilon_high``, DAPO's clip-higher; default ``eps``).
+
+    ``delta`` (INTELLECT-2's two-sided clip, TRL's ``delta``): the unclipped term's
+    ratio is capped at ``delta`` too, ``-min(min(ratio, delta) A, clip(ratio) A)``, so
+    a token with ``A < 0`` and a huge ratio contributes at most ``delta * |A|``.
 
     ``importance_sampling_level="sequence"`` is GSPO (TRL's meaning): every token of
     a row gets the row's ratio ``exp(mean_t (log_probs - old_log_probs))`` over its
@@ -186,36 +199,188 @@ def ppo_clipped_surrogate(log_probs, old_log_probs, advantages, clip_epsilon=0.2
         Required for ``importance_sampling_level="sequence"``.
       clip_epsilon_high: optional scalar upper clip.
       importance_sampling_level: "token" or "sequence".
+      delta: optional cap of the unclipped ratio (two-sided clipping).
 
     Returns:
       loss: float32 ``[B, T]``.
-      ratio: float32 ``[B, T]``.
+      ratio: float32 ``[B, T]`` (not capped by ``delta``).
       clipped: float32 ``[B, T]`` in {0, 1}.
     """
-    log_probs = tf.cast(log_probs, tf.float32)
-    old_log_probs = tf.stop_gradient(tf.cast(old_log_probs, tf.float32))
     advantages = tf.stop_gradient(tf.cast(advantages, tf.float32))
     eps = tf.cast(clip_epsilon, tf.float32)
     eps_high = eps if clip_epsilon_high is None else tf.cast(clip_epsilon_high, tf.float32)
+    ratio = importance_ratio(log_probs, old_log_probs, mask, importance_sampling_level)
+    if mask is not None:
+        advantages = tf.where(_real(mask, ratio), advantages, 0.0)
+    capped = ratio if delta is None else tf.minimum(ratio, tf.cast(delta, tf.float32))
+    unclipped_loss = -advantages * capped
+    clipped_loss = -advantages * tf.clip_by_value(ratio, 1.0 - eps, 1.0 + eps_high)
+    loss = tf.maximum(unclipped_loss, clipped_loss)
+    clipped = tf.cast(clipped_loss > unclipped_loss, tf.float32)
+    return loss, ratio, clipped
+
+
+def importance_ratio(log_probs, old_log_probs, mask=None, importance_sampling_level="token"):
+    """``pi / pi_old`` per token, differentiable in ``log_probs``.
+
+    ``"token"``: ``exp(log_probs - old_log_probs)``; ``"sequence"`` (GSPO): every real
+    token of a row gets ``exp(mean_t (log_probs - old_log_probs))`` over the row's real
+    tokens. Masked positions get exactly 1 (no ``-inf`` reaches ``exp``).
+
+    Args:
+      log_probs: float32 ``[B, T]`` under the current policy (differentiable).
+      old_log_probs: float32 ``[B, T]`` under the sampling policy (no gradient).
+      mask: optional float32 ``[B, T]``; required for ``"sequence"``.
+      importance_sampling_level: "token" or "sequence".
+
+    Returns:
+      float32 ``[B, T]``.
+    """
     if importance_sampling_level not in IMPORTANCE_SAMPLING_LEVELS:
         raise ValueError(f"importance_sampling_level must be one of "
                          f"{IMPORTANCE_SAMPLING_LEVELS}, got {importance_sampling_level!r}")
-    log_ratio = log_probs - old_log_probs  # [B, T]
+    log_ratio = (tf.cast(log_probs, tf.float32)
+                 - tf.stop_gradient(tf.cast(old_log_probs, tf.float32)))  # [B, T]
     if mask is not None:
         real = _real(mask, log_ratio)
         log_ratio = tf.where(real, log_ratio, 0.0)
-        advantages = tf.where(real, advantages, 0.0)
     if importance_sampling_level == "sequence":
         if mask is None:
             raise ValueError('importance_sampling_level="sequence" needs the mask')
         sequence = masked_mean(log_ratio, mask, axis=-1)[:, None]  # [B, 1]
         log_ratio = tf.where(real, sequence, 0.0)  # [B, T]
-    ratio = tf.exp(log_ratio)
-    unclipped_loss = -advantages * ratio
-    clipped_loss = -advantages * tf.clip_by_value(ratio, 1.0 - eps, 1.0 + eps_high)
-    loss = tf.maximum(unclipped_loss, clipped_loss)
-    clipped = tf.cast(clipped_loss > unclipped_loss, tf.float32)
-    return loss, ratio, clipped
+    return tf.exp(log_ratio)
+
+
+def clip_ratio_indicators(ratio, advantages, clip_epsilon, clip_epsilon_high=None,
+                          delta=None):
+    """TRL's ``clip_ratio/low`` and ``clip_ratio/high`` indicators, per token.
+
+    ``low = (r < 1 - eps) & (A < 0)``, ``high = (r > 1 + eps_high) & (A > 0)`` with
+    ``r = min(ratio, delta)`` where ``delta`` is set (TRL tests the capped ratio).
+
+    Args:
+      ratio: float32 ``[B, T]`` importance ratios.
+      advantages: float32 ``[B, T]``.
+      clip_epsilon, clip_epsilon_high, delta: as :func:`ppo_clipped_surrogate`.
+
+    Returns:
+      (low, high): float32 ``[B, T]`` each, in {0, 1}.
+    """
+    ratio = tf.stop_gradient(tf.cast(ratio, tf.float32))
+    advantages = tf.cast(advantages, tf.float32)
+    eps_high = clip_epsilon if clip_epsilon_high is None else clip_epsilon_high
+    if delta is not None:
+        ratio = tf.minimum(ratio, float(delta))
+    low = (ratio < 1.0 - clip_epsilon) & (advantages < 0)
+    high = (ratio > 1.0 + eps_high) & (advantages > 0)
+    return tf.cast(low, tf.float32), tf.cast(high, tf.float32)
+
+
+def cispo_loss(log_probs, ratio, advantages, clip_max):
+    """CISPO (MiniMax-M1; ScaleRL): ``-sg(min(ratio, clip_max)) * A * log pi``, per token.
+
+    The importance weight is clipped from above and detached, so every token keeps
+    its REINFORCE gradient ``A * grad log pi`` (scaled by the weight) instead of
+    losing it when PPO's clip is active. ``clip_max`` is an absolute bound (TRL:
+    ``epsilon_high``, 5.0 in ScaleRL), not ``1 + eps``.
+
+    Args:
+      log_probs: float32 ``[B, T]`` (differentiable; 0 at masked positions).
+      ratio: float32 ``[B, T]`` importance ratios (no gradient is taken).
+      advantages: float32 ``[B, T]``.
+      clip_max: scalar upper bound of the weight.
+
+    Returns:
+      loss: float32 ``[B, T]``; clipped: float32 ``[B, T]``, TRL's
+      ``cispo_clip_ratio`` indicator ``(ratio > clip_max) & (A > 0)``.
+    """
+    ratio = tf.stop_gradient(tf.cast(ratio, tf.float32))
+    advantages = tf.stop_gradient(tf.cast(advantages, tf.float32))
+    weight = tf.minimum(ratio, float(clip_max))  # [B, T]
+    loss = -weight * advantages * tf.cast(log_probs, tf.float32)
+    clipped = tf.cast((ratio > clip_max) & (advantages > 0), tf.float32)
+    return loss, clipped
+
+
+def sapo_loss(ratio, advantages, temperature_pos=1.0, temperature_neg=1.05):
+    """SAPO (soft adaptive policy optimisation): a temperature-controlled sigmoid
+    gate instead of PPO's hard clip, per token:
+
+    ``-sigmoid(tau (ratio - 1)) * 4 / tau * A``, ``tau = temperature_pos`` where
+    ``A > 0`` else ``temperature_neg``. At ``ratio = 1`` its gradient is
+    ``-A * grad ratio`` (the plain policy gradient); far from 1 it fades smoothly.
+
+    Args:
+      ratio: float32 ``[B, T]`` importance ratios (differentiable).
+      advantages: float32 ``[B, T]``.
+      temperature_pos, temperature_neg: gate temperatures (> 0).
+
+    Returns:
+      float32 ``[B, T]``.
+    """
+    ratio = tf.cast(ratio, tf.float32)
+    advantages = tf.stop_gradient(tf.cast(advantages, tf.float32))
+    tau = tf.where(advantages > 0, float(temperature_pos), float(temperature_neg))
+    return -tf.sigmoid(tau * (ratio - 1.0)) * 4.0 / tau * advantages
+
+
+def vespo_weights(log_probs, old_log_probs, advantages, mask, k_pos=2.0, lambda_pos=3.0,
+                  k_neg=3.0, lambda_neg=2.0):
+    """VESPO's gamma weight of each sequence, ``phi(w) = e^lam w^k e^(-lam w)``
+    (``phi(1) = 1``), detached; the loss is ``-phi * A * log pi`` per token.
+
+    ``w`` is the sequence's importance ratio ``exp(sum_t clip(log pi - log pi_old,
+    -20, 20))`` with its log clipped to ``[log 1e-8, 20]``; ``k, lam`` are the
+    ``_pos`` pair where ``A >= 0`` and the ``_neg`` pair elsewhere (TRL's
+    ``get_gamma_weights``, computed in log space).
+
+    Args:
+      log_probs, old_log_probs: float32 ``[B, T]``.
+      advantages: float32 ``[B, T]`` (a row's advantage on its real tokens).
+      mask: float32 ``[B, T]``.
+      k_pos, lambda_pos, k_neg, lambda_neg: the gamma shapes.
+
+    Returns:
+      float32 ``[B, T]``: each row's weight on every position (no gradient).
+    """
+    log_ratio = tf.clip_by_value(tf.cast(log_probs, tf.float32)
+                                 - tf.cast(old_log_probs, tf.float32), -20.0, 20.0)
+    log_w = tf.clip_by_value(masked_sum(log_ratio, mask, axis=-1)[:, None],
+                             math.log(1e-8), 20.0)  # [B, 1]
+    # A row's sign: its advantage is the same on every real token.
+    row_advantage = masked_sum(advantages, mask, axis=-1)[:, None]  # [B, 1]
+    non_negative = row_advantage >= 0
+    k = tf.where(non_negative, float(k_pos), float(k_neg))
+    lam = tf.maximum(tf.where(non_negative, float(lambda_pos), float(lambda_neg)), 1e-4)
+    phi = tf.exp(lam + k * log_w - lam * tf.exp(log_w))  # [B, 1]
+    phi = tf.where(tf.math.is_finite(phi), phi, 0.0)
+    return tf.stop_gradient(tf.broadcast_to(phi, tf.shape(log_ratio)))
+
+
+def off_policy_sequence_mask(log_probs, old_log_probs, advantages, mask, threshold):
+    """DeepSeek-V3.2's off-policy sequence mask (TRL's ``off_policy_mask_threshold``):
+    a sequence leaves the loss when its advantage is negative *and* its mean token
+    KL from the sampling policy, ``mean_t (log pi_old - log pi)``, exceeds
+    ``threshold``. Learning from one's own bad samples that the policy has already
+    moved away from is what destabilises; good samples are always kept.
+
+    Args:
+      log_probs: float32 ``[B, T]`` under the current policy (no gradient taken).
+      old_log_probs: float32 ``[B, T]`` under the sampling policy.
+      advantages: float32 ``[B, T]``.
+      mask: float32 ``[B, T]``.
+      threshold: scalar ``delta`` of the paper (e.g. 0.5).
+
+    Returns:
+      float32 ``[B, T]`` in {0, 1}: 1 = kept (every position of a kept row).
+    """
+    kl = tf.cast(old_log_probs, tf.float32) - tf.stop_gradient(tf.cast(log_probs, tf.float32))
+    real = tf.cast(mask, tf.float32)
+    sequence_kl = masked_sum(kl, real, axis=-1) / tf.maximum(
+        tf.reduce_sum(real, axis=-1), 1.0)  # [B]
+    keep = (tf.cast(advantages, tf.float32) >= 0) | (sequence_kl[:, None] <= threshold)
+    return tf.cast(keep, tf.float32)  # [B, T]
 
 
 def high_entropy_mask(entropies, mask, quantile):

@@ -95,6 +95,21 @@ def reference_of(policy):
     return reference if reference is not None else frozen_copy(policy)
 
 
+def _check_sync_ref_model(reference_model, alpha, steps):
+    """`sync_ref_model`'s preconditions, each refused in one line."""
+    if reference_model is None:
+        raise ValueError("sync_ref_model=True needs a KL reference (kl_coef > 0): with "
+                         "none there is nothing to synchronise")
+    if not isinstance(reference_model, keras.Model):
+        raise ValueError("sync_ref_model=True is not supported for a LoRA policy: its KL "
+                         "reference is its own weights with the adapters off, so there is "
+                         "no separate reference to mix (as TRL refuses PEFT)")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"ref_model_mixup_alpha must be in [0, 1], got {alpha}")
+    if steps < 1:
+        raise ValueError(f"ref_model_sync_steps must be >= 1, got {steps}")
+
+
 class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
     """Base class of the algorithms in `tfpg.algorithms`; not used directly.
 
@@ -145,6 +160,14 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
             critic; tfpg's Transformer and KerasHub backbones) block by block in the
             update's backward pass: long sequences fit in less memory, for about one
             more forward pass of compute. LSTM / GRU trunks are not affected.
+        sync_ref_model: TR-DPO's reference update (TRL's names): every
+            `ref_model_sync_steps` optimizer steps the KL reference becomes
+            `ref_model_mixup_alpha * policy + (1 - alpha) * reference`, weight by
+            weight. Needs a KL reference of its own (kl_coef > 0 or target_kl); a
+            LoRA policy's reference is its own weights with the adapters off, so
+            there is nothing separate to mix and it is refused (as TRL refuses PEFT).
+        ref_model_mixup_alpha: the mixing weight alpha (default 0.6, as TRL).
+        ref_model_sync_steps: optimizer steps between syncs (default 512, as TRL).
     """
 
     default_loss_aggregation = "token_mean"
@@ -164,6 +187,7 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
                  max_grad_norm=1.0, loss_aggregation=None, on_invalid_reward="raise",
                  seed=0, env=None, max_turns=None, head_chunk_size=None,
                  gradient_checkpointing=False, reward_timeout=DEFAULT_REWARD_TIMEOUT,
+                 sync_ref_model=False, ref_model_mixup_alpha=0.6, ref_model_sync_steps=512,
                  **kwargs):
         resolve_sampler(sampler, temperature, top_k, top_p)
         _check_values(policy, max_new_tokens, kl_coef, target_kl, reward_timeout)
@@ -198,6 +222,12 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         if reference_model is None and (kl_coef > 0 or target_kl is not None):
             reference_model = reference_of(policy)
         self.reference_model = reference_model
+        self.sync_ref_model = bool(sync_ref_model)
+        self.ref_model_mixup_alpha = float(ref_model_mixup_alpha)
+        self.ref_model_sync_steps = int(ref_model_sync_steps)
+        if self.sync_ref_model:
+            _check_sync_ref_model(reference_model, self.ref_model_mixup_alpha,
+                                  self.ref_model_sync_steps)
         self.max_new_tokens = int(max_new_tokens)
         self.sampler = sampler
         self.temperature = float(temperature)
@@ -459,6 +489,11 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
                    "completion_ids": completion_ids,
                    "completion_mask": mask, "loss_mask": mask * scored.valid[:, None],
                    "scores": scored.rewards, "valid": scored.valid}
+        if self.uses_reward_components:
+            # [B, C]: each objective of a WeightedSum, unweighted, in its order.
+            rollout["reward_components"] = tf.stack(
+                [scored.components[name] for name, _, _ in self.reward_fn.weighted_components],
+                axis=1)
         if self.scores_rollout:
             rollout.update(self.score_rollout(rollout, mask))
         self._record(scored.metrics())
@@ -536,6 +571,27 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         """Whether `loss_terms` reads `scores.temperature_log_probs`."""
         return False
 
+    @property
+    def uses_reward_components(self):
+        """Whether the rollout keeps each `WeightedSum` objective ("reward_components")."""
+        return False
+
+    @property
+    def uses_entropy_bonus(self):
+        """Whether the loss has an entropy bonus (and the entropy a gradient)."""
+        return bool(self.entropy_coef)
+
+    def entropy_coefficient(self):
+        """The entropy bonus's weight in this step's loss (float or scalar tensor)."""
+        return self.entropy_coef
+
+    def entropy_bonus_mask(self, minibatch, scores):
+        """float32 [b, N]: the tokens the entropy bonus averages over (the loss mask)."""
+        return minibatch["loss_mask"]
+
+    def after_update(self, logs):
+        """Runs after each optimizer step with the step's logs (controllers)."""
+
     def policy_gradient_term(self, minibatch, log_probs):
         """-A_t log pi(a_t | s_t): the REINFORCE term (advantages are constants)."""
         per_token = -tf.stop_gradient(minibatch["advantages"]) * log_probs
@@ -574,9 +630,9 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         with tf.GradientTape() as tape, gradient_checkpointing(self.gradient_checkpointing):
             scores = self.score_completions(
                 self.policy, minibatch, mask, support=minibatch.get("support"),
-                entropy=True, entropy_gradient=bool(self.entropy_coef),
+                entropy=True, entropy_gradient=self.uses_entropy_bonus,
                 temperature_log_probs=self.needs_temperature_log_probs)
-            if not self.entropy_coef:    # logged only: score_tokens gives it no gradient
+            if not self.uses_entropy_bonus:    # logged only: score_tokens gives it no gradient
                 scores = scores._replace(entropy=tf.stop_gradient(scores.entropy))
             if "old_log_probs" not in minibatch:    # see `scores_rollout`
                 minibatch = dict(minibatch, old_log_probs=tf.stop_gradient(scores.log_probs))
@@ -588,8 +644,16 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
                                                 minibatch.get("prompt_mask"))
             terms, token_metrics = self.loss_terms(minibatch, scores, values)
             entropy = self._aggregate(scores.entropy, mask, "token_mean")
-            total = -self.entropy_coef * entropy
             logs = {"entropy": entropy}
+            total = 0.0
+            if self.uses_entropy_bonus:
+                # The mean entropy of the tokens the bonus acts on (TRL: those of the
+                # policy term), whatever the loss's own aggregation.
+                bonus_mask = self.entropy_bonus_mask(minibatch, scores)
+                logs["bonus_entropy"] = (entropy if bonus_mask is mask else
+                                         self._aggregate(scores.entropy, bonus_mask,
+                                                         "token_mean"))
+                total = -self.entropy_coefficient() * logs["bonus_entropy"]
             for name, (per_token, coefficient, mode) in terms.items():
                 logs[name] = self._aggregate(per_token, mask, mode, rollout_tokens)
                 total += coefficient * logs[name]
@@ -611,6 +675,33 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         with tf.control_dependencies([total]):
             self._apply(gradients)
         self._record(logs)
+        self.after_update(logs)
+        if self.sync_ref_model:
+            self._sync_reference()
+
+    def _sync_reference(self):
+        """TR-DPO: every `ref_model_sync_steps` optimizer steps, reference <-
+        alpha * policy + (1 - alpha) * reference, weight by weight (after the step's
+        update, as TRL's callback at the step's end)."""
+        alpha = self.ref_model_mixup_alpha
+        due = tf.equal(self.optimizer.iterations % self.ref_model_sync_steps, 0)
+        pairs = [(target, source) for target, source in
+                 zip(self.reference_model.weights, self.policy.weights)
+                 if "float" in str(target.dtype)]
+
+        def mix(target, source, due):
+            return target.assign(tf.where(due, alpha * source + (1.0 - alpha) * target,
+                                          target))
+
+        context = tf.distribute.get_replica_context()
+        if context is not None and num_replicas() > 1:
+            def merged(strategy, due):
+                for target, source in pairs:
+                    strategy.extended.update(target, mix, args=(source, due))
+            context.merge_call(merged, args=(due,))
+        else:
+            for target, source in pairs:
+                mix(target, source, due)
 
     def update(self, rollout):
         """`num_epochs` x `num_minibatches` gradient steps over one rollout.
@@ -720,5 +811,8 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
             on_invalid_reward=self.on_invalid_reward, reward_timeout=self.reward_timeout,
             seed=self.seed,
             head_chunk_size=self.head_chunk_size,
-            gradient_checkpointing=self.gradient_checkpointing)
+            gradient_checkpointing=self.gradient_checkpointing,
+            sync_ref_model=self.sync_ref_model,
+            ref_model_mixup_alpha=self.ref_model_mixup_alpha,
+            ref_model_sync_steps=self.ref_model_sync_steps)
         return config

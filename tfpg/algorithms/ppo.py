@@ -7,7 +7,7 @@ from tfpg import bounds
 from tfpg import losses
 from tfpg.algorithms.base import PolicyGradientTrainer
 from tfpg.distribution import cross_replica_sum
-from tfpg.algorithms.grpo import approx_kl_and_clip_fraction
+from tfpg.algorithms.grpo import CLIP_RATIO_METRICS, approx_kl_and_clip_fraction
 
 
 @keras.saving.register_keras_serializable(package="tfpg")
@@ -23,6 +23,9 @@ class PPO(PolicyGradientTrainer):
             + value_coef * max((V - R)^2, (clip(V, V_old +- c) - R)^2) / 2
             - entropy_coef * H
 
+    `delta` (INTELLECT-2's two-sided clip, as GRPO's) caps the unclipped ratio too,
+    bounding what a token with a negative advantage and a huge ratio contributes.
+
     Example:
     >>> agent = tfpg.algorithms.PPO(policy, value_model=tfpg.ValueNetwork(vocab_size),
     ...                             reward_fn=tfpg.rewards.BLEU(), kl_coef=0.05)
@@ -34,8 +37,10 @@ class PPO(PolicyGradientTrainer):
 
     def __init__(self, policy, reward_fn, value_model=None, kl_coef=0.05, gamma=1.0,
                  gae_lambda=0.95, clip_epsilon=0.2, value_clip=0.2, whiten_advantages=True,
-                 num_epochs=4, **options):
+                 num_epochs=4, delta=None, **options):
         bounds.check_non_negative("clip_epsilon", clip_epsilon)
+        if delta is not None:
+            bounds.check_positive("delta", delta)
         super().__init__(policy, reward_fn, value_model=value_model, kl_coef=kl_coef,
                          num_epochs=num_epochs, **options)
         self.gamma = gamma
@@ -43,6 +48,7 @@ class PPO(PolicyGradientTrainer):
         self.clip_epsilon = clip_epsilon
         self.value_clip = value_clip
         self.whiten_advantages = whiten_advantages
+        self.delta = None if delta is None else float(delta)
 
     def compute_advantages(self, rollout, batch):
         mask = rollout["completion_mask"]
@@ -56,16 +62,21 @@ class PPO(PolicyGradientTrainer):
 
     def loss_terms(self, minibatch, scores, values):
         log_probs = scores.log_probs
-        surrogate, _, clipped = losses.ppo_clipped_surrogate(
+        surrogate, ratio, clipped = losses.ppo_clipped_surrogate(
             log_probs, minibatch["old_log_probs"], minibatch["advantages"],
-            self.clip_epsilon, minibatch["loss_mask"])
+            self.clip_epsilon, minibatch["loss_mask"], delta=self.delta)
         terms = {"policy_loss": (surrogate, 1.0, self.loss_aggregation),
                  "value_loss": self.value_term(minibatch, values, self.value_clip)}
-        return terms, approx_kl_and_clip_fraction(log_probs, minibatch, clipped)
+        return terms, approx_kl_and_clip_fraction(log_probs, minibatch, clipped, ratio,
+                                                  minibatch["advantages"],
+                                                  self.clip_epsilon, self.delta)
+
+    def metric_names(self):
+        return super().metric_names() + list(CLIP_RATIO_METRICS)
 
     def get_config(self):
         config = super().get_config()
         config.update(gamma=self.gamma, gae_lambda=self.gae_lambda,
                       clip_epsilon=self.clip_epsilon, value_clip=self.value_clip,
-                      whiten_advantages=self.whiten_advantages)
+                      whiten_advantages=self.whiten_advantages, delta=self.delta)
         return config

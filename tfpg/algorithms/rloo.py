@@ -7,7 +7,8 @@ from tfpg import advantages as adv
 from tfpg import bounds
 from tfpg import losses
 from tfpg.algorithms.base import PolicyGradientTrainer, sequence_return
-from tfpg.algorithms.grpo import approx_kl_and_clip_fraction
+from tfpg.algorithms.grpo import CLIP_RATIO_METRICS, approx_kl_and_clip_fraction
+from tfpg.distribution import cross_replica_sum
 
 
 @keras.saving.register_keras_serializable(package="tfpg")
@@ -25,6 +26,10 @@ class RLOO(PolicyGradientTrainer):
     the first step is the plain RLOO step. (`clip_fraction` and `approx_kl` are
     then logged; with one step per rollout the plain loss is used.)
 
+    `normalize_advantages=True` (TRL's option; REINFORCE++-baseline, Hu et al.,
+    2025) standardises the leave-one-out advantages over the whole batch,
+    (A - mean) / (std + 1e-4), so every batch's update has the same scale.
+
     Example:
     >>> agent = tfpg.algorithms.RLOO(policy, reward_fn=reward, group_size=4, kl_coef=0.05)
     """
@@ -33,10 +38,12 @@ class RLOO(PolicyGradientTrainer):
     min_group_size = 2
     reuses_rollouts = True
 
-    def __init__(self, policy, reward_fn, group_size=4, clip_epsilon=0.2, **options):
+    def __init__(self, policy, reward_fn, group_size=4, clip_epsilon=0.2,
+                 normalize_advantages=False, **options):
         bounds.check_non_negative("clip_epsilon", clip_epsilon)
         super().__init__(policy, reward_fn, group_size=group_size, **options)
         self.clip_epsilon = clip_epsilon
+        self.normalize_advantages = bool(normalize_advantages)
 
     @property
     def uses_ratio(self):
@@ -48,6 +55,9 @@ class RLOO(PolicyGradientTrainer):
         sequence_rewards = sequence_return(rollout)                         # [B]
         advantages = adv.rloo_advantages(sequence_rewards, self.group_size,
                                          rollout["valid"])                   # [B]
+        if self.normalize_advantages:
+            advantages = adv.standardize(advantages, rollout["valid"],
+                                         sum_fn=cross_replica_sum)
         return {"advantages": adv.broadcast_sequence_advantages(advantages, mask)}
 
     def loss_terms(self, minibatch, scores, values):
@@ -64,10 +74,17 @@ class RLOO(PolicyGradientTrainer):
         # The sequence's loss on each of its tokens, averaged per sequence.
         per_token = tf.broadcast_to(surrogate, tf.shape(mask))
         token_clipped = tf.broadcast_to(clipped, tf.shape(mask))
+        ratio = tf.broadcast_to(tf.exp(sequence_log_probs - old), tf.shape(mask))
         return ({"policy_loss": (per_token, 1.0, "sequence_mean")},
-                approx_kl_and_clip_fraction(log_probs, minibatch, token_clipped))
+                approx_kl_and_clip_fraction(log_probs, minibatch, token_clipped, ratio,
+                                            minibatch["advantages"], self.clip_epsilon))
+
+    def metric_names(self):
+        names = super().metric_names()
+        return names + (list(CLIP_RATIO_METRICS) if self.uses_ratio else [])
 
     def get_config(self):
         config = super().get_config()
-        config.update(clip_epsilon=self.clip_epsilon)
+        config.update(clip_epsilon=self.clip_epsilon,
+                      normalize_advantages=self.normalize_advantages)
         return config
