@@ -115,3 +115,136 @@ def test_reply_text_continues_a_conversation():
     # Without its end token the policy's turn still gets the template's end of turn.
     assert gemma.reply_text("r") == ("<end_of_turn>\n<start_of_turn>user\nr<end_of_turn>\n"
                                      "<start_of_turn>model\n")
+
+
+# ---------------------------------------------------------------- tokenizers and data
+
+CHATML = _fixture("gpt2")["hf_files"]["chat_template.jinja"]
+CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1 + 2 ="}]
+
+
+@pytest.fixture(scope="module")
+def hub_tokenizer():
+    """A tiny KerasHub GPT-2 tokenizer, as a Hugging Face GPT-2 checkpoint would give
+    it (its files carry the ChatML template)."""
+    import sys
+    sys.path.insert(0, os.path.dirname(__file__))
+    import keras_hub
+    from keras_hub_models import bpe_vocabulary
+    import tfpg
+    vocabulary, merges = bpe_vocabulary(["<|endoftext|>"])
+    tok = tfpg.KerasHubTokenizer(keras_hub.models.GPT2Tokenizer(vocabulary=vocabulary,
+                                                                merges=merges))
+    tok.hf_files = {"chat_template.jinja": CHATML, "tokenizer_config.json": json.dumps(
+        {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"})}
+    return tok
+
+
+def test_apply_chat_template_on_tfpg_tokenizers(hub_tokenizer, tmp_path):
+    import tfpg
+    expected = ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n1 + 2 =<|im_end|>\n"
+                "<|im_start|>assistant\n")
+    assert hub_tokenizer.apply_chat_template(CHAT) == expected
+    assert hub_tokenizer.apply_chat_template(CHAT, add_generation_prompt=False) == \
+        expected[:-len("<|im_start|>assistant\n")]
+    word = tfpg.Tokenizer.from_texts(["a b"])
+    with pytest.raises(NoChatTemplateError, match=r"^Tokenizer has no chat template; give one "
+                                                  r"with --chat-template F.jinja"):
+        word.apply_chat_template(CHAT)
+    path = tmp_path / "t.jinja"
+    path.write_text("{{ bos_token }}{% for m in messages %}[{{ m.role }}] {{ m.content }}\n"
+                    "{% endfor %}")
+    # A template set on a tokenizer gets its special tokens and survives save / load.
+    hub_copy = tfpg.KerasHubTokenizer(hub_tokenizer.hub_tokenizer)
+    hub_copy.chat_template = str(path)
+    assert hub_copy.apply_chat_template(CHAT[1:]) == "<|endoftext|>[user] 1 + 2 =\n"
+    hub_copy.save(tmp_path / "hub.json")
+    assert tfpg.KerasHubTokenizer.load(tmp_path / "hub.json").apply_chat_template(
+        CHAT[1:]) == "<|endoftext|>[user] 1 + 2 =\n"
+    word.chat_template = path                          # no special tokens: no BOS text
+    assert word.apply_chat_template(CHAT[1:]) == "[user] 1 + 2 =\n"
+    word.save(tmp_path / "word.json")
+    assert tfpg.Tokenizer.load(tmp_path / "word.json").chat_template.source == \
+        path.read_text()
+
+
+def test_prompt_dataset_renders_message_lists(hub_tokenizer):
+    import tfpg
+    chats = [CHAT, [{"role": "user", "content": "hello world!"}]]
+    batch = next(iter(tfpg.data.prompt_dataset(chats, hub_tokenizer, batch_size=2)))
+    texts = [hub_tokenizer.apply_chat_template(c) for c in chats]
+    # Encoded as transformers does (add_special_tokens=False): no BOS added.
+    rows = hub_tokenizer.encode(texts, add_bos=False)
+    width = max(map(len, rows))
+    assert batch["prompt"].numpy().tolist() == [
+        [hub_tokenizer.pad_id] * (width - len(r)) + r for r in rows]
+    assert batch["prompt_mask"].numpy().sum(axis=1).tolist() == [len(r) for r in rows]
+    assert [json.loads(m) for m in batch["prompt_messages"].numpy()] == chats
+    word = tfpg.Tokenizer.from_texts(["<|im_start|>user hello", "world!<|im_end|>"])
+    with pytest.raises(ValueError, match=r"^prompt 0: Tokenizer has no chat template; "
+                                         r"give one with --chat-template"):
+        tfpg.data.prompt_dataset(chats, word)
+    with pytest.raises(TypeError, match="chat_template must be a ChatTemplate, the path"):
+        word.chat_template = 3
+    with pytest.raises(ValueError, match="prompt 1 is a string but prompt 0 is a list"):
+        tfpg.data.prompt_dataset([CHAT, "hi"], hub_tokenizer)
+    with pytest.raises(ValueError, match="prompt 1: message 1 has no string 'role'"):
+        tfpg.data.prompt_dataset([CHAT, [{"content": "x"}]], hub_tokenizer)
+
+
+def test_jsonl_reads_trl_conversational_prompts(tmp_path):
+    from tfpg.data import DataError, read_file
+    path = tmp_path / "chat.jsonl"
+    lines = [{"prompt": CHAT, "reference": "3", "id": 1},
+             {"prompt": [{"role": "user", "content": "2 + 2 ="}], "reference": "4", "id": 2}]
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    assert read_file(path) == {"prompt": [CHAT, lines[1]["prompt"]], "reference": ["3", "4"],
+                               "id": [1, 2]}
+    bad = {
+        '{"prompt": [{"role": "user", "content": "x"}, "hi"]}':
+            "'prompt' is not a conversation (message 2 must be an object",
+        '{"prompt": [{"role": "user"}]}':
+            "'prompt' is not a conversation (message 1 (user) has no 'content')",
+        '{"prompt": [{"role": 3, "content": "x"}]}':
+            "'prompt' is not a conversation (message 1 has no string 'role')",
+        '{"prompt": []}': "'prompt' is not a conversation (the conversation is empty",
+        '{"prompt": {"role": "user"}}': "'prompt' must be a string or a list of",
+        '{"prompt": "plain"}': "'prompt' is a string but line 1's is a list of messages",
+    }
+    for line, message in bad.items():
+        path.write_text(json.dumps({"prompt": CHAT}) + "\n" + line + "\n")
+        with pytest.raises(DataError) as raised:
+            read_file(path)
+        assert str(raised.value).startswith(f"{path}:2: {message}"), str(raised.value)
+        assert "\n" not in str(raised.value)
+    path.write_text(json.dumps({"prompt": CHAT}) + "\n")
+    with pytest.raises(DataError, match=r"chat.jsonl:1: prompt messages have \d+ characters, "
+                                        r"more than 20 .*conversations are never cut"):
+        read_file(path, max_prompt_chars=20, truncate="left")
+
+
+def test_python_reward_gets_trl_shaped_conversations(hub_tokenizer):
+    import tensorflow as tf
+    import tfpg
+    seen = {}
+
+    def reward(prompts, completions, reference, **kwargs):
+        seen.update(prompts=prompts, completions=completions, reference=reference,
+                    keys=sorted(kwargs))
+        return [float(len(c[0]["content"])) for c in completions]
+
+    chats = [CHAT, [{"role": "user", "content": "hello"}]]
+    batch = next(iter(tfpg.data.prompt_dataset(chats, hub_tokenizer, references=["3", "x"],
+                                               extras={"id": [1, 2]}, batch_size=2)))
+    ids = [hub_tokenizer.encode(t, add_bos=False) for t in ("the cat", "a dog ran")]
+    width = max(map(len, ids)) + 1
+    rows = [r + [hub_tokenizer.eos_id] * (width - len(r)) for r in ids]
+    mask = [[1.0] * (len(r) + 1) + [0.0] * (width - len(r) - 1) for r in ids]
+    values = tfpg.rewards.PythonReward(reward, tokenizer=hub_tokenizer)(
+        batch["prompt"], tf.constant(rows), tf.constant(mask), batch)
+    assert values.numpy().tolist() == [7.0, 9.0]
+    assert seen["prompts"] == chats
+    assert seen["completions"] == [[{"role": "assistant", "content": "the cat"}],
+                                   [{"role": "assistant", "content": "a dog ran"}]]
+    # The messages are the prompt, not a column of their own.
+    assert seen["keys"] == ["id", "prompt_mask", "reference_mask"]

@@ -234,7 +234,9 @@ def test_read_jsonl_columns(tmp_path):
      "t.jsonl:2: invalid JSON (Expecting property name enclosed in double quotes at column 16)"),
     ("t.jsonl", '{"prompt": "a"}\n\n["a"]\n', "t.jsonl:3: expected a JSON object, found list"),
     ("t.jsonl", '{"reference": "a"}\n', "t.jsonl:1: missing required key 'prompt'"),
-    ("t.jsonl", '{"prompt": 3}\n', "t.jsonl:1: 'prompt' must be a string, found int"),
+    ("t.jsonl", '{"prompt": 3}\n',
+     "t.jsonl:1: 'prompt' must be a string or a list of {\"role\", \"content\"} messages, "
+     "found int"),
     ("t.jsonl", '{"prompt": "a", "reference": [1]}\n',
      "t.jsonl:1: 'reference' must be a string or a list of strings"),
     ("t.jsonl", '{"prompt": "a", "id": 1}\n{"prompt": "b"}\n',

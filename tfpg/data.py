@@ -4,7 +4,9 @@
   pre-training with `SparseCategoricalCrossentropy(from_logits=True, ignore_class=0)`.
 * `prompt_dataset`: dict batches `{"prompt": int32 [B, P], "prompt_mask": int32 [B, P],
   "reference": ..., **extras}` for the policy-gradient algorithms; prompts are
-  left-padded so generation starts at the same position in every row.
+  left-padded so generation starts at the same position in every row. A prompt is a
+  string or a conversation (TRL's format: a list of `{"role", "content"}` messages),
+  rendered with the tokenizer's chat template.
 * `read_txt`, `read_tsv`, `read_jsonl`, `read_file`: plain-Python readers whose
   errors are `DataError`s with one-line messages `path:line: what is wrong`. They
   bound what a line may hold before anything tokenizes it: the characters of a
@@ -20,9 +22,13 @@ import numpy as np
 import tensorflow as tf
 
 from tfpg.bounds import MAX_JSON_DEPTH, json_depth
+from tfpg.hf.chat_template import check_conversation, is_conversation
 
 _INT32 = np.iinfo(np.int32)
-_RESERVED_COLUMNS = ("prompt", "prompt_mask", "reference", "reference_mask")
+# A conversational prompt's messages, as JSON (tf.string [B]): what `PythonReward`
+# hands a reward function as the prompt, as TRL does.
+MESSAGES_COLUMN = "prompt_messages"
+_RESERVED_COLUMNS = ("prompt", "prompt_mask", "reference", "reference_mask", MESSAGES_COLUMN)
 
 
 class DataError(ValueError):
@@ -114,11 +120,21 @@ def prompt_dataset(prompts, tokenizer, references=None, batch_size=32,
       least 1 even when every reference is empty.
     * `"reference_mask"` (with `"reference"`): int32 of its shape, 1 for the
       references' tokens, 0 for padding (what the id rewards read).
+    * `"prompt_messages"` (conversational prompts): tf.string [B], each prompt's
+      messages as JSON, for rewards that read the conversation (`PythonReward`).
     * one column per `extras` entry: strings -> tf.string, ints -> int32,
       floats -> float32, bools -> tf.bool.
 
+    Conversational prompts (TRL's format: each a list of `{"role", "content"}`
+    messages) are rendered with the tokenizer's chat template and
+    `add_generation_prompt=True` (`tokenizer.apply_chat_template`), then encoded as
+    transformers encodes them: without adding BOS, which the template writes (tfpg's
+    own `Tokenizer`, whose BOS is no text, prepends it: `chat_adds_bos`). A tokenizer
+    without a template is a one-line ValueError saying how to give one.
+
     Args:
-        prompts: list of strings.
+        prompts: list of strings, or list of conversations (lists of message dicts;
+            not both kinds).
         tokenizer: a `tfpg.Tokenizer` or `tfpg.KerasHubTokenizer`.
         references: None or one entry per prompt: a string or a list of strings.
         batch_size: prompts per batch.
@@ -158,6 +174,9 @@ def prompt_dataset(prompts, tokenizer, references=None, batch_size=32,
                          f"empty dataset")
     prompt_ids, prompt_mask = _encode_prompts(prompts, tokenizer, max_prompt_length, truncate)
     columns = {"prompt": prompt_ids, "prompt_mask": prompt_mask}
+    if is_conversation(prompts[0]):
+        columns[MESSAGES_COLUMN] = np.asarray(
+            [json.dumps(list(p), ensure_ascii=False) for p in prompts], dtype=object)
     if references is not None:
         columns["reference"], columns["reference_mask"] = _encode_references(
             references, tokenizer, len(prompts))
@@ -173,19 +192,54 @@ def prompt_dataset(prompts, tokenizer, references=None, batch_size=32,
     return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 
+def prompt_text(prompt, tokenizer):
+    """(text, add_bos) a prompt is encoded from: a string as it is, with BOS; a
+    conversation rendered with the tokenizer's chat template (generation prompt
+    added), with BOS only where the tokenizer's BOS is no text (`chat_adds_bos`)."""
+    if not is_conversation(prompt):
+        return prompt, True
+    return (tokenizer.apply_chat_template(prompt, add_generation_prompt=True),
+            getattr(tokenizer, "chat_adds_bos", False))
+
+
+def encode_prompt(prompt, tokenizer, **options):
+    """Token ids of one prompt, a string or a conversation (see `prompt_text`);
+    `options` go to `tokenizer.encode` (max_length, truncate)."""
+    text, add_bos = prompt_text(prompt, tokenizer)
+    return tokenizer.encode(text, add_bos=add_bos, **options)
+
+
+def check_prompt_kinds(prompts):
+    """Raises ValueError unless the prompts are all strings or all conversations
+    (each a well-formed list of messages)."""
+    conversational = is_conversation(prompts[0])
+    for index, prompt in enumerate(prompts):
+        if is_conversation(prompt) != conversational:
+            raise ValueError(f"prompt {index} is {'a string' if conversational else 'a list'}"
+                             f" but prompt 0 is {'a list' if conversational else 'a string'}; "
+                             "prompts are all strings or all conversations (message lists)")
+        if conversational:
+            try:
+                check_conversation(prompt)
+            except ValueError as e:
+                raise ValueError(f"prompt {index}: {e}") from None
+
+
 def _encode_prompts(prompts, tokenizer, max_prompt_length, truncate):
     """-> (ids int32 [N, P] left-padded with the tokenizer's pad id, mask int32 [N, P])."""
+    check_prompt_kinds(prompts)
     encoded = []
     for index, prompt in enumerate(prompts):
         try:
-            ids = tokenizer.encode(prompt)
+            ids = encode_prompt(prompt, tokenizer)
             if max_prompt_length is not None and len(ids) > max_prompt_length:
                 if truncate == "error":
                     raise ValueError(
                         f"has {len(ids)} tokens (BOS included), more than "
                         f"max_prompt_length={max_prompt_length}; shorten it or pass "
                         f"truncate='left' or truncate='right'")
-                ids = tokenizer.encode(prompt, max_length=max_prompt_length, truncate=truncate)
+                ids = encode_prompt(prompt, tokenizer, max_length=max_prompt_length,
+                                    truncate=truncate)
         except (TypeError, ValueError) as e:
             raise type(e)(f"prompt {index}: {e}") from None
         encoded.append(ids)
@@ -320,8 +374,19 @@ class PromptLimit:
         self.cut_lines = []
 
     def __call__(self, number, prompt):
-        """The prompt of line `number`, cut to `max_chars` characters if need be."""
-        if self.max_chars is None or len(prompt) <= self.max_chars:
+        """The prompt of line `number`, cut to `max_chars` characters if need be. A
+        conversation counts the characters of its messages' JSON and is never cut
+        (no side of a conversation is the one to drop): a longer one is refused."""
+        if self.max_chars is None:
+            return prompt
+        if is_conversation(prompt):
+            size = len(json.dumps(prompt, ensure_ascii=False))
+            if size > self.max_chars:
+                raise DataError(f"{self.path}:{number}: prompt messages have {size} "
+                                f"characters, more than {self.max_chars} ({self.reason}); "
+                                "conversations are never cut: shorten it")
+            return prompt
+        if len(prompt) <= self.max_chars:
             return prompt
         if self.truncate == "error":
             raise DataError(f"{self.path}:{number}: prompt has {len(prompt)} characters, "
@@ -390,10 +455,12 @@ def read_tsv(path, prompt_limit=None):
 def read_jsonl(path, prompt_limit=None):
     """Reads one JSON object per line -> dict of columns.
 
-    Each object needs a string `"prompt"`; `"reference"` (a string or a list of
-    strings) and any other keys are optional, but every line must have the same
-    keys as the first one. Columns come back as lists, `"prompt"` first. A line
-    nested deeper than `tfpg.bounds.MAX_JSON_DEPTH` is a `DataError`.
+    Each object needs a `"prompt"`: a string, or a conversation in TRL's format (a
+    list of `{"role", "content"}` messages; every line then has one, and
+    `prompt_dataset` renders them with the chat template); `"reference"` (a string
+    or a list of strings) and any other keys are optional, but every line must have
+    the same keys as the first one. Columns come back as lists, `"prompt"` first. A
+    line nested deeper than `tfpg.bounds.MAX_JSON_DEPTH` is a `DataError`.
     `prompt_limit`: a `PromptLimit` applied to each prompt.
 
     >>> import tempfile, os
@@ -404,7 +471,7 @@ def read_jsonl(path, prompt_limit=None):
     """
     path = os.fspath(path)
     limit = prompt_limit or PromptLimit(path)
-    columns, first = None, None
+    columns, first, conversational = None, None, False
     for number, line in _lines(path):
         where = f"{path}:{number}"
         record = parse_json_line(line, where)
@@ -412,15 +479,26 @@ def read_jsonl(path, prompt_limit=None):
             raise DataError(f"{where}: expected a JSON object, found {type(record).__name__}")
         if "prompt" not in record:
             raise DataError(f"{where}: missing required key 'prompt'")
-        if not isinstance(record["prompt"], str):
-            raise DataError(f"{where}: 'prompt' must be a string, found "
-                            f"{type(record['prompt']).__name__}")
+        prompt = record["prompt"]
+        if is_conversation(prompt):
+            try:
+                check_conversation(prompt)
+            except ValueError as e:
+                raise DataError(f"{where}: 'prompt' is not a conversation ({e})") from None
+        elif not isinstance(prompt, str):
+            raise DataError(f"{where}: 'prompt' must be a string or a list of "
+                            f"{{\"role\", \"content\"}} messages, found "
+                            f"{type(prompt).__name__}")
+        if columns is not None and is_conversation(prompt) != conversational:
+            kinds = ("a string", "a list of messages")
+            raise DataError(f"{where}: 'prompt' is {kinds[is_conversation(prompt)]} but line "
+                            f"{first}'s is {kinds[conversational]} (a file holds one kind)")
         reference = record.get("reference", "")
         if not (isinstance(reference, str) or (
                 isinstance(reference, list) and all(isinstance(r, str) for r in reference))):
             raise DataError(f"{where}: 'reference' must be a string or a list of strings")
         if columns is None:
-            first = number
+            first, conversational = number, is_conversation(prompt)
             keys = ["prompt"] + (["reference"] if "reference" in record else [])
             columns = {key: [] for key in keys + [k for k in record if k not in keys]}
         if record.keys() != columns.keys():

@@ -31,6 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfpg.hf.chat_template import ChatTemplateMixin
 from tfpg.text import _check_max_length, _check_truncate, _left_pad, write_json_atomically
 
 FORMAT = "tfpg.KerasHubTokenizer"
@@ -72,8 +73,13 @@ def _kept_ids(ids, pad_id, bos_id, eos_id):
     return ids[~np.isin(ids, dropped)] if dropped else ids
 
 
-class KerasHubTokenizer:
+class KerasHubTokenizer(ChatTemplateMixin):
     """A `keras_hub.tokenizers.Tokenizer` with tfpg's `Tokenizer` interface.
+
+    `apply_chat_template(messages)` renders a conversation with the chat template of
+    the Hugging Face checkpoint it came from, or one set as `tok.chat_template`
+    (`tfpg.hf.chat_template`); rendered chats are encoded without BOS, which the
+    template writes.
 
     Args:
         hub_tokenizer: a KerasHub tokenizer with a vocabulary (e.g.
@@ -102,6 +108,18 @@ class KerasHubTokenizer:
     @property
     def vocabulary_size(self):
         return int(self.hub_tokenizer.vocabulary_size())
+
+    def template_special_tokens(self):
+        """`bos_token`, `eos_token`, ... for a chat template: the Hugging Face
+        files' (`hf_files`), else the KerasHub tokenizer's own BOS / EOS / pad."""
+        tokens = super().template_special_tokens()
+        if tokens:
+            return tokens
+        names = {"bos_token": self.bos_id, "eos_token": self.eos_id}
+        if self.pad_id not in (None, self.eos_id):
+            names["pad_token"] = self.pad_id
+        return {name: self.hub_tokenizer.id_to_token(int(i)) for name, i in names.items()
+                if i is not None}
 
     @property
     def structural_ids(self):
@@ -199,6 +217,8 @@ class KerasHubTokenizer:
         else:
             payload["vocabulary"] = hub.vocabulary
             payload["merges"] = list(hub.merges)
+        if self.chat_template_config() is not None:
+            payload["chat_template"] = self.chat_template_config()
         write_json_atomically(os.fspath(path), payload, indent=None)
 
     @classmethod
@@ -218,6 +238,9 @@ class KerasHubTokenizer:
         if payload.get("version") != VERSION:
             raise ValueError(f"{path}: unsupported KerasHub tokenizer version "
                              f"{payload.get('version')!r}")
+        if "hf_files" in payload:     # a transformers checkpoint's tokenizer (tfpg.hf)
+            from tfpg.hf.tokenizer import HFTokenizer
+            return HFTokenizer.from_payload(payload)
         config = dict(payload["tokenizer"])
         config["config"] = dict(config["config"])
         if "proto" in payload:
@@ -225,7 +248,10 @@ class KerasHubTokenizer:
         else:
             config["config"]["vocabulary"] = payload["vocabulary"]
             config["config"]["merges"] = payload["merges"]
-        return cls(keras.saving.deserialize_keras_object(config))
+        tokenizer = cls(keras.saving.deserialize_keras_object(config))
+        if payload.get("chat_template") is not None:
+            tokenizer.chat_template = payload["chat_template"]
+        return tokenizer
 
     def __repr__(self):
         return (f"KerasHubTokenizer({type(self.hub_tokenizer).__name__}, "
@@ -258,7 +284,8 @@ class HubStringToIds(keras.layers.Layer):
     def call(self, texts):
         return _in_graph(self._encode, tf.convert_to_tensor(texts, tf.string))
 
-    def _encode(self, texts):
+    def _ids(self, texts):
+        """string [B] -> int32 ragged [B, (n)]: truncated, BOS first."""
         ids = self.hub_tokenizer(texts)                                         # [B, (n)]
         if not isinstance(ids, tf.RaggedTensor):
             ids = tf.RaggedTensor.from_tensor(ids)
@@ -269,6 +296,10 @@ class HubStringToIds(keras.layers.Layer):
                    ids[:, :keep] if self.truncate == "right" else ids[:, -keep:])
         if self.add_bos:
             ids = tf.concat([tf.fill([tf.shape(texts)[0], 1], self.bos_id), ids], axis=1)
+        return ids
+
+    def _encode(self, texts):
+        ids = self._ids(texts)                                                  # [B, (n)]
         # _left_pad fills with 0: shift the ids by one so 0 marks padding, then undo.
         padded = _left_pad(ids + 1)                                             # [B, P]
         mask = tf.cast(padded > 0, tf.int32)

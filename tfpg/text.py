@@ -35,6 +35,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfpg.hf.chat_template import ChatTemplateMixin
+
 _FORMAT = "tfpg.Tokenizer"
 _VERSION = 1
 _LEVELS = ("word", "char")
@@ -73,12 +75,16 @@ def _check_max_length(max_length):
         raise ValueError(f"max_length must be a positive int or None, got {max_length!r}")
 
 
-class Tokenizer:
+class Tokenizer(ChatTemplateMixin):
     """Maps text to token ids and back, at word or character level.
 
     Build one from a corpus with `Tokenizer.from_texts`, or restore one with
     `Tokenizer.load`. `encode` prepends BOS and adds no EOS (a prompt ready to be
     continued); `decode` drops pad and BOS and stops at the first EOS.
+
+    With a chat template (`tok.chat_template = "F.jinja"`), `apply_chat_template`
+    renders conversations; its special tokens are no text, so a template gets no
+    `bos_token` and a rendered chat is encoded with BOS prepended (`chat_adds_bos`).
 
     Args:
         vocabulary: list of token strings, index = id. Must start with
@@ -98,6 +104,7 @@ class Tokenizer:
     bos_id = 1
     eos_id = 2
     unk_id = 3
+    chat_adds_bos = True
 
     def __init__(self, vocabulary, level="word"):
         if level not in _LEVELS:
@@ -311,6 +318,8 @@ class Tokenizer:
         path = os.fspath(path)
         payload = {"format": _FORMAT, "version": _VERSION, "level": self._level,
                    "vocabulary": self._vocabulary}
+        if self.chat_template_config() is not None:
+            payload["chat_template"] = self.chat_template_config()
         write_json_atomically(path, payload)
 
     @classmethod
@@ -335,9 +344,12 @@ class Tokenizer:
             raise ValueError(f"{path}: unsupported tokenizer version "
                              f"{payload.get('version')!r} (this tfpg reads version {_VERSION})")
         try:
-            return cls(payload["vocabulary"], level=payload["level"])
+            tokenizer = cls(payload["vocabulary"], level=payload["level"])
+            if payload.get("chat_template") is not None:
+                tokenizer.chat_template = payload["chat_template"]
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{path}: corrupt tokenizer file ({e})") from None
+        return tokenizer
 
     def __repr__(self):
         return f"Tokenizer(level={self._level!r}, vocabulary_size={self.vocabulary_size})"

@@ -239,6 +239,13 @@ def special_tokens_of_config(config):
     return tokens
 
 
+def special_tokens_of_files(hf_files, origin=None):
+    """The template's special tokens of a Hugging Face tokenizer's files:
+    tokenizer_config.json's, then special_tokens_map.json's (older checkpoints)."""
+    return {**special_tokens_of_config(_json_file(hf_files, TOKENIZER_CONFIG_FILE, origin)),
+            **special_tokens_of_config(_json_file(hf_files, SPECIAL_TOKENS_MAP_FILE, origin))}
+
+
 class ChatTemplate:
     """A chat template and the special tokens it is rendered with.
 
@@ -314,9 +321,7 @@ class ChatTemplate:
         if not hf_files:
             return None
         config = _json_file(hf_files, TOKENIZER_CONFIG_FILE, origin)
-        special = {**special_tokens_of_config(config),
-                   **special_tokens_of_config(_json_file(hf_files, SPECIAL_TOKENS_MAP_FILE,
-                                                         origin))}
+        special = special_tokens_of_files(hf_files, origin)
         # transformers 5: the default in chat_template.jinja, named ones in
         # chat_templates/NAME.jinja; these win over the config's "chat_template".
         named = {name[len(TEMPLATE_DIR) + 1:-len(".jinja")]: text
@@ -336,7 +341,11 @@ class ChatTemplate:
     def from_directory(cls, directory):
         """The template of a transformers checkpoint directory; None without one."""
         files = {}
-        for name in (TEMPLATE_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE):
+        named = os.path.join(directory, TEMPLATE_DIR)
+        names = [TEMPLATE_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE] + (
+            [f"{TEMPLATE_DIR}/{name}" for name in sorted(os.listdir(named))]
+            if os.path.isdir(named) else [])
+        for name in names:
             path = os.path.join(directory, name)
             if os.path.isfile(path):
                 with open(path, encoding="utf-8") as f:
@@ -483,3 +492,76 @@ def encode_chat(tokenizer, messages, add_generation_prompt=True, tools=None, **o
     text = apply_chat_template(tokenizer, messages, add_generation_prompt, tools)
     return tokenizer.encode(text, add_bos=getattr(tokenizer, "chat_adds_bos", False),
                             **options)
+
+
+class ChatTemplateMixin:
+    """`chat_template` and `apply_chat_template` of tfpg's tokenizers.
+
+    `tokenizer.chat_template` is the template set on it (a `ChatTemplate`, or the path
+    of a .jinja file, read with the tokenizer's special tokens; None removes it),
+    else that of the Hugging Face files the tokenizer was loaded from
+    (`tokenizer.hf_files`), else None. A tokenizer's `save` keeps a template set on
+    it (`chat_template_config`).
+    """
+
+    # Whether a rendered chat is encoded with BOS prepended (`encode_chat`): False
+    # where the template writes BOS as text (Hugging Face and KerasHub vocabularies).
+    chat_adds_bos = False
+    _chat_template_given = None
+
+    def template_special_tokens(self):
+        """The named special tokens (`bos_token`, ...) a template set on this
+        tokenizer is rendered with: those of its Hugging Face files, if any."""
+        files = getattr(self, "hf_files", None)
+        return special_tokens_of_files(files) if files else {}
+
+    @property
+    def chat_template(self):
+        if self._chat_template_given is not None:
+            return self._chat_template_given
+        files = getattr(self, "hf_files", None)
+        if not files:
+            return None
+        cached = self.__dict__.get("_chat_template_of_files")
+        if cached is None or cached[0] is not files:      # read once per hf_files
+            cached = (files, ChatTemplate.from_hf_files(files))
+            self.__dict__["_chat_template_of_files"] = cached
+        return cached[1]
+
+    @chat_template.setter
+    def chat_template(self, template):
+        if template is not None and not isinstance(template, ChatTemplate):
+            if isinstance(template, Mapping):
+                template = ChatTemplate.from_config(template)
+            elif isinstance(template, (str, os.PathLike)):
+                template = ChatTemplate.from_file(template, self.template_special_tokens())
+            else:
+                raise TypeError(f"chat_template must be a ChatTemplate, the path of a .jinja "
+                                f"file or None, got {type(template).__name__}")
+        self._chat_template_given = template
+
+    def chat_template_config(self):
+        """The config of a template set on the tokenizer (what `save` keeps), or None
+        (none set, or the one of its `hf_files`, which are saved anyway)."""
+        given = self._chat_template_given
+        return None if given is None else given.get_config()
+
+    def apply_chat_template(self, messages, add_generation_prompt=True, tools=None,
+                            **kwargs):
+        """Renders one conversation with the tokenizer's chat template, as
+        transformers' `apply_chat_template(..., tokenize=False)` does.
+
+        Args:
+            messages: list of {"role", "content", ...} dicts.
+            add_generation_prompt: end with the header of an assistant turn.
+            tools: None or a list of JSON-schema function definitions.
+            **kwargs: more template variables (e.g. `date_string=`).
+
+        Returns:
+            str.
+
+        Raises:
+            ValueError: no template (one line saying how to give one), a malformed
+                conversation, or the template's `raise_exception`.
+        """
+        return apply_chat_template(self, messages, add_generation_prompt, tools, **kwargs)

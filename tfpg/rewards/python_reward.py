@@ -1,12 +1,14 @@
 """`PythonReward`: a batched Python/numpy function of decoded strings as a reward."""
 
 import inspect
+import json
 import threading
 import time
 
 import numpy as np
 import tensorflow as tf
 
+from tfpg.data import MESSAGES_COLUMN
 from tfpg.rewards.base import (InvalidRewardError, Reward, RewardOutputError,
                                RewardTimeoutError, completion_tokens, current_on_invalid,
                                current_timeout)
@@ -56,6 +58,11 @@ class PythonReward(Reward):
     token ids instead. It runs through `tf.numpy_function`, so it works inside
     `tf.function` (not under XLA).
 
+    For conversational data (a batch with the "prompt_messages" column of
+    `prompt_dataset`) `fn` gets what TRL's reward functions get: each prompt as its
+    list of messages and each completion as `[{"role": "assistant", "content":
+    text}]`.
+
     Errors follow `compute_rewards(..., on_invalid=...)`: with "raise" an
     exception, a None or a non-finite value fails the step with the reward's name
     and the offending prompt and completion; with "zero" / "skip" the offending
@@ -97,7 +104,11 @@ class PythonReward(Reward):
     def __call__(self, prompt_ids, completion_ids, completion_mask, batch):
         on_invalid = current_on_invalid()  # fixed when traced, like the graph itself
         timeout = current_timeout()
-        columns = _accepted_columns(self.fn, sorted(k for k in batch if k != "prompt"))
+        # The messages are the prompt itself, not a column of their own.
+        columns = _accepted_columns(self.fn, sorted(k for k in batch
+                                                    if k not in ("prompt", MESSAGES_COLUMN)))
+        conversational = MESSAGES_COLUMN in batch and self.tokenizer is not None
+        messages = [batch[MESSAGES_COLUMN]] if conversational else []
         # Cut at the tokenizer's EOS, padded with its pad id (KerasHub: not 0).
         text_ids = completion_tokens(completion_ids, completion_mask,
                                      getattr(self.tokenizer, "eos_id", 2),
@@ -105,12 +116,17 @@ class PythonReward(Reward):
 
         def run(prompt, completion, *values):
             prompts, completions = self._decode(prompt), self._decode(completion)
+            if conversational:     # as TRL: message lists in, assistant messages out
+                prompts = [json.loads(text) for text in _to_python(values[0])]
+                completions = [[{"role": "assistant", "content": text}]
+                               for text in completions]
+                values = values[1:]
             extras = {c: _to_python(v) for c, v in zip(columns, values)}
             return self._run(prompts, completions, extras, on_invalid, timeout)
 
         out = tf.numpy_function(
-            run, [tf.cast(prompt_ids, tf.int32), text_ids] + [batch[c] for c in columns],
-            tf.float32, stateful=True, name="python_reward")
+            run, [tf.cast(prompt_ids, tf.int32), text_ids] + messages +
+            [batch[c] for c in columns], tf.float32, stateful=True, name="python_reward")
         out.set_shape(completion_ids.shape[:1])
         return out  # [B]
 
