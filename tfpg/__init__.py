@@ -14,6 +14,7 @@ _SUBMODULES = ("advantages", "algorithms", "callbacks", "data", "envs", "losses"
                "tasks", "testing")
 _NAMES = {
     "export_saved_model": "tfpg.export", "load": "tfpg.export",
+    "export_transformers": "tfpg.hf.export",
     "GenerationOutput": "tfpg.generation", "generate": "tfpg.generation",
     "PolicyNetwork": "tfpg.models", "ValueNetwork": "tfpg.models",
     "Tokenizer": "tfpg.text",
@@ -23,8 +24,8 @@ _NAMES = {
 __all__ = [
     "Tokenizer", "PolicyNetwork", "ValueNetwork", "KerasHubPolicy", "KerasHubTokenizer",
     "generate", "GenerationOutput",
-    "export_saved_model", "load", "advantages", "algorithms", "callbacks", "data", "envs",
-    "losses", "rewards", "tasks", "testing",
+    "export_saved_model", "export_transformers", "load", "advantages", "algorithms",
+    "callbacks", "data", "envs", "losses", "rewards", "tasks", "testing",
 ]
 
 

@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfpg.config import (POLICY_MAX_LENGTH, RUNTIME_OPTIONS, TrainConfig, UsageError,
-                         check_writable)
+                         check_export_format, check_writable)
 from tfpg.export import export_saved_model
 from tfpg.model_source import load_policy
 from tfpg.models import PolicyNetwork
@@ -367,14 +367,47 @@ def restore(checkpoint, directory, name):
                          f"{directory} to start over") from None
 
 
-def export_from_source(source, output, tokenizer_path=None):
-    """`tfpg export`: a SavedModel from a run's checkpoint directory or a `.keras` file.
+CHECKPOINT_SUFFIX = ".checkpoint"     # a run's checkpoints: OUTPUT.checkpoint
 
-    A checkpoint directory (`OUTPUT.checkpoint` of `tfpg train`) holds its tokenizer
-    and options (a run from `--model` rebuilds that model, then reads the weights); a
-    `.keras` PolicyNetwork needs a tokenizer JSON, by default `tokenizer.json` beside it.
+
+def export_hub_policy(policy, tokenizer, output, export_format, model=None):
+    """Writes a KerasHub policy to `output` as a transformers checkpoint (LoRA merged)
+    or, `export_format="peft"`, as PEFT adapters whose base is `model` (the run's
+    `--model`: a directory made absolute, `hf://ORG/NAME` the Hub's `ORG/NAME`; a
+    KerasHub preset name is no transformers base, so none is named). Bad options are
+    a UsageError."""
+    from tfpg.hf.export import export_transformers
+    base = None
+    if model and os.path.isdir(model):
+        base = os.path.abspath(model)
+    elif model and model.startswith("hf://"):
+        base = model[len("hf://"):]
+    try:
+        with writing(output):       # the export removes its own temporary folder
+            return export_transformers(policy, output, tokenizer,
+                                       merge_lora=export_format != "peft",
+                                       format=export_format, base_model_name_or_path=base)
+    except UsageError:
+        raise
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def export_from_source(source, output, tokenizer_path=None, export_format="saved_model"):
+    """`tfpg export`: a SavedModel (or, `export_format` "transformers" / "peft", a
+    Hugging Face checkpoint / PEFT adapters: `tfpg.export_transformers`) from a run's
+    checkpoint directory or a `.keras` file.
+
+    A checkpoint directory (`OUTPUT.checkpoint` of `tfpg train`; the run's `OUTPUT`
+    names it too) holds its tokenizer and options (a run from `--model` rebuilds that
+    model, then reads the weights); a `.keras` PolicyNetwork needs a tokenizer JSON,
+    by default `tokenizer.json` beside it.
     """
     check_writable(output)
+    if (os.path.isdir(source) and not os.path.exists(os.path.join(source, "state.json"))
+            and os.path.isdir(os.path.normpath(source) + CHECKPOINT_SUFFIX)):
+        source = os.path.normpath(source) + CHECKPOINT_SUFFIX     # the run's OUTPUT
+    config = None
     if os.path.isdir(source):
         state_path = os.path.join(source, "state.json")
         if not os.path.exists(state_path):
@@ -385,6 +418,7 @@ def export_from_source(source, output, tokenizer_path=None):
             config = TrainConfig.from_dict(state["config"])
         except (OSError, ValueError, KeyError, TypeError):
             raise UsageError(f"{state_path}: unreadable checkpoint state") from None
+        check_export_format(export_format, config.model, config.lora_rank)
         own_tokenizer = os.path.join(source, "tokenizer.json")
         if not os.path.exists(own_tokenizer):
             raise UsageError(f"{source}: no tokenizer.json (a half-written checkpoint?)")
@@ -416,11 +450,14 @@ def export_from_source(source, output, tokenizer_path=None):
         max_new_tokens = state.get("max_new_tokens", 32)
         max_prompt_length = state.get("max_prompt_length")
     elif source.endswith(".keras") and os.path.isfile(source):
+        check_export_format(export_format, source, None)
         policy, tokenizer = load_policy(source, tokenizer_path=tokenizer_path)
         max_new_tokens = 32
         max_prompt_length = None
     else:
         raise UsageError(f"{source}: not a checkpoint directory or a .keras file")
+    if export_format != "saved_model":
+        return export_hub_policy(policy, tokenizer, output, export_format, config.model)
     with writing(output):           # the export removes its own temporary folder
         return export_saved_model(policy, tokenizer, output, max_new_tokens=max_new_tokens,
                                   eos_id=tokenizer.eos_id, max_prompt_length=max_prompt_length)

@@ -31,8 +31,8 @@ import warnings
 # Only modules that do not import TensorFlow: `--help` and bad arguments answer at
 # once; each command imports what it runs.
 from tfpg import bounds
-from tfpg.config import (ON_INVALID_REWARD, PRECISIONS, REWARD_TIMEOUT, STRATEGIES,
-                         TRUNCATE_PROMPTS, TrainConfig, UsageError, check_values)
+from tfpg.config import (EXPORT_FORMATS, ON_INVALID_REWARD, PRECISIONS, REWARD_TIMEOUT,
+                         STRATEGIES, TRUNCATE_PROMPTS, TrainConfig, UsageError, check_values)
 from tfpg.native_logs import filter_native_logs, quiet_environment
 
 SAMPLERS = ("greedy", "sample", "top_k", "top_p")
@@ -105,6 +105,10 @@ def _train_parser(subparsers, common):
                                        "pre-training only with --pretrain-epochs")
     train.add_argument("--lora-rank", type=int,
                        help="with a KerasHub --model: train rank-N LoRA adapters only")
+    train.add_argument("--export-format", choices=EXPORT_FORMATS,
+                       help="the --output: a SavedModel (default), a Hugging Face "
+                            "transformers checkpoint (LoRA merged) or PEFT LoRA adapters "
+                            "(with --lora-rank); transformers / peft need a KerasHub --model")
     train.add_argument("--gradient-checkpointing", action="store_true", default=None,
                        help="recompute each transformer block's activations in the "
                             "backward pass: long completions in less memory")
@@ -180,10 +184,17 @@ def _build_parser():
     source.add_argument("--task", choices=TASK_NAMES)
     source.add_argument("--eval-file")
 
-    export = subparsers.add_parser("export", help="SavedModel from a checkpoint or .keras",
-                                   parents=[common])
-    export.add_argument("source", metavar="CHECKPOINT_OR_KERAS_FILE")
+    export = subparsers.add_parser("export", help="SavedModel, transformers checkpoint or "
+                                                   "PEFT adapters from a run's checkpoint "
+                                                   "or a .keras file", parents=[common])
+    export.add_argument("source", metavar="CHECKPOINT_OR_RUN",
+                        help="a run's checkpoint directory (OUTPUT.checkpoint), the run's "
+                             "OUTPUT, or a .keras policy")
     export.add_argument("--output", required=True)
+    export.add_argument("--format", choices=EXPORT_FORMATS, default="saved_model",
+                        help="saved_model (default); transformers: a Hugging Face "
+                             "checkpoint, LoRA merged; peft: the LoRA adapters alone "
+                             "(transformers / peft: runs from a KerasHub --model)")
     export.add_argument("--tokenizer", help="tokenizer JSON (default: beside the source)")
     return parser
 
@@ -330,7 +341,7 @@ def _check_task_vocabulary(model, task_name, prompts):
 def _export(args):
     _check_path_flags(args, "output", "tokenizer")
     from tfpg.training import export_from_source
-    path = export_from_source(args.source, args.output, args.tokenizer)
+    path = export_from_source(args.source, args.output, args.tokenizer, args.format)
     print(f"exported to {path}")
 
 

@@ -14,13 +14,16 @@ from tfpg import bounds
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+# What `tfpg train` / `tfpg export` write: a SavedModel, a Hugging Face transformers
+# checkpoint, or PEFT LoRA adapters (`tfpg.export_transformers`).
+EXPORT_FORMATS = ("saved_model", "transformers", "peft")
 TRUNCATE_PROMPTS = ("error", "left", "right")
 NAMED_REWARDS = ("bleu", "exact_match", "length")
 ON_INVALID_REWARD = ("raise", "zero", "skip")
 # Options that change how a run executes but not what it computes: a run may be
 # resumed with other values (e.g. on more devices).
 RUNTIME_OPTIONS = ("strategy", "num_cpu_devices", "deterministic", "logdir", "log_every",
-                   "gradient_checkpointing", "reward_timeout")
+                   "gradient_checkpointing", "reward_timeout", "export_format")
 # Seconds a Python reward may take per call (`--reward-timeout`), by default.
 REWARD_TIMEOUT = 600.0
 # TensorBoard points per curve when --log-every is not given.
@@ -75,6 +78,8 @@ class TrainConfig:
                                     # a KerasHub preset name or directory, or a .keras file
     lora_rank: int = None           # with a KerasHub --model: train LoRA adapters only
     gradient_checkpointing: bool = False  # rematerialise transformer blocks in the update
+    export_format: str = "saved_model"  # the output: a SavedModel, a transformers checkpoint
+                                        # (LoRA merged) or PEFT adapters (EXPORT_FORMATS)
 
     @classmethod
     def from_dict(cls, values):
@@ -122,6 +127,7 @@ def check_values(config):
             check(_flag(name), getattr(config, name))
     except ValueError as error:
         raise UsageError(str(error)) from None
+    check_export_format(config.export_format, config.model, config.lora_rank)
     for name in ("output", "logdir", "train_file", "model", "reward_model"):
         value = getattr(config, name, None)
         if isinstance(value, str) and not value.strip():
@@ -177,6 +183,22 @@ def check_config(config):
         if config.lora_rank is not None:
             raise UsageError("--lora-rank needs a KerasHub preset; a .keras policy has "
                              "no LoRA adapters")
+
+
+def check_export_format(export_format, model, lora_rank):
+    """Refuses an export format the run's policy cannot have: transformers and PEFT
+    need a KerasHub `--model` (not a .keras PolicyNetwork), PEFT also `--lora-rank`."""
+    if export_format not in EXPORT_FORMATS:
+        raise UsageError(f"unknown export format {export_format!r}; known: "
+                         f"{', '.join(EXPORT_FORMATS)}")
+    if export_format == "saved_model":
+        return
+    if model is None or model.endswith(".keras"):
+        raise UsageError(f"export format {export_format} needs a KerasHub --model (a "
+                         "preset or a Hugging Face directory); tfpg's own PolicyNetwork "
+                         "exports as saved_model only")
+    if export_format == "peft" and lora_rank is None:
+        raise UsageError("export format peft writes LoRA adapters: it needs --lora-rank")
 
 
 def check_writable(path, min_free_mb=None):

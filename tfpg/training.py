@@ -48,6 +48,7 @@ from tfpg.algorithms import ALGORITHMS
 from tfpg.algorithms.base import reference_of
 from tfpg.checkpoints import (STATE_VERSION, EpochCheckpoint, EpochSeed,  # noqa: F401
                               RunState, WriteReporting, epoch_batches, export_from_source,
+                              export_hub_policy,
                               reseed, restore, trainer_checkpoint, variable_checkpoint,
                               write_checkpoint, writing)
 from tfpg.config import (LOG_POINTS, MIN_FREE_MB_ENV, NAMED_REWARDS,  # noqa: F401
@@ -273,11 +274,16 @@ def evaluate_and_export(run, agent):
                "after": after, "seconds": round(state["seconds"], 1), "output": run.output,
                "samples": [{"prompt": p, "completion": c}
                            for p, c in zip(job.heldout.prompts[:5], completions[:5])]}
-    with writing(run.output):       # the export removes its own temporary folder
-        export_saved_model(exported, job.tokenizer, run.output,
-                           max_new_tokens=job.max_new_tokens, eos_id=job.tokenizer.eos_id,
-                           max_prompt_length=job.max_prompt_length,
-                           metadata={"task": job.name, "algorithm": config.algorithm})
+    if config.export_format != "saved_model":       # transformers / peft
+        export_hub_policy(exported, job.tokenizer, run.output, config.export_format,
+                          config.model)
+    else:
+        with writing(run.output):   # the export removes its own temporary folder
+            export_saved_model(exported, job.tokenizer, run.output,
+                               max_new_tokens=job.max_new_tokens,
+                               eos_id=job.tokenizer.eos_id,
+                               max_prompt_length=job.max_prompt_length,
+                               metadata={"task": job.name, "algorithm": config.algorithm})
     path = os.path.join(run.output, "metrics.json")
     with writing(path):
         try:
