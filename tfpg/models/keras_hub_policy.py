@@ -46,10 +46,20 @@ class KerasHubPolicy(keras.Model):
     `lora_reference()` is the KL reference: the same weights with the adapters off,
     no second copy. Saved as `.keras`, Keras merges the adapters into the kernels.
 
+    A Hugging Face transformers checkpoint directory (`from_preset(DIR)`, see
+    `tfpg.hf.checkpoint`) gives a CausalLM without a KerasHub preprocessor: the
+    tokenizer is a `tfpg.hf.HFTokenizer` of the checkpoint's `tokenizer.json`, its
+    special ids are the checkpoint's (GPT-2 then has no BOS), and `hf_config` is the
+    source `config.json` (kept by `get_config`, for the export back out).
+
     Args:
         causal_lm: a `keras_hub.models.CausalLM` of a supported family.
         lora_rank: None (train every weight) or the LoRA rank.
         pad_id, bos_id, eos_id: override the tokenizer's ids.
+        hf_config: the `config.json` dict of the transformers checkpoint it came from
+            (None otherwise).
+        tokenizer: the tfpg tokenizer to report as `policy.tokenizer` (None: the
+            CausalLM preprocessor's).
 
     Example:
     >>> policy = tfpg.KerasHubPolicy.from_preset("gpt2_base_en", lora_rank=8)
@@ -60,12 +70,14 @@ class KerasHubPolicy(keras.Model):
     xla_on_cpu = True
 
     def __init__(self, causal_lm, lora_rank=None, pad_id=None, bos_id=None, eos_id=None,
-                 **kwargs):
+                 hf_config=None, tokenizer=None, **kwargs):
         lora_rank = _check_lora_rank(lora_rank)
         _check_causal_lm(causal_lm)
         kwargs.setdefault("dtype", causal_lm.dtype_policy)
         super().__init__(**kwargs)
         self.causal_lm = causal_lm
+        self.hf_config = None if hf_config is None else dict(hf_config)
+        self._tokenizer = tokenizer
         self.backbone = KerasHubBackbone(causal_lm.backbone, name="trunk")
         self.lora_rank = lora_rank
         if self.lora_rank is not None:
@@ -83,11 +95,19 @@ class KerasHubPolicy(keras.Model):
 
     @classmethod
     def from_preset(cls, preset, lora_rank=None, dtype=None, **kwargs):
-        """A policy from a KerasHub preset name or a local preset directory
-        (`save_to_preset`); `dtype` e.g. "bfloat16" for the weights. A `lora_rank`
+        """A policy from a KerasHub preset name, a local preset directory
+        (`save_to_preset`) or a Hugging Face transformers checkpoint directory
+        (`tfpg.hf.checkpoint`); `dtype` e.g. "bfloat16" for the weights. A `lora_rank`
         that is not None or an integer >= 1 is refused (ValueError) before the
         preset is read."""
         lora_rank = _check_lora_rank(lora_rank)
+        from tfpg.hf.checkpoint import is_transformers_checkpoint, load_causal_lm
+        if is_transformers_checkpoint(preset):
+            causal_lm, tokenizer, hf_config = load_causal_lm(preset, dtype=dtype)
+            ids = dict(pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id,
+                       eos_id=tokenizer.eos_id)
+            return cls(causal_lm, lora_rank=lora_rank, hf_config=hf_config,
+                       tokenizer=tokenizer, **{**ids, **kwargs})
         import keras_hub
         options = {} if dtype is None else {"dtype": dtype}
         return cls(keras_hub.models.CausalLM.from_preset(preset, **options),
@@ -132,7 +152,10 @@ class KerasHubPolicy(keras.Model):
 
     @property
     def tokenizer(self):
-        """A `tfpg.KerasHubTokenizer` of the CausalLM's preprocessor (None without one)."""
+        """The tokenizer given (a transformers checkpoint's `HFTokenizer`), else a
+        `tfpg.KerasHubTokenizer` of the CausalLM's preprocessor (None without one)."""
+        if self._tokenizer is not None:
+            return self._tokenizer
         hub_tokenizer = getattr(self.causal_lm.preprocessor, "tokenizer", None)
         return None if hub_tokenizer is None else KerasHubTokenizer(hub_tokenizer)
 
@@ -175,7 +198,7 @@ class KerasHubPolicy(keras.Model):
         causal_lm.pop("compile_config", None)
         config.update(causal_lm=causal_lm,
                       lora_rank=self.lora_rank, pad_id=self.pad_id, bos_id=self.bos_id,
-                      eos_id=self.eos_id)
+                      eos_id=self.eos_id, hf_config=self.hf_config)
         return config
 
     @classmethod
