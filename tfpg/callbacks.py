@@ -34,6 +34,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfpg import data as tfpg_data
 from tfpg.export import export_saved_model, read_export_info, recover
 from tfpg.generation import generate
 from tfpg.rewards.base import call_reward
@@ -399,7 +400,8 @@ class SampleLogger(_GlobalStep):
     Args:
         logdir: TensorBoard log directory.
         tokenizer: the `Tokenizer` of the policy.
-        prompts: evaluation prompt strings. None takes up to 4 distinct prompts of
+        prompts: evaluation prompts (strings, or conversations rendered with the
+            tokenizer's chat template). None takes up to 4 distinct prompts of
             the first rollout (`model.last_rollout["prompt_ids"]`, see `RewardLogger`)
             and keeps them; without one, the empty prompt (samples from BOS).
         references: reference strings, one per prompt (shown in the table and passed
@@ -449,7 +451,9 @@ class SampleLogger(_GlobalStep):
         self.sampler = sampler
         self.reward_fn = reward_fn
         self.seed = seed
-        self._prompt_ids = None if prompts is None else tokenizer.encode(self.prompts)
+        # Conversations (message lists) are rendered with the tokenizer's chat template.
+        self._prompt_ids = None if prompts is None else [
+            tfpg_data.encode_prompt(prompt, tokenizer) for prompt in self.prompts]
         self._step = 0
         self._writer = None
         self._reward_warned = False
@@ -544,6 +548,10 @@ class SampleLogger(_GlobalStep):
         if reward_fn is None:
             return None
         batch = {"prompt": prompt_ids}
+        if self.prompts and tfpg_data.is_conversation(self.prompts[0]):
+            # As prompt_dataset gives them: the reward reads the conversations.
+            batch[tfpg_data.MESSAGES_COLUMN] = tf.constant(
+                [json.dumps(p, ensure_ascii=False) for p in self.prompts])
         if self.references is not None:
             batch["reference"] = tf.constant(_right_pad(
                 self.tokenizer.encode(self.references, add_bos=False)))

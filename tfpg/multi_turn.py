@@ -27,6 +27,7 @@ entropy, values and advantages are masked out of every loss term, so the gradien
 of the loss with respect to the logits that predict them is exactly zero.
 """
 
+import json
 import time
 from typing import NamedTuple
 
@@ -34,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfpg import advantages as adv
+from tfpg.data import MESSAGES_COLUMN, encode_prompt, is_conversation
 from tfpg.generation import generate, policy_is_positional
 from tfpg.turn_env import as_numpy_batch
 from tfpg.xla import resolve_jit_compile
@@ -127,6 +129,28 @@ def _encode(tokenizer, observation, first):
     return [int(i) for i in np.asarray(observation).reshape([-1])]
 
 
+def _token_text(tokenizer, token_id):
+    """The text of one token id (None where the tokenizer cannot tell)."""
+    to_token = getattr(getattr(tokenizer, "hub_tokenizer", tokenizer), "id_to_token", None)
+    try:
+        return None if to_token is None or token_id is None else to_token(int(token_id))
+    except Exception:  # noqa: BLE001 - an id the vocabulary does not name
+        return None
+
+
+def reply_renderer(env, template, end_token=None):
+    """How an env reply becomes the text after a policy turn: as it is, or with a
+    chat template (conversational prompts) the template's next turn, in the env's
+    `reply_role` ("user"; a `ToolEnv`'s replies are "tool" messages), followed by
+    the next assistant header (`ChatTemplate.reply_text`). `end_token`: the text of
+    the token that ended the policy's turn, which the template's end of turn starts
+    with (the policy wrote it)."""
+    if template is None:
+        return lambda text: text
+    role = getattr(env, "reply_role", "user")
+    return lambda text: template.reply_text(text, role, end_token)
+
+
 def _left_padded(rows, pad_id, multiple=1):
     """Lists of ids -> (int32 [n, L] left-padded, int32 [n, L] mask); L is the longest
     row rounded up to a multiple of `multiple`."""
@@ -183,6 +207,9 @@ def rollout_episodes(policy, env, batch, max_turns, max_new_tokens, sampler="sam
     started = time.perf_counter()
     first = env.reset(batch)
     env_seconds = time.perf_counter() - started
+    # Conversational prompts: replies are turns of the same chat template.
+    template = getattr(tokenizer, "chat_template", None) if MESSAGES_COLUMN in batch else None
+    render = reply_renderer(env, template, _token_text(tokenizer, stop_id))
     size = len(first)
     prompts = [_encode(tokenizer, observation, True) for observation in first]
     if any(not prompt for prompt in prompts):
@@ -239,7 +266,9 @@ def rollout_episodes(policy, env, batch, max_turns, max_new_tokens, sampler="sam
             rewards_at[row].append((len(rest[row]) - 1, float(rewards[i])))
             if dones[i] or turn + 1 == max_turns:
                 continue   # no policy token follows: the reply is not part of it
-            reply = _encode(tokenizer, observations[i], False)
+            observation = observations[i]
+            reply = _encode(tokenizer, render(observation) if isinstance(observation, str)
+                            else observation, False)
             if max_length is not None:     # cut to fit; the row then ends (no room)
                 reply = reply[:max(max_length - len(prompts[row]) - len(rest[row]), 0)]
             rest[row] += reply
@@ -451,7 +480,8 @@ def gradients(trainer, batch, seed=None):
 
 # ------------------------------------------------------------- text episodes
 
-def play_text_episodes(generate, env, prompts, max_turns, extras=None, **options):
+def play_text_episodes(generate, env, prompts, max_turns, extras=None, chat_template=None,
+                       **options):
     """Episodes driven by a text generator, e.g. an export's `tfpg.load(dir).generate`.
 
     The same episodes as `rollout_episodes`, at the level of strings: each turn calls
@@ -459,12 +489,18 @@ def play_text_episodes(generate, env, prompts, max_turns, extras=None, **options
     prompt, earlier turns and replies joined as the tokenizer joins tokens) and cuts
     each completion after the env's `turn_end` token; the env runs between turns.
 
+    Conversations (prompts that are message lists) are rendered with `chat_template`
+    (default: the tokenizer's) and each reply becomes the template's next turn
+    (`reply_renderer`); the contexts are then joined with nothing between them and
+    `generate` gets them rendered.
+
     Args:
         generate: callable(list[str], **options) -> list[str], stopping at EOS.
         env: the `TurnEnv` (with the generator's tokenizer).
-        prompts: list of prompt strings.
+        prompts: list of prompt strings, or of conversations.
         max_turns: policy turns per episode at most.
         extras: dict of extra batch columns for the env (e.g. {"answer": [...]}).
+        chat_template: the `ChatTemplate` conversations are rendered with.
 
     Returns:
         One dict per prompt: "prompt", "turns" (list of (role, text), role "policy"
@@ -472,17 +508,31 @@ def play_text_episodes(generate, env, prompts, max_turns, extras=None, **options
     """
     tokenizer = env.tokenizer
     joiner = "" if getattr(tokenizer, "level", None) == "char" else " "
-    ids, mask = _left_padded([tokenizer.encode(p) for p in prompts],
-                             getattr(tokenizer, "pad_id", 0))
+    chat = bool(prompts) and is_conversation(prompts[0])
+    template = (chat_template or getattr(tokenizer, "chat_template", None)) if chat else None
+    if chat and template is None:
+        raise ValueError("conversational prompts need a chat template (the tokenizer has "
+                         "none): give chat_template=")
+    rendered = [template.render(p) for p in prompts] if chat else None
+    ids, mask = _left_padded([tokenizer.encode(text, add_bos=getattr(
+        tokenizer, "chat_adds_bos", False)) for text in rendered] if chat else
+        [encode_prompt(p, tokenizer) for p in prompts], getattr(tokenizer, "pad_id", 0))
     batch = {"prompt": ids, "prompt_mask": mask,
              **{key: np.asarray(value) for key, value in (extras or {}).items()}}
+    render = reply_renderer(env, template)
+    if chat:
+        batch[MESSAGES_COLUMN] = np.asarray([json.dumps(p) for p in prompts], dtype=object)
+        joiner = ""                 # the template's text is the whole context
 
     def as_text(observation):
         if isinstance(observation, str):
             return observation
         return tokenizer.decode(np.asarray(observation, np.int32))
 
-    contexts = [as_text(observation) for observation in env.reset(batch)]
+    # A chat's first context is its rendered prompt (decoding the ids would drop the
+    # BOS text the template wrote).
+    contexts = [rendered[row] if chat and not isinstance(observation, str)
+                else as_text(observation) for row, observation in enumerate(env.reset(batch))]
     turn_end = None if env.turn_end_id is None else tokenizer.decode(
         np.asarray([env.turn_end_id], np.int32))
     episodes = [{"prompt": prompt, "turns": [], "reward": 0.0, "done": False}
@@ -506,5 +556,6 @@ def play_text_episodes(generate, env, prompts, max_turns, extras=None, **options
             if not done and turn + 1 < max_turns:
                 reply = as_text(observation)
                 episode["turns"].append((ENV, reply))
-                contexts[row] = joiner.join(part for part in (contexts[row], reply) if part)
+                contexts[row] = joiner.join(part for part in (contexts[row], render(reply))
+                                            if part)
     return episodes

@@ -164,6 +164,7 @@ class ToolEnv(TurnEnv):
     """
 
     metric_names = ("tool_calls", "tool_errors")
+    reply_role = "tool"     # in a chat, tool outputs are "tool" messages
 
     def __init__(self, tools, tokenizer, reward_fn=None, turn_end=None, timeout=1.0,
                  open_tag="<{name}>", close_tag="</{name}>", result_format="{output}",

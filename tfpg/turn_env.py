@@ -75,9 +75,14 @@ class TurnEnv:
         turns: int [B], policy turns stepped per row.
         metric_names: names of the per-episode statistics `episode_metrics` gives
             (the trainers log them).
+        reply_role: the chat role of the replies when the prompts are conversations:
+            each reply is rendered as that role's turn of the chat template.
     """
 
     metric_names = ()
+    # The role of the env's replies when the episode is a chat (conversational
+    # prompts, rendered with the tokenizer's chat template): the next user turn.
+    reply_role = "user"
 
     def __init__(self, tokenizer, turn_end=None):
         if tokenizer is None or not hasattr(tokenizer, "encode"):
