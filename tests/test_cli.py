@@ -55,6 +55,7 @@ def test_help_and_bad_arguments_answer_without_tensorflow():
         "    except SystemExit as exit:",
         "        assert exit.code == 0, argv",
         "assert main(['train', '--epochs', 'many']) == 2",
+        "assert main(['train', '--epoch', '2']) == 2",          # no prefix matching
         "assert main(['frobnicate']) == 2",
         "assert main([]) == 2",
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))"])
@@ -64,7 +65,7 @@ def test_help_and_bad_arguments_answer_without_tensorflow():
     assert result.stdout.splitlines()[-1] == "[]"         # nothing of TF or Keras loaded
     assert "--sampler {greedy,sample,top_k,top_p}" in result.stdout
     errors = result.stderr.splitlines()
-    assert len(errors) == 3 and all(line.startswith("tfpg: error:") for line in errors)
+    assert len(errors) == 4 and all(line.startswith("tfpg: error:") for line in errors)
 
 
 def test_the_native_log_filter_drops_absl_lines_and_keeps_the_rest():

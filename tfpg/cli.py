@@ -41,6 +41,11 @@ TASK_NAMES = ("arithmetic", "translate", "keywords", "preference", "calculator",
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        # No prefixes: `--epoch 2` is an error, not `--epochs 2`.
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message):
         raise UsageError(message)
 

@@ -1,0 +1,8 @@
+"""`python -m tfpg`: the `tfpg` command."""
+
+import sys
+
+from tfpg.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
