@@ -90,3 +90,47 @@ def count_train_step_traces(trainer):
     # Not a Keras-tracked attribute: set on the instance, as fit looks it up there.
     object.__setattr__(trainer, "train_step", counting_train_step)
     return traces
+
+
+def replay_fixed_rollout(trainer, batch, completion_ids, completion_mask, steps=1):
+    """Runs `trainer` on a rollout whose completions are given instead of sampled:
+    the reward, advantages, reference and behaviour log-probs and losses are the
+    trainer's own. Each step is one loss-and-gradient pass over the whole rollout;
+    between steps the gradients are applied with the trainer's optimizer (as a
+    second `num_epochs` pass over the same rollout). For parity checks against
+    other implementations on one fixed batch (`benchmarks/trl_parity.py`).
+
+    Args:
+        trainer: a compiled `PolicyGradientTrainer` (e.g. with `SGD`).
+        batch: the dataset element: {"prompt": int [P, L], ...}; each prompt is
+            repeated `group_size` times, as in `train_step`.
+        completion_ids: int [P * group_size, N] (N = `max_new_tokens`).
+        completion_mask: float [P * group_size, N], 1 = real token (EOS included).
+        steps: passes over the rollout.
+
+    Returns:
+        A list of (loss float, gradients list aligned with `trainable_variables`),
+        one per step.
+
+    Example:
+    >>> [(loss, grads)] = replay_fixed_rollout(agent, {"prompt": ids}, completions, mask)
+    """
+    completion_ids = tf.constant(completion_ids, tf.int32)
+    completion_mask = tf.constant(completion_mask, tf.float32)
+
+    class Fixed:
+        token_ids, mask = completion_ids, completion_mask
+
+    # An instance attribute, out of Keras' tracking: `collect_rollout` samples through it.
+    object.__setattr__(trainer, "sample", lambda *args, **kwargs: Fixed)
+    rollout, batch = trainer.collect_rollout(dict(batch))
+    rollout.update(trainer.compute_advantages(rollout, batch))
+    results = []
+    for step in range(steps):
+        if step:
+            trainer._apply(gradients)
+        total, gradients, logs = trainer.loss_and_gradients(rollout)
+        trainer.after_update(logs)
+        results.append((float(total), [None if g is None else tf.convert_to_tensor(g)
+                                       for g in gradients]))
+    return results
