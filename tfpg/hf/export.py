@@ -20,8 +20,10 @@ vLLM read:
   KerasHub gets KerasHub's `export_to_transformers` config, completed as above.
 * `generation_config.json` and the tokenizer files (`tokenizer.json`,
   `tokenizer_config.json`, `special_tokens_map.json`, `chat_template.jinja`, ...):
-  the source's files byte for byte (`tokenizer.hf_files`); without them what
-  KerasHub's tokenizer export writes.
+  the source's files byte for byte (`tokenizer.hf_files`), and for SentencePiece
+  families the `tokenizer.model` the tokenizer encodes with (`sentencepiece_proto`:
+  the checkpoint's own where it had one); without them what KerasHub's tokenizer
+  export writes.
 
 `format="peft"` (with `merge_lora=False`, on a LoRA policy) writes only the adapters,
 as `PeftModel.save_pretrained` does: `adapter_model.safetensors` with the keys
@@ -52,6 +54,7 @@ FORMATS = ("transformers", "peft")
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
+SENTENCEPIECE_FILE = "tokenizer.model"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 MARKER_FORMATS = {"transformers": "tfpg.transformers", "peft": "tfpg.peft"}
@@ -526,6 +529,11 @@ def _write_tokenizer_files(directory, tokenizer, config):
             with open(os.path.join(directory, name), "w", encoding="utf-8",
                       newline="") as f:
                 f.write(text)
+        # SentencePiece families (Gemma): the binary tokenizer.model beside them.
+        proto = getattr(tokenizer, "sentencepiece_proto", None)
+        if isinstance(proto, bytes):
+            with open(os.path.join(directory, SENTENCEPIECE_FILE), "wb") as f:
+                f.write(proto)
     elif tokenizer is not None and getattr(tokenizer, "hub_tokenizer", None) is not None:
         from keras_hub.src.utils.transformers.export.hf_exporter import (
             MODEL_TOKENIZER_CONFIGS, export_tokenizer)
