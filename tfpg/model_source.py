@@ -1,9 +1,10 @@
 """An existing model to start a run from (`tfpg train --model`, `tfpg export F.keras`).
 
 `load_policy(source)` takes a `.keras` file holding a `PolicyNetwork` (its tokenizer is
-the `tokenizer.json` beside it, or `tokenizer_path`) or a KerasHub preset (a name that
-KerasHub downloads, or a local directory written by `save_to_preset`), which brings
-its own tokenizer. Returns `(policy, tokenizer)`; anything unreadable is a UsageError
+the `tokenizer.json` beside it, or `tokenizer_path`), a KerasHub preset (a name that
+KerasHub downloads, or a local directory written by `save_to_preset`) or a Hugging
+Face transformers checkpoint directory (`tfpg.hf.checkpoint`), which bring their own
+tokenizer. Returns `(policy, tokenizer)`; anything unreadable is a UsageError
 in one line.
 """
 
@@ -56,8 +57,11 @@ def _keras_hub_preset(source, lora_rank):
                          f"{error}") from None
     except Exception as error:  # noqa: BLE001 - KerasHub raises many types
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise UsageError(f"--model {source}: not a .keras file or a KerasHub preset that "
-                         f"loads ({first})") from None
+        from tfpg.hf.checkpoint import is_transformers_checkpoint
+        if is_transformers_checkpoint(source):     # tfpg.hf's errors name the problem
+            raise UsageError(f"--model {first}") from None
+        raise UsageError(f"--model {source}: not a .keras file, a KerasHub preset or a "
+                         f"transformers checkpoint that loads ({first})") from None
     if policy.tokenizer is None:
         raise UsageError(f"--model {source}: the preset has no tokenizer (preprocessor)")
     return policy, policy.tokenizer
