@@ -34,7 +34,8 @@ import json
 import os
 import re
 
-from tfpg.keras_hub_tokenizer import FORMAT, VERSION, HubStringToIds, KerasHubTokenizer
+from tfpg.keras_hub_tokenizer import (FORMAT, VERSION, HubIdsToString, HubStringToIds,
+                                      KerasHubTokenizer)
 from tfpg.text import _check_max_length, _check_truncate, write_json_atomically
 
 # The files of a checkpoint that belong to its tokenizer (kept unchanged).
@@ -274,6 +275,10 @@ class HFTokenizer(KerasHubTokenizer):
         return HFStringToIds(self, max_length=max_length, truncate=truncate,
                              add_bos=add_bos, return_mask=return_mask, name=name)
 
+    def ids_to_string_layer(self, name=None):
+        """An `HFIdsToString` layer: int [B, T] -> string [B] (as `decode`)."""
+        return HFIdsToString(self, name=name)
+
     def in_graph_encoder(self):
         """An `InGraphEncoder` of this tokenizer (no special tokens added)."""
         return InGraphEncoder(self)
@@ -388,7 +393,7 @@ class InGraphEncoder:
 
 def _restore_nul(strings):
     import tensorflow as tf
-    return tf.strings.regex_replace(strings, NUL_STAND_IN, tf.constant("\x00"))
+    return tf.strings.regex_replace(strings, NUL_STAND_IN, "\x00")
 
 
 def split_pattern(spec):
@@ -409,6 +414,16 @@ def split_pattern(spec):
         if step.get("type") == "ByteLevel" and step.get("use_regex", True):
             return GPT2_PATTERN
     raise ValueError("tokenizer.json has no split regex tfpg knows (ByteLevel or Split)")
+
+
+class HFIdsToString(HubIdsToString):
+    """In-graph `HFTokenizer.decode`: int [B, T] -> string [B], with the checkpoint's
+    special ids (the KerasHub tokenizer underneath has none of its own)."""
+
+    def __init__(self, tokenizer, **kwargs):
+        super().__init__(tokenizer.hub_tokenizer, **kwargs)
+        self.pad_id, self.bos_id, self.eos_id = tokenizer.pad_id, tokenizer.bos_id, \
+            tokenizer.eos_id
 
 
 class HFStringToIds(HubStringToIds):

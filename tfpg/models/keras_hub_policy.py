@@ -19,6 +19,16 @@ def _check_causal_lm(causal_lm):
                          f"{supported_families()}")
 
 
+def _keep_tied_embeddings(serialized, backbone):
+    """KerasHub 0.32's Llama backbones leave `tie_word_embeddings` out of `get_config`:
+    a tied Llama 3 (3.2 1B / 3B) would come back untied and fail to load its weights.
+    Writes it into the serialized CausalLM's backbone config."""
+    config = serialized.get("config", {}).get("backbone", {}).get("config")
+    if (config is not None and "tie_word_embeddings" not in config
+            and hasattr(backbone, "tie_word_embeddings")):
+        config["tie_word_embeddings"] = bool(backbone.tie_word_embeddings)
+
+
 def _check_lora_rank(lora_rank):
     """None (no LoRA) or an integer >= 1, as an int."""
     if lora_rank is None:
@@ -196,6 +206,7 @@ class KerasHubPolicy(keras.Model):
         causal_lm = keras.saving.serialize_keras_object(self.causal_lm)
         # KerasHub compiles a CausalLM for its own fit; tfpg's trainers never use that.
         causal_lm.pop("compile_config", None)
+        _keep_tied_embeddings(causal_lm, self.causal_lm.backbone)
         config.update(causal_lm=causal_lm,
                       lora_rank=self.lora_rank, pad_id=self.pad_id, bos_id=self.bos_id,
                       eos_id=self.eos_id, hf_config=self.hf_config)
