@@ -52,11 +52,26 @@ EXPECTED_METRICS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+# GRPO's other loss types (issue 23): name -> (options, logs instead of the clip ratios).
+LOSS_TYPES = {
+    "grpo-cispo": ({"loss_type": "cispo", "clip_epsilon_high": 5.0}, {"cispo_clip_ratio"}),
+    "grpo-sapo": ({"loss_type": "sapo"}, set()),
+    "grpo-luspo": ({"loss_type": "luspo", "importance_sampling_level": "sequence"}, None),
+    "grpo-vespo": ({"loss_type": "vespo"}, {"vespo/phi_seq_mean"}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS) + sorted(LOSS_TYPES))
 def test_algorithm_raises_reward_and_logs_its_metrics(name):
-    agent = make_agent(name, **({"num_epochs": 2} if name == "ppo" else {}))
+    options, metrics = LOSS_TYPES.get(name, ({"num_epochs": 2} if name == "ppo" else {},
+                                              None))
+    agent = make_agent(name.split("-")[0], **options)
     history = agent.fit(toy_dataset(), epochs=15, verbose=0).history
-    assert set(history) == EXPECTED_METRICS[name]
+    expected = EXPECTED_METRICS[name.split("-")[0]]
+    if metrics is not None:     # no clip ratios (a soft gate or weight: no clip_fraction)
+        expected = {m for m in expected if not m.startswith("clip_")} | metrics
+        expected |= {"clip_fraction"} if name == "grpo-cispo" else set()
+    assert set(history) == expected
     rewards = history["reward"]
     assert rewards[0] < 0.3                 # 1/8 of tokens are 5 by chance
     assert rewards[-1] > rewards[0] + 0.4, rewards
