@@ -52,9 +52,7 @@ except ImportError as error:
     sys.exit(0)
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
