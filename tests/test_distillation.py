@@ -2,6 +2,7 @@
 reverse-KL policy gradient, its expectation against GKD's full reverse KL, the frozen
 teacher, the refusals, the config and the command line."""
 
+import json
 import os
 import sys
 
@@ -15,6 +16,7 @@ from tfpg.algorithms import OnPolicyDistillation
 from tfpg.generation import GenerationOutput
 
 sys.path.insert(0, os.path.dirname(__file__))
+from cli_batch import assert_usage_error, run_in_fresh_directories  # noqa: E402
 from keras_hub_models import build_causal_lm  # noqa: E402
 
 VOCAB = 12
@@ -254,3 +256,55 @@ def test_get_config_round_trip(models):
     assert clone.get_config() == config
     assert clone.teacher.get_config() == teacher.get_config()
     assert not clone.teacher.trainable
+
+
+def _cli_directory(directory):
+    """A teacher `.keras` with the arithmetic task's tokenizer beside it, and a student
+    `.keras` of another vocabulary in `other/`."""
+    from tfpg.tasks import get_task
+    keras.utils.set_random_seed(0)
+    tokenizer = get_task("arithmetic", seed=0).tokenizer()
+    teacher = tfpg.PolicyNetwork(tokenizer.vocabulary_size, 16, 32)
+    teacher.build()
+    teacher.save(str(directory / "teacher.keras"))
+    tokenizer.save(str(directory / "tokenizer.json"))
+    (directory / "other").mkdir()
+    words = tfpg.Tokenizer.from_texts(["one plus two is three"], level="word")
+    other = tfpg.PolicyNetwork(words.vocabulary_size, 8, 8)
+    other.build()
+    other.save(str(directory / "other" / "student.keras"))
+    words.save(str(directory / "other" / "tokenizer.json"))
+    return directory
+
+
+CLI_CASES = [
+    (["--algorithm", "distill", "--teacher", "teacher.keras", "--pretrain-epochs", "0",
+      "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "16",
+      "--reward-weight", "0.5"], None),
+    (["--algorithm", "distill"], ("needs --teacher",)),
+    (["--algorithm", "grpo", "--teacher", "teacher.keras"],
+     ("--teacher is for --algorithm distill",)),
+    (["--algorithm", "distill", "--teacher", "missing.keras"], ("missing.keras", "not found")),
+    (["--algorithm", "distill", "--teacher", "teacher.keras", "--reward-weight", "-1"],
+     ("--reward-weight must be >= 0",)),
+    (["--algorithm", "distill", "--teacher", "teacher.keras", "--model",
+      "other/student.keras"], ("tokenizer is not the student's",)),
+]
+
+
+def test_cli_distill_end_to_end_and_its_bad_input(tmp_path_factory):
+    """`tfpg train --algorithm distill --teacher F.keras`: a new student takes the
+    teacher's tokenizer, fine-tunes, exports; bad combinations exit 2 in one line,
+    writing nothing (all in one subprocess, tests/cli_batch.py)."""
+    commands = [["train"] + args + ["--output", "out/model", "--logdir", "out/logs"]
+                for args, _ in CLI_CASES]
+    runs = run_in_fresh_directories(tmp_path_factory, commands, _cli_directory)
+    directory, _, result = runs[0]
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "teacher_kl" in result.stdout
+    metrics = json.loads((directory / "out/model/metrics.json").read_text())
+    assert metrics["algorithm"] == "distill" and "exact_match" in metrics["after"]
+    assert (directory / "out/model/saved_model.pb").exists()
+    for (directory, before, result), (_, words) in zip(runs[1:], CLI_CASES[1:]):
+        assert_usage_error(result, *words)
+        assert set(os.listdir(directory)) == before

@@ -36,7 +36,7 @@ from tfpg.config import (EXPORT_FORMATS, ON_INVALID_REWARD, PRECISIONS, REWARD_T
 from tfpg.native_logs import filter_native_logs, quiet_environment
 
 SAMPLERS = ("greedy", "sample", "top_k", "top_p")
-ALGORITHM_NAMES = ("reinforce", "scst", "rloo", "grpo", "a2c", "ppo")
+ALGORITHM_NAMES = ("reinforce", "scst", "rloo", "grpo", "a2c", "ppo", "distill")
 TASK_NAMES = ("arithmetic", "translate", "keywords", "preference", "calculator", "guess")
 
 
@@ -110,6 +110,13 @@ def _train_parser(subparsers, common):
                                        "pre-training only with --pretrain-epochs")
     train.add_argument("--lora-rank", type=int,
                        help="with a KerasHub --model: train rank-N LoRA adapters only")
+    train.add_argument("--teacher", metavar="PRESET_OR_DIR_OR_KERAS_FILE",
+                       help="with --algorithm distill: the frozen teacher whose per-token "
+                            "log-probs the student is distilled towards (the student's "
+                            "tokenizer; a new student takes the teacher's)")
+    train.add_argument("--reward-weight", type=float,
+                       help="with --algorithm distill: weight of the task reward beside "
+                            "the teacher's (default 0: the reward is only measured)")
     train.add_argument("--export-format", choices=EXPORT_FORMATS,
                        help="the --output: a SavedModel (default), a Hugging Face "
                             "transformers checkpoint (LoRA merged) or PEFT LoRA adapters "

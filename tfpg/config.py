@@ -80,6 +80,10 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # rematerialise transformer blocks in the update
     export_format: str = "saved_model"  # the output: a SavedModel, a transformers checkpoint
                                         # (LoRA merged) or PEFT adapters (EXPORT_FORMATS)
+    teacher: str = None             # --algorithm distill: the teacher, a KerasHub preset
+                                    # name or directory or a .keras file (its tokenizer)
+    reward_weight: float = None     # --algorithm distill: weight of the task reward in
+                                    # the advantages; None: 0 (the reward only measured)
 
     @classmethod
     def from_dict(cls, values):
@@ -114,7 +118,8 @@ def check_values(config):
 
     learning_rate / pretrain_learning_rate: finite > 0; kl_coef: finite >= 0;
     reward_timeout: None or finite > 0; max_new_tokens: an integer >= 1 (and below
-    2^31); output / logdir: not "" (which would silently mean the default)."""
+    2^31); output / logdir: not "" (which would silently mean the default);
+    --teacher with --algorithm distill only (`check_teacher_options`)."""
     checks = [(bounds.check_positive, "learning_rate"),
               (bounds.check_positive, "pretrain_learning_rate"),
               (bounds.check_timeout, "reward_timeout")]
@@ -122,30 +127,33 @@ def check_values(config):
         checks.append((bounds.check_non_negative, "kl_coef"))
     if config.max_new_tokens is not None:
         checks.append((bounds.check_count, "max_new_tokens"))
+    if config.reward_weight is not None:
+        checks.append((bounds.check_non_negative, "reward_weight"))
     try:
         for check, name in checks:
             check(_flag(name), getattr(config, name))
     except ValueError as error:
         raise UsageError(str(error)) from None
     check_export_format(config.export_format, config.model, config.lora_rank)
-    for name in ("output", "logdir", "train_file", "model", "reward_model"):
+    for name in ("output", "logdir", "train_file", "model", "reward_model", "teacher"):
         value = getattr(config, name, None)
         if isinstance(value, str) and not value.strip():
             raise UsageError(f"{_flag(name)} is empty; give a path")
+    check_teacher_options(config)
 
 
 def check_config(config):
     """Raises UsageError for options that cannot work, before anything is written."""
     check_values(config)
-    from tfpg.algorithms import ALGORITHMS
+    from tfpg.algorithms import TRAINERS
     from tfpg.tasks import TASKS
     if config.train_file is None and config.task not in TASKS:
         raise UsageError(f"unknown task {config.task!r}; known: {', '.join(sorted(TASKS))}")
     if config.reward is not None and config.reward_model is not None:
         raise UsageError("give --reward or --reward-model, not both")
-    if config.algorithm not in ALGORITHMS:
+    if config.algorithm not in TRAINERS:
         raise UsageError(f"unknown algorithm {config.algorithm!r}; "
-                         f"known: {', '.join(ALGORITHMS)}")
+                         f"known: {', '.join(TRAINERS)}")
     if config.backbone not in ("lstm", "gru", "transformer"):
         raise UsageError(f"unknown backbone {config.backbone!r}; known: lstm, gru, transformer")
     if config.strategy not in STRATEGIES:
@@ -199,6 +207,22 @@ def check_export_format(export_format, model, lora_rank):
                          "exports as saved_model only")
     if export_format == "peft" and lora_rank is None:
         raise UsageError("export format peft writes LoRA adapters: it needs --lora-rank")
+
+
+def check_teacher_options(config):
+    """`--teacher` goes with `--algorithm distill` and only with it; a `.keras` teacher
+    must exist (UsageError, one line)."""
+    if config.algorithm == "distill" and config.teacher is None:
+        raise UsageError("--algorithm distill needs --teacher (a KerasHub preset name or "
+                         "directory, or a .keras policy with tokenizer.json beside it)")
+    if config.algorithm != "distill":
+        for name in ("teacher", "reward_weight"):
+            if getattr(config, name) is not None:
+                raise UsageError(f"{_flag(name)} is for --algorithm distill, not "
+                                 f"{config.algorithm}")
+    if config.teacher is not None and config.teacher.endswith(".keras") \
+            and not os.path.isfile(config.teacher):
+        raise UsageError(f"--teacher {config.teacher}: file not found")
 
 
 def check_writable(path, min_free_mb=None):

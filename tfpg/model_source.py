@@ -65,3 +65,31 @@ def _keras_hub_preset(source, lora_rank):
     if policy.tokenizer is None:
         raise UsageError(f"--model {source}: the preset has no tokenizer (preprocessor)")
     return policy, policy.tokenizer
+
+
+def load_teacher(source, tokenizer=None):
+    """(teacher, tokenizer) of `--teacher source` (what `load_policy` reads), the
+    frozen model of on-policy distillation. `tokenizer` is the student's (a `--model`'s;
+    None for a new student, which then takes the teacher's): distillation compares the
+    two models' log-probs id by id, so another vocabulary is a UsageError."""
+    try:
+        teacher, teacher_tokenizer = load_policy(source)
+    except UsageError as error:
+        raise UsageError(str(error).replace("--model", "--teacher")) from None
+    if tokenizer is not None and _vocabulary(tokenizer) != _vocabulary(teacher_tokenizer):
+        raise UsageError(f"--teacher {source}: its tokenizer is not the student's "
+                         f"({teacher_tokenizer.vocabulary_size} and "
+                         f"{tokenizer.vocabulary_size} tokens); distillation needs the same one")
+    return teacher, teacher_tokenizer
+
+
+def _vocabulary(tokenizer):
+    """What makes two tokenizers give the same ids: tfpg's level and token list, a
+    KerasHub tokenizer's vocabulary, and the special ids."""
+    if isinstance(tokenizer, Tokenizer):
+        tokens = (tokenizer.level, tokenizer.vocabulary)
+    else:
+        hub = getattr(tokenizer, "hub_tokenizer", None)
+        tokens = list(hub.get_vocabulary()) if hasattr(hub, "get_vocabulary") else None
+    return (type(tokenizer).__name__, tokenizer.vocabulary_size, tokens,
+            tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id)

@@ -44,7 +44,7 @@ import tensorflow as tf
 
 from tfpg import callbacks as tfpg_callbacks
 from tfpg import data as tfpg_data
-from tfpg.algorithms import ALGORITHMS
+from tfpg.algorithms import ALGORITHMS, TRAINERS  # noqa: F401
 from tfpg.algorithms.base import reference_of
 from tfpg.checkpoints import (STATE_VERSION, EpochCheckpoint, EpochSeed,  # noqa: F401
                               RunState, WriteReporting, epoch_batches, export_from_source,
@@ -61,7 +61,7 @@ from tfpg.evaluation import evaluate_policy, format_table  # noqa: F401
 from tfpg.export import export_saved_model
 from tfpg.jobs import Job, check_prompt_lengths, load_reward, make_job  # noqa: F401
 from tfpg.locking import output_lock
-from tfpg.model_source import load_policy
+from tfpg.model_source import load_policy, load_teacher
 from tfpg.models import PolicyNetwork, ValueNetwork
 from tfpg.pretraining import (EpochProgress, LanguageModelTrainer, copy_policy,  # noqa: F401
                               pretrain, pretraining_dataset)
@@ -93,12 +93,15 @@ def run_training(config, log=print, warn=_warn):
         tf.config.experimental.enable_op_determinism()
 
     # 1. the job (with the tokenizer of the model it starts from, if any)
-    policy = None
+    policy = tokenizer = teacher = None
     if config.model is not None:
         keras.utils.set_random_seed(config.seed)        # LoRA adapters' initial weights
         with strategy.scope():
             policy, tokenizer = load_policy(config.model, config.lora_rank)
-    job = make_job(config, tokenizer=None if policy is None else tokenizer)
+    if config.teacher is not None:      # --algorithm distill: a new student takes its tokenizer
+        with strategy.scope():
+            teacher, tokenizer = load_teacher(config.teacher, tokenizer)
+    job = make_job(config, tokenizer=tokenizer)
     if not job.pretrain_texts or not len(job.train) or not len(job.heldout):
         raise UsageError("empty dataset: nothing to train or evaluate on")
     check_prompt_lengths(job, warn)
@@ -120,7 +123,8 @@ def run_training(config, log=print, warn=_warn):
                 job.tokenizer.save(tokenizer_path)
         previous_precision = set_precision(config.mixed_precision)
         try:
-            return _run(_Run(config, job, strategy, chief, state, output, logdir, log), policy)
+            return _run(_Run(config, job, strategy, chief, state, output, logdir, log), policy,
+                        teacher)
         finally:
             set_precision(previous_precision)
 
@@ -147,7 +151,7 @@ class _Run:
         return self._evaluation_copy
 
 
-def _run(run, policy=None):
+def _run(run, policy=None, teacher=None):
     keras.utils.set_random_seed(run.config.seed)
     # 2. the model (a --model is loaded already: its tokenizer made the job)
     if policy is None:
@@ -160,8 +164,9 @@ def _run(run, policy=None):
     # critic must start from the unbroken run's initial weights.
     reseed(run.config.seed, "agent")
     with run.strategy.scope():
-        agent = ALGORITHMS[run.config.algorithm](
-            policy, run.job.reward_fn, **_algorithm_options(run.config, run.job, policy))
+        models = (policy,) if teacher is None else (policy, teacher)    # distill: both
+        agent = TRAINERS[run.config.algorithm](
+            *models, run.job.reward_fn, **_algorithm_options(run.config, run.job, policy))
         agent.compile(optimizer=keras.optimizers.Adam(run.config.learning_rate))
     checkpoint = trainer_checkpoint(agent)
     restore(checkpoint, run.state.directory, run.state["finetune_checkpoint"])
@@ -302,7 +307,7 @@ def _algorithm_options(config, job, policy):
                "seed": config.seed, "on_invalid_reward": config.on_invalid_reward,
                "reward_timeout": config.reward_timeout,
                "gradient_checkpointing": bool(config.gradient_checkpointing)}
-    cls = ALGORITHMS[config.algorithm]
+    cls = TRAINERS[config.algorithm]
     if config.kl_coef is not None:
         options["kl_coef"] = config.kl_coef
     elif job.kl_coef is not None:
@@ -310,6 +315,8 @@ def _algorithm_options(config, job, policy):
     if job.episodes is not None:        # multi-turn: the task's env gives the rewards
         options.update(env=job.episodes.env(job.tokenizer),
                        max_turns=job.episodes.max_turns)
+    if config.algorithm == "distill":      # the task reward measured, weighted by --reward-weight
+        options["reward_weight"] = config.reward_weight or 0.0
     if config.algorithm in ("rloo", "grpo"):
         options["group_size"] = max(2, config.group_size)
     # The pre-trained policy as the reference, also when kl_coef is 0: the trainer
