@@ -11,7 +11,7 @@ import time
 import pytest
 
 import tfpg
-from tfpg import native_logs
+from tfpg import cli, native_logs
 
 sys.path.insert(0, os.path.dirname(__file__))
 from cli_batch import assert_usage_error, run_in_fresh_directories  # noqa: E402
@@ -128,8 +128,20 @@ def test_generate_evaluate_and_export_subcommands(trained):
     exported = run(["export", "out/model.checkpoint", "--output", "copy"], workdir)
     assert exported.returncode == 0, exported.stderr[-2000:]
     assert native_log_lines(exported.stderr) == []
-    again = run(["generate", "copy", "12+34=", "57+68="], workdir)
-    assert again.stdout == generated.stdout   # same weights as the trained export
+    again = run(["generate", "copy", "12+34=", "57+68=", "--format", "jsonl"], workdir)
+    records = [json.loads(line) for line in again.stdout.splitlines()]
+    assert [record["prompt"] for record in records] == ["12+34=", "57+68="]
+    # Same weights as the trained export.
+    assert [cli._completion_line(None, record["completion"], "text")
+            for record in records] == generated.stdout.splitlines()
+
+
+def test_text_output_is_one_line_per_prompt_whatever_the_completion():
+    lines = [cli._completion_line("p", text, "text") for text in
+             ("", "a\nb", "back\\slash\r", "plain")]
+    assert lines == ["(empty)", "a\\nb", "back\\\\slash\\r", "plain"]
+    assert json.loads(cli._completion_line("p\n", "", "jsonl")) == \
+        {"prompt": "p\n", "completion": ""}
 
 
 BAD_INPUT = [

@@ -182,12 +182,16 @@ def _build_parser():
     generate.add_argument("model_dir")
     generate.add_argument("prompts", nargs="+", metavar="PROMPT")
     generate.add_argument("--sampler", choices=SAMPLERS,
-                          help="default: the export's (sample)")
+                          help="default: the export's own (see its tfpg_export.json)")
     generate.add_argument("--max-new-tokens", type=int)
     generate.add_argument("--temperature", type=float)
     generate.add_argument("--top-k", type=int)
     generate.add_argument("--top-p", type=float)
     generate.add_argument("--seed", type=int)
+    generate.add_argument("--format", choices=("text", "jsonl"), default="text",
+                          help="text: one line per prompt, newlines as \\n and an empty "
+                               "completion as (empty); jsonl: one {\"prompt\", "
+                               "\"completion\"} object per line")
 
     evaluate = subparsers.add_parser("evaluate", help="held-out metrics of a SavedModel",
                                      parents=[common])
@@ -289,8 +293,18 @@ def _generate(args):
     options = {name: getattr(args, name) for name in
                ("sampler", "max_new_tokens", "temperature", "top_k", "top_p", "seed")
                if getattr(args, name) is not None}
-    for completion in load(args.model_dir).generate(args.prompts, **options):
-        print(completion)
+    completions = load(args.model_dir).generate(args.prompts, **options)
+    for prompt, completion in zip(args.prompts, completions):
+        print(_completion_line(prompt, completion, args.format))
+
+
+def _completion_line(prompt, completion, form):
+    """One output line per prompt, so that lines match prompts whatever the text."""
+    if form == "jsonl":
+        return json.dumps({"prompt": prompt, "completion": completion}, ensure_ascii=False)
+    if not completion:
+        return "(empty)"
+    return completion.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def _evaluate(args):
