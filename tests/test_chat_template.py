@@ -5,10 +5,13 @@ fixtures (`tests/data/hf/templates/`, written by `benchmarks/hf_templates.py`); 
 torch or transformers here.
 """
 
+import contextlib
 import datetime
 import glob
+import io
 import json
 import os
+import types
 
 import pytest
 
@@ -248,3 +251,123 @@ def test_python_reward_gets_trl_shaped_conversations(hub_tokenizer):
                                    [{"role": "assistant", "content": "a dog ran"}]]
     # The messages are the prompt, not a column of their own.
     assert seen["keys"] == ["id", "prompt_mask", "reference_mask"]
+
+
+# ------------------------------------------------------------- the command line, exports
+
+CHATS = [[{"role": "user", "content": f"{a} + {b} ="}] for a, b in
+         ((1, 2), (3, 4), (2, 2), (4, 1), (1, 1), (3, 3))]
+
+
+HF_GPT2 = os.path.join(os.path.dirname(__file__), "data", "hf", "gpt2")
+
+
+@pytest.fixture(scope="module")
+def chat_run(tmp_path_factory):
+    """`tfpg train --model GPT2 --train-file chat.jsonl --chat-template chatml.jinja`
+    (conversational; 1 epoch of 1 step), `tfpg generate` on its export and the
+    bad-input cases (with tests/data/hf/gpt2), in this process: (directory, [(status,
+    stdout, stderr)])."""
+    import shutil
+    import sys
+    from tfpg import cli
+    root = tmp_path_factory.mktemp("chat")
+    (root / "chatml.jinja").write_text(CHATML)
+    with open(root / "chat.jsonl", "w") as f:
+        for chat in CHATS:
+            a, b = chat[0]["content"][:-2].split(" + ")
+            f.write(json.dumps({"prompt": chat, "reference": str(int(a) + int(b))}) + "\n")
+    (root / "plain.jsonl").write_text('{"prompt": "1 + 2 =", "reference": "3"}\n' * 4)
+    bare = root / "no_template"          # the checkpoint without its template
+    shutil.copytree(HF_GPT2, bare)
+    os.remove(bare / "chat_template.jinja")
+    train = ["train", "--train-file", str(root / "chat.jsonl"), "--algorithm", "reinforce",
+             "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2",
+             "--max-new-tokens", "3", "--logdir", str(root / "logs")]
+    # A KerasHub GPT-2 preset (no template of its own) with --chat-template.
+    sys.path.insert(0, os.path.dirname(__file__))
+    from keras_hub_models import save_preset
+    preset = save_preset("gpt2", root)
+    cases = [train + ["--model", preset, "--chat-template", str(root / "chatml.jinja"),
+                      "--output", str(root / "out/model")],
+             ["generate", str(root / "out/model"), "3 + 4 =", "--format", "jsonl"],
+             train + ["--model", str(bare), "--output", str(root / "out/none")],
+             train + ["--model", HF_GPT2, "--chat-template", str(root / "missing.jinja"),
+                      "--output", str(root / "out/m")],
+             ["train", "--train-file", str(root / "plain.jsonl"), "--model", str(bare),
+              "--chat-template", str(root / "chatml.jinja"), "--output",
+              str(root / "out/plain")]]
+    results = []
+    for args in cases:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = cli.main(args)
+        results.append(types.SimpleNamespace(returncode=status, stdout=out.getvalue(),
+                                             stderr=err.getvalue()))
+    return root, results
+
+
+def test_cli_trains_on_conversational_jsonl_and_exports_the_template(chat_run):
+    import tfpg
+    root, (trained, generated, *_) = chat_run
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    with open(root / "out" / "model" / "metrics.json") as f:
+        metrics = json.load(f)
+    info = tfpg.export.read_export_info(root / "out" / "model")
+    assert info["chat_template"]["template"] == CHATML
+    assert info["chat_template"]["special_tokens"]["eos_token"] == "<|endoftext|>"
+    gen = tfpg.load(root / "out" / "model")
+    samples = metrics["samples"]
+    assert samples and all(s["prompt"] in CHATS for s in samples)
+    # The export renders and encodes conversations as training did: its greedy
+    # completions are the run's own held-out ones.
+    assert gen.generate([s["prompt"] for s in samples]) == [s["completion"] for s in samples]
+    rendered = [gen.chat_template.render(s["prompt"]) for s in samples]
+    assert gen.generate(rendered, apply_chat_template=False) == \
+        [s["completion"] for s in samples]
+    # A string is one user message: `tfpg generate` renders it too.
+    assert generated.returncode == 0, generated.stderr[-2000:]
+    expected = gen.generate([[{"role": "user", "content": "3 + 4 ="}]])
+    assert [json.loads(line)["completion"] for line in generated.stdout.splitlines()] == \
+        expected
+
+
+def test_cli_chat_bad_input_is_one_line(chat_run):
+    import sys
+    sys.path.insert(0, os.path.dirname(__file__))
+    from cli_batch import assert_usage_error
+    root, (_, _, no_template, missing, plain) = chat_run
+    assert_usage_error(no_template, "chat.jsonl: conversational prompts need a chat template",
+                       "--chat-template F.jinja")
+    assert_usage_error(missing, "--chat-template", "missing.jinja: chat template file not found")
+    assert_usage_error(plain, "--chat-template renders conversational prompts")
+    for name in ("none", "m", "plain"):
+        assert not (root / "out" / name).exists()
+
+
+def test_text_episodes_render_tool_turns_with_the_template():
+    """A multi-turn episode of a conversational prompt: the env's reply (a tool's
+    output) is the template's tool turn, and every context the generator sees is
+    the whole conversation so far, rendered."""
+    import tfpg
+    from tfpg.multi_turn import play_text_episodes
+    from tfpg.tool_env import ToolEnv, calculator
+    qwen = ChatTemplate.from_hf_files(_fixture("qwen2")["hf_files"])
+    chat = [{"role": "user", "content": "What is 6*7?"}]
+    tok = tfpg.Tokenizer.from_texts([qwen.render(chat) + "<calc>6*7</calc> 42 error:"],
+                                    level="char")
+    tok.chat_template = qwen
+    turns = iter(["<calc>6*7</calc>", "It is 42."])
+    seen = []
+
+    def generate(contexts):
+        seen.append(list(contexts))
+        return [next(turns) for _ in contexts]
+
+    env = ToolEnv({"calc": calculator}, tok)
+    episodes = play_text_episodes(generate, env, [chat], max_turns=3)
+    assert episodes[0]["turns"] == [("policy", "<calc>6*7</calc>"), ("env", "42"),
+                                    ("policy", "It is 42.")]
+    assert seen == [[qwen.render(chat)], [qwen.render(chat + [
+        {"role": "assistant", "content": "<calc>6*7</calc>"},
+        {"role": "tool", "content": "42"}])]]

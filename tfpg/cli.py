@@ -67,7 +67,11 @@ def _train_parser(subparsers, common):
     source.add_argument("--task", help=f"bundled task: {' | '.join(TASK_NAMES)} "
                                        "(default arithmetic)")
     source.add_argument("--train-file", help="your data: .tsv (prompt TAB reference), "
-                                             ".jsonl or .txt")
+                                             ".jsonl (a \"prompt\" string or list of "
+                                             "{\"role\", \"content\"} messages) or .txt")
+    train.add_argument("--chat-template", metavar="F.jinja",
+                       help="render conversational prompts with this chat template "
+                            "(default: the --model checkpoint's own)")
     train.add_argument("--algorithm", help=f"{' | '.join(ALGORITHM_NAMES)} (default rloo)")
     train.add_argument("--backbone", help="lstm | gru | transformer (default lstm)")
     train.add_argument("--reward", help="bleu | exact_match | length | module:function "

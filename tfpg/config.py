@@ -80,6 +80,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # rematerialise transformer blocks in the update
     export_format: str = "saved_model"  # the output: a SavedModel, a transformers checkpoint
                                         # (LoRA merged) or PEFT adapters (EXPORT_FORMATS)
+    chat_template: str = None       # a .jinja file: renders conversational prompts
+                                    # (overrides the --model checkpoint's template)
     teacher: str = None             # --algorithm distill: the teacher, a KerasHub preset
                                     # name or directory or a .keras file (its tokenizer)
     reward_weight: float = None     # --algorithm distill: weight of the task reward in
@@ -135,11 +137,28 @@ def check_values(config):
     except ValueError as error:
         raise UsageError(str(error)) from None
     check_export_format(config.export_format, config.model, config.lora_rank)
-    for name in ("output", "logdir", "train_file", "model", "reward_model", "teacher"):
+    for name in ("output", "logdir", "train_file", "model", "reward_model", "chat_template",
+                 "teacher"):
         value = getattr(config, name, None)
         if isinstance(value, str) and not value.strip():
             raise UsageError(f"{_flag(name)} is empty; give a path")
+    if config.chat_template is not None:
+        read_chat_template(config.chat_template)
     check_teacher_options(config)
+
+
+def read_chat_template(path, special_tokens=None):
+    """The `ChatTemplate` of `--chat-template path` (special tokens: the model's);
+    a missing file or a template that does not compile is a UsageError naming the
+    file. Needs jinja2 only, not TensorFlow: the CLI checks it first."""
+    from tfpg.hf.chat_template import ChatTemplate
+    try:
+        return ChatTemplate.from_file(path, special_tokens)
+    except ImportError as error:
+        raise UsageError(f"--chat-template needs jinja2 (pip install tfpg[hub]): "
+                         f"{error}") from None
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(f"--chat-template {error}") from None
 
 
 def check_config(config):

@@ -21,6 +21,16 @@ Signatures (all batch-major, `B` prompts):
   it; nothing is appended when it was exported with `eos_id=None`) and scored
   token by token under the policy's softmax at temperature 1; 0 at padding.
 
+Chat exports: a run on conversational data (prompts that are message lists) records
+its chat template in `tfpg_export.json` ("chat_template": the Jinja source and its
+special tokens). The signatures still take strings, the prompts *already rendered*
+with that template (`add_generation_prompt=True`): a graph cannot run Jinja, and a
+rendered prompt is what any serving stack sends (render it with
+`tfpg.hf.chat_template.ChatTemplate.from_config(info["chat_template"])`, or with
+transformers from the same template). The graph then adds no BOS to a prompt with
+a KerasHub tokenizer: the template writes it, as in training. `load(path).generate`
+renders for you: it takes conversations, and a plain string as one user message.
+
 Why two generate signatures: a SignatureDef has no optional inputs. Every consumer
 that runs a signature through a session (`saved_model_cli run`, TF Serving, the C++
 API) must feed all of its inputs, and a TF2 `loaded.signatures[...]` function needs
@@ -57,6 +67,7 @@ Example:
 >>> gen.generate(["3 + 4 ="], temperature=0.8, seed=1)   # sampled
 """
 
+import functools
 import glob
 import json
 import os
@@ -96,7 +107,7 @@ def _prompt_spec():
 class _ExportModule(tf.Module):
     """The object graph that is saved: policy, tokenizer layers, serving functions."""
 
-    def __init__(self, policy, tokenizer, defaults, max_prompt_length):
+    def __init__(self, policy, tokenizer, defaults, max_prompt_length, chat=False):
         super().__init__(name="tfpg_export")
         # Held untracked (written to __dict__, bypassing tracking): a tracked Keras 3
         # model saves each weight twice (its variable wrapper exports a copy), and
@@ -110,8 +121,12 @@ class _ExportModule(tf.Module):
         # its encoder gives the padding mask; for tfpg's Tokenizer, padding is id 0.
         self._with_mask = getattr(tokenizer, "encodes_with_mask", False)
         options = {"return_mask": True} if self._with_mask else {}
+        # Rendered chats carry the BOS their template writes (see `chat_template`).
+        chat_options = ({"add_bos": getattr(tokenizer, "chat_adds_bos", False)}
+                        if chat and self._with_mask else {})
         self.prompt_to_ids = tokenizer.string_to_ids_layer(
-            max_length=max_prompt_length, truncate="left", name="prompt_to_ids", **options)
+            max_length=max_prompt_length, truncate="left", name="prompt_to_ids", **options,
+            **chat_options)
         if self._with_mask:
             options["add_bos"] = False
         self.text_to_ids = tokenizer.string_to_ids_layer(name="text_to_ids", **options)
@@ -217,7 +232,7 @@ class _ExportModule(tf.Module):
 
 def export_saved_model(policy, tokenizer, path, max_new_tokens=32, sampler="greedy",
                        temperature=1.0, top_k=None, top_p=None, eos_id="auto",
-                       max_prompt_length=None, metadata=None):
+                       max_prompt_length=None, metadata=None, chat_template=None):
     """Exports `policy` and `tokenizer` as a string-in, string-out SavedModel.
 
     Args:
@@ -231,6 +246,12 @@ def export_saved_model(policy, tokenizer, path, max_new_tokens=32, sampler="gree
         max_prompt_length: longer prompts keep their last tokens (BOS stays). For a
             Transformer the default is `policy.max_length - max_new_tokens`.
         metadata: JSON-serialisable dict stored in `tfpg_export.json`.
+        chat_template: the `tfpg.hf.chat_template.ChatTemplate` the policy's prompts
+            were rendered with (a run on conversational data), or None. It is recorded
+            in `tfpg_export.json` ("chat_template"); the signatures then take prompts
+            already rendered with it (a graph cannot run Jinja) and add no BOS (the
+            template writes it), and `load(path).generate` renders conversations (a
+            string as one user message) before calling them.
 
     Returns:
         `path`.
@@ -265,7 +286,8 @@ def export_saved_model(policy, tokenizer, path, max_new_tokens=32, sampler="gree
     make_parent(path)
 
     def write(tmp):
-        _write_saved_model(policy, tokenizer, defaults, max_prompt_length, tmp)
+        _write_saved_model(policy, tokenizer, defaults, max_prompt_length, tmp,
+                           chat=chat_template is not None)
         tokenizer.save(os.path.join(tmp, TOKENIZER_FILE))
 
     return write_directory(path, write, METADATA_FILE, {
@@ -275,7 +297,8 @@ def export_saved_model(policy, tokenizer, path, max_new_tokens=32, sampler="gree
         # What `GeneratorModel.generate` bounds max_new_tokens with.
         "max_length": policy.max_length if policy_is_positional(policy) else None,
         "decode_cache_bytes_per_token": cache_bytes_per_token(policy),
-        "generation": defaults, "metadata": metadata or {}})
+        "generation": defaults, "metadata": metadata or {},
+        "chat_template": None if chat_template is None else chat_template.get_config()})
 
 
 def write_directory(path, write, marker_file=METADATA_FILE, marker=None,
@@ -324,9 +347,10 @@ def make_parent(path):
                          f"{parent}") from None
 
 
-def _write_saved_model(policy, tokenizer, defaults, max_prompt_length, directory):
+def _write_saved_model(policy, tokenizer, defaults, max_prompt_length, directory,
+                       chat=False):
     """Traces the serving functions and saves them to `directory` (the slow step)."""
-    module = _ExportModule(policy, tokenizer, defaults, max_prompt_length)
+    module = _ExportModule(policy, tokenizer, defaults, max_prompt_length, chat)
     signatures = {"generate": module.generate.get_concrete_function(),
                   "serving_default": module.generate.get_concrete_function(),
                   "generate_with_options": module.generate_with_options.get_concrete_function(),
@@ -523,6 +547,10 @@ def _as_string_list(texts, what):
     return texts
 
 
+def _text(text):
+    return text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+
+
 class GeneratorModel:
     """A loaded tfpg export: prompt strings in, completion strings out.
 
@@ -531,6 +559,8 @@ class GeneratorModel:
         tokenizer: its `Tokenizer`.
         generation_defaults: the defaults chosen at export time (dict).
         metadata: the `metadata` dict given at export time.
+        chat_template: the `ChatTemplate` of a chat export (None otherwise): prompts
+            are rendered with it before the signatures see them.
         signatures: the SavedModel's signature functions (`generate`,
             `generate_with_options`, `log_probs`, `serving_default`).
 
@@ -550,9 +580,33 @@ class GeneratorModel:
         self._info = info
         self._loaded = loaded
         self.signatures = loaded.signatures
+        self.chat_template = None
+        if info.get("chat_template"):
+            from tfpg.hf.chat_template import ChatTemplate
+            self.chat_template = ChatTemplate.from_config(info["chat_template"])
+
+    def render(self, prompts):
+        """The prompt strings the signatures take: for a chat export each
+        conversation (a list of messages; a string is one user message) rendered
+        with the export's chat template and a generation prompt; otherwise the
+        strings as they are."""
+        from tfpg.hf.chat_template import is_conversation
+        if isinstance(prompts, (str, bytes)) or (prompts and isinstance(prompts, list)
+                                                 and isinstance(prompts[0], dict)):
+            raise TypeError("prompts must be a list (of strings or of conversations), not "
+                            "a single prompt")
+        prompts = list(prompts)
+        if self.chat_template is None:
+            if any(is_conversation(p) for p in prompts):
+                raise ValueError(f"{self.path} was not trained on conversations (its export "
+                                 "has no chat template): give prompt strings")
+            return _as_string_list(prompts, "prompts")
+        return [self.chat_template.render(
+            p if is_conversation(p) else [{"role": "user", "content": _text(p)}])
+            for p in prompts]
 
     def generate(self, prompts, max_new_tokens=None, temperature=None, top_k=None,
-                 top_p=None, seed=None, sampler=None):
+                 top_p=None, seed=None, sampler=None, apply_chat_template=True):
         """Completes each prompt; returns list[str] in the order of `prompts`.
 
         Options left as None take the export defaults; giving `temperature`,
@@ -568,8 +622,14 @@ class GeneratorModel:
         and finite, top_k an integer >= 1, top_p in (0, 1], max_new_tokens
         an integer >= 1 that leaves a position for the prompt in a positional
         model's table and whose decode fits `tfpg.bounds.decode_memory_limit()`).
+
+        A chat export (`chat_template`) takes conversations (lists of
+        `{"role", "content"}` messages) or strings (each one user message) and
+        renders them (`render`); `apply_chat_template=False` sends strings already
+        rendered as they are.
         """
-        prompts = _as_string_list(prompts, "prompts")
+        prompts = (self.render(prompts) if apply_chat_template
+                   else _as_string_list(prompts, "prompts"))
         if max_new_tokens is not None:
             self._check_max_new_tokens(len(prompts), max_new_tokens)
         self._warn_unknown(prompts)
@@ -641,9 +701,9 @@ class GeneratorModel:
 
         Returns a list of float32 arrays, one per completion, of length
         `len(tokenizer.encode(completion, add_bos=False)) + 1` (the EOS; no + 1 for
-        an export with `eos_id=None`).
+        an export with `eos_id=None`). A chat export renders the prompts (`render`).
         """
-        prompts = _as_string_list(prompts, "prompts")
+        prompts = self.render(prompts)
         completions = _as_string_list(completions, "completions")
         if len(prompts) != len(completions):
             raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
@@ -662,7 +722,12 @@ class GeneratorModel:
         training) in Python: see `tfpg.multi_turn.play_text_episodes`. `options` go
         to `generate` (e.g. `max_new_tokens`: the per-turn budget)."""
         from tfpg.multi_turn import play_text_episodes
-        return play_text_episodes(self.generate, env, prompts, max_turns, extras, **options)
+        # A chat export: play_text_episodes renders the turns with the export's
+        # template and sends them rendered.
+        return play_text_episodes(functools.partial(self.generate,
+                                                    apply_chat_template=False),
+                                  env, prompts, max_turns, extras,
+                                  chat_template=self.chat_template, **options)
 
     def __repr__(self):
         return (f"GeneratorModel(path={self.path!r}, "

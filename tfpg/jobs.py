@@ -18,7 +18,9 @@ import numpy as np
 from tfpg import bounds
 from tfpg import data as tfpg_data
 from tfpg import rewards
-from tfpg.config import NAMED_REWARDS, POLICY_MAX_LENGTH, TASK_FINETUNE_EPOCHS, UsageError
+from tfpg.config import (NAMED_REWARDS, POLICY_MAX_LENGTH, TASK_FINETUNE_EPOCHS, UsageError,
+                         read_chat_template)
+from tfpg.hf.chat_template import is_conversation
 from tfpg.tasks import EpisodeTask, get_task
 from tfpg.text import Tokenizer
 
@@ -43,6 +45,8 @@ class Job:
     kl_coef: float = None           # the task's default kl_coef; None: the algorithm's
     episodes: object = None         # a multi-turn task (tfpg.tasks.EpisodeTask): its env
     sampled_metrics: bool = False   # also evaluate sampled completions ("sampled_" keys)
+    conversational: bool = False    # prompts are message lists, rendered with the
+                                    # tokenizer's chat template (which the export keeps)
     on_invalid_reward: str = "raise"  # how evaluations treat a failing Python reward
     reward_timeout: float = None    # seconds a Python reward may take; None: no limit
 
@@ -119,6 +123,32 @@ def _read_train_file(config):
                                config.truncate_prompts, reason)
 
 
+def use_chat_template(config, tokenizer):
+    """Sets `--chat-template` on the run's tokenizer (with the model's special
+    tokens), which its checkpoint and export then keep."""
+    if config.chat_template is not None:
+        tokenizer.chat_template = read_chat_template(config.chat_template,
+                                                     tokenizer.template_special_tokens())
+    return tokenizer
+
+
+def _conversation_texts(config, prompts, tokenizer):
+    """The prompts of a conversational file rendered with the run's chat template
+    (--chat-template, else the --model checkpoint's); a one-line UsageError without
+    one. A new tokenizer (no --model) is then made from these texts."""
+    template = (tokenizer.chat_template if tokenizer is not None else
+                None if config.chat_template is None else
+                read_chat_template(config.chat_template))
+    if template is None:
+        raise UsageError(f"{config.train_file}: conversational prompts need a chat template "
+                         f"and {'the model has' if tokenizer is not None else 'there is'} "
+                         "none; give --chat-template F.jinja")
+    try:
+        return [template.render(p, add_generation_prompt=True) for p in prompts]
+    except ValueError as error:
+        raise UsageError(f"{config.train_file}: {error}") from None
+
+
 def _file_job(config, tokenizer=None):
     from tfpg.tasks.base import Split
     columns = _read_train_file(config)
@@ -127,10 +157,18 @@ def _file_job(config, tokenizer=None):
     if references is None and config.reward is None and config.reward_model is None:
         raise UsageError(f"{config.train_file}: no references to score against; "
                          "give --reward module:function or a .tsv / .jsonl with references")
+    texts = list(prompts)
+    conversational = bool(prompts) and is_conversation(prompts[0])
+    if conversational:
+        if tokenizer is not None:
+            use_chat_template(config, tokenizer)
+        texts = _conversation_texts(config, prompts, tokenizer)
     first = [r if isinstance(r, str) else r[0] for r in references] if references else None
-    pretrain_texts = [f"{p} {r}" for p, r in zip(prompts, first)] if first else list(prompts)
-    tokenizer = tokenizer or Tokenizer.from_texts(pretrain_texts + [
-        r for refs in (references or []) for r in ([refs] if isinstance(refs, str) else refs)])
+    pretrain_texts = [f"{p} {r}" for p, r in zip(texts, first)] if first else texts
+    if tokenizer is None:
+        tokenizer = use_chat_template(config, Tokenizer.from_texts(pretrain_texts + [
+            r for refs in (references or [])
+            for r in ([refs] if isinstance(refs, str) else refs)]))
     cut = max(1, len(prompts) // 10)
     references = references or [""] * len(prompts)
     heldout = Split(prompts[:cut], references[:cut], {k: v[:cut] for k, v in columns.items()})
@@ -148,7 +186,7 @@ def _file_job(config, tokenizer=None):
                load_reward(config.reward or "bleu", tokenizer, None), evaluate, "bleu",
                config.max_new_tokens or 32,
                10 if config.pretrain_epochs is None else config.pretrain_epochs,
-               3 if config.epochs is None else config.epochs)
+               3 if config.epochs is None else config.epochs, conversational=conversational)
 
 
 def make_job(config, tokenizer=None):
@@ -182,6 +220,10 @@ def make_job(config, tokenizer=None):
             raise UsageError(f"the {config.task} task trains against a learned reward: run "
                              f"`tfpg train-reward --task {config.task} --output DIR` first, "
                              "then give --reward-model DIR")
+    if config.chat_template is not None and not job.conversational:
+        raise UsageError("--chat-template renders conversational prompts (a .jsonl whose "
+                         "\"prompt\" is a list of {\"role\", \"content\"} messages); this "
+                         "run's prompts are strings")
     if config.reward_model is not None:
         from tfpg.reward_training import load_reward_model
         job.reward_fn = load_reward_model(config.reward_model, job.tokenizer)
@@ -264,7 +306,7 @@ def check_prompt_lengths(job, warn):
     if limit is None:
         return
     for split_name, split in (("training", job.train), ("held-out", job.heldout)):
-        lengths = [len(ids) for ids in job.tokenizer.encode(list(split.prompts))]
+        lengths = [len(tfpg_data.encode_prompt(p, job.tokenizer)) for p in split.prompts]
         long = [i for i, n in enumerate(lengths) if n > limit]
         if not long:
             continue

@@ -288,7 +288,10 @@ def evaluate_and_export(run, agent):
                                max_new_tokens=job.max_new_tokens,
                                eos_id=job.tokenizer.eos_id,
                                max_prompt_length=job.max_prompt_length,
-                               metadata={"task": job.name, "algorithm": config.algorithm})
+                               metadata={"task": job.name, "algorithm": config.algorithm},
+                               # Conversational prompts: the export renders them alike.
+                               chat_template=(job.tokenizer.chat_template
+                                              if job.conversational else None))
     path = os.path.join(run.output, "metrics.json")
     with writing(path):
         try:
