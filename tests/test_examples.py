@@ -15,7 +15,7 @@ from tfpg.envs import TextGenerationEnv
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 NAMES = ["reinforce_env_loop", "translation_bleu", "arithmetic_verifier", "keyword_control",
-         "logged_feedback", "compare_algorithms"]
+         "logged_feedback", "compare_algorithms", "distillation"]
 
 
 def load(name):
