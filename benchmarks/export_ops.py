@@ -10,6 +10,8 @@ directory, and collects their ops:
 * `export_saved_model` of a `KerasHubPolicy` of every family tests/keras_hub_models.py
   builds (gpt2, gemma, gemma3, llama3, mistral, qwen2, qwen3), with its byte-pair or
   SentencePiece tokenizer; GPT-2 also with LoRA adapters, Llama 3 also in bfloat16;
+* `export_saved_model` of a `KerasHubPolicy` of each Hugging Face fixture checkpoint
+  (tests/data/hf: gpt2, llama3, qwen2, gemma), with its `tokenizer.json` tokenizer;
 * `RewardModel.save` of a preference model of each backbone, of a classifier
   (`train_reward_model`) and of KerasHub-trunk preference models (GPT-2, Gemma).
 
@@ -98,6 +100,20 @@ def keras_hub_exports(directory):
         yield "hub-" + name, path
 
 
+def hf_exports(directory):
+    """(name, path) of KerasHubPolicy exports of Hugging Face checkpoints (the fixtures
+    of tests/data/hf: their in-graph tokenizers split, normalize and look up ids with
+    other ops than KerasHub's)."""
+    from hf_reference import checkpoint
+
+    from tfpg import KerasHubPolicy, export_saved_model
+    for name in ("gpt2", "llama3", "qwen2", "gemma"):
+        policy = KerasHubPolicy.from_preset(checkpoint(name))
+        path = os.path.join(directory, "hf-" + name)
+        export_saved_model(policy, policy.tokenizer, path, max_new_tokens=4)
+        yield "hf-" + name, path
+
+
 def reward_model_exports(directory):
     """(name, path) of saved reward models."""
     from keras_hub_models import save_preset
@@ -139,7 +155,7 @@ def collect(path):
 def derive(directory):
     """{"ops", "saver_ops", "sources"} over every export."""
     outside, inside, sources = set(), set(), []
-    for exports in (policy_exports, keras_hub_exports, reward_model_exports):
+    for exports in (policy_exports, keras_hub_exports, hf_exports, reward_model_exports):
         for name, path in exports(directory):
             ops, saver = collect(path)
             outside |= ops

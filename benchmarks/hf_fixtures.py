@@ -5,7 +5,7 @@ Run with the reference environment (torch + transformers 5):
     /work/trlenv/bin/python benchmarks/hf_fixtures.py [--only gpt2,llama3]
 
 For each family: a tiny random checkpoint written by transformers (2 layers, width 64,
-float32 safetensors; `qwen2_bf16` the same Qwen 2 weights in bfloat16), a byte-level
+float32 safetensors; Qwen 3 and Mistral in bfloat16), a byte-level
 BPE tokenizer of a few hundred tokens trained with `tokenizers` using that family's
 real pre-tokenizer (Gemma: a SentencePiece BPE model with byte fallback, converted by
 transformers, as real Gemma checkpoints ship both), a typical chat template of the
@@ -18,6 +18,10 @@ family, and what transformers computes on them (`reference.npz`):
   logits transformers gives for them (positions from the mask, as `generate` does);
 * `greedy`: transformers' greedy `generate` of 8 new tokens from that batch (the ids
   tfpg never samples, pad and BOS, suppressed as tfpg does; after EOS the pad id).
+
+`qwen3` and `mistral` are saved in bfloat16 (their reference: transformers' float32
+forward on the rounded weights); `qwen3` shares Qwen 2's tokenizer (no corpus ids of
+its own). Mistral's tokenizer is Llama 2 style SentencePiece (a dummy prefix space).
 
 The tests (`tests/test_hf_checkpoints.py`, `tests/test_hf_tokenizer.py`) check tfpg
 against these values without torch.
@@ -189,17 +193,28 @@ def qwen2_tokenizer():
 def gemma_sentencepiece(directory):
     """Trains a Gemma-style SentencePiece BPE model (byte fallback, digits split, no
     dummy prefix, pad 0 / eos 1 / bos 2 / unk 3) into `directory/tokenizer.model`."""
+    _sentencepiece(directory, add_dummy_prefix=False, allow_whitespace_only_pieces=True,
+                   split_by_whitespace=False, pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+                   pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>",
+                   unk_piece="<unk>",
+                   user_defined_symbols=["<mask>", "<start_of_turn>", "<end_of_turn>"])
+
+
+def mistral_sentencepiece(directory):
+    """Trains a Llama 2 / Mistral-style SentencePiece BPE model (byte fallback, digits
+    split, a dummy prefix space, unk 0 / <s> 1 / </s> 2, no pad)."""
+    _sentencepiece(directory, add_dummy_prefix=True, unk_id=0, bos_id=1, eos_id=2,
+                   pad_id=-1)
+
+
+def _sentencepiece(directory, **options):
     import sentencepiece as spm
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(training_text()), model_writer=model, vocab_size=420,
-        model_type="bpe", byte_fallback=True, split_digits=True, add_dummy_prefix=False,
+        model_type="bpe", byte_fallback=True, split_digits=True,
         remove_extra_whitespaces=False, normalization_rule_name="identity",
-        allow_whitespace_only_pieces=True, split_by_whitespace=False,
-        pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>",
-        bos_piece="<bos>", unk_piece="<unk>",
-        user_defined_symbols=["<mask>", "<start_of_turn>", "<end_of_turn>"],
-        character_coverage=1.0, minloglevel=2)
+        character_coverage=1.0, minloglevel=2, **options)
     with open(os.path.join(directory, "tokenizer.model"), "wb") as f:
         f.write(model.getvalue())
 
@@ -364,6 +379,15 @@ QWEN25_TEMPLATE = """{%- if tools %}
 {%- endif %}
 """
 
+# mistralai/Mistral-7B-Instruct-v0.2 (no system role).
+MISTRAL_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != "
+    "(loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate "
+    "user/assistant/user/assistant/...') }}{% endif %}{% if message['role'] == 'user' %}"
+    "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == "
+    "'assistant' %}{{ message['content'] + eos_token}}{% else %}{{ raise_exception('Only "
+    "user and assistant roles are supported!') }}{% endif %}{% endfor %}")
+
 # google/gemma-*-it (Gemma 1 and 2: no system role).
 GEMMA_TEMPLATE = (
     "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role "
@@ -385,6 +409,10 @@ def randomize(model, torch):
     with torch.no_grad():
         for _, param in sorted(model.named_parameters()):
             param.add_(torch.randn(param.shape, generator=generator) * 0.15)
+
+
+BFLOAT16 = ("qwen3", "mistral")
+SHARED_TOKENIZER = ("qwen3",)
 
 
 def family_specs():
@@ -418,6 +446,20 @@ def family_specs():
                                 rope_parameters={"rope_type": "default", "rope_theta": 1e6}),
                   qwen2_tokenizer, dict(eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                         tokenizer_class="Qwen2Tokenizer"), QWEN25_TEMPLATE),
+        # Saved in bfloat16 (their reference logits: transformers' on the rounded
+        # weights, in float32). Qwen 3 shares Qwen 2's tokenizer and template.
+        "qwen3": ("Qwen3", dict(common, head_dim=16, rms_norm_eps=1e-6,
+                                max_position_embeddings=40960, tie_word_embeddings=True,
+                                use_sliding_window=False,
+                                rope_parameters={"rope_type": "default", "rope_theta": 1e6}),
+                  qwen2_tokenizer, dict(eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                        tokenizer_class="Qwen2Tokenizer"), QWEN25_TEMPLATE),
+        "mistral": ("Mistral", dict(common, head_dim=16, rms_norm_eps=1e-5,
+                                    max_position_embeddings=32768, sliding_window=None,
+                                    tie_word_embeddings=False,
+                                    rope_parameters={"rope_type": "default",
+                                                     "rope_theta": 1e6}),
+                    None, dict(tokenizer_class="LlamaTokenizer"), MISTRAL_TEMPLATE),
         "gemma": ("Gemma", dict(common, head_dim=16, num_key_value_heads=1, rms_norm_eps=1e-6,
                                 max_position_embeddings=8192,
                                 hidden_activation="gelu_pytorch_tanh"),
@@ -428,10 +470,11 @@ def family_specs():
 def save_tokenizer(name, directory, builder, tok_kwargs, template):
     """Writes the tokenizer files with transformers (5: tokenizer.json + config)."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
-    if builder is None:      # Gemma: SentencePiece model, converted by transformers
-        gemma_sentencepiece(directory)
+    if builder is None:      # SentencePiece model, converted by transformers
+        {"gemma": gemma_sentencepiece, "mistral": mistral_sentencepiece}[name](directory)
         with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-            json.dump({"tokenizer_class": "GemmaTokenizer", "add_bos_token": True}, f)
+            json.dump({"tokenizer_class": tok_kwargs["tokenizer_class"],
+                       "add_bos_token": True}, f)
         hf = AutoTokenizer.from_pretrained(directory)
     else:
         tok_kwargs = dict(tok_kwargs)
@@ -450,7 +493,8 @@ def save_tokenizer(name, directory, builder, tok_kwargs, template):
         _set_json(os.path.join(directory, "tokenizer_config.json"),
                   tokenizer_class={"llama3": "PreTrainedTokenizerFast",
                                    "llama3_noeot": "PreTrainedTokenizerFast",
-                                   "qwen2": "Qwen2Tokenizer"}[name])
+                                   "qwen2": "Qwen2Tokenizer",
+                                   "qwen3": "Qwen2Tokenizer"}[name])
     return AutoTokenizer.from_pretrained(directory)
 
 
@@ -523,33 +567,21 @@ def write_family(name, spec, corpus, torch, transformers):
     model_cls = "GPT2LMHeadModel" if model_class == "GPT2" else model_class + "ForCausalLM"
     model = getattr(transformers, model_cls)(config).eval()
     randomize(model, torch)
-    model.save_pretrained(directory)
+    if name in BFLOAT16:
+        model.to(torch.bfloat16).save_pretrained(directory)
+        # The reference is transformers' float32 forward on the weights as stored,
+        # read back (model.to() would also round the rope frequencies it holds).
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            directory, dtype=torch.float32).eval()
+    else:
+        model.save_pretrained(directory)
     model.generation_config.save_pretrained(directory)
-    # transformers 5 writes the template to chat_template.jinja; keep only that file.
     values, gap = reference_values(model, hf, corpus, torch)
+    if name in SHARED_TOKENIZER:    # its corpus ids are those of the family it shares
+        del values["corpus_ids"], values["corpus_offsets"]
     np.savez_compressed(os.path.join(directory, "reference.npz"), **values)
-    if name == "qwen2":
-        write_bf16(directory, model, hf, corpus, torch, transformers)
     print(f"{name:14s} vocab {len(hf):4d}  pad/bos/eos {pad}/{bos}/{eos}  "
           f"min top-2 gap {gap:.3f}  files {sorted(os.listdir(directory))}")
-
-
-def write_bf16(source, model, hf, corpus, torch, transformers):
-    """`qwen2_bf16`: the Qwen 2 weights rounded to bfloat16 and saved so; the reference
-    logits are transformers' on those weights computed in float32."""
-    directory = os.path.join(ROOT, "qwen2_bf16")
-    shutil.rmtree(directory, ignore_errors=True)
-    os.makedirs(directory)
-    model.to(torch.bfloat16).save_pretrained(directory)
-    for name in os.listdir(source):
-        if name.startswith("tokenizer") or name.endswith(".jinja") or name.startswith("gen"):
-            shutil.copy(os.path.join(source, name), directory)
-    upcast = transformers.AutoModelForCausalLM.from_pretrained(
-        directory, dtype=torch.float32).eval()
-    values, _ = reference_values(upcast, hf, PROMPTS, torch)
-    del values["corpus_ids"], values["corpus_offsets"]
-    np.savez_compressed(os.path.join(directory, "reference.npz"), **values)
-    model.to(torch.float32)
 
 
 def main(argv=None):

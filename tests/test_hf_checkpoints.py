@@ -45,7 +45,8 @@ def max_logit_difference(policy, name):
     return float(np.abs(logits - values["logits"])[real].max())
 
 
-@pytest.mark.parametrize("name", FAMILIES + ["llama3_noeot", "qwen2_bf16"])
+# qwen3 and mistral are stored in bfloat16 (read exactly into float32).
+@pytest.mark.parametrize("name", FAMILIES + ["llama3_noeot", "qwen3", "mistral"])
 def test_logits_equal_transformers_on_a_left_padded_batch(policies, name):
     assert max_logit_difference(policies(name), name) < TOLERANCE
 
@@ -91,6 +92,9 @@ def test_the_backbone_takes_the_checkpoints_values(policies):
         (32.0, 1.0, 4.0, 8192)
     assert policies("llama3").causal_lm.backbone.tie_word_embeddings is True
     assert policies("gpt2").causal_lm.backbone.get_config()["intermediate_dim"] == 128
+    # Qwen 3's query / key norms: the checkpoint's 1e-6 (KerasHub builds 1e-5).
+    attention = policies("qwen3").causal_lm.backbone.transformer_layers[0]._self_attention_layer
+    assert attention._query_dense_layer_norm.epsilon == 1e-6
     gemma = policies("gemma").causal_lm.backbone.get_config()
     assert (gemma["layer_norm_epsilon"], gemma["intermediate_dim"]) == (1e-6, 2 * 96)
 

@@ -127,6 +127,9 @@ class _ExportModule(tf.Module):
         self.prompt_to_ids = tokenizer.string_to_ids_layer(
             max_length=max_prompt_length, truncate="left", name="prompt_to_ids", **options,
             **chat_options)
+        # `tokenize`: the prompts' ids as generate encodes them, none cut off.
+        self.prompt_tokens = tokenizer.string_to_ids_layer(
+            truncate="left", name="prompt_tokens", **{**options, **chat_options})
         if self._with_mask:
             options["add_bos"] = False
         self.text_to_ids = tokenizer.string_to_ids_layer(name="text_to_ids", **options)
@@ -150,6 +153,7 @@ class _ExportModule(tf.Module):
         self.generate = tf.function(self._generate, input_signature=[_prompt_spec()])
         self.log_probs = tf.function(self._log_probs, input_signature=[
             _prompt_spec(), tf.TensorSpec([None], tf.string, name="completions")])
+        self.tokenize = tf.function(self._tokenize, input_signature=[_prompt_spec()])
 
     def track_variables(self, concrete_functions):
         """Tracks every variable the traced functions read, so they are saved."""
@@ -204,6 +208,12 @@ class _ExportModule(tf.Module):
             return ids, mask > 0
         ids = layer(texts)
         return ids, ids != 0
+
+    def _tokenize(self, prompts):
+        """prompts [B] -> token_ids int32 [B, T] left-padded with the pad id (BOS / EOS
+        where the tokenizer adds them) and mask int32 [B, T] (1 = a real token)."""
+        ids, mask = self._encode(self.prompt_tokens, prompts)
+        return {"token_ids": ids, "mask": tf.cast(mask, tf.int32)}
 
     def _log_probs(self, prompts, completions):
         prompt_ids, prompt_mask = self._encode(self.prompt_to_ids, prompts)  # [B, P]
@@ -354,7 +364,8 @@ def _write_saved_model(policy, tokenizer, defaults, max_prompt_length, directory
     signatures = {"generate": module.generate.get_concrete_function(),
                   "serving_default": module.generate.get_concrete_function(),
                   "generate_with_options": module.generate_with_options.get_concrete_function(),
-                  "log_probs": module.log_probs.get_concrete_function()}
+                  "log_probs": module.log_probs.get_concrete_function(),
+                  "tokenize": module.tokenize.get_concrete_function()}
     module.track_variables(signatures.values())
     tf.saved_model.save(module, directory, signatures=signatures)
 

@@ -22,7 +22,9 @@ What tfpg reads itself, because those converters miss it or get it wrong:
   5 saves GPT-2 without `vocab.json` / `merges.txt`, which KerasHub's converter
   needs; Llama 3 need not have `<|eot_id|>`);
 * Mistral: KerasHub's converter rounds every weight to float16; tfpg keeps the
-  file's precision.
+  file's precision;
+* Qwen 3: the query / key norms' epsilon is the checkpoint's `rms_norm_eps`, not
+  KerasHub's 1e-5 (`patch_backbone`).
 """
 
 import json
@@ -259,6 +261,19 @@ def backbone_config(path, config=None):
     return _FAMILIES[config["model_type"]][2](path, config)
 
 
+def patch_backbone(backbone, config):
+    """Sets what a KerasHub backbone's constructor cannot take from `config`: Qwen 3's
+    query / key RMS norms use KerasHub 0.32's 1e-5, transformers `rms_norm_eps`.
+    Idempotent; `KerasHubPolicy` reapplies it after a reload (its `hf_config`)."""
+    if config.get("model_type") == "qwen3":
+        epsilon = float(config.get("rms_norm_eps", 1e-6))
+        for layer in backbone.transformer_layers:
+            attention = layer._self_attention_layer
+            attention._query_dense_layer_norm.epsilon = epsilon
+            attention._key_dense_layer_norm.epsilon = epsilon
+    return backbone
+
+
 class _FullPrecision:
     """A loader that hands KerasHub's converters arrays whose `astype(float16)` keeps
     the values: the Mistral converter of keras_hub 0.32 rounds every weight to
@@ -326,6 +341,7 @@ def load_causal_lm(path, dtype=None):
     except KeyError as error:
         raise ValueError(f"{path}: a weight is missing from the safetensors files "
                          f"({error.args[0]})") from None
+    patch_backbone(backbone, config)
     causal_lm = getattr(keras_hub.models, name + "CausalLM")(backbone=backbone,
                                                               preprocessor=None)
     return causal_lm, tokenizer, config

@@ -34,6 +34,8 @@ import json
 import os
 import re
 
+import tensorflow as tf
+
 from tfpg.keras_hub_tokenizer import (FORMAT, VERSION, HubIdsToString, HubStringToIds,
                                       KerasHubTokenizer)
 from tfpg.text import _check_max_length, _check_truncate, write_json_atomically
@@ -187,6 +189,22 @@ class HFTokenizer(KerasHubTokenizer):
         model = self._json.get("model") or {}
         return "sentencepiece" if model.get("byte_fallback") else "byte_level"
 
+    @property
+    def dummy_prefix(self):
+        """Where a SentencePiece-style tokenizer adds its "▁" (Llama 2, Mistral):
+        "first" (the first piece of a text, unless an added token opens it), "always"
+        (every piece between added tokens) or None. `tokenizers`' Metaspace adds it
+        only where the piece does not start with a space already; SentencePiece's
+        `add_dummy_prefix` always does, so the graph adds it itself."""
+        pre = self._json.get("pre_tokenizer") or {}
+        steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+        for step in steps:
+            if step.get("type") == "Metaspace":
+                scheme = step.get("prepend_scheme", "always" if step.get(
+                    "add_prefix_space", True) else "never")
+                return None if scheme == "never" else scheme
+        return None
+
     def _vocabulary(self):
         vocabulary = dict(self._json["model"]["vocab"])
         for token in self._json.get("added_tokens", []):
@@ -203,7 +221,10 @@ class HFTokenizer(KerasHubTokenizer):
                 from keras_hub.src.utils.transformers.convert_gemma3 import (
                     _build_sentencepiece_proto)
                 self.sentencepiece_proto = _build_sentencepiece_proto(self._json)
-            return keras_hub.tokenizers.SentencePieceTokenizer(proto=self.sentencepiece_proto)
+            proto = self.sentencepiece_proto
+            if self.dummy_prefix is not None:
+                proto = _without_dummy_prefix(proto)
+            return keras_hub.tokenizers.SentencePieceTokenizer(proto=proto)
         merges = self._json["model"]["merges"]
         merges = [" ".join(m) if isinstance(m, list) else m for m in merges]
         # No unsplittable tokens: InGraphEncoder splits the added tokens out itself.
@@ -311,16 +332,17 @@ class HFTokenizer(KerasHubTokenizer):
                 f"bos_id={self.bos_id}, eos_id={self.eos_id})")
 
 
-class InGraphEncoder:
+class InGraphEncoder(tf.Module):
     """TensorFlow ops that give `tokenizers`' ids (no special tokens added):
     string [B] -> int32 ragged [B, (n)]. Builds its tables once; call inside a graph.
+    A `tf.Module`, so an export that holds it saves its tables.
 
     Args:
         tokenizer: an `HFTokenizer`.
     """
 
     def __init__(self, tokenizer):
-        import tensorflow as tf
+        super().__init__(name="in_graph_encoder")
         self.hub_tokenizer = tokenizer.hub_tokenizer
         self.kind = tokenizer.kind
         added = sorted(tokenizer.added_tokens.items(), key=lambda item: -len(item[0]))
@@ -331,6 +353,7 @@ class InGraphEncoder:
                 tf.constant([c for c, _ in added] or [""], tf.string),
                 tf.constant([i for _, i in added] or [-1], tf.int32)), default_value=-1)
         spec = tokenizer._json
+        self.dummy_prefix = tokenizer.dummy_prefix
         self.nfc = (spec.get("normalizer") or {}).get("type") == "NFC"
         if (spec.get("normalizer") or {}).get("type") not in (None, "NFC") \
                 and self.kind == "byte_level":
@@ -340,7 +363,6 @@ class InGraphEncoder:
             self.pattern, self.marker_at = translate_split_pattern(split_pattern(spec))
 
     def __call__(self, texts):
-        import tensorflow as tf
         import tensorflow_text as tf_text
         texts = tf.convert_to_tensor(texts, tf.string)                          # [B]
         texts = tf.strings.regex_replace(texts, "\x00", NUL_STAND_IN)
@@ -353,13 +375,20 @@ class InGraphEncoder:
         added_id = self.added_table.lookup(flat)                                 # [N]
         is_added = added_id >= 0
         text = tf.where(is_added, tf.fill(tf.shape(flat), ""), flat)
+        if self.dummy_prefix is not None:
+            # [N]: the pieces that get "▁" (a space, which SentencePiece escapes).
+            prefixed = ~is_added & tf.not_equal(text, "") & ~tf.strings.regex_full_match(
+                text, "(?s)[ \u2581].*")
+            if self.dummy_prefix == "first":
+                starts = tf.gather(pieces.row_splits, pieces.value_rowids())
+                prefixed &= tf.equal(tf.range(tf.size(flat, out_type=tf.int64)), starts)
+            text = tf.where(prefixed, tf.strings.join([" ", text]), text)
         ids = self._encode_pieces(text)                                          # [N, (k)]
         added = tf.ragged.boolean_mask(added_id[:, None], is_added[:, None])     # [N, (0|1)]
         ids = tf.concat([added, tf.cast(ids, tf.int32)], axis=1)                 # [N, (k)]
         return tf.RaggedTensor.from_row_splits(ids, pieces.row_splits).merge_dims(1, 2)
 
     def _encode_pieces(self, text):
-        import tensorflow as tf
         if self.kind == "sentencepiece":
             ids = self.hub_tokenizer(_restore_nul(text))
             return ids if isinstance(ids, tf.RaggedTensor) else tf.RaggedTensor.from_tensor(ids)
@@ -367,7 +396,6 @@ class InGraphEncoder:
 
     def _byte_level(self, text):
         """Normalizer, split regex, then KerasHub's BPE merges (its cache and tables)."""
-        import tensorflow as tf
         import tensorflow_text as tf_text
         hub = self.hub_tokenizer
         hub._maybe_initialized_tf()
@@ -391,8 +419,16 @@ class InGraphEncoder:
                                                tf.gather(ids.row_splits, words.row_splits))
 
 
+def _without_dummy_prefix(proto):
+    """A SentencePiece model proto with `add_dummy_prefix` off."""
+    from sentencepiece import sentencepiece_model_pb2
+    model = sentencepiece_model_pb2.ModelProto()
+    model.ParseFromString(proto)
+    model.normalizer_spec.add_dummy_prefix = False
+    return model.SerializeToString()
+
+
 def _restore_nul(strings):
-    import tensorflow as tf
     return tf.strings.regex_replace(strings, NUL_STAND_IN, "\x00")
 
 
@@ -441,7 +477,6 @@ class HFStringToIds(HubStringToIds):
         self.encoder = tokenizer.in_graph_encoder()
 
     def _ids(self, texts):
-        import tensorflow as tf
         ids = self.encoder(texts)                                                # [B, (n)]
         if self.max_length is not None:
             keep = max(self.max_length - len(self.prefix_ids) - len(self.suffix_ids), 0)

@@ -87,6 +87,9 @@ class KerasHubPolicy(keras.Model):
         super().__init__(**kwargs)
         self.causal_lm = causal_lm
         self.hf_config = None if hf_config is None else dict(hf_config)
+        if self.hf_config is not None:     # what KerasHub's config does not keep
+            from tfpg.hf.checkpoint import patch_backbone
+            patch_backbone(causal_lm.backbone, self.hf_config)
         self._tokenizer = tokenizer
         self.backbone = KerasHubBackbone(causal_lm.backbone, name="trunk")
         self.lora_rank = lora_rank
