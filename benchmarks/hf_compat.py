@@ -37,7 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 RESULTS = os.path.join(HERE, "results", "hf_compat.json")
-FAMILIES = ["gpt2", "llama3", "llama3_noeot", "qwen2", "qwen2_bf16", "gemma"]
+FAMILIES = ["gpt2", "llama3", "llama3_noeot", "qwen2", "qwen2_bf16", "qwen3", "mistral", "gemma"]
 PROMPTS = ["Q: What is 3+4?\nA:", "I'M SURE it's fine", "The 12345 cats", "你好 café",
            "def f(x):\n    return", "  indented\n\n"]
 

@@ -5,7 +5,8 @@ Run with the reference environment (torch + transformers 5):
     /work/trlenv/bin/python benchmarks/hf_fixtures.py [--only gpt2,llama3]
 
 For each family: a tiny random checkpoint written by transformers (2 layers, width 64,
-float32 safetensors; Qwen 3 and Mistral in bfloat16), a byte-level
+float32 safetensors; Qwen 3 and Mistral in bfloat16, and `qwen2_bf16` the Qwen 2
+weights rounded to bfloat16), a byte-level
 BPE tokenizer of a few hundred tokens trained with `tokenizers` using that family's
 real pre-tokenizer (Gemma: a SentencePiece BPE model with byte fallback, converted by
 transformers, as real Gemma checkpoints ship both), a typical chat template of the
@@ -580,8 +581,28 @@ def write_family(name, spec, corpus, torch, transformers):
     if name in SHARED_TOKENIZER:    # its corpus ids are those of the family it shares
         del values["corpus_ids"], values["corpus_offsets"]
     np.savez_compressed(os.path.join(directory, "reference.npz"), **values)
+    if name == "qwen2":     # qwen2_bf16: the same weights rounded, tests/test_hf_export.py
+        write_bf16(directory, model, hf, corpus, torch, transformers)
     print(f"{name:14s} vocab {len(hf):4d}  pad/bos/eos {pad}/{bos}/{eos}  "
           f"min top-2 gap {gap:.3f}  files {sorted(os.listdir(directory))}")
+
+
+def write_bf16(source, model, hf, corpus, torch, transformers):
+    """`qwen2_bf16`: the Qwen 2 weights rounded to bfloat16 and saved so; the reference
+    logits are transformers' on those weights computed in float32."""
+    directory = os.path.join(ROOT, "qwen2_bf16")
+    shutil.rmtree(directory, ignore_errors=True)
+    os.makedirs(directory)
+    model.to(torch.bfloat16).save_pretrained(directory)
+    for name in os.listdir(source):
+        if name.startswith("tokenizer") or name.endswith(".jinja") or name.startswith("gen"):
+            shutil.copy(os.path.join(source, name), directory)
+    upcast = transformers.AutoModelForCausalLM.from_pretrained(
+        directory, dtype=torch.float32).eval()
+    values, _ = reference_values(upcast, hf, PROMPTS, torch)
+    del values["corpus_ids"], values["corpus_offsets"]
+    np.savez_compressed(os.path.join(directory, "reference.npz"), **values)
+    model.to(torch.float32)
 
 
 def main(argv=None):
