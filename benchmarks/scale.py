@@ -166,14 +166,15 @@ def trl_cell(cell, steps, warmup, gradient_checkpointing):
     def reward(completions, completion_ids, **kwargs):
         return [sum(t == target for t in row) / max(len(row), 1) for row in completion_ids]
 
-    times, marks = [], {}
+    times, cpu_times, marks = [], [], {}
 
     class Timing(transformers.TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
+            self.start = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kwargs):
-            times.append(time.perf_counter() - self.start)
+            times.append(time.perf_counter() - self.start[0])
+            cpu_times.append(time.process_time() - self.start[1])
             if len(times) == warmup:
                 marks["warmup_peak"] = marks["sampler"].restart()
 
@@ -205,7 +206,8 @@ def trl_cell(cell, steps, warmup, gradient_checkpointing):
             trainer.train()
         return {"baseline": baseline, "peak": sampler.peak, "after": rss_bytes(),
                 "warmup_peak": marks.get("warmup_peak", sampler.peak),
-                "times_s": times, "versions": {"torch": torch.__version__,
+                "times_s": times, "cpu_s": cpu_times,
+                "versions": {"torch": torch.__version__,
                                                "transformers": transformers.__version__,
                                                "trl": trl.__version__}}
 
@@ -217,18 +219,20 @@ def child(args):
     else:
         run = tfpg_cell(cell, args.steps, args.warmup, args.gradient_checkpointing)
         baseline = rss_bytes()
-        times = []
+        times, cpu_times = [], []
         with PeakSampler() as sampler:
             for step in range(args.warmup + args.steps):
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 run()
                 times.append(time.perf_counter() - start)
+                cpu_times.append(time.process_time() - cpu_start)
                 if step + 1 == args.warmup:
                     warmup_peak = sampler.restart()
         import tensorflow as tf
         result = {"baseline": baseline, "peak": sampler.peak, "after": rss_bytes(),
                   "warmup_peak": warmup_peak if args.warmup else sampler.peak,
-                  "times_s": times, "versions": {"tensorflow": tf.__version__}}
+                  "times_s": times, "cpu_s": cpu_times,
+                  "versions": {"tensorflow": tf.__version__}}
     result["ru_maxrss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -260,11 +264,16 @@ def run_cell(python, side, cell, args):
     for line in process.stderr.splitlines():
         if "Maximum resident set size" in line:
             result["time_v_max_rss"] = int(line.split(":")[-1]) * 1024
-    times = result["times_s"][args.warmup:] or result["times_s"]
-    times = sorted(times)
+    def median_after_warmup(values):
+        values = sorted(values[args.warmup:] or values)
+        middle = len(values) // 2
+        return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+
     result.update(
-        median_s=times[len(times) // 2] if len(times) % 2 else
-        (times[len(times) // 2 - 1] + times[len(times) // 2]) / 2,
+        median_s=median_after_warmup(result["times_s"]),
+        # CPU seconds of the process (every thread): the work a step takes, which a
+        # shared machine's load changes far less than the wall time.
+        median_cpu_s=median_after_warmup(result["cpu_s"]) if "cpu_s" in result else None,
         peak_above_baseline_gib=(result["peak"] - result["baseline"]) / 2 ** 30,
         warmup_peak_above_baseline_gib=(result["warmup_peak"] - result["baseline"]) / 2 ** 30,
         after_above_baseline_gib=(result["after"] - result["baseline"]) / 2 ** 30,
@@ -325,11 +334,22 @@ def tfpg_memory_budget(cell):
     }
 
 
+def add_ratios(row):
+    """tfpg / TRL of peak memory, median wall and median CPU seconds, where both ran."""
+    tfpg, trl = row["tfpg"], row.get("trl", {})
+    if "median_s" in tfpg and "median_s" in trl:
+        row["memory_ratio"] = (tfpg["peak_above_baseline_gib"]
+                               / trl["peak_above_baseline_gib"])
+        row["time_ratio"] = tfpg["median_s"] / trl["median_s"]
+    if tfpg.get("median_cpu_s") and trl.get("median_cpu_s"):
+        row["cpu_ratio"] = tfpg["median_cpu_s"] / trl["median_cpu_s"]
+
+
 def markdown_table(rows):
     """The README's table of a results file's rows."""
     lines = ["| V | N | kl | group | tfpg peak GiB | TRL peak GiB | tfpg / TRL | tfpg step s "
-             "| TRL step s | tfpg / TRL | tfpg after GiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| TRL step s | tfpg / TRL | tfpg CPU s | TRL CPU s | tfpg / TRL | tfpg after GiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in sorted(rows, key=lambda r: (r["gradient_checkpointing"], r["cell"][3],
                                            r["cell"][1], r["cell"][0], r["cell"][2])):
         tfpg, trl = row["tfpg"], row.get("trl", {})
@@ -343,7 +363,9 @@ def markdown_table(rows):
             f"| {group} | {value(tfpg, 'peak_above_baseline_gib')} "
             f"| {value(trl, 'peak_above_baseline_gib')} | {value(row, 'memory_ratio')} "
             f"| {value(tfpg, 'median_s', '{:.1f}')} | {value(trl, 'median_s', '{:.1f}')} "
-            f"| {value(row, 'time_ratio')} | {value(tfpg, 'after_above_baseline_gib')} |")
+            f"| {value(row, 'time_ratio')} | {value(tfpg, 'median_cpu_s', '{:.1f}')} "
+            f"| {value(trl, 'median_cpu_s', '{:.1f}')} | {value(row, 'cpu_ratio')} "
+            f"| {value(tfpg, 'after_above_baseline_gib')} |")
     return "\n".join(lines)
 
 
@@ -421,7 +443,8 @@ def main():
             previous = {tuple(r["cell"]) + (r.get("gradient_checkpointing", False),): r
                         for r in json.load(f).get("rows", [])}
     print(f"{'V':>7} {'N':>5} {'kl':>5} {'G':>3} | {'tfpg GiB':>9} {'TRL GiB':>8} "
-          f"{'ratio':>6} | {'tfpg s':>7} {'TRL s':>7} {'ratio':>6}", flush=True)
+          f"{'ratio':>6} | {'tfpg s':>7} {'TRL s':>7} {'ratio':>6} | {'tfpg CPU':>7} {'TRL CPU':>7} "
+          f"{'ratio':>6}", flush=True)
     for cell in parse_cells(args):
         row = {"cell": list(cell), "gradient_checkpointing": args.gradient_checkpointing}
         sides = {"tfpg": sys.executable, **({"trl": trl_python} if trl_python else {})}
@@ -435,10 +458,7 @@ def main():
             row.update({side: run_cell(python, side, cell, args)
                         for side, python in sides.items()})
         tfpg, trl = row["tfpg"], row.get("trl", {})
-        if "median_s" in tfpg and "median_s" in trl:
-            row["memory_ratio"] = (tfpg["peak_above_baseline_gib"]
-                                   / trl["peak_above_baseline_gib"])
-            row["time_ratio"] = tfpg["median_s"] / trl["median_s"]
+        add_ratios(row)
 
         def show(side, key, form):
             return form.format(side[key]) if key in side else "-"
@@ -447,7 +467,9 @@ def main():
               f"{show(tfpg, 'peak_above_baseline_gib', '{:9.2f}')} "
               f"{show(trl, 'peak_above_baseline_gib', '{:8.2f}')} "
               f"{show(row, 'memory_ratio', '{:6.2f}')} | {show(tfpg, 'median_s', '{:7.1f}')} "
-              f"{show(trl, 'median_s', '{:7.1f}')} {show(row, 'time_ratio', '{:6.2f}')}"
+              f"{show(trl, 'median_s', '{:7.1f}')} {show(row, 'time_ratio', '{:6.2f}')} | "
+              f"{show(tfpg, 'median_cpu_s', '{:7.1f}')} {show(trl, 'median_cpu_s', '{:7.1f}')} "
+              f"{show(row, 'cpu_ratio', '{:6.2f}')}"
               + "".join(f"  [{name}: {side['error']}]" for name, side in
                         (("tfpg", tfpg), ("TRL", trl)) if "error" in side), flush=True)
         key = tuple(cell) + (args.gradient_checkpointing,)
@@ -456,10 +478,7 @@ def main():
             # same; the time ratio then compares passes under different loads).
             row["trl"] = previous[key]["trl"]
             row["trl_from_earlier_pass"] = True
-            if "median_s" in tfpg and "median_s" in row["trl"]:
-                row["memory_ratio"] = (tfpg["peak_above_baseline_gib"]
-                                       / row["trl"]["peak_above_baseline_gib"])
-                row["time_ratio"] = tfpg["median_s"] / row["trl"]["median_s"]
+            add_ratios(row)
         previous[key] = row
         rows = list(previous.values())
         os.makedirs(os.path.dirname(args.output), exist_ok=True)
