@@ -20,7 +20,8 @@ transformers (`AutoModelForCausalLM`, `AutoTokenizer`, float32) and by tfpg
 
 Columns of `benchmarks/hf_templates.py:template_rows()` (chat templates) and
 `benchmarks/hf_export_check.py:export_rows()` (export round trip, PEFT) are merged in
-by family where those files exist. Writes benchmarks/results/hf_compat.json and prints
+by family where those files exist. `--extra` also writes and compares the families
+`benchmarks/hf_fixtures.py` does not commit (Gemma 2, Gemma 3 text). Writes benchmarks/results/hf_compat.json and prints
 the table.
 """
 
@@ -53,7 +54,7 @@ def left_padded(hf_tokenizer, pad_id):
     return ids, mask
 
 
-def compare(name, tokens, corpus):
+def compare(name, tokens, corpus, directory=None):
     import tensorflow as tf
     import torch
     import transformers
@@ -61,7 +62,7 @@ def compare(name, tokens, corpus):
     import tfpg
     from hf_reference import checkpoint
 
-    directory = checkpoint(name)
+    directory = directory or checkpoint(name)
     model = transformers.AutoModelForCausalLM.from_pretrained(
         directory, dtype=torch.float32).eval()
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
@@ -137,6 +138,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--extra", action="store_true",
+                        help="also write the uncommitted fixtures (hf_fixtures.EXTRA: Gemma 2, "
+                             "Gemma 3 text) to a temporary directory and compare them")
     args = parser.parse_args(argv)
     try:
         import torch  # noqa: F401
@@ -151,6 +155,14 @@ def main(argv=None):
         start = time.perf_counter()
         rows.append(compare(name, args.tokens, corpus()))
         print(f"{name}: {time.perf_counter() - start:.0f}s", flush=True)
+    if args.extra:
+        import tempfile
+
+        import hf_fixtures
+        with tempfile.TemporaryDirectory() as root:
+            hf_fixtures.write(root, list(hf_fixtures.EXTRA))
+            for name in hf_fixtures.EXTRA:
+                rows.append(compare(name, args.tokens, corpus(), os.path.join(root, name)))
     rows = merged_rows(rows)
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     with open(RESULTS, "w") as f:

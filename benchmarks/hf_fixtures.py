@@ -413,7 +413,8 @@ def randomize(model, torch):
 
 
 BFLOAT16 = ("qwen3", "mistral")
-SHARED_TOKENIZER = ("qwen3",)
+SHARED_TOKENIZER = ("qwen3", "gemma2", "gemma3_text")
+EXTRA = ("gemma2", "gemma3_text")
 
 
 def family_specs():
@@ -461,6 +462,20 @@ def family_specs():
                                     rope_parameters={"rope_type": "default",
                                                      "rope_theta": 1e6}),
                     None, dict(tokenizer_class="LlamaTokenizer"), MISTRAL_TEMPLATE),
+        # Not committed (the fixtures' size): written where --root says, e.g. by
+        # benchmarks/hf_compat.py --extra. Gemma's tokenizer; Gemma 2 with a sliding
+        # window shorter than the prompts and soft-capping, Gemma 3 text with its
+        # default layer types (both local below 6 layers).
+        "gemma2": ("Gemma2", dict(common, head_dim=16, rms_norm_eps=1e-6,
+                                  max_position_embeddings=8192, query_pre_attn_scalar=16,
+                                  hidden_activation="gelu_pytorch_tanh", sliding_window=4,
+                                  final_logit_softcapping=30.0, attn_logit_softcapping=50.0),
+                   None, dict(tokenizer_class="GemmaTokenizer"), GEMMA_TEMPLATE),
+        "gemma3_text": ("Gemma3Text", dict(common, head_dim=16, rms_norm_eps=1e-6,
+                                           max_position_embeddings=8192, sliding_window=4,
+                                           query_pre_attn_scalar=16,
+                                           hidden_activation="gelu_pytorch_tanh"),
+                        None, dict(tokenizer_class="GemmaTokenizer"), GEMMA_TEMPLATE),
         "gemma": ("Gemma", dict(common, head_dim=16, num_key_value_heads=1, rms_norm_eps=1e-6,
                                 max_position_embeddings=8192,
                                 hidden_activation="gelu_pytorch_tanh"),
@@ -472,7 +487,7 @@ def save_tokenizer(name, directory, builder, tok_kwargs, template):
     """Writes the tokenizer files with transformers (5: tokenizer.json + config)."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
     if builder is None:      # SentencePiece model, converted by transformers
-        {"gemma": gemma_sentencepiece, "mistral": mistral_sentencepiece}[name](directory)
+        (mistral_sentencepiece if name == "mistral" else gemma_sentencepiece)(directory)
         with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
             json.dump({"tokenizer_class": tok_kwargs["tokenizer_class"],
                        "add_bos_token": True}, f)
@@ -565,7 +580,8 @@ def write_family(name, spec, corpus, torch, transformers):
         vocab_size=len(hf), bos_token_id=hf.bos_token_id, eos_token_id=eos,
         pad_token_id=hf.pad_token_id, **config_kwargs)
     torch.manual_seed(SEED)
-    model_cls = "GPT2LMHeadModel" if model_class == "GPT2" else model_class + "ForCausalLM"
+    model_cls = {"GPT2": "GPT2LMHeadModel", "Gemma3Text": "Gemma3ForCausalLM"}.get(
+        model_class, model_class + "ForCausalLM")
     model = getattr(transformers, model_cls)(config).eval()
     randomize(model, torch)
     if name in BFLOAT16:
@@ -607,8 +623,18 @@ def write_bf16(source, model, hf, corpus, torch, transformers):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", help="comma-separated family names")
+    parser.add_argument("--only", help="comma-separated family names (default: all but "
+                        f"{', '.join(EXTRA)})")
+    parser.add_argument("--root", default=ROOT, help="where to write (default tests/data/hf)")
     args = parser.parse_args(argv)
+    write(args.root, args.only.split(",") if args.only else None)
+    return 0
+
+
+def write(root, names=None):
+    """Writes the fixtures `names` (default: all but EXTRA) under `root`."""
+    global ROOT
+    ROOT = root
     import torch
     import transformers
     torch.set_num_threads(1)
@@ -618,10 +644,8 @@ def main(argv=None):
         json.dump(corpus, f, ensure_ascii=False, indent=0)
         f.write("\n")
     specs = family_specs()
-    names = args.only.split(",") if args.only else list(specs)
-    for name in names:
+    for name in names or [n for n in specs if n not in EXTRA]:
         write_family(name, specs[name], corpus, torch, transformers)
-    return 0
 
 
 if __name__ == "__main__":

@@ -174,3 +174,20 @@ def test_export_tokenize_signature_gives_transformers_ids(tmp_path):
     assert out["token_ids"].numpy()[0].tolist() == corpus_ids("gemma")[
         corpus().index("<start_of_turn>model\n")][:2] + \
         policy.tokenizer.encode("user\nhi", add_bos=False)
+
+
+def test_ignore_merges_takes_a_whole_word_token_in_graph_too(tokenizers_of):
+    """Llama 3's tokenizer.json has `ignore_merges`: a word that is a token is that
+    token even where no merge reaches it (here "ĠSURE", added to the vocabulary)."""
+    files = dict(tokenizers_of("llama3").hf_files)
+    spec = json.loads(files["tokenizer.json"])
+    spec["model"]["ignore_merges"] = True
+    for token in spec["added_tokens"]:      # the new token takes the first added id
+        token["id"] += 1
+    spec["model"]["vocab"]["ĠSURE"] = sure = len(spec["model"]["vocab"])
+    tokenizer = HFTokenizer(dict(files, **{"tokenizer.json": json.dumps(spec)}))
+    texts = ["I'M SURE", " SURE"] + list(corpus()[:100])
+    want = [e.ids for e in tokenizer.backend.encode_batch(texts, add_special_tokens=False)]
+    assert want[1] == [sure]
+    got = tf.function(tokenizer.in_graph_encoder())(tf.constant(texts)).to_list()
+    assert got == want

@@ -225,6 +225,20 @@ def _gemma(path, config):
 
 def _gemma3(path, config):
     from keras_hub.src.utils.transformers import convert_gemma3
+    # KerasHub's Gemma 3: layer i is local (sliding, rope 10,000) unless i % 6 == 5
+    # (global, rope 1,000,000), the released models' pattern.
+    layers = _require(path, config, "num_hidden_layers")
+    kerashub_types = ["sliding_attention" if i % 6 < 5 else "full_attention"
+                      for i in range(layers)]
+    if config.get("layer_types") not in (None, kerashub_types):
+        _refuse(path, "layer_types other than 5 local : 1 global (KerasHub's Gemma 3)")
+    params = config.get("rope_parameters") or {}
+    local = (params.get("sliding_attention") or {}).get(
+        "rope_theta", config.get("rope_local_base_freq", 10000.0))
+    global_theta, kind, _ = _rope(config)
+    if abs(local - 10000.0) > 1e-6 or abs(global_theta - 1e6) > 1e-3:
+        _refuse(path, f"rope theta {local} local / {global_theta} global (KerasHub's Gemma 3 "
+                      "has 10000 / 1000000)")
     out = convert_gemma3.convert_backbone_config(config)
     out["layer_norm_epsilon"] = float(config.get("rms_norm_eps", 1e-6))
     return out

@@ -354,6 +354,7 @@ class InGraphEncoder(tf.Module):
                 tf.constant([i for _, i in added] or [-1], tf.int32)), default_value=-1)
         spec = tokenizer._json
         self.dummy_prefix = tokenizer.dummy_prefix
+        self.ignore_merges = bool((spec.get("model") or {}).get("ignore_merges"))
         self.nfc = (spec.get("normalizer") or {}).get("type") == "NFC"
         if (spec.get("normalizer") or {}).get("type") not in (None, "NFC") \
                 and self.kind == "byte_level":
@@ -413,6 +414,12 @@ class InGraphEncoder(tf.Module):
             return hub.cache.lookup(flat)
 
         merged = tf.cond(unseen, merge_unseen, lambda: cached)
+        if self.ignore_merges:
+            # `ignore_merges` (Llama 3): a word that is a token is that token, merges or
+            # not (a byte-level token never holds a space, the separator here).
+            mapped = tf.strings.reduce_join(
+                hub.byte2unicode.lookup(tf.strings.bytes_split(flat)), axis=-1)
+            merged = tf.where(hub.token_to_id_map.lookup(mapped) >= 0, mapped, merged)
         tokens = tf.strings.split(merged, sep=" ")                               # [W, (t)]
         ids = hub.token_to_id_map.lookup(tokens)
         return tf.RaggedTensor.from_row_splits(ids.flat_values,
