@@ -99,6 +99,19 @@ def test_the_backbone_takes_the_checkpoints_values(policies):
     assert (gemma["layer_norm_epsilon"], gemma["intermediate_dim"]) == (1e-6, 2 * 96)
 
 
+def test_transformers_4_configs_give_the_same_backbone():
+    """transformers 4.x writes rope_theta + rope_scaling where 5 writes rope_parameters."""
+    config = hf_checkpoint.read_config(checkpoint("llama3"))
+    old = {k: v for k, v in config.items() if k != "rope_parameters"}
+    old.update(rope_theta=500000.0, rope_scaling={
+        "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+    assert hf_checkpoint.backbone_config("old", old) == hf_checkpoint.backbone_config(
+        "new", config)
+    assert hf_checkpoint.backbone_config("old", dict(old, rope_scaling={
+        "type": "linear", "factor": 2.0}))["rope_position_scaling_factor"] == 2.0
+
+
 def test_policy_carries_the_source_config_and_tokenizer_files(policies, tmp_path):
     policy = policies("llama3")
     with open(os.path.join(checkpoint("llama3"), "config.json")) as f:

@@ -58,7 +58,7 @@ class KerasHubPolicy(keras.Model):
 
     A Hugging Face transformers checkpoint directory (`from_preset(DIR)`, see
     `tfpg.hf.checkpoint`) gives a CausalLM without a KerasHub preprocessor: the
-    tokenizer is a `tfpg.hf.HFTokenizer` of the checkpoint's `tokenizer.json`, its
+    tokenizer is a `tfpg.hf.tokenizer.HFTokenizer` of the checkpoint's `tokenizer.json`, its
     special ids are the checkpoint's (GPT-2 then has no BOS), and `hf_config` is the
     source `config.json` (kept by `get_config`, for the export back out).
 
