@@ -1,12 +1,15 @@
-"""Start-up of the `tfpg` command: wall time of `tfpg --help` (goal: under 0.5 s).
+"""Start-up of the `tfpg` command: wall time of `tfpg --help` and of each bad input
+that needs no model (goal: under 0.5 s each).
 
     python benchmarks/cli_startup.py            # 5 runs of each command
     python benchmarks/cli_startup.py --runs 10
 
-`--help`, `CMD --help` and argument errors never import TensorFlow, so they answer
-in the time Python takes to start. For scale, the same runs of `python -c "import
-tensorflow"` (what every command paid before). Prints the median and the minimum
-wall time of each; a benchmark, not a test (the figures depend on the machine's load).
+`--help`, `CMD --help` and every check that needs no model (`tfpg.config.check_config`:
+a value out of range, an unknown name, a missing file or `--model` path) never import
+TensorFlow, so they answer in the time Python takes to start. For scale, the same runs
+of `python -c "import tensorflow"` (what every command paid before). Prints the median
+and the minimum wall time of each, and its exit status (2 for the errors); a benchmark,
+not a test (the figures depend on the machine's load).
 """
 
 import argparse
@@ -14,35 +17,44 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
+TFPG = [sys.executable, "-m", "tfpg"]
 COMMANDS = {
-    "tfpg --help": [sys.executable, "-m", "tfpg.cli", "--help"],
-    "tfpg train --help": [sys.executable, "-m", "tfpg.cli", "train", "--help"],
-    "tfpg train --epochs many (error)": [sys.executable, "-m", "tfpg.cli", "train",
-                                         "--epochs", "many"],
+    "tfpg --help": TFPG + ["--help"],
+    "tfpg train --help": TFPG + ["train", "--help"],
+    "tfpg train --epochs many": TFPG + ["train", "--epochs", "many"],
+    "tfpg train --epoch 2": TFPG + ["train", "--epoch", "2"],
+    "tfpg train --epochs -1": TFPG + ["train", "--epochs", "-1"],
+    "tfpg train --algorithm dpo": TFPG + ["train", "--algorithm", "dpo"],
+    "tfpg train --train-file missing.tsv": TFPG + ["train", "--train-file", "missing.tsv"],
+    "tfpg train --model nonexistent_dir/": TFPG + ["train", "--model", "nonexistent_dir/"],
     "python -c 'import tensorflow'": [sys.executable, "-c", "import tensorflow"],
 }
 
 
-def wall_times(command, runs):
+def wall_times(command, runs, cwd):
+    """(wall seconds of each run, the exit status of the last)."""
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       env=dict(os.environ))
+        done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env=dict(os.environ), cwd=cwd)
         times.append(time.perf_counter() - start)
-    return times
+    return times, done.returncode
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    print(f"{'command':<36}{'median s':>10}{'min s':>10}")
-    for name, command in COMMANDS.items():
-        times = wall_times(command, args.runs)
-        print(f"{name:<36}{statistics.median(times):>10.3f}{min(times):>10.3f}")
+    print(f"{'command':<40}{'median s':>10}{'min s':>10}{'exit':>6}")
+    with tempfile.TemporaryDirectory() as cwd:      # where missing.tsv is missing
+        for name, command in COMMANDS.items():
+            times, status = wall_times(command, args.runs, cwd)
+            print(f"{name:<40}{statistics.median(times):>10.3f}{min(times):>10.3f}"
+                  f"{status:>6}")
 
 
 if __name__ == "__main__":

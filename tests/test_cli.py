@@ -45,27 +45,55 @@ def trained(tmp_path_factory):
     return workdir, result
 
 
-def test_help_and_bad_arguments_answer_without_tensorflow():
+# Bad input that needs no model, refused before TensorFlow is imported: the words
+# each one-line error names.
+NO_TENSORFLOW_ERRORS = [
+    (["train", "--epochs", "many"], ["--epochs", "many"]),
+    (["train", "--epoch", "2"], ["--epoch"]),                  # no prefix matching
+    (["frobnicate"], ["frobnicate"]),
+    ([], ["missing command"]),
+    (["train", "--epochs", "-1"], ["--epochs must be >= 0"]),
+    (["train", "--algorithm", "dpo"], ["unknown algorithm 'dpo'", "grpo", "distill"]),
+    (["train", "--task", "chess"], ["unknown task 'chess'", "arithmetic"]),
+    (["train", "--backbone", "rnn"], ["unknown backbone 'rnn'", "transformer"]),
+    (["train", "--train-file", "missing.tsv"], ["missing.tsv: file not found"]),
+    (["train", "--model", "nonexistent_dir/"],
+     ["--model nonexistent_dir/: no such file or directory"]),
+    (["train", "--model", "not_a_preset"],          # a directory without config.json
+     ["--model not_a_preset: a directory, but not a KerasHub preset", "no config.json"]),
+    (["train", "--model", "notes.txt"], ["--model notes.txt: a file, but not a .keras"]),
+    (["train", "--model", "missing.keras"], ["--model missing.keras: file not found"]),
+    (["train", "--algorithm", "distill", "--teacher", "nowhere/t"],
+     ["--teacher nowhere/t: no such file or directory"]),
+]
+
+
+def test_help_and_bad_arguments_answer_without_tensorflow(tmp_path):
+    (tmp_path / "not_a_preset").mkdir()
+    (tmp_path / "notes.txt").write_text("not a model\n")
     script = "\n".join([
-        "import sys",
+        "import json, sys",
         "from tfpg.cli import main",
         "for argv in (['--help'], ['train', '--help'], ['generate', '--help']):",
         "    try:",
         "        main(argv)",
         "    except SystemExit as exit:",
         "        assert exit.code == 0, argv",
-        "assert main(['train', '--epochs', 'many']) == 2",
-        "assert main(['train', '--epoch', '2']) == 2",          # no prefix matching
-        "assert main(['frobnicate']) == 2",
-        "assert main([]) == 2",
+        f"cases = {json.dumps([args for args, _ in NO_TENSORFLOW_ERRORS])}",
+        "for argv in cases:",
+        "    assert main(argv) == 2, argv",
+        "    print('--', file=sys.stderr)",
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))"])
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=120, env=ENV)
+                            timeout=120, env=ENV, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines()[-1] == "[]"         # nothing of TF or Keras loaded
     assert "--sampler {greedy,sample,top_k,top_p}" in result.stdout
-    errors = result.stderr.splitlines()
-    assert len(errors) == 4 and all(line.startswith("tfpg: error:") for line in errors)
+    errors = result.stderr.split("--\n")[:-1]
+    assert len(errors) == len(NO_TENSORFLOW_ERRORS), result.stderr
+    for error, (argv, words) in zip(errors, NO_TENSORFLOW_ERRORS):
+        assert error.count("\n") == 1 and error.startswith("tfpg: error: "), (argv, error)
+        assert all(word in error for word in words), (argv, error)
 
 
 def test_the_native_log_filter_drops_absl_lines_and_keeps_the_rest():
@@ -134,6 +162,37 @@ def test_generate_evaluate_and_export_subcommands(trained):
     # Same weights as the trained export.
     assert [cli._completion_line(None, record["completion"], "text")
             for record in records] == generated.stdout.splitlines()
+
+
+def test_the_names_the_command_line_offers_are_the_registries():
+    """`tfpg.config` holds each name list once; the registries are built from it."""
+    from tfpg import config, generation, rewards
+    from tfpg.algorithms import ALGORITHMS, TRAINERS
+    from tfpg.models import backbones
+    from tfpg.tasks import TASKS
+    assert {name: cls.__name__ for name, cls in TRAINERS.items()} == {
+        "reinforce": "REINFORCE", "scst": "SCST", "rloo": "RLOO", "grpo": "GRPO",
+        "a2c": "A2C", "ppo": "PPO", "distill": "OnPolicyDistillation"}
+    assert list(ALGORITHMS) == list(TRAINERS)[:-1]
+    assert {name: cls.__name__ for name, cls in TASKS.items()} == {
+        "arithmetic": "ArithmeticTask", "translate": "TranslateTask",
+        "keywords": "KeywordsTask", "preference": "PreferenceTask",
+        "calculator": "CalculatorTask", "guess": "GuessTask"}
+    assert backbones.BACKBONES is config.BACKBONES
+    assert generation.SAMPLERS is config.SAMPLERS
+    assert rewards.ON_INVALID is config.ON_INVALID_REWARD
+
+
+def test_one_install_hint_for_the_hub_extra():
+    """README and the errors that need keras-hub or jinja2 give the same command."""
+    from tfpg import config, model_source
+    readme = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
+    with open(readme, encoding="utf-8") as f:
+        assert config.HUB_INSTALL_HINT in f.read()
+    for module in (config, model_source):
+        with open(module.__file__, encoding="utf-8") as f:
+            source = f.read()
+        assert "HUB_INSTALL_HINT}" in source and "pip install tfpg" not in source
 
 
 def test_text_output_is_one_line_per_prompt_whatever_the_completion():

@@ -103,7 +103,9 @@ def test_a_keras_hub_preset_pre_trains_on_masked_windows(preset):
 @pytest.mark.parametrize("options,words", [
     ({"lora_rank": 2}, ["--lora-rank needs --model"]),
     ({"model": "missing.keras"}, ["missing.keras", "not found"]),
-    ({"model": "no/such/preset"}, ["--model no/such/preset"]),
+    ({"model": "no/such/preset"}, ["--model no/such/preset: no such file or directory"]),
+    ({"model": "no_such_preset"}, ["--model no_such_preset: no file or directory",
+                                   "not a KerasHub preset name", "gpt2_base_en"]),
 ])
 def test_bad_model_options_are_one_line(job_file, options, words):
     with pytest.raises(training.UsageError) as error:
@@ -113,3 +115,12 @@ def test_bad_model_options_are_one_line(job_file, options, words):
         assert word in str(error.value)
     assert "\n" not in str(error.value)
     assert not (job_file / "bad").exists()
+
+
+def test_a_preset_name_that_cannot_be_downloaded_says_so():
+    """Offline, a built-in preset name fails in KerasHub's download: the error says
+    the name was taken for a preset and what to do (tested without a network call)."""
+    from tfpg.model_source import _preset_error
+    message = _preset_error("gpt2_base_en", ConnectionError("Max retries exceeded"), "")
+    assert message.startswith("--model gpt2_base_en: a KerasHub preset name, but it could "
+                              "not be downloaded (ConnectionError; offline?)")

@@ -31,13 +31,10 @@ import warnings
 # Only modules that do not import TensorFlow: `--help` and bad arguments answer at
 # once; each command imports what it runs.
 from tfpg import bounds
-from tfpg.config import (EXPORT_FORMATS, ON_INVALID_REWARD, PRECISIONS, REWARD_TIMEOUT,
-                         STRATEGIES, TRUNCATE_PROMPTS, TrainConfig, UsageError, check_values)
+from tfpg.config import (BACKBONES, EXPORT_FORMATS, ON_INVALID_REWARD, PRECISIONS,
+                         REWARD_TIMEOUT, SAMPLERS, STRATEGIES, TASK_NAMES, TRAINER_NAMES,
+                         TRUNCATE_PROMPTS, TrainConfig, UsageError, check_config)
 from tfpg.native_logs import filter_native_logs, quiet_environment
-
-SAMPLERS = ("greedy", "sample", "top_k", "top_p")
-ALGORITHM_NAMES = ("reinforce", "scst", "rloo", "grpo", "a2c", "ppo", "distill")
-TASK_NAMES = ("arithmetic", "translate", "keywords", "preference", "calculator", "guess")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,8 +69,8 @@ def _train_parser(subparsers, common):
     train.add_argument("--chat-template", metavar="F.jinja",
                        help="render conversational prompts with this chat template "
                             "(default: the --model checkpoint's own)")
-    train.add_argument("--algorithm", help=f"{' | '.join(ALGORITHM_NAMES)} (default rloo)")
-    train.add_argument("--backbone", help="lstm | gru | transformer (default lstm)")
+    train.add_argument("--algorithm", help=f"{' | '.join(TRAINER_NAMES)} (default rloo)")
+    train.add_argument("--backbone", help=f"{' | '.join(BACKBONES)} (default lstm)")
     train.add_argument("--reward", help="bleu | exact_match | length | module:function "
                                         "(default: the task's reward)")
     train.add_argument("--reward-model", help="score with a reward model directory written "
@@ -164,7 +161,7 @@ def _train_reward_parser(subparsers, common):
     reward.add_argument("--output", required=True, help="reward model directory")
     reward.add_argument("--tokenizer", help="tokenizer JSON, e.g. the policy's (default: the "
                                             "task's, or one built from the pairs)")
-    reward.add_argument("--backbone", choices=("lstm", "gru", "transformer"))
+    reward.add_argument("--backbone", choices=BACKBONES)
     for name, kind in (("epochs", int), ("batch-size", int), ("learning-rate", float),
                        ("seed", int), ("embedding-dim", int), ("hidden-dim", int),
                        ("margin", float), ("validation-split", float)):
@@ -248,7 +245,7 @@ def _train(args):
             and values["reward_timeout"].strip().lower() == _NO_LIMIT:
         values["reward_timeout"] = None
     config = TrainConfig.from_dict(values)
-    check_values(config)                # before TensorFlow starts
+    check_config(config)                # every check that needs no model, before TensorFlow
     from tfpg.training import configure_cpu_devices, format_table, run_training
     if config.strategy == "mirrored":
         # Logical devices exist only if made before TensorFlow runs its first op.

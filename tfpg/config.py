@@ -1,8 +1,7 @@
 """The options of a run (`TrainConfig`, the flags of `tfpg train`) and their checks.
 
 Imports no TensorFlow, so that the command line can parse, answer `--help` and refuse
-bad options in a fraction of a second; the registries the checks need (tasks,
-algorithms) are imported only when `check_config` runs.
+every option that needs no model (`check_config`) in a fraction of a second.
 """
 
 import dataclasses
@@ -12,6 +11,16 @@ import tempfile
 
 from tfpg import bounds
 
+# The names the command line offers. The registries (`tfpg.algorithms.TRAINERS`,
+# `tfpg.tasks.TASKS`, `tfpg.models.backbones`, `tfpg.generation`, `tfpg.rewards`) take
+# them from here, so that the CLI lists and checks them without importing TensorFlow.
+ALGORITHM_NAMES = ("reinforce", "scst", "rloo", "grpo", "a2c", "ppo")   # reward trainers
+TRAINER_NAMES = ALGORITHM_NAMES + ("distill",)      # and on-policy distillation
+TASK_NAMES = ("arithmetic", "translate", "keywords", "preference", "calculator", "guess")
+BACKBONES = ("lstm", "gru", "transformer")
+SAMPLERS = ("greedy", "sample", "top_k", "top_p")
+# What a NaN / inf reward does: fail the step, count it as 0, or drop the sample.
+ON_INVALID_REWARD = ("raise", "zero", "skip")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 # What `tfpg train` / `tfpg export` write: a SavedModel, a Hugging Face transformers
@@ -19,7 +28,6 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 EXPORT_FORMATS = ("saved_model", "transformers", "peft")
 TRUNCATE_PROMPTS = ("error", "left", "right")
 NAMED_REWARDS = ("bleu", "exact_match", "length")
-ON_INVALID_REWARD = ("raise", "zero", "skip")
 # Options that change how a run executes but not what it computes: a run may be
 # resumed with other values (e.g. on more devices).
 RUNTIME_OPTIONS = ("strategy", "num_cpu_devices", "deterministic", "logdir", "log_every",
@@ -30,6 +38,11 @@ REWARD_TIMEOUT = 600.0
 LOG_POINTS = 100
 NUM_CPU_DEVICES_ENV = "TFPG_NUM_CPU_DEVICES"
 MIN_FREE_MB_ENV = "TFPG_MIN_FREE_MB"
+
+
+# What installs the optional KerasHub / Hugging Face support (keras-hub, jinja2): the
+# one hint every error and the README give.
+HUB_INSTALL_HINT = 'pip install "tfpg[hub]"'
 
 
 class UsageError(ValueError):
@@ -155,7 +168,7 @@ def read_chat_template(path, special_tokens=None):
     try:
         return ChatTemplate.from_file(path, special_tokens)
     except ImportError as error:
-        raise UsageError(f"--chat-template needs jinja2 (pip install tfpg[hub]): "
+        raise UsageError(f"--chat-template needs jinja2 ({HUB_INSTALL_HINT}): "
                          f"{error}") from None
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(f"--chat-template {error}") from None
@@ -164,17 +177,16 @@ def read_chat_template(path, special_tokens=None):
 def check_config(config):
     """Raises UsageError for options that cannot work, before anything is written."""
     check_values(config)
-    from tfpg.algorithms import TRAINERS
-    from tfpg.tasks import TASKS
-    if config.train_file is None and config.task not in TASKS:
-        raise UsageError(f"unknown task {config.task!r}; known: {', '.join(sorted(TASKS))}")
+    if config.train_file is None and config.task not in TASK_NAMES:
+        raise UsageError(f"unknown task {config.task!r}; known: "
+                         f"{', '.join(sorted(TASK_NAMES))}")
     if config.reward is not None and config.reward_model is not None:
         raise UsageError("give --reward or --reward-model, not both")
-    if config.algorithm not in TRAINERS:
+    if config.algorithm not in TRAINER_NAMES:
         raise UsageError(f"unknown algorithm {config.algorithm!r}; "
-                         f"known: {', '.join(TRAINERS)}")
-    if config.backbone not in ("lstm", "gru", "transformer"):
-        raise UsageError(f"unknown backbone {config.backbone!r}; known: lstm, gru, transformer")
+                         f"known: {', '.join(TRAINER_NAMES)}")
+    if config.backbone not in BACKBONES:
+        raise UsageError(f"unknown backbone {config.backbone!r}; known: {', '.join(BACKBONES)}")
     if config.strategy not in STRATEGIES:
         raise UsageError(f"unknown strategy {config.strategy!r}; known: {', '.join(STRATEGIES)}")
     if config.mixed_precision not in (None,) + PRECISIONS:
@@ -204,12 +216,38 @@ def check_config(config):
         raise UsageError(f"{config.train_file}: file not found")
     if config.lora_rank is not None and config.model is None:
         raise UsageError("--lora-rank needs --model (a KerasHub preset)")
-    if config.model is not None and config.model.endswith(".keras"):
-        if not os.path.isfile(config.model):
-            raise UsageError(f"{config.model}: file not found")
-        if config.lora_rank is not None:
+    if config.model is not None:
+        check_model_source("--model", config.model)
+        if config.model.endswith(".keras") and config.lora_rank is not None:
             raise UsageError("--lora-rank needs a KerasHub preset; a .keras policy has "
                              "no LoRA adapters")
+
+
+# What a KerasHub preset or a transformers checkpoint directory always holds.
+MODEL_CONFIG_FILE = "config.json"
+
+
+def check_model_source(flag, source):
+    """Refuses, before TensorFlow starts, a `--model` / `--teacher` that cannot be one,
+    naming what was tried (UsageError, one line): a missing `.keras` file or path, a
+    file that is not a `.keras` policy, a directory that is neither a KerasHub preset
+    nor a transformers checkpoint (both hold `config.json`). A bare name that is no
+    file here (`gpt2_base_en`) and a handle (`hf://...`, `kaggle://...`) are preset
+    names: KerasHub resolves them when the model loads (`tfpg.model_source`)."""
+    if "://" in source:
+        return
+    if os.path.isdir(source):
+        if not os.path.isfile(os.path.join(source, MODEL_CONFIG_FILE)):
+            raise UsageError(f"{flag} {source}: a directory, but not a KerasHub preset or "
+                             f"a transformers checkpoint (no {MODEL_CONFIG_FILE} in it)")
+    elif os.path.exists(source):
+        if not source.endswith(".keras"):
+            raise UsageError(f"{flag} {source}: a file, but not a .keras policy (a KerasHub "
+                             "preset or a transformers checkpoint is a directory)")
+    elif source.endswith(".keras"):
+        raise UsageError(f"{flag} {source}: file not found")
+    elif os.sep in source or "/" in source or source.startswith((".", "~")):
+        raise UsageError(f"{flag} {source}: no such file or directory")
 
 
 def check_export_format(export_format, model, lora_rank):
@@ -239,9 +277,8 @@ def check_teacher_options(config):
             if getattr(config, name) is not None:
                 raise UsageError(f"{_flag(name)} is for --algorithm distill, not "
                                  f"{config.algorithm}")
-    if config.teacher is not None and config.teacher.endswith(".keras") \
-            and not os.path.isfile(config.teacher):
-        raise UsageError(f"--teacher {config.teacher}: file not found")
+    if config.teacher is not None:
+        check_model_source("--teacher", config.teacher)
 
 
 def check_writable(path, min_free_mb=None):

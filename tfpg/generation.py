@@ -22,9 +22,8 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from tfpg import bounds
+from tfpg.config import SAMPLERS  # noqa: F401 - the names `tfpg generate --sampler` offers
 from tfpg.xla import resolve_jit_compile
-
-SAMPLERS = ("greedy", "sample", "top_k", "top_p")
 DEFAULT_TOP_K = 50
 DEFAULT_TOP_P = 0.9
 # Finite rather than -inf so that masked entries never produce NaN (0 * inf) in

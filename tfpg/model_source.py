@@ -12,7 +12,7 @@ import os
 
 import keras
 
-from tfpg.config import UsageError
+from tfpg.config import HUB_INSTALL_HINT, UsageError
 from tfpg.models import PolicyNetwork
 from tfpg.text import Tokenizer
 
@@ -53,18 +53,39 @@ def _keras_hub_preset(source, lora_rank):
         from tfpg.models import KerasHubPolicy
         policy = KerasHubPolicy.from_preset(source, lora_rank=lora_rank)
     except ImportError as error:
-        raise UsageError(f"--model {source}: needs keras-hub (pip install tfpg[hub]): "
+        raise UsageError(f"--model {source}: needs keras-hub ({HUB_INSTALL_HINT}): "
                          f"{error}") from None
     except Exception as error:  # noqa: BLE001 - KerasHub raises many types
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         from tfpg.hf.checkpoint import is_transformers_checkpoint
         if is_transformers_checkpoint(source):     # tfpg.hf's errors name the problem
             raise UsageError(f"--model {first}") from None
-        raise UsageError(f"--model {source}: not a .keras file, a KerasHub preset or a "
-                         f"transformers checkpoint that loads ({first})") from None
+        raise UsageError(_preset_error(source, error, first)) from None
     if policy.tokenizer is None:
         raise UsageError(f"--model {source}: the preset has no tokenizer (preprocessor)")
     return policy, policy.tokenizer
+
+
+def _preset_error(source, error, first):
+    """One line saying what `--model source` was taken for and why it did not load
+    (paths that do not exist were refused before: `tfpg.config.check_model_source`)."""
+    if os.path.isdir(source):
+        return f"--model {source}: a directory that does not load as a KerasHub preset ({first})"
+    if "://" in source:
+        return f"--model {source}: the preset handle did not load ({first})"
+    import keras_hub
+    known = keras_hub.models.CausalLM.presets
+    if source in known:
+        return (f"--model {source}: a KerasHub preset name, but it could not be downloaded "
+                f"({type(error).__name__}; offline?): run once with a network, or give a "
+                "local preset directory (save_to_preset)")
+    # One name of each family tfpg supports best, as a user would type it.
+    examples = [min(name for name in known if name.startswith(family))
+                for family in ("gpt2_", "gemma_", "llama3_") if any(
+                    name.startswith(family) for name in known)]
+    return (f"--model {source}: no file or directory of that name here, and not a KerasHub "
+            f"preset name (e.g. {', '.join(examples[:3])}; all: "
+            "keras_hub.models.CausalLM.presets)")
 
 
 def load_teacher(source, tokenizer=None):

@@ -3,10 +3,9 @@ the base class the two share."""
 
 import keras
 
+from tfpg.config import BACKBONES
 from tfpg.models.recurrent_backbone import RecurrentBackbone
 from tfpg.models.transformer_backbone import TransformerBackbone
-
-BACKBONES = ("lstm", "gru", "transformer")
 
 
 def make_backbone(vocab_size, embedding_dim, hidden_dim, backbone, num_layers, num_heads,

@@ -57,7 +57,7 @@ import typing
 import numpy as np
 import tensorflow as tf
 
-ON_INVALID = ("raise", "zero", "skip")
+from tfpg.config import ON_INVALID_REWARD as ON_INVALID
 
 _ON_INVALID = contextvars.ContextVar("tfpg_rewards_on_invalid", default="raise")
 _TIMEOUT = contextvars.ContextVar("tfpg_rewards_timeout", default=None)
