@@ -195,6 +195,21 @@ def test_one_install_hint_for_the_hub_extra():
         assert "HUB_INSTALL_HINT}" in source and "pip install tfpg" not in source
 
 
+def test_a_resume_with_other_options_names_each_one(tmp_path):
+    from tfpg import checkpoints
+    from tfpg.config import TrainConfig
+    directory = str(tmp_path / "model.checkpoint")
+    checkpoints.RunState(directory, TrainConfig(learning_rate=0.001)).save(seconds=1.0)
+    other = TrainConfig(learning_rate=0.5, batch_size=8, kl_coef=0.1,
+                        strategy="mirrored")          # a runtime option: may differ
+    with pytest.raises(checkpoints.UsageError) as error:
+        checkpoints.RunState(directory, other)
+    assert str(error.value) == (
+        f"{directory} holds a run with other options (--batch-size 8 (was 64), "
+        "--learning-rate 0.5 (was 0.001), --kl-coef 0.1 (was none)); use another "
+        "--output or delete it to start over")
+
+
 def test_text_output_is_one_line_per_prompt_whatever_the_completion():
     lines = [cli._completion_line("p", text, "text") for text in
              ("", "a\nb", "back\\slash\r", "plain")]

@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfpg.config import (POLICY_MAX_LENGTH, RUNTIME_OPTIONS, TrainConfig, UsageError,
-                         check_export_format, check_writable)
+                         check_export_format, check_writable, flag)
 from tfpg.export import export_saved_model
 from tfpg.model_source import load_policy
 from tfpg.models import PolicyNetwork
@@ -65,8 +65,9 @@ class RunState:
             except (OSError, ValueError, KeyError, TypeError):
                 raise UsageError(f"{self.path}: unreadable checkpoint state; "
                                  "delete the directory to start over") from None
-            if saved_config != _comparable(config):
-                raise UsageError(f"{directory} holds a run with other options; "
+            differing = _differing_options(saved_config, _comparable(config))
+            if differing:
+                raise UsageError(f"{directory} holds a run with other options ({differing}); "
                                  "use another --output or delete it to start over")
             version = saved.get("version", 1)
             if version > STATE_VERSION:
@@ -118,6 +119,15 @@ def _comparable(config):
     if values["mixed_precision"] == "float32":
         values["mixed_precision"] = None
     return values
+
+
+def _differing_options(saved, current):
+    """Each option whose value differs, as "--name NOW (was THEN)", comma-separated;
+    "" when the two runs compute the same."""
+    def shown(value):
+        return "none" if value is None else str(value)
+    return ", ".join(f"{flag(name)} {shown(current[name])} (was {shown(saved[name])})"
+                     for name in saved if saved[name] != current[name])
 
 
 # What the C library calls the errors of a failed file write. TensorFlow's file system

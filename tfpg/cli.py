@@ -33,7 +33,7 @@ import warnings
 from tfpg import bounds
 from tfpg.config import (BACKBONES, EXPORT_FORMATS, ON_INVALID_REWARD, PRECISIONS,
                          REWARD_TIMEOUT, SAMPLERS, STRATEGIES, TASK_NAMES, TRAINER_NAMES,
-                         TRUNCATE_PROMPTS, TrainConfig, UsageError, check_config)
+                         TRUNCATE_PROMPTS, TrainConfig, UsageError, check_config, flag)
 from tfpg.native_logs import filter_native_logs, quiet_environment
 
 
@@ -263,7 +263,7 @@ def _check_flags(args, checks):
         value = getattr(args, name, None)
         if value is not None:
             try:
-                check("--" + name.replace("_", "-"), value)
+                check(flag(name), value)
             except ValueError as error:
                 raise UsageError(str(error)) from None
 
@@ -272,7 +272,7 @@ def _check_path_flags(args, *names):
     for name in names:
         value = getattr(args, name, None)
         if value is not None and not value.strip():
-            raise UsageError(f"--{name.replace('_', '-')} is empty; give a path")
+            raise UsageError(f"{flag(name)} is empty; give a path")
 
 
 def _train_reward(args):

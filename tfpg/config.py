@@ -123,7 +123,8 @@ TASK_FINETUNE_EPOCHS = {"arithmetic": 4, "translate": 4, "keywords": 4, "prefere
 POLICY_MAX_LENGTH = 256
 
 
-def _flag(name):
+def flag(name):
+    """The command-line flag of option `name`: "learning_rate" -> "--learning-rate"."""
     return "--" + name.replace("_", "-")
 
 
@@ -146,7 +147,7 @@ def check_values(config):
         checks.append((bounds.check_non_negative, "reward_weight"))
     try:
         for check, name in checks:
-            check(_flag(name), getattr(config, name))
+            check(flag(name), getattr(config, name))
     except ValueError as error:
         raise UsageError(str(error)) from None
     check_export_format(config.export_format, config.model, config.lora_rank)
@@ -154,7 +155,7 @@ def check_values(config):
                  "teacher"):
         value = getattr(config, name, None)
         if isinstance(value, str) and not value.strip():
-            raise UsageError(f"{_flag(name)} is empty; give a path")
+            raise UsageError(f"{flag(name)} is empty; give a path")
     if config.chat_template is not None:
         read_chat_template(config.chat_template)
     check_teacher_options(config)
@@ -200,18 +201,18 @@ def check_config(config):
                          f"known: {', '.join(ON_INVALID_REWARD)}")
     for name in ("batch_size", "embedding_dim", "hidden_dim", "num_layers", "group_size"):
         if getattr(config, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
+            raise UsageError(f"{flag(name)} must be >= 1")
     for name in ("num_cpu_devices", "max_prompt_length", "max_new_tokens", "steps_per_epoch",
                  "log_every", "lora_rank"):
         value = getattr(config, name)
         if value is not None and value < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
+            raise UsageError(f"{flag(name)} must be >= 1")
     if config.num_cpu_devices not in (None, 1) and config.strategy != "mirrored":
         raise UsageError("--num-cpu-devices needs --strategy mirrored")
     for name in ("pretrain_epochs", "epochs"):
         value = getattr(config, name)
         if value is not None and value < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 0")
+            raise UsageError(f"{flag(name)} must be >= 0")
     if config.train_file is not None and not os.path.isfile(config.train_file):
         raise UsageError(f"{config.train_file}: file not found")
     if config.lora_rank is not None and config.model is None:
@@ -275,7 +276,7 @@ def check_teacher_options(config):
     if config.algorithm != "distill":
         for name in ("teacher", "reward_weight"):
             if getattr(config, name) is not None:
-                raise UsageError(f"{_flag(name)} is for --algorithm distill, not "
+                raise UsageError(f"{flag(name)} is for --algorithm distill, not "
                                  f"{config.algorithm}")
     if config.teacher is not None:
         check_model_source("--teacher", config.teacher)
