@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfpg import data as tfpg_data
+from tfpg.distribution import is_chief
 from tfpg.export import export_saved_model, read_export_info, recover
 from tfpg.generation import generate
 from tfpg.rewards.base import call_reward
@@ -43,15 +44,9 @@ __all__ = ["RewardLogger", "LanguageModelLogger", "SampleLogger", "SavedModelExp
 
 
 def _is_chief(model):
-    """False on the non-chief workers of a multi-worker strategy (they must not write)."""
-    strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return True
-    if resolver.task_type == "chief":
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+    """False on the non-chief workers of `model`'s multi-worker strategy (they must
+    not write)."""
+    return is_chief(getattr(model, "distribute_strategy", None))
 
 
 def _numpy(value):
@@ -75,26 +70,6 @@ def _policy_of(model):
     """The `PolicyNetwork` a trainer holds (or the model itself when it is the policy)."""
     policy = getattr(model, "policy", None)
     return model if policy is None else policy
-
-
-def _left_pad(rows, pad_id=0):
-    """list of id lists -> (ids int32 [B, P] left-padded with `pad_id`, mask int32
-    [B, P]), how prompts are batched."""
-    width = max(len(row) for row in rows)
-    array = np.full([len(rows), width], pad_id, np.int32)
-    mask = np.zeros([len(rows), width], np.int32)
-    for i, row in enumerate(rows):
-        array[i, width - len(row):] = row
-        mask[i, width - len(row):] = 1
-    return array, mask
-
-
-def _right_pad(rows):
-    """list of id lists -> int32 [B, R], right-padded with 0 (how references are batched)."""
-    array = np.zeros([len(rows), max([1] + [len(row) for row in rows])], np.int32)
-    for i, row in enumerate(rows):
-        array[i, :len(row)] = row
-    return array
 
 
 class _CsvLog:
@@ -524,7 +499,8 @@ class SampleLogger(_GlobalStep):
         if self._prompt_ids is None:
             self._prompt_ids = self._default_prompt_ids()
         policy = _policy_of(model)
-        prompt_ids, prompt_mask = _left_pad(self._prompt_ids, getattr(policy, "pad_id", 0))
+        prompt_ids, prompt_mask = tfpg_data.pad_ids(self._prompt_ids, "left",
+                                                    getattr(policy, "pad_id", 0))
         prompt_ids = tf.constant(prompt_ids)
         sampling = {} if self.sampler == "greedy" else {
             "temperature": getattr(model, "temperature", 1.0),
@@ -553,8 +529,9 @@ class SampleLogger(_GlobalStep):
             batch[tfpg_data.MESSAGES_COLUMN] = tf.constant(
                 [json.dumps(p, ensure_ascii=False) for p in self.prompts])
         if self.references is not None:
-            batch["reference"] = tf.constant(_right_pad(
-                self.tokenizer.encode(self.references, add_bos=False)))
+            batch["reference"] = tf.constant(tfpg_data.pad_ids(
+                self.tokenizer.encode(self.references, add_bos=False), "right",
+                min_width=1)[0])
         try:
             # Within the trainer's reward_timeout: a hung reward must not hang `fit`.
             rewards = _numpy(call_reward(

@@ -243,13 +243,39 @@ def _encode_prompts(prompts, tokenizer, max_prompt_length, truncate):
         except (TypeError, ValueError) as e:
             raise type(e)(f"prompt {index}: {e}") from None
         encoded.append(ids)
-    width = max(len(ids) for ids in encoded)
-    array = np.full([len(encoded), width], getattr(tokenizer, "pad_id", 0), np.int32)  # [N, P]
-    mask = np.zeros([len(encoded), width], np.int32)  # [N, P]
-    for i, ids in enumerate(encoded):
-        array[i, width - len(ids):] = ids
-        mask[i, width - len(ids):] = 1
-    return array, mask
+    return pad_ids(encoded, "left", getattr(tokenizer, "pad_id", 0))
+
+
+def pad_ids(rows, side="left", pad_id=0, multiple=1, min_width=0):
+    """Lists of ids -> one padded batch, in numpy.
+
+    Args:
+        rows: a list of id lists (an empty one is all padding).
+        side: "left" (prompts: generation starts at the same position in every row)
+            or "right" (references, completions).
+        pad_id: the id of padding (the tokenizer's; a mask, never the id, marks it).
+        multiple: the width is rounded up to a multiple of it (fewer shapes to trace).
+        min_width: the least width, for a batch whose rows may all be empty.
+
+    Returns:
+        (ids int32 [B, T], mask int32 [B, T], 1 = real token), T the longest row
+        (at least `min_width`) rounded up to a multiple of `multiple`.
+
+    >>> pad_ids([[5, 6], [7]], "left")[0].tolist()
+    [[5, 6], [0, 7]]
+    """
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right'; got {side!r}")
+    width = max([min_width] + [len(row) for row in rows])
+    width = -(-width // multiple) * multiple
+    ids = np.full([len(rows), width], pad_id, np.int32)  # [B, T]
+    mask = np.zeros([len(rows), width], np.int32)  # [B, T]
+    for i, row in enumerate(rows):
+        if len(row):
+            where = slice(width - len(row), None) if side == "left" else slice(0, len(row))
+            ids[i, where] = row
+            mask[i, where] = 1
+    return ids, mask
 
 
 def _encode_references(references, tokenizer, count):

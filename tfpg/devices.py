@@ -15,7 +15,7 @@ import keras
 import tensorflow as tf
 
 from tfpg.config import NUM_CPU_DEVICES_ENV, UsageError
-from tfpg.distribution import in_multi_worker_mode
+from tfpg.distribution import is_chief  # noqa: F401 - a run's chief writes, with the strategy
 
 
 def configure_cpu_devices(count):
@@ -56,17 +56,6 @@ def make_strategy(name, num_cpu_devices=None):
             raise UsageError("TF_CONFIG is not valid JSON") from None
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
-
-
-def is_chief(strategy):
-    """False on the non-chief workers of a multi-worker strategy (they write nothing)."""
-    if not in_multi_worker_mode(strategy):
-        return True
-    resolver = strategy.cluster_resolver
-    if resolver.task_type == "chief":
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
 def shard_by_data(dataset):

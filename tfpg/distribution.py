@@ -38,6 +38,19 @@ def in_multi_worker_mode(strategy=None):
     return bool(check()) if check is not None else True
 
 
+def is_chief(strategy=None):
+    """False on the non-chief workers of a multi-worker strategy (they write nothing:
+    no checkpoint, log, metrics or export); True everywhere else."""
+    strategy = strategy or tf.distribute.get_strategy()
+    if not in_multi_worker_mode(strategy):
+        return True
+    resolver = strategy.cluster_resolver
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
 def replica_rows(batch_size):
     """(offset, total rows) of this replica's slice in the global batch.
 

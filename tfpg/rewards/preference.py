@@ -26,9 +26,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfpg.data import DataError, _lines, parse_json_line
+from tfpg.data import DataError, _lines, pad_ids, parse_json_line
 from tfpg.losses import bradley_terry_loss
-from tfpg.rewards.reward_model import RewardModel, pad_ids
+from tfpg.rewards.reward_model import RewardModel
 
 # Pairs whose tokens are mostly unknown to the tokenizer are not in its language.
 MAX_UNKNOWN_FRACTION = 0.5

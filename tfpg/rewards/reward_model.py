@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfpg import trust
+from tfpg.data import pad_ids
 from tfpg.rewards.base import Reward
 from tfpg.text import read_json_marker
 
@@ -251,20 +252,6 @@ class RewardModel(Reward):
             tokenizer = KerasHubTokenizer.load(os.path.join(directory, TOKENIZER_FILE))
         return cls(model, include_prompt=info["include_prompt"], eos_id=info["eos_id"],
                    name=info.get("name"), tokenizer=tokenizer, metadata=info.get("metadata"))
-
-
-def pad_ids(rows, side, pad_id=0):
-    """Lists of ids -> (int32 numpy [B, T] padded with `pad_id` on the "left" or
-    "right", int32 mask [B, T], 1 = real token)."""
-    width = max([len(row) for row in rows] + [0])
-    out = np.full([len(rows), width], pad_id, np.int32)
-    mask = np.zeros([len(rows), width], np.int32)
-    for i, row in enumerate(rows):
-        if row:
-            where = slice(width - len(row), None) if side == "left" else slice(0, len(row))
-            out[i, where] = row
-            mask[i, where] = 1
-    return out, mask
 
 
 def accepts_padding_mask(model):
