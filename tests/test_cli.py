@@ -210,6 +210,17 @@ def test_a_resume_with_other_options_names_each_one(tmp_path):
         "--output or delete it to start over")
 
 
+def test_evaluate_on_a_file_scores_bleu_and_exact_match_by_hand():
+    """`tfpg evaluate --eval-file` and a `--train-file` run's held-out metrics share
+    `reference_metrics`: corpus BLEU x 100 over words, exact match with any reference."""
+    from tfpg.evaluation import reference_metrics
+    # n-gram precisions 4/5, 3/4, 2/3, 1/2 and equal lengths: BLEU = 0.2 ** (1/4).
+    metrics = reference_metrics(["a b c d e", "x"], ["a b c d f", ["y", " x "]])
+    assert metrics["exact_match"] == 0.5
+    got = reference_metrics(["a b c d e"], ["a b c d f"])
+    assert got == {"bleu": pytest.approx(100 * 0.2 ** 0.25), "exact_match": 0.0}
+
+
 def test_text_output_is_one_line_per_prompt_whatever_the_completion():
     lines = [cli._completion_line("p", text, "text") for text in
              ("", "a\nb", "back\\slash\r", "plain")]

@@ -318,13 +318,8 @@ def _evaluate(args):
         prompts, references = columns["prompt"], columns.get("reference")
         if references is None:
             raise UsageError(f"{args.eval_file}: needs references (.tsv or .jsonl)")
-        completions = model.generate(prompts)
-        refs = [[r] if isinstance(r, str) else list(r) for r in references]
-        from tfpg.rewards import corpus_bleu
-        metrics = {"bleu": 100 * corpus_bleu([c.split() for c in completions],
-                                             [[r.split() for r in rs] for rs in refs]),
-                   "exact_match": sum(c.strip() in [r.strip() for r in rs]
-                                      for c, rs in zip(completions, refs)) / len(refs)}
+        from tfpg.evaluation import reference_metrics
+        metrics = reference_metrics(model.generate(prompts), references)
     else:
         name = args.task or model.metadata.get("task")
         if name not in TASK_NAMES:

@@ -10,6 +10,28 @@ from tfpg import data as tfpg_data
 from tfpg.generation import generate
 from tfpg.losses import token_log_probs
 from tfpg.rewards.base import call_reward
+from tfpg.rewards.bleu import corpus_bleu
+
+
+def reference_metrics(completions, references):
+    """The held-out metrics of the user's own data (`--train-file`, `--eval-file`).
+
+    Args:
+        completions: a list of completion strings.
+        references: one per completion: a string or a list of acceptable strings.
+
+    Returns:
+        {"bleu": corpus BLEU x 100 over whitespace words, "exact_match": the fraction
+        of completions equal to one of their references, spaces at the ends ignored}.
+
+    >>> reference_metrics(["a b c d", "x"], ["a b c d", ["y", " x "]])["exact_match"]
+    1.0
+    """
+    refs = [[r] if isinstance(r, str) else list(r) for r in references]
+    bleu = corpus_bleu([c.split() for c in completions],
+                       [[r.split() for r in rs] for rs in refs])
+    matches = [c.strip() in [r.strip() for r in rs] for c, rs in zip(completions, refs)]
+    return {"bleu": 100 * bleu, "exact_match": sum(matches) / max(1, len(matches))}
 
 
 def evaluate_policy(policy, job, reference=None, batch_size=256):

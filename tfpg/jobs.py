@@ -13,13 +13,12 @@ import functools
 import importlib
 import inspect
 
-import numpy as np
-
 from tfpg import bounds
 from tfpg import data as tfpg_data
 from tfpg import rewards
 from tfpg.config import (NAMED_REWARDS, POLICY_MAX_LENGTH, TASK_FINETUNE_EPOCHS, UsageError,
                          read_chat_template)
+from tfpg.evaluation import reference_metrics
 from tfpg.hf.chat_template import is_conversation
 from tfpg.tasks import EpisodeTask, get_task
 from tfpg.text import Tokenizer
@@ -176,11 +175,7 @@ def _file_job(config, tokenizer=None):
                   {k: (v[cut:] or v) for k, v in columns.items()})
 
     def evaluate(prompts, completions):
-        refs = [[r] if isinstance(r, str) else list(r) for r in heldout.references]
-        hyps = [c.split() for c in completions]
-        return {"bleu": 100 * rewards.corpus_bleu(hyps, [[r.split() for r in rs] for rs in refs]),
-                "exact_match": float(np.mean([c.strip() in [r.strip() for r in rs]
-                                              for c, rs in zip(completions, refs)]))}
+        return reference_metrics(completions, heldout.references)
 
     return Job(config.run_name, pretrain_texts, train, heldout, tokenizer,
                load_reward(config.reward or "bleu", tokenizer, None), evaluate, "bleu",
