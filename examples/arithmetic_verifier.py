@@ -16,9 +16,8 @@ import time
 import keras
 
 import tfpg
+from tfpg import TrainConfig, copy_policy, evaluate_policy, make_job, pretrain
 from tfpg.algorithms import ALGORITHMS
-from tfpg.algorithms.base import frozen_copy
-from tfpg.training import TrainConfig, evaluate_policy, make_job, pretrain
 
 
 def main():
@@ -35,7 +34,7 @@ def main():
     print(f"pre-training on {len(job.pretrain_texts)} sums from a carry-dropping teacher "
           f"({job.pretrain_epochs} epochs) ...", flush=True)
     policy = pretrain(job.pretrain_texts, tok, job.pretrain_epochs, seed=args.seed)
-    reference = frozen_copy(policy)
+    reference = copy_policy(policy, trainable=False)
     before, before_completions = evaluate_policy(policy, job)
 
     # Fine-tune on the verifier: reward 1 for the correct sum (read from

@@ -16,9 +16,8 @@ import time
 import keras
 
 import tfpg
+from tfpg import TrainConfig, copy_policy, evaluate_policy, make_job, pretrain
 from tfpg.algorithms import ALGORITHMS
-from tfpg.algorithms.base import frozen_copy
-from tfpg.training import TrainConfig, copy_policy, evaluate_policy, make_job, pretrain
 
 # Settings per algorithm; every one samples 64 completions per step (RLOO / GRPO as
 # 16 prompts x a group of 4).
@@ -55,7 +54,7 @@ def main():
     start = time.perf_counter()
     pretrained = pretrain(job.pretrain_texts, tok, job.pretrain_epochs, seed=args.seed)
     pretrain_seconds = time.perf_counter() - start
-    reference = frozen_copy(pretrained)
+    reference = copy_policy(pretrained, trainable=False)
     before, _ = evaluate_policy(pretrained, job)
 
     steps = len(job.train) // SAMPLES_PER_STEP

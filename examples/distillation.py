@@ -30,9 +30,9 @@ import numpy as np
 import tensorflow as tf
 
 import tfpg
+from tfpg import TrainConfig, evaluate_policy, make_job, pretrain
 from tfpg.algorithms import GRPO, OnPolicyDistillation
 from tfpg.tasks import get_task
-from tfpg.training import TrainConfig, evaluate_policy, make_job, pretrain
 
 # Sizes: the teacher has twice the student's recurrent units (334k weights, 3.9x the student's).
 TEACHER = dict(embedding_dim=64, hidden_dim=256)

@@ -18,9 +18,8 @@ import keras
 import tensorflow as tf
 
 import tfpg
+from tfpg import TrainConfig, copy_policy, evaluate_policy, make_job, pretrain
 from tfpg.tasks.keywords import distinct_n
-from tfpg.algorithms.base import frozen_copy
-from tfpg.training import TrainConfig, copy_policy, evaluate_policy, make_job, pretrain
 
 
 def sampled_stats(policy, job, samples=4):
@@ -52,7 +51,7 @@ def main():
     print(f"pre-training on {len(job.pretrain_texts)} topic sentences "
           f"({job.pretrain_epochs} epochs) ...", flush=True)
     pretrained = pretrain(job.pretrain_texts, tok, job.pretrain_epochs, seed=args.seed)
-    reference = frozen_copy(pretrained)
+    reference = copy_policy(pretrained, trainable=False)
 
     metrics, _ = evaluate_policy(pretrained, job)
     sampled, distinct, completions = sampled_stats(pretrained, job)

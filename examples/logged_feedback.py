@@ -30,8 +30,7 @@ import keras
 import numpy as np
 
 import tfpg
-from tfpg.algorithms.base import frozen_copy
-from tfpg.training import TrainConfig, copy_policy, evaluate_policy, make_job, pretrain
+from tfpg import TrainConfig, copy_policy, evaluate_policy, make_job, pretrain
 
 
 def write_log(policy, job, path, samples, seed):
@@ -120,7 +119,7 @@ def main():
     print(f"pre-training on {len(job.pretrain_texts)} sums from a carry-dropping teacher "
           f"({job.pretrain_epochs} epochs) ...", flush=True)
     policy = pretrain(job.pretrain_texts, tok, job.pretrain_epochs, seed=args.seed)
-    reference = frozen_copy(policy)
+    reference = copy_policy(policy, trainable=False)
     directory = args.log_dir or tempfile.mkdtemp(prefix="tfpg-logs-")
     os.makedirs(directory, exist_ok=True)
 

@@ -20,9 +20,9 @@ import numpy as np
 import tensorflow as tf
 
 import tfpg
+from tfpg import copy_policy, pretrain
 from tfpg.envs import TextGenerationEnv
 from tfpg.tasks import get_task
-from tfpg.training import copy_policy, pretrain
 
 
 def heldout_reward(policy, task, tokenizer, reward_fn, samples=4):

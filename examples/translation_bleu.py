@@ -18,10 +18,9 @@ import time
 import keras
 
 import tfpg
+from tfpg import TrainConfig, copy_policy, evaluate_policy, make_job, pretrain
 from tfpg.algorithms import ALGORITHMS
 from tfpg.tasks.translate import SEPARATOR, parse_source
-from tfpg.algorithms.base import frozen_copy
-from tfpg.training import TrainConfig, evaluate_policy, make_job, pretrain
 
 
 def agreement_errors(prompts, completions):
@@ -50,7 +49,7 @@ def main():
     print(f"pre-training on {len(job.pretrain_texts)} sentence pairs "
           f"({job.pretrain_epochs} epochs) ...", flush=True)
     policy = pretrain(job.pretrain_texts, tok, job.pretrain_epochs, seed=args.seed)
-    reference = frozen_copy(policy)
+    reference = copy_policy(policy, trainable=False)
     before, before_completions = evaluate_policy(policy, job)
 
     # The reward: sentence BLEU (smoothing method1) of the completion against every

@@ -1,6 +1,7 @@
 """Smoke tests of the examples: they import, and their hand-written pieces work on tiny
 inputs. (Running them whole takes minutes each; see their docstrings.)"""
 
+import ast
 import importlib.util
 import json
 import pathlib
@@ -28,6 +29,56 @@ def load(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_example_imports(name):
     assert callable(load(name).main)
+
+
+# What an example may import: `tfpg`'s own names, its public subpackages (and a
+# bundled task's module), never the run pipeline's modules or a private name.
+PUBLIC_PACKAGES = ("algorithms", "rewards", "tasks", "envs", "callbacks", "data", "models",
+                   "advantages", "losses", "testing")
+
+
+def _tfpg_references(tree):
+    """(dotted module, name) of every `from tfpg... import name` and `tfpg.a.b` use."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tfpg":
+            yield from ((node.module, alias.name) for alias in node.names)
+        elif isinstance(node, ast.Import):
+            yield from ((alias.name, None) for alias in node.names
+                        if alias.name.split(".")[0] == "tfpg")
+        elif isinstance(node, ast.Attribute):
+            chain = []
+            while isinstance(node, ast.Attribute):
+                chain.append(node.attr)
+                node = node.value
+            if isinstance(node, ast.Name) and node.id == "tfpg":
+                path = chain[::-1]              # tfpg.<path[0]>.<path[1]>...
+                if path[0] in PUBLIC_PACKAGES and len(path) > 1:
+                    yield f"tfpg.{path[0]}", path[1]
+                else:
+                    yield "tfpg", path[0]
+
+
+def _is_public(module, name):
+    parts = module.split(".")
+    if any(part.startswith("_") or part == "base" for part in parts + [name or ""]):
+        return False            # a private name, or a package's internals (`base`)
+    if len(parts) == 1:
+        return name is None or name in tfpg.__all__
+    if parts[1] not in PUBLIC_PACKAGES:
+        return False
+    # tfpg.tasks.<task module> is documented as public.
+    return len(parts) == 2 or parts[1] == "tasks"
+
+
+@pytest.mark.parametrize("name", NAMES + ["keras_hub_policy", "pretrain_lm"])
+def test_examples_use_only_the_public_api(name):
+    tree = ast.parse((EXAMPLES / f"{name}.py").read_text())
+    private = sorted({f"{module}:{name}" for module, name in _tfpg_references(tree)
+                      if not _is_public(module, name)})
+    assert private == []
+    for bad in ("from tfpg.algorithms.base import frozen_copy", "tfpg.algorithms.base.x",
+                "from tfpg.training import make_job", "tfpg.cli.main()"):   # the rule bites
+        assert not all(_is_public(*ref) for ref in _tfpg_references(ast.parse(bad))), bad
 
 
 def test_hand_written_reinforce_updates_the_policy():

@@ -19,11 +19,17 @@ _NAMES = {
     "PolicyNetwork": "tfpg.models", "ValueNetwork": "tfpg.models",
     "Tokenizer": "tfpg.text",
     "KerasHubPolicy": "tfpg.models", "KerasHubTokenizer": "tfpg.keras_hub_tokenizer",
+    "copy_policy": "tfpg.models", "pretrain": "tfpg.pretraining",
+    # The pieces of `tfpg train` a script reuses: a task's or file's job (tokenizer,
+    # data, reward, metrics) from the command's options, and its held-out evaluation.
+    "TrainConfig": "tfpg.config", "make_job": "tfpg.jobs",
+    "evaluate_policy": "tfpg.evaluation",
 }
 
 __all__ = [
     "Tokenizer", "PolicyNetwork", "ValueNetwork", "KerasHubPolicy", "KerasHubTokenizer",
-    "generate", "GenerationOutput",
+    "generate", "GenerationOutput", "copy_policy", "pretrain",
+    "TrainConfig", "make_job", "evaluate_policy",
     "export_saved_model", "export_transformers", "load", "advantages", "algorithms",
     "callbacks", "data", "envs", "losses", "rewards", "tasks", "testing",
 ]

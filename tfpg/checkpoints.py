@@ -33,11 +33,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfpg.config import (POLICY_MAX_LENGTH, RUNTIME_OPTIONS, TrainConfig, UsageError,
+from tfpg.config import (RUNTIME_OPTIONS, TrainConfig, UsageError,
                          check_export_format, check_writable, flag)
 from tfpg.export import export_saved_model
-from tfpg.model_source import load_policy
-from tfpg.models import PolicyNetwork
+from tfpg.model_source import load_policy, new_policy
 from tfpg.text import Tokenizer
 
 
@@ -441,10 +440,7 @@ def export_from_source(source, output, tokenizer_path=None, export_format="saved
             if tokenizer.vocabulary_size != model_vocabulary:
                 raise UsageError(f"tokenizer has {tokenizer.vocabulary_size} tokens but the "
                                  f"model {model_vocabulary}: they do not belong together")
-            policy = PolicyNetwork(model_vocabulary, config.embedding_dim,
-                                   config.hidden_dim, backbone=config.backbone,
-                                   num_layers=config.num_layers, max_length=POLICY_MAX_LENGTH)
-            policy.build()
+            policy = new_policy(config, model_vocabulary)
         names = [state.get(f"{phase}_checkpoint") or phase for phase in ("finetune", "pretrain")
                  if state.get(f"{phase}_epochs_done") or state.get(f"{phase}_checkpoint")]
         names = [name for name in names

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from tfpg.config import NUM_CPU_DEVICES_ENV, UsageError
 from tfpg.distribution import is_chief  # noqa: F401 - a run's chief writes, with the strategy
+from tfpg.models.copying import copy_policy
 
 
 def configure_cpu_devices(count):
@@ -79,15 +80,8 @@ def set_precision(name):
 
 
 def float32_copy(policy):
-    """A float32 `PolicyNetwork` with `policy`'s weights, made outside any strategy,
-    for evaluation and export (mixed-precision weights are float32 already; only
-    the compute dtype changes, and the copy's variables are plain ones)."""
-    previous = set_precision("float32")
-    try:
-        with tf.distribute.get_strategy().scope():     # the default strategy
-            copy = type(policy).from_config(dict(policy.get_config(), dtype="float32"))
-            copy.build()
-            copy.set_weights(policy.get_weights())
-    finally:
-        set_precision(previous)
-    return copy
+    """A float32 copy of `policy` made outside any strategy, for evaluation and
+    export (mixed-precision weights are float32 already; only the compute dtype
+    changes, and the copy's variables are plain ones)."""
+    with tf.distribute.get_strategy().scope():     # the default strategy
+        return copy_policy(policy, dtype="float32")

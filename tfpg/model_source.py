@@ -1,4 +1,5 @@
-"""An existing model to start a run from (`tfpg train --model`, `tfpg export F.keras`).
+"""The model a run starts from: a new `PolicyNetwork` of the run's options
+(`new_policy`), or an existing one (`tfpg train --model`, `tfpg export F.keras`).
 
 `load_policy(source)` takes a `.keras` file holding a `PolicyNetwork` (its tokenizer is
 the `tokenizer.json` beside it, or `tokenizer_path`), a KerasHub preset (a name that
@@ -12,9 +13,20 @@ import os
 
 import keras
 
-from tfpg.config import HUB_INSTALL_HINT, UsageError
+from tfpg.config import HUB_INSTALL_HINT, POLICY_MAX_LENGTH, UsageError
 from tfpg.models import PolicyNetwork
 from tfpg.text import Tokenizer
+
+
+def new_policy(config, vocab_size):
+    """A new, built `PolicyNetwork` of `vocab_size` tokens shaped by a `TrainConfig`'s
+    backbone options (call in the strategy's scope): what a run without `--model`
+    trains, and what `tfpg export` reads its checkpoint into."""
+    policy = PolicyNetwork(vocab_size, config.embedding_dim, config.hidden_dim,
+                           backbone=config.backbone, num_layers=config.num_layers,
+                           max_length=POLICY_MAX_LENGTH)
+    policy.build()
+    return policy
 
 
 def load_policy(source, lora_rank=None, tokenizer_path=None):

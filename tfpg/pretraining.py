@@ -1,8 +1,8 @@
 """Maximum-likelihood pre-training of a policy with Keras `fit`.
 
 `LanguageModelTrainer` (the trainer), `pretraining_dataset` (its windows), `pretrain`
-(both as one call), `copy_policy`, and `EpochProgress` (console lines for a `fit` of
-many short epochs).
+(both as one call), and `EpochProgress` (console lines for a `fit` of many short
+epochs). `copy_policy` (`tfpg.models`) stays importable from here.
 """
 
 import math
@@ -13,10 +13,9 @@ import keras
 import tensorflow as tf
 
 from tfpg import data as tfpg_data
-from tfpg.algorithms.base import frozen_copy
 from tfpg.config import POLICY_MAX_LENGTH
 from tfpg.distribution import DistributedFitMixin, apply_gradients, cross_replica_sum, scale_loss
-from tfpg.models import PolicyNetwork
+from tfpg.models import PolicyNetwork, copy_policy  # noqa: F401 - tfpg <= 0.1 imported it here
 
 
 class LanguageModelTrainer(DistributedFitMixin, keras.Model):
@@ -163,15 +162,6 @@ def pretrain(texts, tokenizer, epochs, *, policy=None, seed=0, batch_size=64,
     trainer.compile(optimizer=optimizer or keras.optimizers.Adam(learning_rate))
     trainer.fit(dataset, epochs=epochs, verbose=verbose, callbacks=callbacks)
     return policy
-
-
-def copy_policy(policy, trainable=True):
-    """A new model of `policy`'s class and config holding a copy of its weights:
-    trainable (to fine-tune a copy of a pre-trained policy) or, with
-    `trainable=False`, frozen like `tfpg.algorithms.base.frozen_copy` (a reference)."""
-    copy = frozen_copy(policy)
-    copy.trainable = trainable
-    return copy
 
 
 class EpochProgress(keras.callbacks.Callback):

@@ -4,7 +4,7 @@
 
 1. make the job (`tfpg.jobs`): a bundled task or the user's file, its tokenizer,
    reward and evaluation;
-2. make the model: a new `PolicyNetwork` (`make_policy`), or the `.keras` policy or
+2. make the model: a new `PolicyNetwork` (`new_policy`), or the `.keras` policy or
    KerasHub preset of `--model` (`tfpg.model_source`; it brings its tokenizer, which
    the job then uses), on the devices of the chosen strategy (`tfpg.devices`);
 3. pre-train it with maximum likelihood if asked (`tfpg.pretraining`; by default a
@@ -61,7 +61,7 @@ from tfpg.evaluation import evaluate_policy, format_table  # noqa: F401
 from tfpg.export import export_saved_model
 from tfpg.jobs import Job, check_prompt_lengths, load_reward, make_job  # noqa: F401
 from tfpg.locking import output_lock
-from tfpg.model_source import load_policy, load_teacher
+from tfpg.model_source import load_policy, load_teacher, new_policy
 from tfpg.models import PolicyNetwork, ValueNetwork
 from tfpg.pretraining import (EpochProgress, LanguageModelTrainer, copy_policy,  # noqa: F401
                               pretrain, pretraining_dataset)
@@ -156,7 +156,7 @@ def _run(run, policy=None, teacher=None):
     # 2. the model (a --model is loaded already: its tokenizer made the job)
     if policy is None:
         with run.strategy.scope():
-            policy = make_policy(run.config, run.job)
+            policy = new_policy(run.config, run.job.tokenizer.vocabulary_size)
     # 3. pre-training
     pretrain_phase(run, policy)
     # 4. the agent (its reference is the pre-trained policy) and "before" metrics.
@@ -182,16 +182,6 @@ def _run(run, policy=None, teacher=None):
         return {"chief": False, "output": run.output}
     # 6. "after", export, metrics.json
     return evaluate_and_export(run, agent)
-
-
-def make_policy(config, job):
-    """A new `PolicyNetwork` for the job's vocabulary, built (call in the strategy's
-    scope)."""
-    policy = PolicyNetwork(job.tokenizer.vocabulary_size, config.embedding_dim,
-                           config.hidden_dim, backbone=config.backbone,
-                           num_layers=config.num_layers, max_length=POLICY_MAX_LENGTH)
-    policy.build()
-    return policy
 
 
 def pretrain_phase(run, policy):
@@ -327,11 +317,8 @@ def _algorithm_options(config, job, policy):
     options["reference_model"] = reference_of(policy)
     if cls.uses_value_model and not isinstance(policy, PolicyNetwork):
         options["value_model"] = ValueNetwork.from_policy(policy)     # on its trunk
-    elif cls.uses_value_model:
-        options["value_model"] = ValueNetwork(policy.vocab_size, config.embedding_dim,
-                                              config.hidden_dim, backbone=config.backbone,
-                                              num_layers=config.num_layers,
-                                              max_length=POLICY_MAX_LENGTH)
+    elif cls.uses_value_model:          # a critic of the policy's own shape
+        options["value_model"] = ValueNetwork(**policy.backbone_config())
     return options
 
 

@@ -1,5 +1,6 @@
 """Policy and value networks and their backbones."""
 
+from tfpg.models.copying import copy_policy
 from tfpg.models.keras_hub_backbone import KerasHubBackbone
 from tfpg.models.keras_hub_policy import KerasHubPolicy
 from tfpg.models.keras_hub_reward_network import KerasHubRewardNetwork
@@ -12,4 +13,4 @@ from tfpg.models.value_network import ValueNetwork
 
 __all__ = ["PolicyNetwork", "ValueNetwork", "RewardNetwork", "RecurrentBackbone",
            "TransformerBackbone", "KerasHubPolicy", "KerasHubValueNetwork", "KerasHubBackbone",
-           "KerasHubRewardNetwork"]
+           "KerasHubRewardNetwork", "copy_policy"]

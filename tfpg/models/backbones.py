@@ -20,9 +20,26 @@ def make_backbone(vocab_size, embedding_dim, hidden_dim, backbone, num_layers, n
 
 
 class BackboneModel(keras.Model):
-    """What `PolicyNetwork` and `ValueNetwork` share: the backbone options, the
-    backbone, building a head on it, and the config. Subclasses create `self.head`
-    (under their own attribute name too) and define `call`."""
+    """What `PolicyNetwork`, `ValueNetwork` and `RewardNetwork` share: the backbone
+    options (the one constructor signature of the three), the backbone, a float32
+    Dense head on it, and the config. Subclasses name their head (`head_name`, also
+    its attribute) and its width (`head_units`; None: the vocabulary) and define
+    `call`.
+
+    Args:
+        vocab_size: the number of token ids.
+        embedding_dim: the embedding width (the Transformer's model width).
+        hidden_dim: the recurrent state size (the Transformer's feed-forward width).
+        backbone: one of "lstm", "gru", "transformer".
+        num_layers: stacked recurrent layers or Transformer blocks.
+        num_heads: attention heads (Transformer).
+        dropout: dropout rate inside the backbone.
+        max_length: the longest sequence (the Transformer's position table).
+        **kwargs: `keras.Model` arguments (`name`, `dtype`, ...).
+    """
+
+    head_name = None
+    head_units = 1
 
     def __init__(self, vocab_size, embedding_dim=128, hidden_dim=256, backbone="lstm",
                  num_layers=1, num_heads=4, dropout=0.0, max_length=512, **kwargs):
@@ -37,6 +54,14 @@ class BackboneModel(keras.Model):
         self.max_length = max_length
         self.backbone = make_backbone(vocab_size, embedding_dim, hidden_dim, backbone,
                                       num_layers, num_heads, dropout, max_length)
+        # float32 outputs also under mixed precision (logits feed a float32 softmax).
+        units = vocab_size if self.head_units is None else self.head_units
+        setattr(self, self.head_name,
+                keras.layers.Dense(units, dtype="float32", name=self.head_name))
+
+    @property
+    def head(self):
+        return getattr(self, self.head_name)
 
     def backbone_config(self):
         """The constructor arguments that describe the backbone."""

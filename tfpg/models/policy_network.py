@@ -30,16 +30,8 @@ class PolicyNetwork(BackboneModel):
     bos_id = 1
     eos_id = 2
     structural_ids = (0, 1)
-
-    def __init__(self, vocab_size, embedding_dim=128, hidden_dim=256, backbone="lstm",
-                 num_layers=1, num_heads=4, dropout=0.0, max_length=512, **kwargs):
-        super().__init__(vocab_size, embedding_dim, hidden_dim, backbone, num_layers,
-                         num_heads, dropout, max_length, **kwargs)
-        self.lm_head = keras.layers.Dense(vocab_size, dtype="float32", name="lm_head")
-
-    @property
-    def head(self):
-        return self.lm_head
+    head_name = "lm_head"           # the vocabulary projection: logits [..., V]
+    head_units = None
 
     def call(self, token_ids, padding_mask=None, training=None):
         """token_ids int [B, T] -> logits float32 [B, T, V]."""

@@ -64,15 +64,7 @@ class RewardNetwork(ScoreNormalization, BackboneModel):
     TensorShape([2])
     """
 
-    def __init__(self, vocab_size, embedding_dim=128, hidden_dim=256, backbone="lstm",
-                 num_layers=1, num_heads=4, dropout=0.0, max_length=512, **kwargs):
-        super().__init__(vocab_size, embedding_dim, hidden_dim, backbone, num_layers,
-                         num_heads, dropout, max_length, **kwargs)
-        self.score_head = keras.layers.Dense(1, dtype="float32", name="score_head")
-
-    @property
-    def head(self):
-        return self.score_head
+    head_name = "score_head"        # read at the last real token: one score a row
 
     @classmethod
     def from_policy(cls, policy, **kwargs):

@@ -20,15 +20,7 @@ class ValueNetwork(BackboneModel):
     >>> values = critic(tf.constant([[1, 7, 9]]))            # [1, 3]
     """
 
-    def __init__(self, vocab_size, embedding_dim=128, hidden_dim=256, backbone="lstm",
-                 num_layers=1, num_heads=4, dropout=0.0, max_length=512, **kwargs):
-        super().__init__(vocab_size, embedding_dim, hidden_dim, backbone, num_layers,
-                         num_heads, dropout, max_length, **kwargs)
-        self.value_head = keras.layers.Dense(1, dtype="float32", name="value_head")
-
-    @property
-    def head(self):
-        return self.value_head
+    head_name = "value_head"        # V(s_t): one value a position
 
     @classmethod
     def from_policy(cls, policy, **kwargs):
