@@ -36,6 +36,7 @@ import tensorflow as tf
 from tfpg.config import (RUNTIME_OPTIONS, TrainConfig, UsageError,
                          check_export_format, check_writable, flag)
 from tfpg.export import export_saved_model
+from tfpg.locking import write_json_atomically
 from tfpg.model_source import load_policy, new_policy
 from tfpg.text import Tokenizer
 
@@ -95,19 +96,9 @@ class RunState:
         write (UsageError, see `writing`) leaves both as they were."""
         values = dict(self.values, **updates)
         if self.writable:
-            tmp = self.path + ".tmp"
             with writing(self.path):
-                try:
-                    os.makedirs(self.directory, exist_ok=True)
-                    with open(tmp, "w") as f:
-                        json.dump(values, f, indent=2)
-                        f.flush()
-                        os.fsync(f.fileno())
-                    os.replace(tmp, self.path)
-                except OSError:
-                    with contextlib.suppress(OSError):
-                        os.remove(tmp)
-                    raise
+                os.makedirs(self.directory, exist_ok=True)
+                write_json_atomically(self.path, values, indent=2)
         self.values = values
 
 

@@ -312,6 +312,7 @@ def check_output(output, checkpoint_dir):
     file, a non-empty directory that is not a tfpg export) and a checkpoint
     directory holding something other than a tfpg run."""
     from tfpg.export import check_replaceable
+    from tfpg.locking import TMP_PREFIX
     try:
         check_replaceable(output)           # what the export will check at the end
     except ValueError as error:
@@ -319,7 +320,9 @@ def check_output(output, checkpoint_dir):
     if os.path.exists(checkpoint_dir):
         if not os.path.isdir(checkpoint_dir):
             raise UsageError(f"{checkpoint_dir} exists and is not a directory")
-        ours = ("state.json", "tokenizer.json", "pretrain", "finetune", ".tokenizer-")
+        # (".tokenizer-": the temporary files of tfpg <= 0.1's tokenizer writes)
+        ours = ("state.json", "tokenizer.json", "pretrain", "finetune", ".tokenizer-",
+                TMP_PREFIX)
         foreign = [name for name in os.listdir(checkpoint_dir)
                    if not name.startswith(ours)]
         if foreign:

@@ -82,7 +82,7 @@ import tensorflow as tf
 from tfpg import __version__, bounds, trust
 from tfpg.generation import (cache_bytes_per_token, decode_loop, policy_is_positional,
                              resolve_eos_id, resolve_sampler, sampling_suppress_ids)
-from tfpg.locking import output_lock, try_output_lock
+from tfpg.locking import output_lock, try_output_lock, write_json_atomically
 from tfpg.losses import token_log_probs
 from tfpg.text import Tokenizer, read_json_marker
 
@@ -289,7 +289,7 @@ def export_saved_model(policy, tokenizer, path, max_new_tokens=32, sampler="gree
                 "top_k": None if top_k is None else int(top_k),
                 "top_p": None if top_p is None else float(top_p),
                 "eos_id": None if eos_id is None else int(eos_id)}
-    path = _normalize(path)
+    path = normalize_path(path)
     check_replaceable(path)             # before anything is created
     if not policy.built:
         policy.build()
@@ -331,14 +331,14 @@ def write_directory(path, write, marker_file=METADATA_FILE, marker=None,
     Returns:
         `path`.
     """
-    path = _normalize(path)
+    path = normalize_path(path)
     with output_lock(path):
         recover(path)
         check_replaceable(path, marker_file, kind)  # a restored backup may differ
         tmp = path + TMP_SUFFIX + secrets.token_hex(4)
         try:
             write(tmp)
-            _write_json(os.path.join(tmp, marker_file), dict(
+            write_json_atomically(os.path.join(tmp, marker_file), dict(
                 marker or {}, manifest=trust.file_manifest(tmp, exclude=(marker_file,))))
             _move_into_place(tmp, path)
         except BaseException:
@@ -382,7 +382,7 @@ def recover(path):
     `tfpg.locking.OutputLockedError` when there is something to repair and another
     process holds it.
     """
-    path = _normalize(path)
+    path = normalize_path(path)
     if not _needs_recovery(path):
         return False
     with output_lock(path):
@@ -394,7 +394,7 @@ def recover_if_unlocked(path):
     taken there, e.g. a read-only directory): what readers (`load`) run, so that
     they never delete a live writer's `PATH.tmp-*`. Returns True when a backup was
     restored."""
-    path = _normalize(path)
+    path = normalize_path(path)
     if not _needs_recovery(path):
         return False            # the common case: no lock file is made at all
     with try_output_lock(path) as locked:
@@ -421,9 +421,9 @@ def _recover_locked(path):
     return restored
 
 
-def _normalize(path):
-    # normpath drops a trailing "/", which would otherwise put "PATH/.tfpg-backup"
-    # inside the export instead of beside it.
+def normalize_path(path):
+    """`path` as `write_directory` writes it: normpath drops a trailing "/", which
+    would otherwise put "PATH/.tfpg-backup" inside the directory instead of beside it."""
     return os.path.normpath(os.fspath(path))
 
 
@@ -445,13 +445,6 @@ def _move_into_place(tmp, path):
         os.rename(path, backup)
     os.rename(tmp, path)
     shutil.rmtree(backup, ignore_errors=True)
-
-
-def _write_json(path, payload):
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=1, ensure_ascii=False)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _read_export_info(path):
@@ -480,7 +473,7 @@ def read_export_info(path):
 
     Raises the same one-line errors as `load` for anything that is not a tfpg export.
     """
-    return _read_export_info(_normalize(path))
+    return _read_export_info(normalize_path(path))
 
 
 def load(path, trust_remote_code=False):
@@ -519,7 +512,7 @@ def load(path, trust_remote_code=False):
     >>> gen.generate(["3 + 4 ="])
     ['7']
     """
-    path = _normalize(path)
+    path = normalize_path(path)
     recover_if_unlocked(path)
     info = _read_export_info(path)
     trust.verify_model_directory(path, info, METADATA_FILE, "SavedModel", trust_remote_code,

@@ -17,17 +17,27 @@ the file is deleted when the lock is released: a writer that opened it just befo
 checks, once it holds the lock, that the file it locked is still the one at that
 path, and tries again otherwise.
 
+A single file is replaced whole (`write_file_atomically`, `write_json_atomically`:
+a temporary sibling, fsync, rename), so that a reader or a crash never sees half of
+it; a directory is replaced whole by `tfpg.export.write_directory`.
+
 Imports no TensorFlow.
 """
 
 import contextlib
 import fcntl
+import json
 import os
+import tempfile
 import threading
 
 from tfpg.config import UsageError
 
-__all__ = ["OutputLockedError", "output_lock", "lock_path", "try_output_lock"]
+__all__ = ["OutputLockedError", "output_lock", "lock_path", "try_output_lock",
+           "write_file_atomically", "write_json_atomically"]
+
+# The temporary sibling of a file being replaced (a crash may leave one behind).
+TMP_PREFIX = ".tfpg-write-"
 
 LOCK_SUFFIX = ".lock"
 _held = {}   # lock file path -> [fd, depth, directories made for it] of this process
@@ -36,6 +46,36 @@ _guard = threading.Lock()
 
 class OutputLockedError(UsageError):
     """Another process writes the output: the CLI exits 2 with this one line."""
+
+
+def write_file_atomically(path, contents):
+    """Replaces the file `path` with `contents` (str, UTF-8, or bytes) as one step:
+    written to a temporary sibling, flushed to disk, then renamed over `path`. A
+    reader sees the old file or the new one, never a part; on failure `path` is as it
+    was and the sibling is removed. The file gets the mode `open` would give it."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".tmp", dir=directory)
+    try:
+        # mkstemp makes the file 0600; give it the mode `open` would (0644 under the
+        # usual umask 022), like the other files of an output.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        data = contents.encode("utf-8") if isinstance(contents, str) else contents
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomically(path, payload, indent=1):
+    """`write_file_atomically` of `payload` as JSON (non-ASCII characters kept)."""
+    write_file_atomically(path, json.dumps(payload, ensure_ascii=False, indent=indent))
 
 
 def lock_path(output):

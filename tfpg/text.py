@@ -29,13 +29,13 @@ Text-handling rules shared by the Python and in-graph paths:
 import collections
 import json
 import os
-import tempfile
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from tfpg.hf.chat_template import ChatTemplateMixin
+from tfpg.locking import write_json_atomically  # noqa: F401 - also imported from here
 
 _FORMAT = "tfpg.Tokenizer"
 _VERSION = 1
@@ -371,27 +371,6 @@ def read_json_marker(path, format_name, version, marker, versioned, where=None):
         raise ValueError(f"{where or path}: unsupported {versioned} version "
                          f"{info.get('version')!r} (this tfpg reads version {version})")
     return info
-
-
-def write_json_atomically(path, payload, indent=1):
-    """Writes `payload` as JSON to `path` through a temp file + rename (a reader never
-    sees half a file)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tokenizer-", suffix=".tmp", dir=directory)
-    try:
-        # mkstemp makes the file 0600; give it the mode `open` would (0644 under
-        # the usual umask 022), like the other files of an export.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, ensure_ascii=False, indent=indent)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _split(text, level):

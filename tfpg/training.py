@@ -33,7 +33,6 @@ pretrain, TrainConfig, ...`).
 """
 
 import contextlib
-import json
 import math
 import os
 import sys
@@ -60,7 +59,7 @@ from tfpg.devices import (configure_cpu_devices, float32_copy, is_chief,  # noqa
 from tfpg.evaluation import evaluate_policy, format_table  # noqa: F401
 from tfpg.export import export_saved_model
 from tfpg.jobs import Job, check_prompt_lengths, load_reward, make_job  # noqa: F401
-from tfpg.locking import output_lock
+from tfpg.locking import output_lock, write_json_atomically
 from tfpg.model_source import load_policy, load_teacher, new_policy
 from tfpg.models import PolicyNetwork, ValueNetwork
 from tfpg.pretraining import (EpochProgress, LanguageModelTrainer, copy_policy,  # noqa: F401
@@ -284,14 +283,7 @@ def evaluate_and_export(run, agent):
                                               if job.conversational else None))
     path = os.path.join(run.output, "metrics.json")
     with writing(path):
-        try:
-            with open(path + ".tmp", "w") as f:
-                json.dump(metrics, f, indent=2)
-            os.replace(path + ".tmp", path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.remove(path + ".tmp")
-            raise
+        write_json_atomically(path, metrics, indent=2)
     return metrics
 
 

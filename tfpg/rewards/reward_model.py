@@ -198,13 +198,13 @@ class RewardModel(Reward):
         docstring); returns `directory`. A directory holding anything but a
         previous reward model is refused, and so is one that another process is
         writing (it holds `DIR.lock`)."""
-        from tfpg.export import _normalize, write_directory
+        from tfpg.export import normalize_path, write_directory
 
         tokenizer = self._require_tokenizer("save")
         if not isinstance(self.model, keras.Model):
             raise TypeError(f"RewardModel.save needs a keras.Model, got "
                             f"{type(self.model).__name__}")
-        directory = _normalize(directory)
+        directory = normalize_path(directory)
         check_replaceable(directory)
 
         def write(tmp):
@@ -231,10 +231,10 @@ class RewardModel(Reward):
         the op check. `trust_remote_code=True` skips the op check, for a graph you
         built yourself. `model.keras` is read in Keras' safe mode either way.
         """
-        from tfpg.export import _normalize, recover_if_unlocked
+        from tfpg.export import normalize_path, recover_if_unlocked
         from tfpg.text import Tokenizer
         import tfpg.models  # noqa: F401 - registers the tfpg layers for deserialising
-        directory = _normalize(directory)
+        directory = normalize_path(directory)
         recover_if_unlocked(directory)
         info = read_reward_model_info(directory)
         trust.verify_model_directory(
