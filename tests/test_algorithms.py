@@ -44,7 +44,7 @@ EXPECTED_METRICS = {
     "reinforce": COMMON,
     "scst": COMMON,
     "rloo": COMMON | {"zero_std_fraction"},
-    "grpo": COMMON | {"zero_std_fraction", "kl", "clip_fraction", "approx_kl",
+    "grpo": COMMON | {"zero_std_fraction", "kl", "kl_loss", "clip_fraction", "approx_kl",
                       "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean"},
     "a2c": COMMON | {"value_loss"},
     "ppo": COMMON | {"kl", "value_loss", "clip_fraction", "approx_kl", "clip_ratio/low_mean",
@@ -195,3 +195,100 @@ def test_run_eagerly_takes_the_same_update_steps_as_the_graph():
         weights.append(agent.policy.get_weights())
     for graph, eager in zip(*weights):
         np.testing.assert_allclose(graph, eager, atol=1e-5)
+
+
+# ------------------------------------------------------------------ metrics names
+
+def readme_metrics_table():
+    """{first-column cell: [names in it]} of the README's metrics table."""
+    with open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    table = text[text.index("| log | what | logged by |"):].split("\n\n")[0]
+    rows = [line.split(" | ")[0].lstrip("| ") for line in table.splitlines()[2:]]
+    return {row: __import__("re").findall(r"`([^`]+)`", row) for row in rows}
+
+
+def distill(policy, **options):
+    return tfpg.algorithms.OnPolicyDistillation(policy, tfpg.PolicyNetwork(VOCAB, 16, 32),
+                                                **options)
+
+
+TOOL_TOKENIZER = tfpg.Tokenizer.from_texts(["<calc> 1 + 2 </calc> 3"], level="word")
+# Each trainer and the options that change what it logs -> the logs, by hand.
+LOGGED = [
+    ("reinforce", {}, COMMON),
+    ("reinforce", {"baseline": "value", "value_model": True}, COMMON | {"value_loss"}),
+    ("scst", {"on_invalid_reward": "skip"}, COMMON | {"invalid_rewards"}),
+    ("rloo", {"group_size": 2, "kl_coef": 0.1}, COMMON | {"zero_std_fraction", "kl"}),
+    ("rloo", {"group_size": 2, "num_epochs": 2}, COMMON | {
+        "zero_std_fraction", "clip_fraction", "approx_kl", "clip_ratio/low_mean",
+        "clip_ratio/high_mean", "clip_ratio/region_mean"}),
+    ("grpo", {"group_size": 2}, EXPECTED_METRICS["grpo"]),
+    ("grpo", {"group_size": 2, "kl_coef": 0.0, "loss_type": "cispo", "entropy_coef": 0.01,
+              "off_policy_mask_threshold": 0.5},
+     COMMON | {"zero_std_fraction", "clip_fraction", "cispo_clip_ratio", "approx_kl",
+               "entropy_coef", "off_policy_masked_fraction"}),
+    ("grpo", {"group_size": 2, "kl_coef": 0.0, "loss_type": "vespo",
+              "use_adaptive_entropy": True},
+     COMMON | {"zero_std_fraction", "approx_kl", "vespo/phi_seq_mean", "entropy_coef"}),
+    ("a2c", {"value_model": True}, COMMON | {"value_loss"}),
+    ("ppo", {"value_model": True, "target_kl": 0.1}, EXPECTED_METRICS["ppo"] | {"kl_coef"}),
+    ("distill", {}, COMMON - {"reward", "reward_std"} | {"teacher_kl"}),
+    ("distill", {"reward_fn": count_fives}, COMMON | {"teacher_kl"}),
+    ("reinforce", {"reward_fn": tfpg.rewards.WeightedSum(
+        {"fives": (count_fives, 1.0), "long": (tfpg.rewards.Length(eos_id=None), 0.1)})},
+     COMMON | {"reward/fives", "reward/long"}),
+    ("ppo", {"value_model": True, "reward_fn": None, "max_turns": 2,
+             "env": tfpg.envs.ToolEnv({"calc": tfpg.envs.calculator}, TOOL_TOKENIZER)},
+     EXPECTED_METRICS["ppo"] | {"turns", "turn_length", "env_tokens", "env_time_fraction",
+                                "tool_calls", "tool_errors"}),
+]
+
+
+def logged_names(name, options):
+    options = dict(options)
+    if options.pop("value_model", False):
+        options["value_model"] = tfpg.ValueNetwork(VOCAB, 16, 32)
+    policy = tfpg.PolicyNetwork(options.pop("vocab", VOCAB), 16, 32)
+    if name == "distill":       # a task reward only where one is given
+        agent = distill(policy, **options)
+    else:
+        agent = ALGORITHMS[name](policy, options.pop("reward_fn", count_fives),
+                                 max_new_tokens=4, **options)
+    return {metric.name for metric in agent.metrics}
+
+
+def test_each_trainers_logs_are_the_readme_metrics_table():
+    """What each trainer logs (its `metrics`, the keys `train_step` returns), by hand,
+    and every name is a row of the README's metrics table; every row is logged by
+    one of these trainers (no stale names)."""
+    table = readme_metrics_table()
+    documented = {name for names in table.values() for name in names}
+    env_row = [row for row in table if "metric_names" in row][0]
+    seen = set()
+    for name, options, expected in LOGGED:
+        if "env" in options:
+            options = dict(options, vocab=TOOL_TOKENIZER.vocabulary_size)
+        logged = logged_names(name, options)
+        assert logged == expected, (name, options)
+        components = {n for n in logged if n.startswith("reward/")}
+        env_names = set(options["env"].metric_names) if "env" in options else set()
+        undocumented = logged - documented - components - env_names
+        assert not undocumented, (name, undocumented)
+        seen |= logged - components - env_names
+    assert documented - seen - {"reward/<name>", "metric_names", *table[env_row][1:]} == set()
+
+
+class Mystery(REINFORCE):
+    def loss_terms(self, minibatch, scores, values):
+        terms, metrics = super().loss_terms(minibatch, scores, values)
+        return terms, dict(metrics, mystery=scores.log_probs)
+
+
+def test_a_computed_statistic_that_is_not_logged_is_refused():
+    """A loss's statistic that is neither in `metric_names` nor declared unlogged
+    fails the step, naming it (no statistic is computed and silently dropped)."""
+    agent = Mystery(tfpg.PolicyNetwork(VOCAB, 16, 32), count_fives, max_new_tokens=3)
+    agent.compile(optimizer="sgd")
+    with pytest.raises(ValueError, match="computes 'mystery' but does not log it"):
+        agent.train_step({"prompt": tf.constant([[1, 4], [1, 6]])})

@@ -53,7 +53,7 @@ def test_loss_types_with_two_minibatches_match_trl(loss_type):
     rollout.update(agent.compute_advantages(rollout, batch))
     mask = rollout["loss_mask"].numpy()
     assert 0 < mask.sum() < mask.size                     # lengths differ (EOS)
-    minibatches = agent._minibatch_rows(rollout)
+    minibatches = agent.minibatch_rows(rollout)
     for index in range(2):
         minibatch = minibatches(tf.constant(index))
         _, _, logs = agent.loss_and_gradients(minibatch, tf.reduce_sum(rollout["loss_mask"]))
@@ -67,7 +67,7 @@ def test_loss_types_with_two_minibatches_match_trl(loss_type):
     rollout = agent.last_rollout
     advantages, mask = rollout["advantages"].numpy(), rollout["completion_mask"].numpy()
     agent.optimizer.iterations.assign(0)                  # the step's permutation again
-    minibatches = agent._minibatch_rows({"completion_mask": rollout["completion_mask"],
+    minibatches = agent.minibatch_rows({"completion_mask": rollout["completion_mask"],
                                          "row": tf.range(16)})
     rows = [minibatches(tf.constant(index))["row"].numpy() for index in range(2)]
     expected = np.mean([trl_loss(loss_type, advantages[r], mask[r], mask) for r in rows])

@@ -15,6 +15,7 @@ from tfpg import advantages as adv
 from tfpg import checkpoints
 from tfpg import losses as L
 from tfpg.algorithms import GRPO, PPO, RLOO
+from tfpg.algorithms.rollout import Rollout
 
 VOCAB, N = 8, 4
 PROMPTS = tf.constant([[1, 4], [1, 6]], tf.int32)
@@ -56,7 +57,7 @@ def hand_minibatch(agent):
     minibatch["old_log_probs"] = tf.constant((log_probs - SHIFT) * MASK)
     minibatch["ref_log_probs"] = tf.constant(
         (scores.temperature_log_probs.numpy() - REF_SHIFT) * MASK)
-    return minibatch, log_probs
+    return Rollout(**minibatch), log_probs
 
 
 def trl_per_token(options, log_probs):
@@ -211,9 +212,9 @@ def test_normalize_then_sum_and_standardize_by_hand():
     rewards = tf.constant([1.0, 0.0, 0.0, 0.0, 3.0, 1.0, 2.0, 2.0])
     agent = RLOO(tfpg.PolicyNetwork(VOCAB, 16, 32), lambda *a: rewards, group_size=4,
                  max_new_tokens=N, eos_id=2, normalize_advantages=True)
-    result = agent.compute_advantages({"token_rewards": tf.one_hot([0] * 8, N) * rewards[:, None],
-                                       "completion_mask": tf.ones([8, N]),
-                                       "valid": tf.ones([8])}, {})
+    result = agent.compute_advantages(Rollout(
+        token_rewards=tf.one_hot([0] * 8, N) * rewards[:, None],
+        completion_mask=tf.ones([8, N]), valid=tf.ones([8])), {})
     loo = adv.rloo_advantages(rewards, 4).numpy()
     np.testing.assert_allclose(result["advantages"].numpy()[:, 0],
                                (loo - loo.mean()) / (loo.std(ddof=1) + 1e-4), rtol=1e-5,
@@ -245,7 +246,7 @@ def optimizer_steps(agent, count):
     rollout, batch = agent.collect_rollout({"prompt": PROMPTS})
     rollout.update(agent.compute_advantages(rollout, batch))
     for _ in range(count):
-        agent._update_step(rollout)
+        agent.optimizer_step(rollout)
         yield
 
 
@@ -260,7 +261,7 @@ def test_adaptive_entropy_moves_a_checkpointed_coefficient(models, tmp_path):
     for _ in optimizer_steps(agent, 3):
         applied.append(float(agent.entropy_coefficient()))
     assert applied == pytest.approx([0.15, 0.18, 0.18])               # + delta, capped
-    assert float(agent._trackers["entropy_coef"].result()) == pytest.approx(0.17)
+    assert float({m.name: m for m in agent.metrics}["entropy_coef"].result()) == pytest.approx(0.17)
     assert any(v is agent.adaptive_entropy_coef
                for v in checkpoints.trainer_state(agent)["trainer"])
     # Entropy above the target: down by delta to the minimum, and the bonus is gated.

@@ -205,7 +205,7 @@ def test_sampled_log_probs_equal_the_trainers_scoring(presets):
     agent, dataset = grpo(policy, top_k=20, temperature=0.7)
     agent.compile(optimizer="sgd", jit_compile=False)
     batch = next(iter(dataset))
-    sampled = agent.sample(batch["prompt"], agent._sampling_seed(),
+    sampled = agent.sample(batch["prompt"], agent.sampling_seed(),
                            prompt_mask=batch["prompt_mask"])
     rollout = {"prompt_ids": batch["prompt"], "prompt_mask": batch["prompt_mask"],
                "completion_ids": sampled.token_ids, "completion_mask": sampled.mask}

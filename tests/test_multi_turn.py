@@ -252,7 +252,10 @@ def test_loss_gradient_is_exactly_zero_at_environment_tokens(algorithm):
     trainer = with_env(getattr(tfpg.algorithms, algorithm), policy,
                        ScriptedEnv(TOK, turn_end=";"), max_turns=3, **options)
     batch = prompts("go", "ok") if algorithm == "GRPO" else prompts("go", "ok", "go", "ok")
-    grads, rollout, episodes = multi_turn.gradients(trainer, batch)
+    trainer.compile(optimizer="sgd")
+    rollout, batch = trainer.collect_rollout(batch)
+    episodes = trainer.last_episodes
+    grads = trainer.rollout_gradients(rollout, batch)
     probe = [g for g, v in zip(grads, trainer.trainable_variables) if v is policy.delta][0]
     probe = tf.convert_to_tensor(probe).numpy()                          # [rows, width, V]
     start = episodes.prompt_ids.shape[1] - 1      # the logits that predict completion 0
@@ -326,10 +329,8 @@ def test_trajectory_scoring_reproduces_the_sampled_log_probs(backbone):
                        max_new_tokens=3, top_k=6, kl_coef=0.0, seed=1,
                        value_model=tfpg.ValueNetwork(TOK.vocabulary_size, 8, 8))
     trainer.compile(optimizer="sgd")
-    _, episodes = multi_turn.sample_episodes(
-        trainer, prompts("say a", "say b c", "say c a b"))
-    rollout, _ = multi_turn.rollout_tensors(episodes)
-    rollout = multi_turn.score_rollout(trainer, rollout)
+    rollout, _ = trainer.collect_rollout(prompts("say a", "say b c", "say c a b"))
+    episodes = trainer.last_episodes
     mask = episodes.policy_mask > 0
     assert mask.sum() > 10 and (episodes.completion_mask > episodes.policy_mask).any()
     np.testing.assert_allclose(rollout["old_log_probs"].numpy()[mask],
@@ -354,6 +355,49 @@ def test_every_algorithm_takes_a_multi_turn_step(algorithm, options):
     assert all(np.isfinite(v) for v in logs.values()), logs
     assert logs["turns"] == 3.0 and logs["env_tokens"] == 4.0     # 2 replies of 2 words
     assert not np.allclose(policy.w.numpy(), before)
+
+
+def mixed_precision_ppo(policy_name, env, weights=None):
+    """A multi-turn PPO (one epoch) built under the dtype policy `policy_name`,
+    SGD(0.5) (a LossScaleOptimizer under mixed_float16), with `weights`."""
+    keras.mixed_precision.set_global_policy(policy_name)
+    try:
+        keras.utils.set_random_seed(0)
+        trainer = with_env(tfpg.algorithms.PPO, tfpg.PolicyNetwork(TOK.vocabulary_size, 16, 32),
+                           env, max_turns=2, max_new_tokens=2, num_epochs=1, kl_coef=0.05,
+                           value_model=tfpg.ValueNetwork(TOK.vocabulary_size, 16, 32))
+        trainer.compile(optimizer=keras.optimizers.SGD(0.5))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    for variable, value in zip(trainer.trainable_variables, weights or ()):
+        variable.assign(value)
+    return trainer
+
+
+def test_a_mixed_float16_multi_turn_step_equals_the_float32_step():
+    """Under mixed_float16 the loss is scaled (2^15 at first): the multi-turn path
+    must unscale the gradients as the single-turn one does (it did not: they came
+    out 32768 times too large). Both trainers score the same episodes."""
+    reference = mixed_precision_ppo("float32", EchoEnv(TOK))
+    weights = [v.numpy() for v in reference.trainable_variables]
+    half = mixed_precision_ppo("mixed_float16", EchoEnv(TOK), weights)
+    assert isinstance(half.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert half.policy.dtype_policy.name == "mixed_float16"
+    batch = {"prompt": np.array([[1, ID["say"], ID[w]] for w in WORDS3], np.int32)}
+    fixed = reference.sample_episodes(batch)           # one draw of episodes for both
+    for trainer in (reference, half):
+        object.__setattr__(trainer, "sample_episodes", lambda batch, seed=None: fixed)
+
+    def close(got, want):
+        got, want = (np.concatenate([tf.convert_to_tensor(g).numpy().ravel() for g in x])
+                     for x in (got, want))
+        scale = np.abs(want).max()
+        assert scale > 1e-3 and np.abs(got - want).max() <= 2e-2 * scale, \
+            (np.abs(got - want).max(), scale)
+
+    # The step's gradients (`apply_gradients` then treats both alike: tested in
+    # test_distributed.py, clipping under loss scaling).
+    close(half.gradients(batch), reference.gradients(batch))
 
 
 class RewardPerStep(keras.callbacks.Callback):

@@ -50,7 +50,7 @@ def test_minibatch_order_is_independent_of_the_sampled_tokens():
         agent = compiled(GRPO(tfpg.PolicyNetwork(64, 8, 8), count_fives, group_size=4,
                               max_new_tokens=2, eos_id=None, seed=seed, num_minibatches=2))
         rollout, _ = agent.collect_rollout({"prompt": tf.constant([[1, 9]] * 4)})   # 16 rows
-        minibatches = agent._minibatch_rows(rollout)
+        minibatches = agent.minibatch_rows(rollout)
         first = [minibatches(tf.constant(i))["completion_ids"][:, 0].numpy() for i in (0, 1)]
         assert sorted(np.concatenate(first)) == sorted(rollout["completion_ids"][:, 0].numpy())
         separated.append(first[0].max() <= first[1].min())
@@ -170,13 +170,13 @@ def test_uneven_minibatches_are_never_empty():
     rows = tf.range(6)
     rollout = {"row": rows, "completion_ids": tf.zeros([6, 3], tf.int32),
                "completion_mask": tf.ones([6, 3])}
-    minibatch = agent._minibatch_rows(rollout)
+    minibatch = agent.minibatch_rows(rollout)
     for epoch in range(2):
         parts = [minibatch(tf.constant(epoch * 4 + i))["row"].numpy() for i in range(4)]
         assert sorted(len(part) for part in parts) == [1, 1, 2, 2]
         assert sorted(np.concatenate(parts)) == list(range(6))
     with pytest.raises(ValueError, match="num_minibatches"):
-        agent._minibatch_rows({key: value[:3] for key, value in rollout.items()})
+        agent.minibatch_rows({key: value[:3] for key, value in rollout.items()})
 
 
 def test_pad_and_bos_are_never_sampled():

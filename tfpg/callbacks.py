@@ -152,9 +152,9 @@ class RewardLogger(_GlobalStep):
     """Logs reward statistics from the `fit` logs to CSV and TensorBoard.
 
     Every numeric scalar in the logs is recorded under its own name: the trainers'
-    `reward`, `reward_std`, `reward_min`, `reward_max`, `kl`, `entropy`,
-    `completion_length`, `truncated_fraction`, `reward/<component>`, losses, and
-    `val_*` entries at epoch end.
+    `reward`, `reward_std`, `kl`, `entropy`, `completion_length`,
+    `truncated_fraction`, `reward/<component>`, losses (the README's metrics table
+    lists them all), and `val_*` entries at epoch end.
 
     The TensorBoard step is always the global train step (also that of
     `SampleLogger`'s tables), and each value is written once:

@@ -17,14 +17,15 @@ order, right-padded (`completion_ids`), with `completion_mask` 1 on every real t
 and `policy_mask` 1 on the policy's tokens only (the loss mask); each turn's reward
 sits on its last policy token (`token_rewards`).
 
-With `env=` a trainer of `tfpg.algorithms` runs `train_step` this way (see
-`train_step` below): the rollout in Python, eagerly, with the compiled per-turn
-generation; then one `tf.function` scores the trajectories (old log-probs, reference
-KL, values, over the whole trajectory in one forward pass), computes the
-algorithm's advantages over policy tokens only and runs its update. Environment
-tokens are context for the model but carry no action: their log-probs, KL,
-entropy, values and advantages are masked out of every loss term, so the gradient
-of the loss with respect to the logits that predict them is exactly zero.
+With `env=` these episodes are the rollout source of a trainer of
+`tfpg.algorithms` (`tfpg.algorithms.episodes`): the rollout in Python, eagerly, with
+the compiled per-turn generation; then the trainer's own single-turn path, as one
+`tf.function`, scores the trajectories (old log-probs, reference KL, values, over
+the whole trajectory in one forward pass), computes the algorithm's advantages over
+policy tokens only and runs its update. Environment tokens are context for the
+model but carry no action: their log-probs, KL, entropy, values and advantages are
+masked out of every loss term, so the gradient of the loss with respect to the
+logits that predict them is exactly zero.
 """
 
 import json
@@ -34,7 +35,6 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from tfpg import advantages as adv
 from tfpg.data import MESSAGES_COLUMN, encode_prompt, is_conversation
 from tfpg.generation import generate, policy_is_positional
 from tfpg.turn_env import as_numpy_batch
@@ -328,24 +328,6 @@ def check_env(env, max_turns, reward_fn, algorithm=None):
     return int(max_turns)
 
 
-def sample_episodes(trainer, batch, seed=None):
-    """The trainer's episodes of a prompt batch (groups repeated, trainer's sampling).
-
-    Returns (numpy batch with `group_size` copies of each row, `Episodes`).
-    """
-    batch = as_numpy_batch(batch if isinstance(batch, dict) else {"prompt": batch})
-    if trainer.group_size > 1:
-        batch = {key: np.repeat(value, trainer.group_size, axis=0)
-                 for key, value in batch.items()}
-    seed = trainer._sampling_seed() if seed is None else seed
-    episodes = rollout_episodes(
-        trainer.policy, trainer.env, batch, trainer.max_turns, trainer.max_new_tokens,
-        sampler=trainer.sampler, temperature=trainer.temperature, top_k=trainer.top_k,
-        top_p=trainer.top_p, suppress_ids=trainer.sampled_suppress_ids, seed=seed,
-        jit_compile=bool(getattr(trainer, "jit_decode", False)))
-    return batch, episodes
-
-
 def episode_rewards(token_rewards, on_invalid):
     """Non-finite env rewards per `on_invalid` ("raise" / "zero" / "skip").
 
@@ -361,121 +343,6 @@ def episode_rewards(token_rewards, on_invalid):
     if on_invalid == "skip":
         valid[invalid] = 0.0
     return np.where(finite, token_rewards, 0.0).astype(np.float32), valid, int(invalid.sum())
-
-
-def rollout_tensors(episodes, on_invalid="raise"):
-    """The trainers' rollout dict of one batch of `Episodes` (tensors).
-
-    `completion_mask` is 1 on every real token (the model's padding: env replies
-    are context) and `loss_mask` on policy tokens of valid rows only (the actions).
-    """
-    token_rewards, valid, invalid = episode_rewards(episodes.token_rewards, on_invalid)
-    rollout = {
-        "prompt_ids": episodes.prompt_ids,
-        "prompt_mask": episodes.prompt_mask.astype(bool),
-        "completion_ids": episodes.completion_ids,
-        "completion_mask": episodes.completion_mask,
-        "loss_mask": episodes.policy_mask * valid[:, None],
-        "policy_mask": episodes.policy_mask,
-        "token_rewards": token_rewards,
-        "scores": token_rewards.sum(axis=1),
-        "valid": valid,
-    }
-    return {key: tf.constant(value) for key, value in rollout.items()}, invalid
-
-
-def score_rollout(trainer, rollout):
-    """Adds old log-probs (and support), reference log-probs / KL and values to
-    `rollout`, in one forward pass of each model over the whole trajectories."""
-    trajectory = (rollout["prompt_ids"], rollout["completion_ids"],
-                  rollout["completion_mask"], rollout["prompt_mask"])
-    mask = rollout["policy_mask"]
-    rollout.update(trainer.score_rollout(rollout, mask))
-    if "kl" in rollout and trainer.kl_in_reward:
-        rollout["token_rewards"] -= trainer.kl_coef * rollout["kl"]
-    if trainer.value_model is not None:
-        rollout["values"] = trainer.completion_values(*trajectory) * mask
-    return rollout
-
-
-def _update_function(trainer, rollout):
-    """The trainer's compiled score -> advantages -> update of one rollout (traced
-    once per set of rollout keys: every length is dynamic)."""
-    functions = trainer.__dict__.setdefault("_episode_update", {})
-    key = tuple(sorted(rollout))
-    if key not in functions:
-        spec = {name: tf.TensorSpec([None] * value.shape.rank, value.dtype)
-                for name, value in rollout.items()}
-
-        def update(rollout):
-            rollout = score_rollout(trainer, dict(rollout))
-            # Advantages over the actions only: env tokens are no steps of the
-            # recursions (returns, GAE), nor carry any advantage.
-            actions = dict(rollout, completion_mask=rollout["loss_mask"])
-            rollout.update(trainer.compute_advantages(actions, {}))
-            trainer.update(rollout)
-            kl = rollout.get("kl")
-            return rollout["advantages"], (tf.reduce_sum(kl, axis=1) if kl is not None
-                                           else tf.zeros([0]))
-
-        functions[key] = tf.function(update, input_signature=[spec],
-                                     jit_compile=False, reduce_retracing=True)
-    return functions[key]
-
-
-def train_step(trainer, data):
-    """A trainer's `train_step` with `env=` (eager: called with run_eagerly=True)."""
-    if tf.distribute.get_strategy().num_replicas_in_sync > 1:
-        raise ValueError("multi-turn episodes (env=) run on one device: the env is "
-                         "Python, outside the replicas")
-    started = time.perf_counter()
-    _, episodes = sample_episodes(trainer, data)
-    rollout, invalid = rollout_tensors(episodes, trainer.on_invalid_reward)
-    advantages, sequence_kl = _update_function(trainer, rollout)(rollout)
-    seconds = time.perf_counter() - started
-    valid = rollout["valid"]
-    policy_tokens = episodes.policy_mask.sum(axis=1)
-    mean, mean_square, count = trainer._global_moments(rollout["scores"], valid)
-    values = {
-        "reward": mean,
-        "reward_std": tf.sqrt(tf.maximum(mean_square - mean ** 2, 0.0)),
-        "completion_length": policy_tokens,
-        "truncated_fraction": (~episodes.done).astype(np.float32),
-        "turns": episodes.turns.astype(np.float32),
-        "turn_length": policy_tokens / np.maximum(episodes.turns, 1),
-        "env_tokens": (episodes.completion_mask - episodes.policy_mask).sum(axis=1),
-        "env_time_fraction": episodes.env_seconds / max(seconds, 1e-9),
-        "invalid_rewards": float(invalid),
-        **trainer.env.episode_metrics(),
-    }
-    if sequence_kl.shape[0]:
-        values["kl"] = sequence_kl
-    if trainer.group_size > 1:
-        _, values["zero_std_fraction"] = adv.group_normalized_advantages(
-            rollout["scores"], trainer.group_size, valid=valid)
-    trainer._record(values)
-    if trainer.target_kl is not None:
-        trainer._update_kl_coef(sequence_kl, count)
-    for key, value in (("scores", rollout["scores"]), ("advantages", advantages),
-                       ("completion_mask", rollout["loss_mask"])):
-        trainer._last_rollout[key].assign(value)
-    object.__setattr__(trainer, "last_episodes", episodes)
-    return trainer.finalize_logs({tracker.name: tracker.result()
-                                  for tracker in trainer.metrics})
-
-
-def gradients(trainer, batch, seed=None):
-    """Gradients of one multi-turn rollout's loss w.r.t. `trainable_variables`
-    (no update), and the rollout: for analysis and tests."""
-    if getattr(trainer, "optimizer", None) is None:
-        trainer.compile(optimizer="sgd")
-    _, episodes = sample_episodes(trainer, batch, seed)
-    rollout, _ = rollout_tensors(episodes, trainer.on_invalid_reward)
-    rollout = score_rollout(trainer, rollout)
-    rollout.update(trainer.compute_advantages(
-        dict(rollout, completion_mask=rollout["loss_mask"]), {}))
-    _, grads, _ = trainer.loss_and_gradients(rollout)
-    return grads, rollout, episodes
 
 
 # ------------------------------------------------------------- text episodes

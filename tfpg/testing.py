@@ -128,7 +128,7 @@ def replay_fixed_rollout(trainer, batch, completion_ids, completion_mask, steps=
     results = []
     for step in range(steps):
         if step:
-            trainer._apply(gradients)
+            trainer.apply_gradients(gradients)
         total, gradients, logs = trainer.loss_and_gradients(rollout)
         trainer.after_update(logs)
         results.append((float(total), [None if g is None else tf.convert_to_tensor(g)

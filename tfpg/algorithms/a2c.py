@@ -34,7 +34,7 @@ class A2C(PolicyGradientTrainer):
 
     def compute_advantages(self, rollout, batch):
         advantages, returns = adv.generalized_advantage_estimation(
-            rollout["token_rewards"], rollout["values"], rollout["completion_mask"],
+            rollout.token_rewards, rollout.values, rollout.completion_mask,
             self.gamma, self.gae_lambda)
         return {"advantages": advantages, "returns": returns}
 

@@ -2,13 +2,16 @@
 
 One `train_step` is:
 
-1. rollout: sample completions of the batch's prompts in-graph (`group_size` per
-   prompt), score them with the reward, and record the log-probs, reference log-probs
-   and values the update needs (`collect_rollout`);
-2. advantages: the algorithm's own `compute_advantages`;
+1. rollout (`collect_rollout`, a `tfpg.algorithms.rollout.Rollout`): the rollout
+   source samples completions of the batch's prompts in-graph (`group_size` per
+   prompt) and scores them with the reward, or, with `env=`, plays multi-turn
+   episodes (`tfpg.algorithms.episodes`) (`sample_rollout`); then the log-probs,
+   reference log-probs and values the update needs are added (`score_rollout`) and
+   the rollout's logs recorded (`record_rollout_metrics`);
+2. advantages: the algorithm's own `compute_advantages` (`learn`);
 3. update: `num_epochs` passes of `num_minibatches` minibatches over the rollout, each
    a forward pass under `tf.GradientTape`, the algorithm's `loss_terms`, gradient
-   clipping by global norm and `optimizer.apply`.
+   clipping by global norm and `optimizer.apply` (`update`).
 
 An algorithm subclass only says how advantages are made and which per-token losses it
 minimises. Everything that touches distribution (loss scaling, cross-replica
@@ -29,6 +32,8 @@ from tfpg import advantages as adv
 from tfpg import bounds
 from tfpg import losses
 from tfpg import multi_turn
+from tfpg.algorithms import episodes
+from tfpg.algorithms.rollout import Rollout, as_rollout, truncated_completions
 from tfpg.distribution import (DistributedFitMixin, apply_gradients, cross_replica_sum,
                                is_loss_scale_optimizer, num_replicas, replica_rows,
                                scale_loss)
@@ -45,23 +50,18 @@ from tfpg.xla import in_xla_context, resolve_jit_compile
 MINIBATCH_STREAM = 0x6D696E69   # "mini"
 # Seconds a Python reward (`PythonReward`) may take per call, by default.
 DEFAULT_REWARD_TIMEOUT = 600.0
-
-
-def sequence_return(rollout):
-    """Total reward of each completion, any KL penalty in the reward included: [B]."""
-    return tf.reduce_sum(rollout["token_rewards"] * rollout["completion_mask"], axis=1)
-
-
-def truncated_completions(rollout, max_new_tokens, eos_id):
-    """float32 [B]: 1 for completions that hit `max_new_tokens` without ending in EOS
-    (every full-length one when `eos_id` is None)."""
-    lengths = tf.reduce_sum(rollout["completion_mask"], axis=1)                # [B]
-    truncated = tf.cast(lengths >= max_new_tokens, tf.float32)
-    if eos_id is not None:
-        last = tf.gather(rollout["completion_ids"],
-                         tf.maximum(tf.cast(lengths, tf.int32) - 1, 0), batch_dims=1)
-        truncated *= tf.cast(tf.not_equal(last, eos_id), tf.float32)
-    return truncated
+# What a step computes and deliberately does not log, and why. Every other value a
+# step records must be one of `metric_names()` (`_record` refuses it otherwise), so no
+# loss term or statistic is computed and silently dropped.
+UNLOGGED = frozenset({
+    # The entropy bonus's own mean (over the policy term's tokens): `entropy` is
+    # logged, and this equals it unless GRPO's `top_entropy_quantile` < 1; GRPO's
+    # adaptive controller reads it and logs its result, `entropy_coef`.
+    "bonus_entropy",
+    # With on_invalid_reward="raise" a step with an invalid reward fails: the count
+    # is always 0 (logged with "zero" / "skip").
+    "invalid_rewards",
+})
 
 
 def _check_values(policy, max_new_tokens, kl_coef, target_kl, reward_timeout):
@@ -149,7 +149,8 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
             `tfpg.envs.ToolEnv`) for multi-turn episodes: the env gives the rewards
             (pass `reward_fn=None`), `max_new_tokens` is the budget of one turn, the
             rollout runs in Python between compiled turns and the update in a
-            tf.function (see `tfpg.multi_turn`). Python objects: not in `get_config`.
+            tf.function (see `tfpg.algorithms.episodes`). Python objects: not in
+            `get_config`.
         max_turns: policy turns per episode with `env` (default 4).
         head_chunk_size: completion positions the vocabulary projection (and the
             softmax, entropy, KL inputs) runs on at once in the update and the
@@ -177,7 +178,7 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
     # corrects for the policy having moved (a clipped importance ratio).
     reuses_rollouts = False
     min_group_size = 1
-    supports_env = True        # multi-turn episodes (env=); see tfpg.multi_turn
+    supports_env = True        # multi-turn episodes (env=); see tfpg.algorithms.episodes
 
     def __init__(self, policy, reward_fn, value_model=None, reference_model=None,
                  max_new_tokens=32, sampler="sample", temperature=1.0, top_k=None,
@@ -295,7 +296,7 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
                                  "jit_compile=True (the whole step in XLA) cannot "
                                  "hold them; use 'auto' or False")
             # The env is Python: train_step runs eagerly (each turn's generation
-            # and the update are still tf.functions, see tfpg.multi_turn).
+            # and the update are still tf.functions, see tfpg.algorithms.episodes).
             kwargs["run_eagerly"] = True
         super().compile(optimizer=optimizer, jit_compile=jit_compile is True, **kwargs)
         # Build the optimizer's slots now: created during the first trace of the
@@ -326,18 +327,28 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
                   getattr(self.reward_fn, "weighted_components", None) or ()]
         return names
 
+    def unlogged_metrics(self):
+        """The names a step computes and deliberately does not log (`UNLOGGED`)."""
+        return UNLOGGED
+
     @property
     def metrics(self):
         return list(self._trackers.values())
 
     def _record(self, values):
+        """Adds `values` (name -> scalar or [B] values) to the step's logs; a name
+        that is neither logged (`metric_names`) nor in `UNLOGGED` is refused."""
         for name, value in values.items():
             if name in self._trackers:
                 self._trackers[name].update_state(value)
+            elif name not in self.unlogged_metrics():
+                raise ValueError(f"{type(self).__name__} computes {name!r} but does not "
+                                 "log it: add it to metric_names() (and the README's "
+                                 "metrics table) or to unlogged_metrics()")
 
     # ----------------------------------------------------------------- rollout
 
-    def _sampling_seed(self):
+    def sampling_seed(self):
         """A fresh [2] seed per optimizer step, reproducible from `seed`."""
         step = tf.cast(self.optimizer.iterations, tf.int32)
         return tf.stack([tf.constant(self.seed, tf.int32), step])
@@ -414,10 +425,11 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         recomputed from the updated policy. `outputs`: `score_tokens`' flags
         (entropy, temperature_log_probs, keep_support, entropy_gradient).
         """
+        rollout = as_rollout(rollout)
         hidden, head = self.completion_hidden(
-            model, rollout["prompt_ids"], rollout["completion_ids"],
-            rollout["completion_mask"], rollout.get("prompt_mask"))
-        scores = score_tokens(head, hidden, rollout["completion_ids"],
+            model, rollout.prompt_ids, rollout.completion_ids, rollout.completion_mask,
+            rollout.prompt_mask)
+        scores = score_tokens(head, hidden, rollout.completion_ids,
                               sampling or self.sampling, support,
                               chunk_size=self.head_chunk_size,
                               vocab_size=getattr(model, "vocab_size", None), **outputs)
@@ -441,7 +453,7 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         scores = self.score_completions(self.policy, rollout, mask,
                                         keep_support=self.keeps_support,
                                         temperature_log_probs=with_reference)
-        scored = {"old_log_probs": scores.log_probs}
+        scored = {"old_log_probs": scores.log_probs}     # fields of the `Rollout`
         if scores.support is not None:
             scored["support"] = scores.support
         if with_reference:
@@ -463,12 +475,27 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         (and the policy side of the KL). With one update per rollout and no reference
         it need not: the update's forward uses the same weights, so its log-probs are
         the behaviour log-probs (ratio 1, as TRL's num_iterations=1) and one forward
-        pass of the step is saved."""
+        pass of the step is saved. Episodes (`env=`) are always scored: their
+        trajectories, in one pass, are what the update reads (the turns were sampled
+        from left-padded contexts of their own)."""
         return (self.num_epochs * self.num_minibatches > 1
-                or self.reference_model is not None)
+                or self.reference_model is not None or self.env is not None)
 
-    def collect_rollout(self, batch):
-        """Samples, scores and annotates completions. Returns a dict of [B, ...] tensors."""
+    def sample_rollout(self, batch):
+        """The rollout source: samples the batch's prompts (`group_size` copies of
+        each) and rewards them; with `env=` plays one episode per row instead
+        (`tfpg.algorithms.episodes`, eager). Records the source's own logs (reward
+        components, invalid rewards; turn statistics with an env).
+
+        Returns (`Rollout` with its sampled fields, the batch with the group copies).
+        """
+        if self.env is not None:
+            batch, played = self.sample_episodes(batch)
+            # The last episodes, for callbacks (SampleLogger's transcripts).
+            object.__setattr__(self, "last_episodes", played)
+            rollout, invalid = episodes.episode_rollout(played, self.on_invalid_reward)
+            self._record(episodes.episode_metrics(self.env, played, invalid))
+            return rollout, batch
         if self.group_size > 1:
             # Groups are made here, inside the step, so no shuffle can split one.
             batch = {key: tf.repeat(value, self.group_size, axis=0)
@@ -478,60 +505,82 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         check_decode_size(self.policy, prompt_ids.shape[0], prompt_ids.shape[1],
                           self.max_new_tokens)
         prompt_mask = self.prompt_mask(prompt_ids, batch.get("prompt_mask"))   # [B, P]
-        generated = self.sample(prompt_ids, self._sampling_seed(), prompt_mask=prompt_mask)
+        generated = self.sample(prompt_ids, self.sampling_seed(), prompt_mask=prompt_mask)
         completion_ids, mask = generated.token_ids, generated.mask
         completion_ids.set_shape([None, self.max_new_tokens])
         mask.set_shape([None, self.max_new_tokens])
 
         scored = compute_rewards(self.reward_fn, prompt_ids, completion_ids, mask, batch,
                                  self.on_invalid_reward, self.reward_timeout)
-        rollout = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
-                   "completion_ids": completion_ids,
-                   "completion_mask": mask, "loss_mask": mask * scored.valid[:, None],
-                   "scores": scored.rewards, "valid": scored.valid}
+        rollout = Rollout(
+            prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
+            completion_mask=mask, loss_mask=mask * scored.valid[:, None],
+            scores=scored.rewards, valid=scored.valid,
+            token_rewards=adv.sequence_score_to_token_rewards(scored.rewards, mask))
+        rollout.truncated = truncated_completions(rollout, self.max_new_tokens, self.eos_id)
         if self.uses_reward_components:
             # [B, C]: each objective of a WeightedSum, unweighted, in its order.
-            rollout["reward_components"] = tf.stack(
+            rollout.reward_components = tf.stack(
                 [scored.components[name] for name, _, _ in self.reward_fn.weighted_components],
                 axis=1)
-        if self.scores_rollout:
-            rollout.update(self.score_rollout(rollout, mask))
         self._record(scored.metrics())
-
-        token_rewards = adv.sequence_score_to_token_rewards(scored.rewards, mask)
-        if "kl" in rollout and self.kl_in_reward:
-            token_rewards -= self.kl_coef * rollout["kl"]
-        rollout["token_rewards"] = token_rewards                             # [B, N]
-        if self.value_model is not None:
-            # After the scoring passes (see `score_rollout`): one trunk at a time.
-            with tf.control_dependencies([rollout[key] for key in ("old_log_probs", "kl")
-                                          if key in rollout]):
-                rollout["values"] = self.completion_values(prompt_ids, completion_ids,
-                                                           mask, prompt_mask)
-        self._record_rollout_metrics(rollout, scored)
         return rollout, batch
 
-    def _record_rollout_metrics(self, rollout, scored):
-        mask = rollout["completion_mask"]
-        lengths = tf.reduce_sum(mask, axis=1)                                 # [B]
-        scores = rollout["scores"]
-        truncated = truncated_completions(rollout, self.max_new_tokens, self.eos_id)
-        valid = scored.valid
+    def sample_episodes(self, batch, seed=None):
+        """With `env=`: (the numpy batch with `group_size` copies of each row, the
+        `tfpg.multi_turn.Episodes` played with the trainer's sampling options)."""
+        return episodes.sample_episodes(self, batch, seed)
+
+    def finish_rollout(self, rollout):
+        """Scores a sampled rollout in place (`score_rollout` where `scores_rollout`,
+        the KL penalty in the token rewards where `kl_in_reward`, the critic's
+        values) and records its logs (`record_rollout_metrics`). Returns it."""
+        mask = rollout.action_mask
+        if self.scores_rollout:
+            rollout.update(self.score_rollout(rollout, mask))
+        if rollout.kl is not None and self.kl_in_reward:
+            rollout.token_rewards -= self.kl_coef * rollout.kl                # [B, N]
+        if self.value_model is not None:
+            # After the scoring passes (see `score_rollout`): one trunk at a time.
+            with tf.control_dependencies([value for value in (rollout.old_log_probs,
+                                                              rollout.kl)
+                                          if value is not None]):
+                values = self.completion_values(rollout.prompt_ids, rollout.completion_ids,
+                                                rollout.completion_mask, rollout.prompt_mask)
+            if rollout.policy_mask is not None:     # env tokens: no state of the policy's
+                values *= rollout.policy_mask
+            rollout.values = values
+        self.record_rollout_metrics(rollout)
+        return rollout
+
+    def collect_rollout(self, batch):
+        """Samples (`sample_rollout`), scores and records a rollout (`finish_rollout`).
+
+        Returns (`Rollout` of [B, ...] tensors, the batch with the group copies).
+        """
+        rollout, batch = self.sample_rollout(batch)
+        return self.finish_rollout(rollout), batch
+
+    def record_rollout_metrics(self, rollout):
+        """Records the rollout's logs: reward mean and std over valid rows (all
+        replicas), completion length (the policy's tokens), truncated fraction, KL
+        per sequence, zero-std groups; adapts `kl_coef` towards `target_kl`."""
+        scores, valid = rollout.scores, rollout.valid
         reward_mean, reward_sq, count = self._global_moments(scores, valid)
         values = {
             "reward": reward_mean,
             "reward_std": tf.sqrt(tf.maximum(reward_sq - reward_mean ** 2, 0.0)),
-            "completion_length": lengths,
-            "truncated_fraction": truncated,
+            "completion_length": tf.reduce_sum(rollout.action_mask, axis=1),   # [B]
+            "truncated_fraction": rollout.truncated,
         }
-        if "kl" in rollout:
-            values["kl"] = tf.reduce_sum(rollout["kl"], axis=1)              # per sequence
+        if rollout.kl is not None:
+            values["kl"] = tf.reduce_sum(rollout.kl, axis=1)                 # per sequence
         if self.group_size > 1:
             _, values["zero_std_fraction"] = adv.group_normalized_advantages(
                 scores, self.group_size, valid=valid)                        # per group
         self._record(values)
         if self.target_kl is not None:
-            self._update_kl_coef(tf.reduce_sum(rollout["kl"], axis=1), count)
+            self._update_kl_coef(values["kl"], count)
 
     def _global_moments(self, values, weights):
         """Weighted mean and mean of squares of values [B] over all replicas."""
@@ -587,19 +636,20 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
 
     def entropy_bonus_mask(self, minibatch, scores):
         """float32 [b, N]: the tokens the entropy bonus averages over (the loss mask)."""
-        return minibatch["loss_mask"]
+        return minibatch.loss_mask
 
     def after_update(self, logs):
         """Runs after each optimizer step with the step's logs (controllers)."""
+        return None     # a body autograph can convert (a docstring alone is not)
 
     def policy_gradient_term(self, minibatch, log_probs):
         """-A_t log pi(a_t | s_t): the REINFORCE term (advantages are constants)."""
-        per_token = -tf.stop_gradient(minibatch["advantages"]) * log_probs
+        per_token = -tf.stop_gradient(minibatch.advantages) * log_probs
         return per_token, 1.0, self.loss_aggregation
 
     def value_term(self, minibatch, values, clip_range=None):
-        per_token = losses.value_loss(values, minibatch["returns"],
-                                      minibatch.get("values"), clip_range)
+        per_token = losses.value_loss(values, minibatch.returns, minibatch.values,
+                                      clip_range)
         return per_token, self.value_coef, "token_mean"
 
     # ------------------------------------------------------------------ update
@@ -626,22 +676,24 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         The gradients are of the loss times the loss scale under a
         `LossScaleOptimizer` (mixed_float16), as `optimizer.apply` expects them.
         """
-        mask = minibatch["loss_mask"]
+        minibatch = as_rollout(minibatch)
+        mask = minibatch.loss_mask
         with tf.GradientTape() as tape, gradient_checkpointing(self.gradient_checkpointing):
             scores = self.score_completions(
-                self.policy, minibatch, mask, support=minibatch.get("support"),
+                self.policy, minibatch, mask, support=minibatch.support,
                 entropy=True, entropy_gradient=self.uses_entropy_bonus,
                 temperature_log_probs=self.needs_temperature_log_probs)
             if not self.uses_entropy_bonus:    # logged only: score_tokens gives it no gradient
                 scores = scores._replace(entropy=tf.stop_gradient(scores.entropy))
-            if "old_log_probs" not in minibatch:    # see `scores_rollout`
-                minibatch = dict(minibatch, old_log_probs=tf.stop_gradient(scores.log_probs))
+            if minibatch.old_log_probs is None:    # see `scores_rollout`
+                minibatch = minibatch.replace(
+                    old_log_probs=tf.stop_gradient(scores.log_probs))
             values = None
             if self.value_model is not None:
-                values = self.completion_values(minibatch["prompt_ids"],
-                                                minibatch["completion_ids"],
-                                                minibatch["completion_mask"],
-                                                minibatch.get("prompt_mask"))
+                values = self.completion_values(minibatch.prompt_ids,
+                                                minibatch.completion_ids,
+                                                minibatch.completion_mask,
+                                                minibatch.prompt_mask)
             terms, token_metrics = self.loss_terms(minibatch, scores, values)
             entropy = self._aggregate(scores.entropy, mask, "token_mean")
             logs = {"entropy": entropy}
@@ -664,16 +716,21 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
             logs[name] = self._aggregate(per_token, mask, "token_mean")
         return total, gradients, {name: cross_replica_sum(value) for name, value in logs.items()}
 
-    def _apply(self, gradients):
+    def apply_gradients(self, gradients):
+        """All-reduces, clips (`max_grad_norm`) and applies `gradients` as
+        `loss_and_gradients` gives them (times the loss scale under a
+        `LossScaleOptimizer`) to `trainable_variables`."""
         apply_gradients(self.optimizer, gradients, self.trainable_variables,
                         self.max_grad_norm)
 
-    def _update_step(self, minibatch, rollout_tokens=None):
+    def optimizer_step(self, minibatch, rollout_tokens=None):
+        """One optimizer step on `minibatch` (`loss_and_gradients`, then
+        `apply_gradients`), its logs recorded, `after_update` and a TR-DPO sync."""
         total, gradients, logs = self.loss_and_gradients(minibatch, rollout_tokens)
         total = tf.debugging.check_numerics(
             total, f"{type(self).__name__}: the loss is not finite")
         with tf.control_dependencies([total]):
-            self._apply(gradients)
+            self.apply_gradients(gradients)
         self._record(logs)
         self.after_update(logs)
         if self.sync_ref_model:
@@ -714,32 +771,33 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         """
         steps = self.num_epochs * self.num_minibatches
         if steps == 1:
-            self._update_step(rollout)
+            self.optimizer_step(rollout)
             return
-        minibatches = self._minibatch_rows(rollout)
-        rollout_tokens = tf.reduce_sum(rollout["loss_mask"])
+        minibatches = self.minibatch_rows(rollout)
+        rollout_tokens = tf.reduce_sum(rollout.loss_mask)
         # XLA compiles a while loop of optimizer updates very slowly (minutes for a
         # small PPO on CPU) and runs it slower still: unrolled, it compiles like
         # `steps` copies of one update.
         if num_replicas() > 1 or in_xla_context():
             for step in range(steps):
-                self._update_step(minibatches(tf.constant(step)), rollout_tokens)
+                self.optimizer_step(minibatches(tf.constant(step)), rollout_tokens)
             return
 
         def body(step):
-            self._update_step(minibatches(step), rollout_tokens)
+            self.optimizer_step(minibatches(step), rollout_tokens)
             return (step + 1,)          # a tuple like loop_vars: eager unpacks it too
 
         tf.while_loop(lambda step: step < steps, body, (tf.constant(0),))
 
-    def _minibatch_rows(self, rollout):
-        """A function of the step index giving that step's minibatch of the rollout."""
+    def minibatch_rows(self, rollout):
+        """A function of the step index giving that step's minibatch of the rollout
+        (a `Rollout`, or any structure of [B, ...] tensors with "completion_mask")."""
         size = tf.shape(rollout["completion_mask"])[0]
         static_size = rollout["completion_mask"].shape[0]
         if static_size is not None and static_size < self.num_minibatches:
             raise ValueError(f"num_minibatches={self.num_minibatches} is more than the "
                              f"{static_size} rows of the rollout")
-        seed = tf.random.experimental.stateless_fold_in(self._sampling_seed(),
+        seed = tf.random.experimental.stateless_fold_in(self.sampling_seed(),
                                                         MINIBATCH_STREAM)
         # A random permutation per epoch as the argsort of uniforms (XLA has no
         # shuffle op; ties have probability ~0 and would still give a permutation).
@@ -760,20 +818,29 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         def minibatch(step):
             epoch, index = step // self.num_minibatches, step % self.num_minibatches
             rows = orders[epoch][bounds[index]:bounds[index + 1]]
-            return {key: tf.gather(value, rows) for key, value in rollout.items()}
+            return tf.nest.map_structure(lambda value: tf.gather(value, rows), rollout)
 
         return minibatch
 
-    def train_step(self, data):
-        if self.env is not None:
-            return multi_turn.train_step(self, data)
-        batch = data if isinstance(data, dict) else {"prompt": data}
-        rollout, batch = self.collect_rollout(batch)
-        rollout.update(self.compute_advantages(rollout, batch))
+    def learn(self, rollout, batch):
+        """The step after its rollout is collected: the algorithm's advantages (of
+        `rollout.for_advantages()`), kept as `last_rollout`, then `update`."""
+        rollout.update(self.compute_advantages(rollout.for_advantages(), batch))
         if num_replicas() == 1 and not in_xla_context():   # XLA cannot resize variables
+            kept = rollout.for_advantages()
             for key, variable in self._last_rollout.items():
-                variable.assign(rollout[key])
+                variable.assign(kept[key])
         self.update(rollout)
+
+    def train_step(self, data):
+        batch = data if isinstance(data, dict) else {"prompt": data}
+        if self.env is not None:
+            # The env is Python: the step runs eagerly, the episodes between compiled
+            # turns, then the same score / record / learn path as one tf.function.
+            self._record(episodes.train_step(self, batch))
+        else:
+            rollout, batch = self.collect_rollout(batch)
+            self.learn(rollout, batch)
         return self.finalize_logs({tracker.name: tracker.result() for tracker in self.metrics})
 
     def gradients(self, batch):
@@ -781,12 +848,16 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
 
         For analysis and tests (e.g. against `tfpg.testing.exact_policy_gradient`).
         """
-        if self.env is not None:
-            return multi_turn.gradients(self, batch)[0]
-        if not hasattr(self, "optimizer") or self.optimizer is None:
+        if getattr(self, "optimizer", None) is None:
             self.compile(optimizer="sgd")
         rollout, batch = self.collect_rollout(batch)
-        rollout.update(self.compute_advantages(rollout, batch))
+        return self.rollout_gradients(rollout, batch)
+
+    def rollout_gradients(self, rollout, batch):
+        """Gradients of the loss of a collected `rollout` (its advantages added in
+        place) w.r.t. `trainable_variables`, no update: the gradients of the loss
+        itself, divided by the loss scale under a `LossScaleOptimizer` (float16)."""
+        rollout.update(self.compute_advantages(rollout.for_advantages(), batch))
         _, gradients, _ = self.loss_and_gradients(rollout)
         if is_loss_scale_optimizer(self.optimizer):
             scale = self.optimizer.dynamic_scale

@@ -144,6 +144,11 @@ class OnPolicyDistillation(PolicyGradientTrainer):
             names = [name for name in names if name not in ("reward", "reward_std")]
         return names + ["teacher_kl"]
 
+    def unlogged_metrics(self):
+        # Without a task reward every row's reward is 0: not logged.
+        extra = () if self.has_task_reward else ("reward", "reward_std")
+        return super().unlogged_metrics() | set(extra)
+
     @property
     def scores_rollout(self):
         """Always: the rewards need the student's log-probs before the update."""
@@ -163,18 +168,18 @@ class OnPolicyDistillation(PolicyGradientTrainer):
         return scored
 
     def compute_advantages(self, rollout, batch):
-        mask = rollout["completion_mask"]
-        token_rewards = -tf.stop_gradient(rollout["teacher_kl"])              # [B, N]
-        if "kl" in rollout:
-            token_rewards -= self.kl_coef * rollout["kl"]
+        mask = rollout.completion_mask
+        token_rewards = -tf.stop_gradient(rollout.teacher_kl)              # [B, N]
+        if rollout.kl is not None:
+            token_rewards -= self.kl_coef * rollout.kl
         advantages = adv.discounted_returns(token_rewards, mask, self.discount)
         if self.has_task_reward and self.reward_weight:
-            advantages += self.reward_weight * rollout["scores"][:, None]
+            advantages += self.reward_weight * rollout.scores[:, None]
         return {"advantages": advantages * mask}
 
     def loss_terms(self, minibatch, scores, values):
         terms = {"policy_loss": self.policy_gradient_term(minibatch, scores.log_probs)}
-        return terms, {"teacher_kl": minibatch["teacher_kl"]}
+        return terms, {"teacher_kl": minibatch.teacher_kl}
 
     def get_config(self):
         config = super().get_config()

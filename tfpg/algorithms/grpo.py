@@ -11,8 +11,8 @@ import tensorflow as tf
 from tfpg import advantages as adv
 from tfpg import bounds
 from tfpg import losses
-from tfpg.algorithms.base import (PolicyGradientTrainer, sequence_return,
-                                  truncated_completions)
+from tfpg.algorithms.base import PolicyGradientTrainer
+from tfpg.algorithms.rollout import sequence_return
 from tfpg.distribution import cross_replica_sum
 
 # loss_type -> aggregation (see tfpg.losses.aggregate_loss_terms): "grpo" a mean per
@@ -169,24 +169,24 @@ class GRPO(PolicyGradientTrainer):
         if self.multi_objective_aggregation == "normalize_then_sum":
             weights = [weight for _, _, weight in self.reward_fn.weighted_components]
             advantages = adv.normalize_then_sum_advantages(
-                rollout["reward_components"], weights, self.group_size,
-                valid=rollout["valid"], sum_fn=cross_replica_sum)
+                rollout.reward_components, weights, self.group_size,
+                valid=rollout.valid, sum_fn=cross_replica_sum)
         else:
             advantages, _ = adv.group_normalized_advantages(
                 sequence_return(rollout), self.group_size, self.scale_rewards,
-                valid=rollout["valid"], sum_fn=cross_replica_sum)
+                valid=rollout.valid, sum_fn=cross_replica_sum)
         result = {"advantages": adv.broadcast_sequence_advantages(
-            advantages, rollout["completion_mask"])}
+            advantages, rollout.completion_mask)}
         if self.mask_truncated_completions:
-            kept = 1.0 - truncated_completions(rollout, self.max_new_tokens, self.eos_id)
-            result["loss_mask"] = rollout["loss_mask"] * kept[:, None]
+            kept = 1.0 - rollout.truncated        # no EOS by max_new_tokens (cut episodes)
+            result["loss_mask"] = rollout.loss_mask * kept[:, None]
         return result
 
     def policy_term(self, minibatch, log_probs, ratio):
         """(per-token policy loss [b, N], per-token metrics) of `loss_type`."""
-        mask = minibatch["loss_mask"]
-        advantages = minibatch["advantages"]
-        old = minibatch["old_log_probs"]
+        mask = minibatch.loss_mask
+        advantages = minibatch.advantages
+        old = minibatch.old_log_probs
         eps_high = self.clip_epsilon if self.clip_epsilon_high is None else self.clip_epsilon_high
         if self.loss_type == "cispo":
             surrogate, clipped = losses.cispo_loss(log_probs, ratio, advantages, eps_high)
@@ -211,14 +211,14 @@ class GRPO(PolicyGradientTrainer):
 
     def loss_terms(self, minibatch, scores, values):
         log_probs = scores.log_probs
-        mask = minibatch["loss_mask"]
+        mask = minibatch.loss_mask
         # pi / pi_old [b, N], differentiable (TRL's coef_1, before any delta cap).
-        ratio = losses.importance_ratio(log_probs, minibatch["old_log_probs"], mask,
+        ratio = losses.importance_ratio(log_probs, minibatch.old_log_probs, mask,
                                         self.importance_sampling_level)
         surrogate, token_metrics = self.policy_term(minibatch, log_probs, ratio)
         if self.off_policy_mask_threshold is not None:
             kept = losses.off_policy_sequence_mask(
-                log_probs, minibatch["old_log_probs"], minibatch["advantages"], mask,
+                log_probs, minibatch.old_log_probs, minibatch.advantages, mask,
                 self.off_policy_mask_threshold)
             surrogate *= kept
             token_metrics["off_policy_masked_fraction"] = 1.0 - kept
@@ -227,7 +227,7 @@ class GRPO(PolicyGradientTrainer):
                                                   self.top_entropy_quantile)
         terms = {"policy_loss": (surrogate, 1.0, self.loss_aggregation)}
         if self.reference_model is not None:
-            kl = losses.kl_penalty(scores.temperature_log_probs, minibatch["ref_log_probs"],
+            kl = losses.kl_penalty(scores.temperature_log_probs, minibatch.ref_log_probs,
                                    self.kl_estimator)
             if self.use_bias_correction_kl:
                 # Value unchanged on the first step (ratio 1), but d(ratio) = ratio *
@@ -235,7 +235,7 @@ class GRPO(PolicyGradientTrainer):
                 # the k3 sample the unbiased gradient of KL(pi || ref).
                 kl = kl * ratio
             terms["kl_loss"] = (kl, self.kl_coef, self.loss_aggregation)
-        log_ratio = log_probs - minibatch["old_log_probs"]
+        log_ratio = log_probs - minibatch.old_log_probs
         token_metrics["approx_kl"] = 0.5 * log_ratio ** 2
         return terms, token_metrics
 
@@ -253,6 +253,8 @@ class GRPO(PolicyGradientTrainer):
             names.append("off_policy_masked_fraction")
         if self.entropy_coef or self.use_adaptive_entropy:
             names.append("entropy_coef")
+        if self.reference_model is not None:
+            names.append("kl_loss")          # the KL term of the loss, as aggregated
         return names
 
     @property
@@ -271,7 +273,7 @@ class GRPO(PolicyGradientTrainer):
                         self.adaptive_entropy_coef, 0.0)
 
     def entropy_bonus_mask(self, minibatch, scores):
-        mask = minibatch["loss_mask"]
+        mask = minibatch.loss_mask
         if self.top_entropy_quantile < 1.0:
             return mask * losses.high_entropy_mask(scores.entropy, mask,
                                                    self.top_entropy_quantile)
@@ -352,7 +354,7 @@ def approx_kl_and_clip_fraction(log_probs, minibatch, clipped, ratio=None, advan
                                 clip_epsilon=None, delta=None):
     """Per-token diagnostics of a clipped-surrogate update (TRL's definitions); with
     `ratio`, `advantages` and `clip_epsilon` also TRL's `clip_ratio/*` indicators."""
-    log_ratio = log_probs - minibatch["old_log_probs"]
+    log_ratio = log_probs - minibatch.old_log_probs
     metrics = {"approx_kl": 0.5 * log_ratio ** 2, "clip_fraction": clipped}
     if ratio is not None:
         low, high = losses.clip_ratio_indicators(ratio, advantages, clip_epsilon,

@@ -51,24 +51,24 @@ class PPO(PolicyGradientTrainer):
         self.delta = None if delta is None else float(delta)
 
     def compute_advantages(self, rollout, batch):
-        mask = rollout["completion_mask"]
+        mask = rollout.completion_mask
         advantages, returns = adv.generalized_advantage_estimation(
-            rollout["token_rewards"], rollout["values"], mask, self.gamma, self.gae_lambda)
+            rollout.token_rewards, rollout.values, mask, self.gamma, self.gae_lambda)
         if self.whiten_advantages:
             # Over the scored tokens only: skipped samples are in no statistic.
-            advantages = adv.whiten(advantages, rollout["loss_mask"],
+            advantages = adv.whiten(advantages, rollout.loss_mask,
                                     sum_fn=cross_replica_sum)
         return {"advantages": advantages, "returns": returns}
 
     def loss_terms(self, minibatch, scores, values):
         log_probs = scores.log_probs
         surrogate, ratio, clipped = losses.ppo_clipped_surrogate(
-            log_probs, minibatch["old_log_probs"], minibatch["advantages"],
-            self.clip_epsilon, minibatch["loss_mask"], delta=self.delta)
+            log_probs, minibatch.old_log_probs, minibatch.advantages,
+            self.clip_epsilon, minibatch.loss_mask, delta=self.delta)
         terms = {"policy_loss": (surrogate, 1.0, self.loss_aggregation),
                  "value_loss": self.value_term(minibatch, values, self.value_clip)}
         return terms, approx_kl_and_clip_fraction(log_probs, minibatch, clipped, ratio,
-                                                  minibatch["advantages"],
+                                                  minibatch.advantages,
                                                   self.clip_epsilon, self.delta)
 
     def metric_names(self):

@@ -49,14 +49,14 @@ class REINFORCE(PolicyGradientTrainer):
                                                     aggregation="only_first_replica")
 
     def compute_advantages(self, rollout, batch):
-        mask = rollout["completion_mask"]
-        returns = adv.discounted_returns(rollout["token_rewards"], mask, self.gamma)  # [B, N]
+        mask = rollout.completion_mask
+        returns = adv.discounted_returns(rollout.token_rewards, mask, self.gamma)  # [B, N]
         if self.baseline is None:
             return {"advantages": returns}
         if self.baseline == "value":
-            return {"advantages": (returns - rollout["values"]) * mask, "returns": returns}
+            return {"advantages": (returns - rollout.values) * mask, "returns": returns}
         baseline = tf.identity(self.moving_average)          # the average before this batch
-        valid = rollout["valid"]                              # skipped samples: not averaged
+        valid = rollout.valid                              # skipped samples: not averaged
         totals = cross_replica_sum(tf.stack([tf.reduce_sum(returns[:, 0] * valid),
                                              tf.reduce_sum(valid)]))
         average, count = adv.update_moving_average(

@@ -6,7 +6,8 @@ import tensorflow as tf
 from tfpg import advantages as adv
 from tfpg import bounds
 from tfpg import losses
-from tfpg.algorithms.base import PolicyGradientTrainer, sequence_return
+from tfpg.algorithms.base import PolicyGradientTrainer
+from tfpg.algorithms.rollout import sequence_return
 from tfpg.algorithms.grpo import CLIP_RATIO_METRICS, approx_kl_and_clip_fraction
 from tfpg.distribution import cross_replica_sum
 
@@ -51,12 +52,12 @@ class RLOO(PolicyGradientTrainer):
         return self.num_epochs * self.num_minibatches > 1
 
     def compute_advantages(self, rollout, batch):
-        mask = rollout["completion_mask"]
+        mask = rollout.completion_mask
         sequence_rewards = sequence_return(rollout)                         # [B]
         advantages = adv.rloo_advantages(sequence_rewards, self.group_size,
-                                         rollout["valid"])                   # [B]
+                                         rollout.valid)                   # [B]
         if self.normalize_advantages:
-            advantages = adv.standardize(advantages, rollout["valid"],
+            advantages = adv.standardize(advantages, rollout.valid,
                                          sum_fn=cross_replica_sum)
         return {"advantages": adv.broadcast_sequence_advantages(advantages, mask)}
 
@@ -64,11 +65,11 @@ class RLOO(PolicyGradientTrainer):
         log_probs = scores.log_probs
         if not self.uses_ratio:
             return {"policy_loss": self.policy_gradient_term(minibatch, log_probs)}, {}
-        mask = minibatch["loss_mask"]
+        mask = minibatch.loss_mask
         # log pi(y | x) of each sequence, and its advantage: [B, 1].
         sequence_log_probs = losses.masked_sum(log_probs, mask, axis=1)[:, None]
-        old = losses.masked_sum(minibatch["old_log_probs"], mask, axis=1)[:, None]
-        advantages = minibatch["advantages"][:, :1]
+        old = losses.masked_sum(minibatch.old_log_probs, mask, axis=1)[:, None]
+        advantages = minibatch.advantages[:, :1]
         surrogate, _, clipped = losses.ppo_clipped_surrogate(
             sequence_log_probs, old, advantages, self.clip_epsilon)         # [B, 1]
         # The sequence's loss on each of its tokens, averaged per sequence.
@@ -77,7 +78,7 @@ class RLOO(PolicyGradientTrainer):
         ratio = tf.broadcast_to(tf.exp(sequence_log_probs - old), tf.shape(mask))
         return ({"policy_loss": (per_token, 1.0, "sequence_mean")},
                 approx_kl_and_clip_fraction(log_probs, minibatch, token_clipped, ratio,
-                                            minibatch["advantages"], self.clip_epsilon))
+                                            minibatch.advantages, self.clip_epsilon))
 
     def metric_names(self):
         names = super().metric_names()

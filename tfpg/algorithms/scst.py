@@ -24,16 +24,16 @@ class SCST(PolicyGradientTrainer):
     supports_env = False    # the baseline is a single-turn greedy decode scored by reward_fn
 
     def compute_advantages(self, rollout, batch):
-        mask = rollout["completion_mask"]
-        greedy = self.sample(rollout["prompt_ids"], self._sampling_seed(), greedy=True,
-                             prompt_mask=rollout["prompt_mask"])
-        scored = compute_rewards(self.reward_fn, rollout["prompt_ids"], greedy.token_ids,
+        mask = rollout.completion_mask
+        greedy = self.sample(rollout.prompt_ids, self.sampling_seed(), greedy=True,
+                             prompt_mask=rollout.prompt_mask)
+        scored = compute_rewards(self.reward_fn, rollout.prompt_ids, greedy.token_ids,
                                  greedy.mask, batch, self.on_invalid_reward)
         baseline = scored.rewards                                                    # [B]
-        returns = adv.discounted_returns(rollout["token_rewards"], mask)             # [B, N]
+        returns = adv.discounted_returns(rollout.token_rewards, mask)             # [B, N]
         # A sample whose greedy baseline was skipped has no baseline: it leaves the loss.
         return {"advantages": (returns - tf.stop_gradient(baseline)[:, None]) * mask,
-                "loss_mask": rollout["loss_mask"] * scored.valid[:, None]}
+                "loss_mask": rollout.loss_mask * scored.valid[:, None]}
 
     def loss_terms(self, minibatch, scores, values):
         log_probs = scores.log_probs
