@@ -68,11 +68,22 @@ NO_TENSORFLOW_ERRORS = [
 ]
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def test_help_and_bad_arguments_answer_without_tensorflow(tmp_path):
     (tmp_path / "not_a_preset").mkdir()
     (tmp_path / "notes.txt").write_text("not a model\n")
+    # Run from a clone's parent directory: the clone (named tfpg, no __init__.py) is in
+    # the current directory. The editable install's .pth line (pyproject.toml's
+    # package-dir) puts the clone's root on sys.path; the regular package found there
+    # wins over the empty namespace package of the current directory.
+    (tmp_path / "tfpg").mkdir()
     script = "\n".join([
         "import json, sys",
+        f"sys.path.append({ROOT!r})",          # what the .pth line adds
+        "import tfpg",
+        "assert tfpg.__file__ == " + repr(os.path.join(ROOT, "tfpg", "__init__.py")),
         "from tfpg.cli import main",
         "for argv in (['--help'], ['train', '--help'], ['generate', '--help']):",
         "    try:",
@@ -181,6 +192,14 @@ def test_the_names_the_command_line_offers_are_the_registries():
     assert backbones.BACKBONES is config.BACKBONES
     assert generation.SAMPLERS is config.SAMPLERS
     assert rewards.ON_INVALID is config.ON_INVALID_REWARD
+
+
+def test_an_editable_install_puts_the_clone_on_sys_path():
+    """setuptools writes a .pth path line (not an import hook, which a clone named tfpg
+    in the current directory would shadow) when the package dir is the root's."""
+    tomllib = pytest.importorskip("tomllib")
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        assert tomllib.load(f)["tool"]["setuptools"]["package-dir"] == {"": "."}
 
 
 def test_one_install_hint_for_the_hub_extra():
