@@ -190,7 +190,7 @@ def test_generator_model_options(exported, policy, tokenizer):
         [len(row) for row in expected]
     assert gen.generate([]) == []
 
-    with pytest.raises(TypeError, match="not a single string"):
+    with pytest.raises(TypeError, match="not a single prompt"):
         gen.generate("one plus two")
     with pytest.raises(ValueError, match="temperature"):
         gen.generate(PROMPTS, temperature=-1.0)
@@ -222,7 +222,7 @@ def test_transformer_export_keeps_positions_in_range(tmp_path, tokenizer):
 
 def copy_export_then(source, action):
     """A stand-in for the SavedModel writer: copies `source` (no marker file), then acts."""
-    def fake_write(policy, tokenizer, defaults, max_prompt_length, directory):
+    def fake_write(policy, tokenizer, defaults, max_prompt_length, directory, chat=False):
         shutil.copytree(source, directory)
         os.remove(os.path.join(directory, "tfpg_export.json"))
         action(directory)
