@@ -37,6 +37,7 @@ import tensorflow as tf
 from tfpg import data as tfpg_data
 from tfpg.distribution import is_chief
 from tfpg.export import export_saved_model, read_export_info, recover
+from tfpg.locking import write_file_atomically
 from tfpg.generation import generate
 from tfpg.rewards.base import call_reward
 
@@ -125,11 +126,8 @@ class _CsvLog:
     def _rewrite(self):
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            if self.fields:
-                f.write(self._format(self.rows, header=True))
-        os.replace(tmp, self.path)
+        write_file_atomically(self.path,
+                              self._format(self.rows, header=True) if self.fields else "")
 
 
 class _GlobalStep(keras.callbacks.Callback):
