@@ -5,6 +5,7 @@ every option that needs no model (`check_config`) in a fraction of a second.
 """
 
 import dataclasses
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -183,6 +184,8 @@ def check_config(config):
                          f"{', '.join(sorted(TASK_NAMES))}")
     if config.reward is not None and config.reward_model is not None:
         raise UsageError("give --reward or --reward-model, not both")
+    if config.reward is not None:
+        check_reward_spec(config.reward)
     if config.algorithm not in TRAINER_NAMES:
         raise UsageError(f"unknown algorithm {config.algorithm!r}; "
                          f"known: {', '.join(TRAINER_NAMES)}")
@@ -249,6 +252,24 @@ def check_model_source(flag, source):
         raise UsageError(f"{flag} {source}: file not found")
     elif os.sep in source or "/" in source or source.startswith((".", "~")):
         raise UsageError(f"{flag} {source}: no such file or directory")
+
+
+def check_reward_spec(spec):
+    """`--reward`: one of `NAMED_REWARDS`, or `module:function` whose module exists
+    (found, not imported: importing it may start TensorFlow). UsageError otherwise."""
+    if spec in NAMED_REWARDS:
+        return
+    if ":" not in spec:
+        raise UsageError(f"unknown reward {spec!r}; use one of {', '.join(NAMED_REWARDS)} "
+                         "or module:function")
+    module_name = spec.partition(":")[0]
+    try:
+        found = importlib.util.find_spec(module_name) if module_name else None
+    except (ImportError, ValueError):        # a parent package that is missing
+        found = None
+    if found is None:
+        raise UsageError(f"--reward {spec}: cannot import {module_name!r} (no module named "
+                         f"{module_name!r})")
 
 
 def check_export_format(export_format, model, lora_rank):

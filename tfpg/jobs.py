@@ -16,8 +16,8 @@ import inspect
 from tfpg import bounds
 from tfpg import data as tfpg_data
 from tfpg import rewards
-from tfpg.config import (NAMED_REWARDS, POLICY_MAX_LENGTH, TASK_FINETUNE_EPOCHS, UsageError,
-                         read_chat_template)
+from tfpg.config import (POLICY_MAX_LENGTH, TASK_FINETUNE_EPOCHS, UsageError,
+                         check_reward_spec, read_chat_template)
 from tfpg.evaluation import reference_metrics
 from tfpg.hf.chat_template import is_conversation
 from tfpg.tasks import EpisodeTask, get_task
@@ -62,9 +62,7 @@ def load_reward(spec, tokenizer, task_reward):
         return rewards.ExactMatch(answer_key="reference", eos_id=eos_id, pad_id=pad_id)
     if spec == "length":
         return rewards.Length(eos_id=eos_id)
-    if ":" not in spec:
-        raise UsageError(f"unknown reward {spec!r}; use one of {', '.join(NAMED_REWARDS)} "
-                         "or module:function")
+    check_reward_spec(spec)
     module_name, _, attribute = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
