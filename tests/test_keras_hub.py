@@ -16,7 +16,7 @@ keras_hub = pytest.importorskip("keras_hub")
 
 import tfpg  # noqa: E402
 from tfpg.algorithms.base import frozen_copy  # noqa: E402
-from tfpg.callbacks import _left_pad  # noqa: E402
+from tfpg.data import pad_ids  # noqa: E402
 from tfpg.generation import filter_logits  # noqa: E402
 from tfpg.keras_hub_tokenizer import KerasHubTokenizer  # noqa: E402
 from tfpg.xla import resolve_jit_compile  # noqa: E402
@@ -40,7 +40,7 @@ def presets(tmp_path_factory):
 
 def left_pad(rows, pad_id):
     """(ids int32 [B, P] left-padded with pad_id, mask int32 [B, P])."""
-    return _left_pad(rows, pad_id)
+    return pad_ids(rows, "left", pad_id)
 
 
 def toy_reward(prompt_ids, completion_ids, completion_mask, batch):
