@@ -85,8 +85,25 @@ def family_of(hub_backbone):
                      f"backbone; supported families: {supported_families()}")
 
 
+class SerializesWrapped:
+    """`get_config` / `from_config` of a layer or model that wraps one KerasHub object,
+    its constructor argument `wrapped` (also its attribute): the object is serialized
+    into the config and deserialized back (mixed in before the Keras base class)."""
+
+    wrapped = None
+
+    def get_config(self):
+        config = super().get_config()
+        config[self.wrapped] = keras.saving.serialize_keras_object(getattr(self, self.wrapped))
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**deserialize_entry(config, cls.wrapped))
+
+
 @keras.saving.register_keras_serializable(package="tfpg")
-class KerasHubBackbone(keras.layers.Layer):
+class KerasHubBackbone(SerializesWrapped, keras.layers.Layer):
     """Hidden states [B, T, H] of a KerasHub decoder, with a left-padding-correct cache.
 
     `call(token_ids, padding_mask=None)` -> hidden states (the final norm applied);
@@ -101,6 +118,8 @@ class KerasHubBackbone(keras.layers.Layer):
     >>> trunk = KerasHubBackbone(causal_lm.backbone)
     >>> hidden = trunk(token_ids, padding_mask=mask)            # [B, T, hidden_dim]
     """
+
+    wrapped = "hub_backbone"
 
     def __init__(self, hub_backbone, **kwargs):
         kwargs.setdefault("dtype", hub_backbone.dtype_policy)
@@ -227,14 +246,6 @@ class KerasHubBackbone(keras.layers.Layer):
         kv = tuple(new_caches) if self.family.per_layer_cache else tf.stack(new_caches, 1)
         return hidden, {"kv": kv, "mask": key_mask}
 
-    def get_config(self):
-        config = super().get_config()
-        config["hub_backbone"] = keras.saving.serialize_keras_object(self.hub_backbone)
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**deserialize_entry(config, "hub_backbone"))
 
 
 def _chunked_compute_attention(attention, query, key, value, attention_mask=None,

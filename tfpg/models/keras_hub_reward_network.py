@@ -3,12 +3,12 @@
 import keras
 import tensorflow as tf
 
-from tfpg.models.keras_hub_backbone import backbone_from_preset, deserialize_entry, trunk_of
+from tfpg.models.keras_hub_backbone import SerializesWrapped, backbone_from_preset, trunk_of
 from tfpg.models.reward_network import ScoreNormalization
 
 
 @keras.saving.register_keras_serializable(package="tfpg")
-class KerasHubRewardNetwork(ScoreNormalization, keras.Model):
+class KerasHubRewardNetwork(ScoreNormalization, SerializesWrapped, keras.Model):
     """A scalar head on a KerasHub trunk, read at the last real token: ids [B, T] -> [B].
 
     The KerasHub counterpart of `RewardNetwork` (same normalisation, same
@@ -29,6 +29,8 @@ class KerasHubRewardNetwork(ScoreNormalization, keras.Model):
     >>> scorer = KerasHubRewardNetwork.from_preset("gpt2_base_en")
     >>> scores = scorer(ids, padding_mask=mask)               # [B]
     """
+
+    wrapped = "backbone"
 
     def __init__(self, backbone, **kwargs):
         backbone = trunk_of(backbone)
@@ -66,11 +68,3 @@ class KerasHubRewardNetwork(ScoreNormalization, keras.Model):
         hidden = self.backbone(token_ids, padding_mask=real, training=training)  # [B, T, H]
         return self.last_token_scores(hidden, real, normalize)
 
-    def get_config(self):
-        config = super().get_config()
-        config["backbone"] = keras.saving.serialize_keras_object(self.backbone)
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**deserialize_entry(config, "backbone"))

@@ -3,11 +3,11 @@
 import keras
 import tensorflow as tf
 
-from tfpg.models.keras_hub_backbone import backbone_from_preset, deserialize_entry, trunk_of
+from tfpg.models.keras_hub_backbone import SerializesWrapped, backbone_from_preset, trunk_of
 
 
 @keras.saving.register_keras_serializable(package="tfpg")
-class KerasHubValueNetwork(keras.Model):
+class KerasHubValueNetwork(SerializesWrapped, keras.Model):
     """A scalar head on a KerasHub trunk: token ids [B, T] -> values float32 [B, T].
 
     Either on the policy's own trunk (`ValueNetwork.from_policy(kerashub_policy)` or
@@ -24,6 +24,8 @@ class KerasHubValueNetwork(keras.Model):
     >>> critic = tfpg.ValueNetwork.from_policy(policy)        # policy: a KerasHubPolicy
     >>> values = critic(ids, padding_mask=mask)               # [B, T]
     """
+
+    wrapped = "backbone"
 
     def __init__(self, backbone, **kwargs):
         backbone = trunk_of(backbone)
@@ -51,11 +53,3 @@ class KerasHubValueNetwork(keras.Model):
         hidden = self.backbone(token_ids, padding_mask=padding_mask, training=training)
         return tf.squeeze(self.value_head(tf.cast(hidden, tf.float32)), axis=-1)
 
-    def get_config(self):
-        config = super().get_config()
-        config["backbone"] = keras.saving.serialize_keras_object(self.backbone)
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**deserialize_entry(config, "backbone"))
