@@ -68,6 +68,12 @@ NO_TENSORFLOW_ERRORS = [
     (["train", "--reward", "sparkle"], ["unknown reward 'sparkle'", "exact_match"]),
     (["train", "--reward", "no_such_module:fn"],     # found, not imported: no TF
      ["--reward no_such_module:fn: cannot import 'no_such_module'"]),
+    (["generate", "nowhere", "hi"], ["nowhere: no such directory (expected a tfpg SavedModel)"]),
+    (["evaluate", "nowhere"], ["nowhere: no such directory"]),
+    (["evaluate", "not_a_preset", "--eval-file", "missing.tsv"], ["missing.tsv: file not found"]),
+    (["export", "nowhere", "--output", "out"], ["nowhere: no such file or directory"]),
+    (["train-reward", "--pairs", "missing.jsonl", "--output", "rm"],
+     ["missing.jsonl: file not found"]),
 ]
 
 

@@ -33,7 +33,8 @@ import warnings
 from tfpg import bounds
 from tfpg.config import (BACKBONES, EXPORT_FORMATS, ON_INVALID_REWARD, PRECISIONS,
                          REWARD_TIMEOUT, SAMPLERS, STRATEGIES, TASK_NAMES, TRAINER_NAMES,
-                         TRUNCATE_PROMPTS, TrainConfig, UsageError, check_config, flag)
+                         TRUNCATE_PROMPTS, TrainConfig, UsageError, check_config, check_file,
+                         flag)
 from tfpg.native_logs import filter_native_logs, quiet_environment
 
 
@@ -275,8 +276,22 @@ def _check_path_flags(args, *names):
             raise UsageError(f"{flag(name)} is empty; give a path")
 
 
+def _check_inputs(args, files=(), model_dir=False):
+    """Input files (and the SavedModel directory `model_dir`) that do not exist are
+    refused before TensorFlow starts, in the words of the loaders that read them."""
+    for name in files:
+        check_file(getattr(args, name, None))
+    if model_dir:
+        from tfpg.trust import require_directory
+        try:
+            require_directory(args.model_dir)
+        except FileNotFoundError as error:
+            raise UsageError(str(error)) from None
+
+
 def _train_reward(args):
     _check_path_flags(args, "output", "tokenizer", "pairs")
+    _check_inputs(args, files=("tokenizer", "pairs"))
     _check_flags(args, {"learning_rate": bounds.check_positive})
     from tfpg.reward_training import format_summary, train_reward
     options = {key: value for key, value in vars(args).items()
@@ -290,6 +305,7 @@ def _generate(args):
                         "top_k": bounds.check_count, "top_p": bounds.check_top_p,
                         "seed": lambda name, value: bounds.check_count(name, value, 0,
                                                                        2**63 - 1)})
+    _check_inputs(args, model_dir=True)
     from tfpg.export import load
     options = {name: getattr(args, name) for name in
                ("sampler", "max_new_tokens", "temperature", "top_k", "top_p", "seed")
@@ -309,6 +325,7 @@ def _completion_line(prompt, completion, form):
 
 
 def _evaluate(args):
+    _check_inputs(args, files=("eval_file",), model_dir=True)
     from tfpg import data
     from tfpg.export import load
     from tfpg.tasks import get_task
@@ -362,6 +379,10 @@ def _check_task_vocabulary(model, task_name, prompts):
 
 def _export(args):
     _check_path_flags(args, "output", "tokenizer")
+    _check_inputs(args, files=("tokenizer",))
+    if not os.path.exists(args.source):
+        raise UsageError(f"{args.source}: no such file or directory (expected a run's "
+                         "checkpoint directory or a .keras file)")
     from tfpg.training import export_from_source
     path = export_from_source(args.source, args.output, args.tokenizer, args.format)
     print(f"exported to {path}")

@@ -216,8 +216,7 @@ def check_config(config):
         value = getattr(config, name)
         if value is not None and value < 0:
             raise UsageError(f"{flag(name)} must be >= 0")
-    if config.train_file is not None and not os.path.isfile(config.train_file):
-        raise UsageError(f"{config.train_file}: file not found")
+    check_file(config.train_file)
     if config.lora_rank is not None and config.model is None:
         raise UsageError("--lora-rank needs --model (a KerasHub preset)")
     if config.model is not None:
@@ -225,6 +224,13 @@ def check_config(config):
         if config.model.endswith(".keras") and config.lora_rank is not None:
             raise UsageError("--lora-rank needs a KerasHub preset; a .keras policy has "
                              "no LoRA adapters")
+
+
+def check_file(path, flag=None):
+    """UsageError "[FLAG ]PATH: file not found" unless `path` (None: nothing to check)
+    is a file; the command line checks its input files before TensorFlow starts."""
+    if path is not None and not os.path.isfile(path):
+        raise UsageError(f"{flag + ' ' if flag else ''}{path}: file not found")
 
 
 # What a KerasHub preset or a transformers checkpoint directory always holds.
@@ -249,7 +255,7 @@ def check_model_source(flag, source):
             raise UsageError(f"{flag} {source}: a file, but not a .keras policy (a KerasHub "
                              "preset or a transformers checkpoint is a directory)")
     elif source.endswith(".keras"):
-        raise UsageError(f"{flag} {source}: file not found")
+        check_file(source, flag)
     elif os.sep in source or "/" in source or source.startswith((".", "~")):
         raise UsageError(f"{flag} {source}: no such file or directory")
 

@@ -449,8 +449,7 @@ def _move_into_place(tmp, path):
 
 def _read_export_info(path):
     """Returns the parsed `tfpg_export.json` of `path` or raises a one-line error."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such directory (expected a tfpg SavedModel)")
+    trust.require_directory(path)
     if os.path.isfile(path):
         if zipfile.is_zipfile(path) or path.endswith((".keras", ".h5")):
             raise ValueError(f"{path}: is a Keras model file, not a tfpg SavedModel; "

@@ -39,7 +39,7 @@ import json
 import os
 
 __all__ = ["UntrustedModelError", "file_manifest", "verify_manifest", "check_saved_model_ops",
-           "verify_model_directory", "allowed_ops"]
+           "verify_model_directory", "allowed_ops", "require_directory"]
 
 ALLOWED_OPS_FILE = os.path.join(os.path.dirname(__file__), "data", "allowed_ops.json")
 # The files TensorFlow's loaders read: none may be there unless the manifest names it.
@@ -52,6 +52,14 @@ _CHUNK = 1 << 20
 class UntrustedModelError(ValueError):
     """A model directory that fails its manifest or holds an op tfpg never exports;
     the CLI reports it in one line and exits with status 2."""
+
+
+def require_directory(path, what="tfpg SavedModel"):
+    """FileNotFoundError "PATH: no such directory (expected a WHAT)" when `path` does not
+    exist: the first thing a model directory must show (the command line asks before
+    TensorFlow starts)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such directory (expected a {what})")
 
 
 def file_manifest(directory, exclude=()):

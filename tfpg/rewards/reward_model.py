@@ -286,9 +286,7 @@ def check_replaceable(directory):
 
 def read_reward_model_info(directory):
     """The `reward_model.json` of a saved reward model, or a one-line error."""
-    if not os.path.exists(directory):
-        raise FileNotFoundError(f"{directory}: no such directory (expected a tfpg reward "
-                                "model, written by `tfpg train-reward`)")
+    trust.require_directory(directory, "tfpg reward model, written by `tfpg train-reward`")
     path = os.path.join(directory, INFO_FILE)
     if not os.path.isdir(directory) or not os.path.isfile(path):
         raise ValueError(f"{directory}: is not a tfpg reward model (no {INFO_FILE}; write "
