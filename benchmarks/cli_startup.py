@@ -30,6 +30,7 @@ COMMANDS = {
     "tfpg train --algorithm dpo": TFPG + ["train", "--algorithm", "dpo"],
     "tfpg train --train-file missing.tsv": TFPG + ["train", "--train-file", "missing.tsv"],
     "tfpg train --model nonexistent_dir/": TFPG + ["train", "--model", "nonexistent_dir/"],
+    "tfpg generate nowhere hi": TFPG + ["generate", "nowhere", "hi"],
     "python -c 'import tensorflow'": [sys.executable, "-c", "import tensorflow"],
 }
 
