@@ -65,6 +65,7 @@ NO_TENSORFLOW_ERRORS = [
     (["train", "--model", "missing.keras"], ["--model missing.keras: file not found"]),
     (["train", "--algorithm", "distill", "--teacher", "nowhere/t"],
      ["--teacher nowhere/t: no such file or directory"]),
+    (["train", "--output", "notes.txt"], ["notes.txt: exists and is not a directory"]),
     (["train", "--reward", "sparkle"], ["unknown reward 'sparkle'", "exact_match"]),
     (["train", "--reward", "no_such_module:fn"],     # found, not imported: no TF
      ["--reward no_such_module:fn: cannot import 'no_such_module'"]),

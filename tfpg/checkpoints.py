@@ -33,7 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfpg.config import (RUNTIME_OPTIONS, TrainConfig, UsageError,
+from tfpg.config import (CHECKPOINT_SUFFIX, RUNTIME_OPTIONS, TrainConfig, UsageError,
                          check_export_format, check_writable, flag)
 from tfpg.export import export_saved_model
 from tfpg.locking import write_json_atomically
@@ -367,7 +367,6 @@ def restore(checkpoint, directory, name):
                          f"{directory} to start over") from None
 
 
-CHECKPOINT_SUFFIX = ".checkpoint"     # a run's checkpoints: OUTPUT.checkpoint
 
 
 def export_hub_policy(policy, tokenizer, output, export_format, model=None):

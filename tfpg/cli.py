@@ -34,7 +34,7 @@ from tfpg import bounds
 from tfpg.config import (BACKBONES, EXPORT_FORMATS, ON_INVALID_REWARD, PRECISIONS,
                          REWARD_TIMEOUT, SAMPLERS, STRATEGIES, TASK_NAMES, TRAINER_NAMES,
                          TRUNCATE_PROMPTS, TrainConfig, UsageError, check_config, check_file,
-                         flag)
+                         flag, run_paths)
 from tfpg.native_logs import filter_native_logs, quiet_environment
 
 
@@ -247,6 +247,7 @@ def _train(args):
         values["reward_timeout"] = None
     config = TrainConfig.from_dict(values)
     check_config(config)                # every check that needs no model, before TensorFlow
+    run_paths(config)                   # an output or logdir the run could not write
     from tfpg.training import configure_cpu_devices, format_table, run_training
     if config.strategy == "mirrored":
         # Logical devices exist only if made before TensorFlow runs its first op.

@@ -334,12 +334,28 @@ def check_writable(path, min_free_mb=None):
                          f"{min_free_mb:g} MiB")
 
 
+# A run's checkpoints: OUTPUT.checkpoint.
+CHECKPOINT_SUFFIX = ".checkpoint"
+
+
+def run_paths(config):
+    """(output, logdir, checkpoint directory) of a run, each refused here (UsageError,
+    one line, before TensorFlow starts) when the run could not write it: see
+    `check_output` and `check_writable`."""
+    output = os.path.normpath(config.output or os.path.join("saved_models", config.run_name))
+    logdir = config.logdir or os.path.join("logs", config.run_name)
+    checkpoint_dir = output + CHECKPOINT_SUFFIX
+    check_output(output, checkpoint_dir)
+    check_writable(output)
+    check_writable(logdir)
+    return output, logdir, checkpoint_dir
+
+
 def check_output(output, checkpoint_dir):
     """Refuses, before training, an output that the final export would refuse (a
     file, a non-empty directory that is not a tfpg export) and a checkpoint
     directory holding something other than a tfpg run."""
-    from tfpg.export import check_replaceable
-    from tfpg.locking import TMP_PREFIX
+    from tfpg.locking import TMP_PREFIX, check_replaceable
     try:
         check_replaceable(output)           # what the export will check at the end
     except ValueError as error:

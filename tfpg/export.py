@@ -82,7 +82,8 @@ import tensorflow as tf
 from tfpg import __version__, bounds, trust
 from tfpg.generation import (cache_bytes_per_token, decode_loop, policy_is_positional,
                              resolve_eos_id, resolve_sampler, sampling_suppress_ids)
-from tfpg.locking import output_lock, try_output_lock, write_json_atomically
+from tfpg.locking import (EXPORT_MARKER, check_replaceable, output_lock, try_output_lock,
+                          write_json_atomically)
 from tfpg.losses import token_log_probs
 from tfpg.text import Tokenizer, read_json_marker
 
@@ -90,7 +91,7 @@ __all__ = ["export_saved_model", "load", "recover", "read_export_info", "Generat
 
 FORMAT = "tfpg.SavedModel"
 FORMAT_VERSION = 1
-METADATA_FILE = "tfpg_export.json"
+METADATA_FILE = EXPORT_MARKER
 TOKENIZER_FILE = "tokenizer.json"
 BACKUP_SUFFIX = ".tfpg-backup"
 TMP_SUFFIX = ".tmp-"
@@ -425,18 +426,6 @@ def normalize_path(path):
     """`path` as `write_directory` writes it: normpath drops a trailing "/", which
     would otherwise put "PATH/.tfpg-backup" inside the directory instead of beside it."""
     return os.path.normpath(os.fspath(path))
-
-
-def check_replaceable(path, marker_file=METADATA_FILE, kind="tfpg export"):
-    """Raises ValueError unless `path` is absent, empty or a `kind` (a directory
-    holding `marker_file`): tfpg replaces only what it wrote."""
-    if not os.path.exists(path):
-        return
-    if not os.path.isdir(path):
-        raise ValueError(f"{path}: exists and is not a directory; refusing to replace it")
-    if os.listdir(path) and not os.path.isfile(os.path.join(path, marker_file)):
-        raise ValueError(f"{path}: is a non-empty directory that is not a {kind}; "
-                         "refusing to replace it (choose another path or empty it)")
 
 
 def _move_into_place(tmp, path):

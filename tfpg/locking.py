@@ -34,10 +34,12 @@ import threading
 from tfpg.config import UsageError
 
 __all__ = ["OutputLockedError", "output_lock", "lock_path", "try_output_lock",
-           "write_file_atomically", "write_json_atomically"]
+           "write_file_atomically", "write_json_atomically", "check_replaceable"]
 
 # The temporary sibling of a file being replaced (a crash may leave one behind).
 TMP_PREFIX = ".tfpg-write-"
+# The marker file of a tfpg SavedModel export (`tfpg.export.METADATA_FILE`).
+EXPORT_MARKER = "tfpg_export.json"
 
 LOCK_SUFFIX = ".lock"
 _held = {}   # lock file path -> [fd, depth, directories made for it] of this process
@@ -46,6 +48,18 @@ _guard = threading.Lock()
 
 class OutputLockedError(UsageError):
     """Another process writes the output: the CLI exits 2 with this one line."""
+
+
+def check_replaceable(path, marker_file=EXPORT_MARKER, kind="tfpg export"):
+    """Raises ValueError unless `path` is absent, empty or a `kind` (a directory
+    holding `marker_file`): tfpg replaces only what it wrote."""
+    if not os.path.exists(path):
+        return
+    if not os.path.isdir(path):
+        raise ValueError(f"{path}: exists and is not a directory; refusing to replace it")
+    if os.listdir(path) and not os.path.isfile(os.path.join(path, marker_file)):
+        raise ValueError(f"{path}: is a non-empty directory that is not a {kind}; "
+                         "refusing to replace it (choose another path or empty it)")
 
 
 def write_file_atomically(path, contents):

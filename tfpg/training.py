@@ -53,7 +53,8 @@ from tfpg.checkpoints import (STATE_VERSION, EpochCheckpoint, EpochSeed,  # noqa
 from tfpg.config import (LOG_POINTS, MIN_FREE_MB_ENV, NAMED_REWARDS,  # noqa: F401
                          NUM_CPU_DEVICES_ENV, ON_INVALID_REWARD, POLICY_MAX_LENGTH, PRECISIONS,
                          RUNTIME_OPTIONS, STRATEGIES, TASK_FINETUNE_EPOCHS, TRUNCATE_PROMPTS,
-                         TrainConfig, UsageError, check_config, check_output, check_writable)
+                         TrainConfig, UsageError, check_config, check_output, check_writable,
+                         run_paths)
 from tfpg.devices import (configure_cpu_devices, float32_copy, is_chief,  # noqa: F401
                           make_strategy, set_precision, shard_by_data)
 from tfpg.evaluation import evaluate_policy, format_table  # noqa: F401
@@ -79,12 +80,7 @@ def run_training(config, log=print, warn=_warn):
     write nothing and return `{"chief": False, ...}` without evaluating.
     """
     check_config(config)
-    output = os.path.normpath(config.output or os.path.join("saved_models", config.run_name))
-    logdir = config.logdir or os.path.join("logs", config.run_name)
-    checkpoint_dir = output + ".checkpoint"
-    check_output(output, checkpoint_dir)
-    check_writable(output)
-    check_writable(logdir)
+    output, logdir, checkpoint_dir = run_paths(config)
     # Devices, strategy and determinism before anything runs a TensorFlow op.
     strategy = make_strategy(config.strategy, config.num_cpu_devices)
     chief = is_chief(strategy)
