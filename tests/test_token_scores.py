@@ -189,15 +189,15 @@ def test_lora_xla_and_mixed_precision_steps_as_with_whole_logits():
 
 def _step_tensors(agent, chunked, batch=None):
     if not chunked:
-        original = tfpg.algorithms.base.score_tokens
-        tfpg.algorithms.base.score_tokens = whole_logits_scores
+        original = tfpg.algorithms.collect.score_tokens
+        tfpg.algorithms.collect.score_tokens = whole_logits_scores
     try:
         rollout, batch = agent.collect_rollout(batch or {"prompt": prompts()})
         rollout.update(agent.compute_advantages(rollout, batch))
         total, gradients, _ = agent.loss_and_gradients(rollout)
     finally:
         if not chunked:
-            tfpg.algorithms.base.score_tokens = original
+            tfpg.algorithms.collect.score_tokens = original
     return total, [tf.convert_to_tensor(g) for g in gradients]
 
 

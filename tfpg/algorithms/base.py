@@ -2,16 +2,20 @@
 
 One `train_step` is:
 
-1. rollout (`collect_rollout`, a `tfpg.algorithms.rollout.Rollout`): the rollout
-   source samples completions of the batch's prompts in-graph (`group_size` per
-   prompt) and scores them with the reward, or, with `env=`, plays multi-turn
-   episodes (`tfpg.algorithms.episodes`) (`sample_rollout`); then the log-probs,
-   reference log-probs and values the update needs are added (`score_rollout`) and
-   the rollout's logs recorded (`record_rollout_metrics`);
+1. rollout (`collect_rollout`, a `tfpg.algorithms.rollout.Rollout`;
+   `tfpg.algorithms.collect`): the rollout source samples completions of the batch's
+   prompts in-graph (`group_size` per prompt) and scores them with the reward, or,
+   with `env=`, plays multi-turn episodes (`tfpg.algorithms.episodes`)
+   (`sample_rollout`); then the log-probs, reference log-probs and values the update
+   needs are added (`score_rollout`) and the rollout's logs recorded
+   (`record_rollout_metrics`, `tfpg.algorithms.metrics`);
 2. advantages: the algorithm's own `compute_advantages` (`learn`);
-3. update: `num_epochs` passes of `num_minibatches` minibatches over the rollout, each
-   a forward pass under `tf.GradientTape`, the algorithm's `loss_terms`, gradient
-   clipping by global norm and `optimizer.apply` (`update`).
+3. update (`tfpg.algorithms.update`): `num_epochs` passes of `num_minibatches`
+   minibatches over the rollout, each a forward pass under `tf.GradientTape`, the
+   algorithm's `loss_terms`, gradient clipping by global norm and `optimizer.apply`.
+
+This module holds the constructor (options, checks, models), `compile`, the
+algorithm's hooks and `train_step`; the three stages are mixins, one module each.
 
 An algorithm subclass only says how advantages are made and which per-token losses it
 minimises. Everything that touches distribution (loss scaling, cross-replica
@@ -23,45 +27,24 @@ Conventions: `B` rows in the rollout (prompts x group_size), `P` prompt length, 
 that sampled.
 """
 
-import functools
-
 import keras
 import tensorflow as tf
 
-from tfpg import advantages as adv
 from tfpg import bounds
 from tfpg import losses
 from tfpg import multi_turn
 from tfpg.algorithms import episodes
-from tfpg.algorithms.rollout import Rollout, as_rollout, truncated_completions
-from tfpg.distribution import (DistributedFitMixin, apply_gradients, cross_replica_sum,
-                               is_loss_scale_optimizer, num_replicas, replica_rows,
-                               scale_loss)
-from tfpg.generation import (check_decode_size, decode_loop, prompt_padding_mask,
-                             resolve_eos_id, resolve_sampler, sampling_suppress_ids)
-from tfpg.models.checkpointing import gradient_checkpointing
-from tfpg.rewards.base import ON_INVALID, compute_rewards
-from tfpg.token_scores import SamplingFilter, score_tokens
-from tfpg.xla import in_xla_context, resolve_jit_compile
+from tfpg.algorithms.collect import RolloutCollection
+from tfpg.algorithms.metrics import TrainerMetrics
+from tfpg.algorithms.update import PolicyUpdate
+from tfpg.distribution import DistributedFitMixin
+from tfpg.generation import (check_decode_size, resolve_eos_id, resolve_sampler,
+                             sampling_suppress_ids)
+from tfpg.rewards.base import ON_INVALID
+from tfpg.xla import resolve_jit_compile
 
-# Folded into the step seed for the minibatch permutation: a stream of its own, so that
-# the order of the rows never repeats the decode's sampling noise (which, with
-# inverse-CDF sampling, would sort the rows by the tokens they sampled).
-MINIBATCH_STREAM = 0x6D696E69   # "mini"
 # Seconds a Python reward (`PythonReward`) may take per call, by default.
 DEFAULT_REWARD_TIMEOUT = 600.0
-# What a step computes and deliberately does not log, and why. Every other value a
-# step records must be one of `metric_names()` (`_record` refuses it otherwise), so no
-# loss term or statistic is computed and silently dropped.
-UNLOGGED = frozenset({
-    # The entropy bonus's own mean (over the policy term's tokens): `entropy` is
-    # logged, and this equals it unless GRPO's `top_entropy_quantile` < 1; GRPO's
-    # adaptive controller reads it and logs its result, `entropy_coef`.
-    "bonus_entropy",
-    # With on_invalid_reward="raise" a step with an invalid reward fails: the count
-    # is always 0 (logged with "zero" / "skip").
-    "invalid_rewards",
-})
 
 
 def _check_values(policy, max_new_tokens, kl_coef, target_kl, reward_timeout):
@@ -110,7 +93,8 @@ def _check_sync_ref_model(reference_model, alpha, steps):
         raise ValueError(f"ref_model_sync_steps must be >= 1, got {steps}")
 
 
-class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
+class PolicyGradientTrainer(RolloutCollection, PolicyUpdate, TrainerMetrics,
+                            DistributedFitMixin, keras.Model):
     """Base class of the algorithms in `tfpg.algorithms`; not used directly.
 
     Args:
@@ -303,299 +287,6 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
         # train function they would make tf.function trace it a second time.
         self.optimizer.build(self.trainable_variables)
 
-    # ----------------------------------------------------------------- metrics
-
-    def metric_names(self):
-        """The logs this trainer returns from `train_step` (DESIGN.md names)."""
-        names = ["reward", "reward_std", "policy_loss", "entropy", "completion_length",
-                 "truncated_fraction"]
-        if self.reference_model is not None:
-            names.append("kl")
-        if self.target_kl is not None:
-            names.append("kl_coef")
-        if self.value_model is not None:
-            names.append("value_loss")
-        if self.uses_ratio:
-            names += ["clip_fraction", "approx_kl"]
-        if self.group_size > 1:
-            names.append("zero_std_fraction")
-        if self.on_invalid_reward != "raise":
-            names.append("invalid_rewards")
-        if self.env is not None:
-            names += multi_turn.metric_names(self.env)
-        names += [f"reward/{name}" for name, _, _ in
-                  getattr(self.reward_fn, "weighted_components", None) or ()]
-        return names
-
-    def unlogged_metrics(self):
-        """The names a step computes and deliberately does not log (`UNLOGGED`)."""
-        return UNLOGGED
-
-    @property
-    def metrics(self):
-        return list(self._trackers.values())
-
-    def _record(self, values):
-        """Adds `values` (name -> scalar or [B] values) to the step's logs; a name
-        that is neither logged (`metric_names`) nor in `UNLOGGED` is refused."""
-        for name, value in values.items():
-            if name in self._trackers:
-                self._trackers[name].update_state(value)
-            elif name not in self.unlogged_metrics():
-                raise ValueError(f"{type(self).__name__} computes {name!r} but does not "
-                                 "log it: add it to metric_names() (and the README's "
-                                 "metrics table) or to unlogged_metrics()")
-
-    # ----------------------------------------------------------------- rollout
-
-    def sampling_seed(self):
-        """A fresh [2] seed per optimizer step, reproducible from `seed`."""
-        step = tf.cast(self.optimizer.iterations, tf.int32)
-        return tf.stack([tf.constant(self.seed, tf.int32), step])
-
-    def sample(self, prompt_ids, seed, greedy=False, prompt_mask=None):
-        """Completions of prompt_ids [B, P] (real tokens: prompt_mask [B, P]) with the
-        trainer's sampling options."""
-        greedy = greedy or self.sampler == "greedy"
-        noise_rows = replica_rows(tf.shape(prompt_ids)[0])   # all-reduces: not in XLA
-        decode = self._decode
-        if getattr(self, "jit_decode", False) and not in_xla_context():
-            decode = self._xla_decode
-        return decode(prompt_ids, seed, greedy, noise_rows,
-                      self.prompt_mask(prompt_ids, prompt_mask))
-
-    def _decode(self, prompt_ids, seed, greedy, noise_rows, prompt_mask):
-        return decode_loop(self.policy, prompt_ids, self.max_new_tokens, seed,
-                           self.temperature, self.top_k, self.top_p, greedy, self.eos_id,
-                           self.sampled_suppress_ids, noise_rows, prompt_mask)
-
-    def prompt_mask(self, prompt_ids, prompt_mask=None):
-        """bool [B, P]: the batch's "prompt_mask", or one derived from the policy's pad id."""
-        return prompt_padding_mask(self.policy, prompt_ids, prompt_mask)
-
-    @functools.cached_property
-    def _xla_decode(self):
-        """`_decode` compiled by XLA (traced once per greedy flag). Cached in the
-        instance's __dict__, out of Keras' attribute tracking."""
-        return tf.function(self._decode, jit_compile=True)
-
-    def completion_hidden(self, model, prompt_ids, completion_ids, completion_mask,
-                          prompt_mask=None):
-        """(hidden states [B, N, H] at the positions that predict each completion
-        token, the head that maps them to float32 logits [., V]).
-
-        Only the trunk runs on the whole sequence: the head (the vocabulary
-        projection) is left to `score_tokens`, which runs it on completion positions
-        in chunks. A model without `hidden_states` / `head_logits` gives its logits
-        as the "hidden states" and an identity head.
-        """
-        sequence = tf.concat([prompt_ids, completion_ids], axis=1)
-        padding = tf.concat([self.prompt_mask(prompt_ids, prompt_mask),
-                             completion_mask > 0], axis=1)
-        start = tf.shape(prompt_ids)[1] - 1
-        if hasattr(model, "hidden_states"):
-            hidden = model.hidden_states(sequence, padding_mask=padding, training=False)
-            return hidden[:, start:-1], model.head_logits
-        logits = model(sequence, padding_mask=padding, training=False)
-        return logits[:, start:-1], lambda hidden: tf.cast(hidden, tf.float32)
-
-    def completion_values(self, prompt_ids, completion_ids, completion_mask,
-                          prompt_mask=None):
-        """V(s_t) [B, N]: the value of the state before each completion token."""
-        sequence = tf.concat([prompt_ids, completion_ids], axis=1)
-        padding = tf.concat([self.prompt_mask(prompt_ids, prompt_mask),
-                             completion_mask > 0], axis=1)
-        values = self.value_model(sequence, padding_mask=padding, training=False)
-        return values[:, tf.shape(prompt_ids)[1] - 1:-1] * completion_mask
-
-    @property
-    def sampling(self):
-        """The `SamplingFilter` of the trainer's sampling options (suppression included)."""
-        return SamplingFilter(self.temperature, self.top_k, self.top_p,
-                              self.sampled_suppress_ids)
-
-    def score_completions(self, model, rollout, mask, sampling=None, support=None,
-                          **outputs):
-        """`TokenScores` [B, N] of the rollout's completions under `model`, masked by
-        `mask` [B, N] (log-probs 0 where it is 0).
-
-        `sampling` (default: the trainer's) is the distribution scored; `support`, the
-        top-k / top-p support kept from the rollout, replaces its filters: later
-        epochs score the old tokens on the support they were sampled from, not one
-        recomputed from the updated policy. `outputs`: `score_tokens`' flags
-        (entropy, temperature_log_probs, keep_support, entropy_gradient).
-        """
-        rollout = as_rollout(rollout)
-        hidden, head = self.completion_hidden(
-            model, rollout.prompt_ids, rollout.completion_ids, rollout.completion_mask,
-            rollout.prompt_mask)
-        scores = score_tokens(head, hidden, rollout.completion_ids,
-                              sampling or self.sampling, support,
-                              chunk_size=self.head_chunk_size,
-                              vocab_size=getattr(model, "vocab_size", None), **outputs)
-        real = mask > 0
-        return scores._replace(**{
-            name: tf.where(real, getattr(scores, name), 0.0)
-            for name in ("log_probs", "temperature_log_probs")
-            if getattr(scores, name) is not None})
-
-    @property
-    def keeps_support(self):
-        """Whether rollouts carry their sampling support (only top-k / top-p make it
-        depend on the policy; suppression alone is the same in every epoch)."""
-        return self.sampling.keeps_support
-
-    def score_rollout(self, rollout, mask):
-        """The rollout's behaviour log-probs "old_log_probs" [B, N] (and the "support"
-        later epochs score on), and with a reference "ref_log_probs" and "kl" [B, N]
-        (masked by `mask`): one pass of the policy's trunk and one of the reference's."""
-        with_reference = self.reference_model is not None
-        scores = self.score_completions(self.policy, rollout, mask,
-                                        keep_support=self.keeps_support,
-                                        temperature_log_probs=with_reference)
-        scored = {"old_log_probs": scores.log_probs}     # fields of the `Rollout`
-        if scores.support is not None:
-            scored["support"] = scores.support
-        if with_reference:
-            # KL between the models' own (temperature-scaled) distributions: a top-k
-            # filter on the reference would make KL infinite for tokens it excludes.
-            # After the policy's pass, not beside it: the two trunks' activations
-            # (attention scores: B * heads * T^2 floats a layer) never coexist.
-            with tf.control_dependencies([scores.log_probs]):
-                reference = self.score_completions(self.reference_model, rollout, mask,
-                                                   SamplingFilter(self.temperature))
-            kl = losses.kl_penalty(scores.temperature_log_probs, reference.log_probs,
-                                   self.kl_estimator)
-            scored.update(ref_log_probs=reference.log_probs, kl=kl * mask)
-        return scored
-
-    @property
-    def scores_rollout(self):
-        """Whether the rollout runs its own forward pass for the behaviour log-probs
-        (and the policy side of the KL). With one update per rollout and no reference
-        it need not: the update's forward uses the same weights, so its log-probs are
-        the behaviour log-probs (ratio 1, as TRL's num_iterations=1) and one forward
-        pass of the step is saved. Episodes (`env=`) are always scored: their
-        trajectories, in one pass, are what the update reads (the turns were sampled
-        from left-padded contexts of their own)."""
-        return (self.num_epochs * self.num_minibatches > 1
-                or self.reference_model is not None or self.env is not None)
-
-    def sample_rollout(self, batch):
-        """The rollout source: samples the batch's prompts (`group_size` copies of
-        each) and rewards them; with `env=` plays one episode per row instead
-        (`tfpg.algorithms.episodes`, eager). Records the source's own logs (reward
-        components, invalid rewards; turn statistics with an env).
-
-        Returns (`Rollout` with its sampled fields, the batch with the group copies).
-        """
-        if self.env is not None:
-            batch, played = self.sample_episodes(batch)
-            # The last episodes, for callbacks (SampleLogger's transcripts).
-            object.__setattr__(self, "last_episodes", played)
-            rollout, invalid = episodes.episode_rollout(played, self.on_invalid_reward)
-            self._record(episodes.episode_metrics(self.env, played, invalid))
-            return rollout, batch
-        if self.group_size > 1:
-            # Groups are made here, inside the step, so no shuffle can split one.
-            batch = {key: tf.repeat(value, self.group_size, axis=0)
-                     for key, value in batch.items()}
-        prompt_ids = tf.cast(batch["prompt"], tf.int32)
-        # When traced, before the decode allocates: the sizes known then.
-        check_decode_size(self.policy, prompt_ids.shape[0], prompt_ids.shape[1],
-                          self.max_new_tokens)
-        prompt_mask = self.prompt_mask(prompt_ids, batch.get("prompt_mask"))   # [B, P]
-        generated = self.sample(prompt_ids, self.sampling_seed(), prompt_mask=prompt_mask)
-        completion_ids, mask = generated.token_ids, generated.mask
-        completion_ids.set_shape([None, self.max_new_tokens])
-        mask.set_shape([None, self.max_new_tokens])
-
-        scored = compute_rewards(self.reward_fn, prompt_ids, completion_ids, mask, batch,
-                                 self.on_invalid_reward, self.reward_timeout)
-        rollout = Rollout(
-            prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
-            completion_mask=mask, loss_mask=mask * scored.valid[:, None],
-            scores=scored.rewards, valid=scored.valid,
-            token_rewards=adv.sequence_score_to_token_rewards(scored.rewards, mask))
-        rollout.truncated = truncated_completions(rollout, self.max_new_tokens, self.eos_id)
-        if self.uses_reward_components:
-            # [B, C]: each objective of a WeightedSum, unweighted, in its order.
-            rollout.reward_components = tf.stack(
-                [scored.components[name] for name, _, _ in self.reward_fn.weighted_components],
-                axis=1)
-        self._record(scored.metrics())
-        return rollout, batch
-
-    def sample_episodes(self, batch, seed=None):
-        """With `env=`: (the numpy batch with `group_size` copies of each row, the
-        `tfpg.multi_turn.Episodes` played with the trainer's sampling options)."""
-        return episodes.sample_episodes(self, batch, seed)
-
-    def finish_rollout(self, rollout):
-        """Scores a sampled rollout in place (`score_rollout` where `scores_rollout`,
-        the KL penalty in the token rewards where `kl_in_reward`, the critic's
-        values) and records its logs (`record_rollout_metrics`). Returns it."""
-        mask = rollout.action_mask
-        if self.scores_rollout:
-            rollout.update(self.score_rollout(rollout, mask))
-        if rollout.kl is not None and self.kl_in_reward:
-            rollout.token_rewards -= self.kl_coef * rollout.kl                # [B, N]
-        if self.value_model is not None:
-            # After the scoring passes (see `score_rollout`): one trunk at a time.
-            with tf.control_dependencies([value for value in (rollout.old_log_probs,
-                                                              rollout.kl)
-                                          if value is not None]):
-                values = self.completion_values(rollout.prompt_ids, rollout.completion_ids,
-                                                rollout.completion_mask, rollout.prompt_mask)
-            if rollout.policy_mask is not None:     # env tokens: no state of the policy's
-                values *= rollout.policy_mask
-            rollout.values = values
-        self.record_rollout_metrics(rollout)
-        return rollout
-
-    def collect_rollout(self, batch):
-        """Samples (`sample_rollout`), scores and records a rollout (`finish_rollout`).
-
-        Returns (`Rollout` of [B, ...] tensors, the batch with the group copies).
-        """
-        rollout, batch = self.sample_rollout(batch)
-        return self.finish_rollout(rollout), batch
-
-    def record_rollout_metrics(self, rollout):
-        """Records the rollout's logs: reward mean and std over valid rows (all
-        replicas), completion length (the policy's tokens), truncated fraction, KL
-        per sequence, zero-std groups; adapts `kl_coef` towards `target_kl`."""
-        scores, valid = rollout.scores, rollout.valid
-        reward_mean, reward_sq, count = self._global_moments(scores, valid)
-        values = {
-            "reward": reward_mean,
-            "reward_std": tf.sqrt(tf.maximum(reward_sq - reward_mean ** 2, 0.0)),
-            "completion_length": tf.reduce_sum(rollout.action_mask, axis=1),   # [B]
-            "truncated_fraction": rollout.truncated,
-        }
-        if rollout.kl is not None:
-            values["kl"] = tf.reduce_sum(rollout.kl, axis=1)                 # per sequence
-        if self.group_size > 1:
-            _, values["zero_std_fraction"] = adv.group_normalized_advantages(
-                scores, self.group_size, valid=valid)                        # per group
-        self._record(values)
-        if self.target_kl is not None:
-            self._update_kl_coef(values["kl"], count)
-
-    def _global_moments(self, values, weights):
-        """Weighted mean and mean of squares of values [B] over all replicas."""
-        totals = cross_replica_sum(tf.stack([
-            tf.reduce_sum(values * weights), tf.reduce_sum(values ** 2 * weights),
-            tf.reduce_sum(weights)]))
-        count = tf.maximum(totals[2], 1.0)
-        return totals[0] / count, totals[1] / count, totals[2]
-
-    def _update_kl_coef(self, sequence_kl, count):
-        mean_kl, _, _ = self._global_moments(sequence_kl, tf.ones_like(sequence_kl))
-        error = tf.clip_by_value(mean_kl / self.target_kl - 1.0, -0.2, 0.2)
-        self.kl_coef.assign(self.kl_coef * (1.0 + error * count / self.kl_horizon))
-        self._record({"kl_coef": self.kl_coef})
-
     # -------------------------------------------------------------- algorithm
 
     def compute_advantages(self, rollout, batch):
@@ -652,186 +343,6 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
                                       clip_range)
         return per_token, self.value_coef, "token_mean"
 
-    # ------------------------------------------------------------------ update
-
-    def _aggregate(self, per_token, mask, mode, rollout_tokens=None):
-        """Scalar loss whose sum over replicas is the single-device loss.
-
-        `rollout_tokens`: this replica's real-token count of the whole rollout (the
-        "rollout_token_mean" denominator; the minibatch's own count without one)."""
-        normalizer = self.max_new_tokens
-        if mode == "rollout_token_mean":
-            normalizer = tf.reduce_sum(mask) if rollout_tokens is None else rollout_tokens
-        numerator, denominator = losses.aggregate_loss_terms(per_token, mask, mode,
-                                                             normalizer)
-        return tf.math.divide_no_nan(numerator,
-                                     cross_replica_sum(tf.stop_gradient(denominator)))
-
-    def loss_and_gradients(self, minibatch, rollout_tokens=None):
-        """Total loss, its gradients and the logs of one minibatch.
-
-        `rollout_tokens`: the real-token count of the rollout the minibatch is drawn
-        from (see `_aggregate`); None when the minibatch is the whole rollout.
-
-        The gradients are of the loss times the loss scale under a
-        `LossScaleOptimizer` (mixed_float16), as `optimizer.apply` expects them.
-        """
-        minibatch = as_rollout(minibatch)
-        mask = minibatch.loss_mask
-        with tf.GradientTape() as tape, gradient_checkpointing(self.gradient_checkpointing):
-            scores = self.score_completions(
-                self.policy, minibatch, mask, support=minibatch.support,
-                entropy=True, entropy_gradient=self.uses_entropy_bonus,
-                temperature_log_probs=self.needs_temperature_log_probs)
-            if not self.uses_entropy_bonus:    # logged only: score_tokens gives it no gradient
-                scores = scores._replace(entropy=tf.stop_gradient(scores.entropy))
-            if minibatch.old_log_probs is None:    # see `scores_rollout`
-                minibatch = minibatch.replace(
-                    old_log_probs=tf.stop_gradient(scores.log_probs))
-            values = None
-            if self.value_model is not None:
-                values = self.completion_values(minibatch.prompt_ids,
-                                                minibatch.completion_ids,
-                                                minibatch.completion_mask,
-                                                minibatch.prompt_mask)
-            terms, token_metrics = self.loss_terms(minibatch, scores, values)
-            entropy = self._aggregate(scores.entropy, mask, "token_mean")
-            logs = {"entropy": entropy}
-            total = 0.0
-            if self.uses_entropy_bonus:
-                # The mean entropy of the tokens the bonus acts on (TRL: those of the
-                # policy term), whatever the loss's own aggregation.
-                bonus_mask = self.entropy_bonus_mask(minibatch, scores)
-                logs["bonus_entropy"] = (entropy if bonus_mask is mask else
-                                         self._aggregate(scores.entropy, bonus_mask,
-                                                         "token_mean"))
-                total = -self.entropy_coefficient() * logs["bonus_entropy"]
-            for name, (per_token, coefficient, mode) in terms.items():
-                logs[name] = self._aggregate(per_token, mask, mode, rollout_tokens)
-                total += coefficient * logs[name]
-            scaled = scale_loss(self.optimizer, total)      # float16: loss scaling
-        variables = self.trainable_variables
-        gradients = tape.gradient(scaled, variables)
-        for name, per_token in token_metrics.items():
-            logs[name] = self._aggregate(per_token, mask, "token_mean")
-        return total, gradients, {name: cross_replica_sum(value) for name, value in logs.items()}
-
-    def apply_gradients(self, gradients):
-        """All-reduces, clips (`max_grad_norm`) and applies `gradients` as
-        `loss_and_gradients` gives them (times the loss scale under a
-        `LossScaleOptimizer`) to `trainable_variables`."""
-        apply_gradients(self.optimizer, gradients, self.trainable_variables,
-                        self.max_grad_norm)
-
-    def optimizer_step(self, minibatch, rollout_tokens=None):
-        """One optimizer step on `minibatch` (`loss_and_gradients`, then
-        `apply_gradients`), its logs recorded, `after_update` and a TR-DPO sync."""
-        total, gradients, logs = self.loss_and_gradients(minibatch, rollout_tokens)
-        total = tf.debugging.check_numerics(
-            total, f"{type(self).__name__}: the loss is not finite")
-        with tf.control_dependencies([total]):
-            self.apply_gradients(gradients)
-        self._record(logs)
-        self.after_update(logs)
-        if self.sync_ref_model:
-            self._sync_reference()
-
-    def _sync_reference(self):
-        """TR-DPO: every `ref_model_sync_steps` optimizer steps, reference <-
-        alpha * policy + (1 - alpha) * reference, weight by weight (after the step's
-        update, as TRL's callback at the step's end)."""
-        alpha = self.ref_model_mixup_alpha
-        due = tf.equal(self.optimizer.iterations % self.ref_model_sync_steps, 0)
-        pairs = [(target, source) for target, source in
-                 zip(self.reference_model.weights, self.policy.weights)
-                 if "float" in str(target.dtype)]
-
-        def mix(target, source, due):
-            return target.assign(tf.where(due, alpha * source + (1.0 - alpha) * target,
-                                          target))
-
-        context = tf.distribute.get_replica_context()
-        if context is not None and num_replicas() > 1:
-            def merged(strategy, due):
-                for target, source in pairs:
-                    strategy.extended.update(target, mix, args=(source, due))
-            context.merge_call(merged, args=(due,))
-        else:
-            for target, source in pairs:
-                mix(target, source, due)
-
-    def update(self, rollout):
-        """`num_epochs` x `num_minibatches` gradient steps over one rollout.
-
-        A `tf.while_loop` rather than a Python loop, so the graph holds one copy of
-        the update however many steps there are (tracing stays fast). Under a
-        multi-replica strategy the steps are unrolled instead: `tf.distribute` cannot
-        synchronise replicas (all-reduce) inside a while loop; under XLA too (see
-        below).
-        """
-        steps = self.num_epochs * self.num_minibatches
-        if steps == 1:
-            self.optimizer_step(rollout)
-            return
-        minibatches = self.minibatch_rows(rollout)
-        rollout_tokens = tf.reduce_sum(rollout.loss_mask)
-        # XLA compiles a while loop of optimizer updates very slowly (minutes for a
-        # small PPO on CPU) and runs it slower still: unrolled, it compiles like
-        # `steps` copies of one update.
-        if num_replicas() > 1 or in_xla_context():
-            for step in range(steps):
-                self.optimizer_step(minibatches(tf.constant(step)), rollout_tokens)
-            return
-
-        def body(step):
-            self.optimizer_step(minibatches(step), rollout_tokens)
-            return (step + 1,)          # a tuple like loop_vars: eager unpacks it too
-
-        tf.while_loop(lambda step: step < steps, body, (tf.constant(0),))
-
-    def minibatch_rows(self, rollout):
-        """A function of the step index giving that step's minibatch of the rollout
-        (a `Rollout`, or any structure of [B, ...] tensors with "completion_mask")."""
-        size = tf.shape(rollout["completion_mask"])[0]
-        static_size = rollout["completion_mask"].shape[0]
-        if static_size is not None and static_size < self.num_minibatches:
-            raise ValueError(f"num_minibatches={self.num_minibatches} is more than the "
-                             f"{static_size} rows of the rollout")
-        seed = tf.random.experimental.stateless_fold_in(self.sampling_seed(),
-                                                        MINIBATCH_STREAM)
-        # A random permutation per epoch as the argsort of uniforms (XLA has no
-        # shuffle op; ties have probability ~0 and would still give a permutation).
-        orders = tf.stack([                                             # [epochs, B]
-            tf.argsort(tf.random.stateless_uniform(
-                [size], tf.random.experimental.stateless_fold_in(seed, epoch)))
-            for epoch in range(self.num_epochs)])
-        # Minibatch i holds rows [i B / M, (i + 1) B / M) of the order: sizes differ by
-        # at most one, and none is empty while B >= M (6 rows in 4: 1, 2, 1, 2).
-        if not in_xla_context():    # XLA compiles assertions away
-            check = tf.debugging.assert_greater_equal(
-                size, self.num_minibatches, message="num_minibatches is more than the "
-                "rows of the rollout: a minibatch would be empty")
-            with tf.control_dependencies([check]):
-                size = tf.identity(size)
-        bounds = tf.range(self.num_minibatches + 1) * size // self.num_minibatches
-
-        def minibatch(step):
-            epoch, index = step // self.num_minibatches, step % self.num_minibatches
-            rows = orders[epoch][bounds[index]:bounds[index + 1]]
-            return tf.nest.map_structure(lambda value: tf.gather(value, rows), rollout)
-
-        return minibatch
-
-    def learn(self, rollout, batch):
-        """The step after its rollout is collected: the algorithm's advantages (of
-        `rollout.for_advantages()`), kept as `last_rollout`, then `update`."""
-        rollout.update(self.compute_advantages(rollout.for_advantages(), batch))
-        if num_replicas() == 1 and not in_xla_context():   # XLA cannot resize variables
-            kept = rollout.for_advantages()
-            for key, variable in self._last_rollout.items():
-                variable.assign(kept[key])
-        self.update(rollout)
-
     def train_step(self, data):
         batch = data if isinstance(data, dict) else {"prompt": data}
         if self.env is not None:
@@ -852,18 +363,6 @@ class PolicyGradientTrainer(DistributedFitMixin, keras.Model):
             self.compile(optimizer="sgd")
         rollout, batch = self.collect_rollout(batch)
         return self.rollout_gradients(rollout, batch)
-
-    def rollout_gradients(self, rollout, batch):
-        """Gradients of the loss of a collected `rollout` (its advantages added in
-        place) w.r.t. `trainable_variables`, no update: the gradients of the loss
-        itself, divided by the loss scale under a `LossScaleOptimizer` (float16)."""
-        rollout.update(self.compute_advantages(rollout.for_advantages(), batch))
-        _, gradients, _ = self.loss_and_gradients(rollout)
-        if is_loss_scale_optimizer(self.optimizer):
-            scale = self.optimizer.dynamic_scale
-            gradients = [None if g is None else tf.convert_to_tensor(g) / scale
-                         for g in gradients]
-        return gradients
 
     def get_config(self):
         config = super().get_config()
