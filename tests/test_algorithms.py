@@ -292,3 +292,19 @@ def test_a_computed_statistic_that_is_not_logged_is_refused():
     agent.compile(optimizer="sgd")
     with pytest.raises(ValueError, match="computes 'mystery' but does not log it"):
         agent.train_step({"prompt": tf.constant([[1, 4], [1, 6]])})
+
+
+def test_rollout_is_a_typed_structure_that_tf_nest_and_tf_function_carry():
+    from tfpg.algorithms.rollout import Rollout
+    env_tokens = tf.constant([[1.0, 0.0, 1.0]])               # a policy, env, policy row
+    rollout = Rollout(scores=tf.constant([2.0]), completion_mask=tf.ones([1, 3]),
+                      policy_mask=env_tokens, loss_mask=env_tokens * 0.0)
+    assert rollout.keys() == ["completion_mask", "loss_mask", "scores", "policy_mask"]
+    assert len(tf.nest.flatten(rollout)) == 4                  # None fields are no leaves
+    doubled = tf.function(lambda r: tf.nest.map_structure(lambda x: 2 * x, r))(rollout)
+    assert isinstance(doubled, Rollout) and doubled.kl is None
+    assert float(doubled["scores"][0]) == 4.0 and "kl" not in doubled
+    assert rollout.action_mask is env_tokens                   # the policy's tokens
+    assert rollout.for_advantages().completion_mask is rollout.loss_mask
+    with pytest.raises(KeyError, match="no field 'scroes'"):
+        rollout.update({"scroes": tf.zeros([1])})

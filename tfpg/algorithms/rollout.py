@@ -5,8 +5,8 @@ A rollout is made in three stages, each adding fields (None until then):
 1. sampled, by the trainer's rollout source (`PolicyGradientTrainer.sample_rollout`:
    in-graph decoding and `reward_fn` for single completions, or multi-turn episodes
    against an env, `tfpg.algorithms.episodes`): ids, masks, rewards;
-2. scored (`PolicyGradientTrainer.score_rollout`): behaviour and reference
-   log-probs, KL, values;
+2. scored (`PolicyGradientTrainer.finish_rollout`): behaviour and reference
+   log-probs and KL (`score_rollout`), the KL penalty in the token rewards, values;
 3. given advantages (the algorithm's `compute_advantages`).
 
 `Rollout` is a dataclass that `tf.nest` flattens (into its non-None fields) and
