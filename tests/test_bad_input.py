@@ -512,7 +512,10 @@ def test_generate_takes_a_sampler(trained, capsys):
                               "--seed", "5"])
     assert default[0] == greedy[0] == 0 and greedy[1] == default[1]
     generator = tfpg.load(str(model))
-    assert generator.generate(prompts, sampler="greedy") == default[1].splitlines()
+    # jsonl: the completions as they are (text shows an empty one as "(empty)").
+    as_json = run_cli(capsys, ["generate", model, *prompts, "--format", "jsonl"])
+    assert [json.loads(line)["completion"] for line in as_json[1].splitlines()] == \
+        generator.generate(prompts, sampler="greedy")
     sampled = [run_cli(capsys, ["generate", model, *prompts, "--sampler", sampler,
                                 "--seed", "3", "--temperature", "5"])
                for sampler in ("top_k", "top_k", "sample")]
