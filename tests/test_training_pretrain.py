@@ -2,6 +2,7 @@
 
 import doctest
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -93,6 +94,26 @@ def test_copy_policy_is_trainable_or_frozen(task):
             np.testing.assert_array_equal(a, b)
     trainable.variables[0].assign(trainable.variables[0] + 1.0)     # its own variables
     assert not np.allclose(trainable.get_weights()[0], policy.get_weights()[0])
+
+
+def test_a_float32_copy_of_a_mixed_precision_policy(task):
+    """`copy_policy(..., dtype="float32")` (evaluation, export): the same weights, float32
+    compute in every layer, and the global dtype policy left as it was."""
+    _, tok = task
+    ids = tf.constant([tok.encode("12+34=")])
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        policy = tfpg.PolicyNetwork(tok.vocabulary_size, **SMALL)
+        policy.build()
+        copy = tfpg.copy_policy(policy, dtype="float32")
+        assert keras.mixed_precision.global_policy().name == "mixed_float16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert policy.hidden_states(ids).dtype == tf.float16
+    assert copy.hidden_states(ids).dtype == tf.float32          # the trunk computes in float32
+    for a, b in zip(policy.get_weights(), copy.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(copy(ids), policy(ids), atol=0.05)     # float16 rounding
 
 
 def test_pretrain_docstring_example_runs():
