@@ -226,18 +226,18 @@ def check_config(config):
                              "no LoRA adapters")
 
 
-def check_file(path, flag=None):
-    """UsageError "[FLAG ]PATH: file not found" unless `path` (None: nothing to check)
+def check_file(path, option=None):
+    """UsageError "[OPTION ]PATH: file not found" unless `path` (None: nothing to check)
     is a file; the command line checks its input files before TensorFlow starts."""
     if path is not None and not os.path.isfile(path):
-        raise UsageError(f"{flag + ' ' if flag else ''}{path}: file not found")
+        raise UsageError(f"{option + ' ' if option else ''}{path}: file not found")
 
 
 # What a KerasHub preset or a transformers checkpoint directory always holds.
 MODEL_CONFIG_FILE = "config.json"
 
 
-def check_model_source(flag, source):
+def check_model_source(option, source):
     """Refuses, before TensorFlow starts, a `--model` / `--teacher` that cannot be one,
     naming what was tried (UsageError, one line): a missing `.keras` file or path, a
     file that is not a `.keras` policy, a directory that is neither a KerasHub preset
@@ -248,16 +248,16 @@ def check_model_source(flag, source):
         return
     if os.path.isdir(source):
         if not os.path.isfile(os.path.join(source, MODEL_CONFIG_FILE)):
-            raise UsageError(f"{flag} {source}: a directory, but not a KerasHub preset or "
+            raise UsageError(f"{option} {source}: a directory, but not a KerasHub preset or "
                              f"a transformers checkpoint (no {MODEL_CONFIG_FILE} in it)")
     elif os.path.exists(source):
         if not source.endswith(".keras"):
-            raise UsageError(f"{flag} {source}: a file, but not a .keras policy (a KerasHub "
+            raise UsageError(f"{option} {source}: a file, but not a .keras policy (a KerasHub "
                              "preset or a transformers checkpoint is a directory)")
     elif source.endswith(".keras"):
-        check_file(source, flag)
+        check_file(source, option)
     elif os.sep in source or "/" in source or source.startswith((".", "~")):
-        raise UsageError(f"{flag} {source}: no such file or directory")
+        raise UsageError(f"{option} {source}: no such file or directory")
 
 
 def check_reward_spec(spec):
