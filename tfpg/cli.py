@@ -31,7 +31,7 @@ import warnings
 # Only modules that do not import TensorFlow: `--help` and bad arguments answer at
 # once; each command imports what it runs.
 from tfpg import bounds
-from tfpg.config import (BACKBONES, EXPORT_FORMATS, ON_INVALID_REWARD, PRECISIONS,
+from tfpg.config import (BACKBONES, EXPORT_FORMATS, NAMED_REWARDS, ON_INVALID_REWARD, PRECISIONS,
                          REWARD_TIMEOUT, SAMPLERS, STRATEGIES, TASK_NAMES, TRAINER_NAMES,
                          TRUNCATE_PROMPTS, TrainConfig, UsageError, check_config, check_file,
                          flag, run_paths)
@@ -72,7 +72,7 @@ def _train_parser(subparsers, common):
                             "(default: the --model checkpoint's own)")
     train.add_argument("--algorithm", help=f"{' | '.join(TRAINER_NAMES)} (default rloo)")
     train.add_argument("--backbone", help=f"{' | '.join(BACKBONES)} (default lstm)")
-    train.add_argument("--reward", help="bleu | exact_match | length | module:function "
+    train.add_argument("--reward", help=f"{' | '.join(NAMED_REWARDS)} | module:function "
                                         "(default: the task's reward)")
     train.add_argument("--reward-model", help="score with a reward model directory written "
                                               "by `tfpg train-reward`")
