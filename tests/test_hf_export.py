@@ -19,7 +19,8 @@ pytest.importorskip("keras_hub")
 import tfpg  # noqa: E402
 from keras_hub_models import build_causal_lm  # noqa: E402
 from tfpg.hf.export import export_transformers  # noqa: E402
-from tfpg.hf.safetensors_format import read_file, read_header  # noqa: E402
+from tfpg.hf.safetensors import (SafetensorsReader, read_file, read_header,  # noqa: E402
+                                  write_file)
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "data", "hf")
 RANK = 2
@@ -300,3 +301,28 @@ def test_cli_export_format_checks_before_tensorflow(tmp_path):
     assert_usage_error(results[2], "transformers", "KerasHub --model")
     assert_usage_error(results[3], "transformers", "KerasHub --model")
     assert os.listdir(tmp_path) == []
+
+
+def test_the_safetensors_module_reads_what_it_writes(tmp_path):
+    """One module writes and reads the format: `read_file` gives every dtype back as
+    written; `SafetensorsReader` reads the file as a checkpoint directory, bfloat16
+    widened to float32 exactly; a dtype tfpg cannot read is a one-line error."""
+    import ml_dtypes
+    tensors = {"w": np.array([[1.5, -2.25], [0.0, 3.0]], ml_dtypes.bfloat16),
+               "ids": np.arange(3, dtype=np.int64), "h": np.array([0.1], np.float16)}
+    write_file(tmp_path / "model.safetensors", tensors, metadata={"format": "pt"})
+    back = read_file(tmp_path / "model.safetensors")
+    assert {name: (a.dtype, a.tolist()) for name, a in back.items()} == \
+        {name: (a.dtype, a.tolist()) for name, a in tensors.items()}
+    assert read_header(tmp_path / "model.safetensors")["__metadata__"] == {"format": "pt"}
+    reader = SafetensorsReader(str(tmp_path))
+    assert sorted(reader.keys()) == ["h", "ids", "w"] and reader.dtypes() == {"BF16", "F16",
+                                                                              "I64"}
+    widened = reader.get_tensor("w")
+    assert widened.dtype == np.float32 and widened.tolist() == [[1.5, -2.25], [0.0, 3.0]]
+    header = json.dumps({"x": {"dtype": "F8_E4M3", "shape": [1], "data_offsets": [0, 1]}})
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "model.safetensors").write_bytes(
+        len(header).to_bytes(8, "little") + header.encode() + b"\0")
+    with pytest.raises(ValueError, match="tensor x has dtype F8_E4M3, which tfpg cannot read"):
+        SafetensorsReader(str(tmp_path / "odd")).get_tensor("x")

@@ -30,6 +30,10 @@ What tfpg reads itself, because those converters miss it or get it wrong:
 import json
 import os
 
+import numpy as np
+
+from tfpg.hf.safetensors import SafetensorsReader
+
 SUPPORTED = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
 CONFIG_FILE = "config.json"
 
@@ -288,37 +292,22 @@ def patch_backbone(backbone, config):
     return backbone
 
 
-class _FullPrecision:
-    """A loader that hands KerasHub's converters arrays whose `astype(float16)` keeps
+class _Kept(np.ndarray):
+    """An array whose `astype(float16)` keeps the values (see `_FullPrecision`)."""
+
+    def astype(self, dtype, *args, **kwargs):
+        if np.dtype(dtype) == np.float16:
+            return self
+        return np.asarray(self).astype(dtype, *args, **kwargs)
+
+
+class _FullPrecision(SafetensorsReader):
+    """A reader that hands KerasHub's converters arrays whose `astype(float16)` keeps
     the values: the Mistral converter of keras_hub 0.32 rounds every weight to
     float16 on the way in."""
 
-    def __init__(self, reader):
-        self.reader = reader
-
-    def get_tensor(self, key):
-        import numpy as np
-
-        class Kept(np.ndarray):
-            def astype(self, dtype, *args, **kwargs):
-                if np.dtype(dtype) == np.float16:
-                    return self
-                return np.asarray(self).astype(dtype, *args, **kwargs)
-
-        return np.asarray(self.reader.get_tensor(key)).view(Kept)
-
-    def port_weight(self, keras_variable, hf_weight_key, hook_fn=None):
-        import numpy as np
-        tensor = self.get_tensor(hf_weight_key)
-        if hook_fn is not None:
-            tensor = hook_fn(tensor, list(keras_variable.shape))
-        keras_variable.assign(np.asarray(tensor).reshape(keras_variable.shape))
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+    def get_tensor(self, name):
+        return np.asarray(super().get_tensor(name)).view(_Kept)
 
 
 def load_causal_lm(path, dtype=None):
@@ -329,7 +318,6 @@ def load_causal_lm(path, dtype=None):
 
     import keras_hub
 
-    from tfpg.hf.safetensors import SafetensorsReader
     from tfpg.hf.tokenizer import HFTokenizer
 
     path = os.fspath(path)
@@ -338,7 +326,7 @@ def load_causal_lm(path, dtype=None):
     if name is None:
         family(path, config)     # raises with the supported model types
     arguments = backbone_config(path, config)
-    reader = SafetensorsReader(path)
+    reader = (_FullPrecision if converter_name == "convert_mistral" else SafetensorsReader)(path)
     tokenizer = HFTokenizer.from_directory(path)
     if tokenizer.vocabulary_size > arguments["vocabulary_size"]:
         raise ValueError(f"{path}: tokenizer.json has {tokenizer.vocabulary_size} tokens but "
@@ -349,9 +337,8 @@ def load_causal_lm(path, dtype=None):
     backbone = backbone_class(**arguments, **options)
     converter = importlib.import_module(
         f"keras_hub.src.utils.transformers.{converter_name}")
-    loader = _FullPrecision(reader) if converter_name == "convert_mistral" else reader
     try:
-        converter.convert_weights(backbone, loader, config)
+        converter.convert_weights(backbone, reader, config)
     except KeyError as error:
         raise ValueError(f"{path}: a weight is missing from the safetensors files "
                          f"({error.args[0]})") from None

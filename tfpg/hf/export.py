@@ -555,7 +555,7 @@ def _write_tokenizer_files(directory, tokenizer, config):
 
 
 def _write_safetensors(path, tensors):
-    from tfpg.hf.safetensors_format import write_file
+    from tfpg.hf.safetensors import write_file
     write_file(path, tensors, metadata=_SAFETENSORS_METADATA)
 
 
