@@ -107,7 +107,7 @@ def models():
     keras.utils.set_random_seed(0)
     policy = tfpg.PolicyNetwork(VOCAB, 16, 32)
     policy.build()
-    reference = tfpg.algorithms.base.frozen_copy(policy)
+    reference = tfpg.copy_policy(policy, trainable=False)
     return policy, reference
 
 

@@ -15,7 +15,6 @@ import tensorflow as tf
 keras_hub = pytest.importorskip("keras_hub")
 
 import tfpg  # noqa: E402
-from tfpg.algorithms.base import frozen_copy  # noqa: E402
 from tfpg.data import pad_ids  # noqa: E402
 from tfpg.generation import filter_logits  # noqa: E402
 from tfpg.keras_hub_tokenizer import KerasHubTokenizer  # noqa: E402
@@ -233,8 +232,8 @@ def test_lora_trains_only_the_adapters_and_the_reference_stays_the_base(presets,
     reference = agent.reference_model(ids, padding_mask=mask)
     np.testing.assert_allclose(reference, base(ids, padding_mask=mask), atol=1e-6)
     assert np.abs(policy(ids, padding_mask=mask) - reference).max() > 1e-4
-    # frozen_copy and a checkpoint round trip keep the adapters.
-    copy = frozen_copy(policy)
+    # A frozen copy and a checkpoint round trip keep the adapters.
+    copy = tfpg.copy_policy(policy, trainable=False)
     np.testing.assert_allclose(copy(ids, padding_mask=mask), policy(ids, padding_mask=mask),
                                atol=1e-6)
     path = tf.train.Checkpoint(policy=policy).save(str(tmp_path / "ckpt"))

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 import tfpg
 from tfpg import multi_turn
+from tfpg.data import pad_ids
 from tfpg.text import SPECIAL_TOKENS, Tokenizer
 from tfpg.tool_env import ToolEnv, calculator, run_calls
 from tfpg.turn_env import TurnEnv
@@ -85,7 +86,7 @@ class ScriptedEnv(TurnEnv):
 
 
 def prompts(*texts):
-    ids, mask = multi_turn._left_padded([TOK.encode(t) for t in texts], 0)
+    ids, mask = pad_ids([TOK.encode(t) for t in texts], "left", 0)
     return {"prompt": ids, "prompt_mask": mask}
 
 

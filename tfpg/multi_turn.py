@@ -35,7 +35,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from tfpg.data import MESSAGES_COLUMN, encode_prompt, is_conversation
+from tfpg.data import MESSAGES_COLUMN, encode_prompt, is_conversation, pad_ids
 from tfpg.generation import generate, policy_is_positional
 from tfpg.turn_env import as_numpy_batch
 from tfpg.xla import resolve_jit_compile
@@ -151,19 +151,6 @@ def reply_renderer(env, template, end_token=None):
     return lambda text: template.reply_text(text, role, end_token)
 
 
-def _left_padded(rows, pad_id, multiple=1):
-    """Lists of ids -> (int32 [n, L] left-padded, int32 [n, L] mask); L is the longest
-    row rounded up to a multiple of `multiple`."""
-    width = -(-max(len(row) for row in rows) // multiple) * multiple
-    ids = np.full([len(rows), width], pad_id, np.int32)
-    mask = np.zeros([len(rows), width], np.int32)
-    for i, row in enumerate(rows):
-        if row:
-            ids[i, width - len(row):] = row
-            mask[i, width - len(row):] = 1
-    return ids, mask
-
-
 def _turn_seed(seed, turn):
     seed = tf.cast(tf.reshape(tf.convert_to_tensor(
         [seed, 0] if isinstance(seed, int) else seed), [2]), tf.int64)
@@ -236,7 +223,7 @@ def rollout_episodes(policy, env, batch, max_turns, max_new_tokens, sampler="sam
         longest = max(len(context) for context in contexts)
         if max_length is not None and -(-longest // multiple) * multiple >= max_length:
             multiple = 1
-        ids, mask = _left_padded(contexts, pad_id, multiple)
+        ids, mask = pad_ids(contexts, "left", pad_id, multiple)
         budget = max_new_tokens
         if max_length is not None:   # the longest context bounds every row's turn
             budget = int(min(budget, max_length - ids.shape[1]))
@@ -276,7 +263,7 @@ def rollout_episodes(policy, env, batch, max_turns, max_new_tokens, sampler="sam
             log_probs[row] += [0.0] * len(reply)
             segments[row].append((ENV, reply))
 
-    prompt_ids, prompt_mask = _left_padded(prompts, pad_id)
+    prompt_ids, prompt_mask = pad_ids(prompts, "left", pad_id)
     width = max(max((len(r) for r in rest), default=0), 1)
     completion_ids = np.full([size, width], pad_id, np.int32)
     completion_mask = np.zeros([size, width], np.float32)
@@ -381,9 +368,10 @@ def play_text_episodes(generate, env, prompts, max_turns, extras=None, chat_temp
         raise ValueError("conversational prompts need a chat template (the tokenizer has "
                          "none): give chat_template=")
     rendered = [template.render(p) for p in prompts] if chat else None
-    ids, mask = _left_padded([tokenizer.encode(text, add_bos=getattr(
+    ids, mask = pad_ids([tokenizer.encode(text, add_bos=getattr(
         tokenizer, "chat_adds_bos", False)) for text in rendered] if chat else
-        [encode_prompt(p, tokenizer) for p in prompts], getattr(tokenizer, "pad_id", 0))
+        [encode_prompt(p, tokenizer) for p in prompts], "left",
+        getattr(tokenizer, "pad_id", 0))
     batch = {"prompt": ids, "prompt_mask": mask,
              **{key: np.asarray(value) for key, value in (extras or {}).items()}}
     render = reply_renderer(env, template)

@@ -38,6 +38,7 @@ from tfpg.algorithms.collect import RolloutCollection
 from tfpg.algorithms.metrics import TrainerMetrics
 from tfpg.algorithms.update import PolicyUpdate
 from tfpg.distribution import DistributedFitMixin
+from tfpg.models.copying import copy_policy
 from tfpg.generation import (check_decode_size, resolve_eos_id, resolve_sampler,
                              sampling_suppress_ids)
 from tfpg.rewards.base import ON_INVALID
@@ -59,23 +60,12 @@ def _check_values(policy, max_new_tokens, kl_coef, target_kl, reward_timeout):
     bounds.check_timeout("reward_timeout", reward_timeout)
 
 
-def frozen_copy(model):
-    """A non-trainable copy of `model` with the same weights (the KL reference)."""
-    if not model.built:
-        model.build()
-    copy = model.__class__.from_config(model.get_config())
-    copy.build()
-    copy.set_weights(model.get_weights())
-    copy.trainable = False
-    return copy
-
-
 def reference_of(policy):
     """The KL reference for `policy`: a LoRA policy's own weights with the adapters
-    off (`policy.lora_reference()`, no second copy), else a `frozen_copy`."""
+    off (`policy.lora_reference()`, no second copy), else a frozen copy."""
     lora_reference = getattr(policy, "lora_reference", None)
     reference = lora_reference() if lora_reference is not None else None
-    return reference if reference is not None else frozen_copy(policy)
+    return reference if reference is not None else copy_policy(policy, trainable=False)
 
 
 def _check_sync_ref_model(reference_model, alpha, steps):
