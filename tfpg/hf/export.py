@@ -201,28 +201,25 @@ def _gpt2_projections(backbone):
     return projections
 
 
-def _decoder_projections(backbone):
-    projections = []
-    for i, block in enumerate(_layers(backbone, "transformer_layer")):
-        attention = block._self_attention_layer
-        for name, layer in (("q_proj", attention._query_dense),
-                            ("k_proj", attention._key_dense),
-                            ("v_proj", attention._value_dense)):
-            projections.append(_Projection(layer, f"model.layers.{i}.self_attn.{name}.weight",
-                                           name))
+def _qkv_projections(block_name, attention_name, dense_names):
+    """The q / k / v projections of a decoder family whose blocks are the backbone's
+    `block_name` layers, with attention `attention_name` holding `dense_names`."""
+    def projections(backbone):
+        found = []
+        for i, block in enumerate(_layers(backbone, block_name)):
+            attention = getattr(block, attention_name)
+            for name, dense in zip(("q_proj", "k_proj", "v_proj"), dense_names):
+                found.append(_Projection(getattr(attention, dense),
+                                         f"model.layers.{i}.self_attn.{name}.weight", name))
+        return found
     return projections
 
 
-def _gemma_projections(backbone):
-    projections = []
-    for i, block in enumerate(_layers(backbone, "decoder_block")):
-        attention = block.attention
-        for name, layer in (("q_proj", attention.query_dense),
-                            ("k_proj", attention.key_dense),
-                            ("v_proj", attention.value_dense)):
-            projections.append(_Projection(layer, f"model.layers.{i}.self_attn.{name}.weight",
-                                           name))
-    return projections
+_decoder_projections = _qkv_projections(                  # Llama, Mistral, Qwen
+    "transformer_layer", "_self_attention_layer", ("_query_dense", "_key_dense",
+                                                   "_value_dense"))
+_gemma_projections = _qkv_projections(
+    "decoder_block", "attention", ("query_dense", "key_dense", "value_dense"))
 
 
 def _qwen3_weights(backbone, include_lm_head=True):
