@@ -108,6 +108,7 @@ def _train_parser(subparsers, common):
                             "its first tokens) / right (drop its last), with a warning")
     train.add_argument("--model", help="start from this model instead of a new "
                                        "PolicyNetwork: a KerasHub preset name or directory, "
+                                       "a Hugging Face transformers checkpoint directory, "
                                        "or a .keras policy (tokenizer.json beside it); "
                                        "pre-training only with --pretrain-epochs")
     train.add_argument("--lora-rank", type=int,
