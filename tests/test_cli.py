@@ -85,15 +85,17 @@ def test_help_and_bad_arguments_answer_without_tensorflow(tmp_path):
     (tmp_path / "not_a_preset").mkdir()
     (tmp_path / "notes.txt").write_text("not a model\n")
     # Run from a clone's parent directory: the clone (named tfpg, no __init__.py) is in
-    # the current directory. The editable install's .pth line (pyproject.toml's
-    # package-dir) puts the clone's root on sys.path; the regular package found there
-    # wins over the empty namespace package of the current directory.
+    # the current directory. Whether tfpg is installed (pip install .) or editable (the
+    # .pth line of pyproject.toml's package-dir puts the clone's root on sys.path), the
+    # regular package wins over the empty namespace package of the current directory.
     (tmp_path / "tfpg").mkdir()
     script = "\n".join([
-        "import json, sys",
-        f"sys.path.append({ROOT!r})",          # what the .pth line adds
+        "import json, os, sys",
+        f"sys.path.append({ROOT!r})",          # what an editable install's .pth line adds
         "import tfpg",
-        "assert tfpg.__file__ == " + repr(os.path.join(ROOT, "tfpg", "__init__.py")),
+        "assert tfpg.__file__ and os.path.basename(tfpg.__file__) == '__init__.py', "
+        "tfpg.__path__",
+        f"assert not tfpg.__file__.startswith({str(tmp_path)!r}), tfpg.__file__",
         "from tfpg.cli import main",
         "for argv in (['--help'], ['train', '--help'], ['generate', '--help']):",
         "    try:",
