@@ -207,8 +207,9 @@ def test_run_eagerly_takes_the_same_update_steps_as_the_graph():
 # ------------------------------------------------------------------ metrics names
 
 def readme_metrics_table():
-    """{first-column cell: [names in it]} of the README's metrics table."""
-    with open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8") as f:
+    """{first-column cell: [names in it]} of the metrics table of docs/algorithms.md."""
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "algorithms.md"),
+              encoding="utf-8") as f:
         text = f.read()
     table = text[text.index("| log | what | logged by |"):].split("\n\n")[0]
     rows = [line.split(" | ")[0].lstrip("| ") for line in table.splitlines()[2:]]
@@ -267,7 +268,7 @@ def logged_names(name, options):
 
 def test_each_trainers_logs_are_the_readme_metrics_table():
     """What each trainer logs (its `metrics`, the keys `train_step` returns), by hand,
-    and every name is a row of the README's metrics table; every row is logged by
+    and every name is a row of the metrics table of docs/algorithms.md; every row is logged by
     one of these trainers (no stale names)."""
     table = readme_metrics_table()
     documented = {name for names in table.values() for name in names}

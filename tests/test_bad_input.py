@@ -3,7 +3,7 @@ the public API and the `tfpg` command, and nothing already saved is lost.
 
 Most CLI cases call `tfpg.cli.main` in this process (the same code path as the
 `tfpg` command, without a TensorFlow start-up per case); a few run the real command.
-The README's "Bad input" table lists the same cases.
+The bad-input table of docs/trust.md lists the same cases.
 """
 
 import hashlib
