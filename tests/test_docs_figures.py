@@ -253,15 +253,17 @@ def overoptimization_short():
             kl = [r["kl_at_gold_peak"] for r in mine]
             lines.append(
                 f"| {algorithm.upper()}, kl_coef {kl_coef:g} | {signed(m('gold_start'))} "
-                f"| {signed(mean(peak))} ± {pstdev(peak):.2f} ({mean(kl):.1f} ± {pstdev(kl):.1f}) "
+                f"| {signed(mean(peak))} ± {pstdev(peak):.2f} "
+                f"({mean(kl):.1f} ± {pstdev(kl):.1f}) "
                 f"| {signed(m('proxy_gain_at_gold_peak'))} | {signed(m('gold_end'))}, "
                 f"{signed(m('proxy_gain_end'))}, {m('kl_end'):.0f} |")
     free = [r for r in runs if r["kl_coef"] == 0]
     kept = [r for r in runs if r["kl_coef"] == 0.1]
     fell = sum(r["gold_end"] < r["gold_start"] for r in free)
     assert max(r["peak_step"] for r in free) <= 10
+    gains = span([r["gold_gain_end"] for r in kept], "{:.1f}", " to ")
     return ["\n".join(lines),
-            f"raise the held-out gold reward by {span([r['gold_gain_end'] for r in kept], '{:.1f}', ' to ')} "
+            f"raise the held-out gold reward by {gains} "
             f"({sum(r['gold_gain_end'] > 0 for r in kept)} of {len(kept)} runs) at "
             f"{span([r['kl_end'] for r in kept], '{:.1f}', '–')} nats",
             f"peaks within the first 10 steps (at "
