@@ -23,11 +23,9 @@ TOK = Tokenizer(list(SPECIAL_TOKENS) + WORDS, level="word")
 ID = {word: TOK.token_to_id(word) for word in WORDS}
 
 
-class BigramPolicy(keras.Model):
+class BigramPolicy(tfpg.models.Policy):
     """A trainable bigram model: the next-token logits are a row of `w` chosen by the
     last token, so scripted tables make greedy decoding follow a script."""
-
-    pad_id, bos_id, eos_id, structural_ids = 0, 1, 2, (0, 1)
 
     def __init__(self, vocab_size, table=None, probe_shape=None, seed=None, **kwargs):
         super().__init__(**kwargs)
@@ -64,7 +62,8 @@ class BigramPolicy(keras.Model):
             self.build()
         return tf.zeros([batch_size])
 
-    def call_with_cache(self, token_ids, cache, index, padding_mask=None, training=None):
+    def call_with_cache(self, token_ids, cache, index, padding_mask=None, training=None,
+                        last_only=False, in_place=False):
         logits = tf.gather(self.w, token_ids)
         return logits, logits, cache
 
@@ -143,7 +142,7 @@ def test_turn_budget_max_turns_and_eos_end_turns():
 
 def test_trajectories_never_outgrow_a_position_table():
     class Positional(BigramPolicy):
-        has_position_table, max_length = True, 7
+        is_positional, max_length = True, 7
 
     class Chatty(TurnEnv):
         def respond(self, rows, completions):

@@ -10,8 +10,8 @@ __version__ = "0.1.0"
 
 # Names are imported on first use (PEP 562), so that `import tfpg.cli` (the `tfpg`
 # command) parses its arguments without starting TensorFlow.
-_SUBMODULES = ("advantages", "algorithms", "callbacks", "data", "envs", "losses", "rewards",
-               "tasks", "testing")
+_SUBMODULES = ("advantages", "algorithms", "callbacks", "data", "envs", "losses", "models",
+               "rewards", "tasks", "testing")
 _NAMES = {
     "export_saved_model": "tfpg.export", "load": "tfpg.export",
     "export_transformers": "tfpg.hf.export",
@@ -31,7 +31,7 @@ __all__ = [
     "generate", "GenerationOutput", "copy_policy", "pretrain",
     "TrainConfig", "make_job", "evaluate_policy",
     "export_saved_model", "export_transformers", "load", "advantages", "algorithms",
-    "callbacks", "data", "envs", "losses", "rewards", "tasks", "testing",
+    "callbacks", "data", "envs", "losses", "models", "rewards", "tasks", "testing",
 ]
 
 

@@ -498,7 +498,7 @@ class SampleLogger(_GlobalStep):
             self._prompt_ids = self._default_prompt_ids()
         policy = _policy_of(model)
         prompt_ids, prompt_mask = tfpg_data.pad_ids(self._prompt_ids, "left",
-                                                    getattr(policy, "pad_id", 0))
+                                                    policy.pad_id)
         prompt_ids = tf.constant(prompt_ids)
         sampling = {} if self.sampler == "greedy" else {
             "temperature": getattr(model, "temperature", 1.0),

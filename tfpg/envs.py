@@ -39,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfpg import data as tfpg_data
+from tfpg.models.policy import check_policy
 from tfpg.rewards.base import ON_INVALID, compute_rewards
 from tfpg.tool_env import ToolEnv, calculator  # noqa: F401 -- exported as tfpg.envs.*
 from tfpg.turn_env import TurnEnv  # noqa: F401
@@ -138,7 +139,7 @@ class TextGenerationEnv:
     """Token-level episodes of completing prompts, scored by a reward at the end.
 
     Args:
-        policy: optional `PolicyNetwork`. The env never calls it (your loop does);
+        policy: optional `tfpg.models.Policy`. The env never calls it (your loop does);
             when given, its `vocab_size` sets the action space and must match the
             tokenizer's vocabulary.
         prompts: the prompt set: a list of strings, a `tfpg.tasks.Split` (its
@@ -183,8 +184,8 @@ class TextGenerationEnv:
                              f"(of {ON_INVALID}), got {on_invalid_reward!r}")
         vocabulary_size = tokenizer.vocabulary_size
         if policy is not None:
-            policy_vocabulary = getattr(policy, "vocab_size", None)
-            if policy_vocabulary is not None and policy_vocabulary != vocabulary_size:
+            policy_vocabulary = check_policy(policy).vocab_size
+            if policy_vocabulary != vocabulary_size:
                 raise ValueError(f"the policy has {policy_vocabulary} tokens but the "
                                  f"tokenizer {vocabulary_size}: they do not belong together")
         self.policy = policy

@@ -80,11 +80,12 @@ import numpy as np
 import tensorflow as tf
 
 from tfpg import __version__, bounds, trust
-from tfpg.generation import (cache_bytes_per_token, decode_loop, policy_is_positional,
-                             resolve_eos_id, resolve_sampler, sampling_suppress_ids)
+from tfpg.generation import (cache_bytes_per_token, decode_loop, resolve_eos_id,
+                             resolve_sampler, sampling_suppress_ids)
 from tfpg.locking import (EXPORT_MARKER, check_replaceable, output_lock, try_output_lock,
                           write_json_atomically)
 from tfpg.losses import token_log_probs
+from tfpg.models.policy import check_policy
 from tfpg.text import Tokenizer, read_json_marker
 
 __all__ = ["export_saved_model", "load", "recover", "read_export_info", "GeneratorModel"]
@@ -140,7 +141,7 @@ class _ExportModule(tf.Module):
         self._suppress_ids = sampling_suppress_ids(policy)
         self._defaults = defaults
         self._vocab_size = tokenizer.vocabulary_size
-        self._max_length = policy.max_length if policy_is_positional(policy) else None
+        self._max_length = policy.max_length if policy.is_positional else None
 
         self.generate_with_options = tf.function(self._generate_with_options,
                                                  input_signature=[
@@ -247,7 +248,8 @@ def export_saved_model(policy, tokenizer, path, max_new_tokens=32, sampler="gree
     """Exports `policy` and `tokenizer` as a string-in, string-out SavedModel.
 
     Args:
-        policy: a `PolicyNetwork` or `KerasHubPolicy`.
+        policy: a `tfpg.models.Policy` (`PolicyNetwork`, `KerasHubPolicy`); anything
+            else is refused (TypeError, one line).
         tokenizer: the `Tokenizer` (or `KerasHubTokenizer`) the policy was trained with.
         path: target directory. It is replaced atomically if it holds a previous
             tfpg export; any other non-empty directory is refused, and so is a path
@@ -271,16 +273,16 @@ def export_saved_model(policy, tokenizer, path, max_new_tokens=32, sampler="gree
     >>> tfpg.export_saved_model(policy, tok, "saved_models/run", max_new_tokens=16)
     'saved_models/run'
     """
+    check_policy(policy)
     _, top_k, top_p = resolve_sampler(sampler, temperature, top_k, top_p)
     eos_id = resolve_eos_id(policy, eos_id)
     if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-    vocab_size = getattr(policy, "vocab_size", None)
-    if vocab_size is not None and vocab_size < tokenizer.vocabulary_size:
-        raise ValueError(f"the policy has vocab_size={vocab_size} but the tokenizer has "
-                         f"{tokenizer.vocabulary_size} tokens; export the tokenizer the "
+    if policy.vocab_size < tokenizer.vocabulary_size:
+        raise ValueError(f"the policy has vocab_size={policy.vocab_size} but the tokenizer "
+                         f"has {tokenizer.vocabulary_size} tokens; export the tokenizer the "
                          "policy was trained with")
-    if policy_is_positional(policy) and max_prompt_length is None:
+    if policy.is_positional and max_prompt_length is None:
         max_prompt_length = policy.max_length - max_new_tokens
         if max_prompt_length < 1:
             raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a "
@@ -306,7 +308,7 @@ def export_saved_model(policy, tokenizer, path, max_new_tokens=32, sampler="gree
         "vocabulary_size": tokenizer.vocabulary_size,
         "max_prompt_length": max_prompt_length,
         # What `GeneratorModel.generate` bounds max_new_tokens with.
-        "max_length": policy.max_length if policy_is_positional(policy) else None,
+        "max_length": policy.max_length if policy.is_positional else None,
         "decode_cache_bytes_per_token": cache_bytes_per_token(policy),
         "generation": defaults, "metadata": metadata or {},
         "chat_template": None if chat_template is None else chat_template.get_config()})

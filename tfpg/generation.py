@@ -1,4 +1,4 @@
-"""`generate`: compiled autoregressive sampling from a `PolicyNetwork`.
+"""`generate`: compiled autoregressive sampling from a policy (`tfpg.models.Policy`).
 
 One `tf.function` runs the whole decode: a prefill of the (left-padded) prompt, then a
 `tf.while_loop` of single-token `call_with_cache` steps that stops as soon as every
@@ -15,7 +15,6 @@ iteration at a time (no early start of the next step's ops competing for the cor
 and skips the forward pass after the last token.
 """
 
-import inspect
 import weakref
 from typing import NamedTuple
 
@@ -78,7 +77,7 @@ def filter_logits(logits, temperature=1.0, top_k=None, top_p=None, suppress_ids=
 def sampling_suppress_ids(policy, suppress_ids=None):
     """The ids sampling never draws: the policy's `structural_ids` (pad, BOS) and
     the caller's `suppress_ids`, as a sorted tuple (None when there are none)."""
-    ids = set(getattr(policy, "structural_ids", ()) or ()) | set(suppress_ids or ())
+    ids = set(policy.structural_ids or ()) | set(suppress_ids or ())
     return tuple(sorted(int(i) for i in ids)) or None
 
 
@@ -159,20 +158,6 @@ def _sample(logits, seed, step, noise_rows):
     return token, log_prob
 
 
-def _decoding_options(policy):
-    """Keyword options of `policy.call_with_cache` that decoding may use."""
-    try:
-        parameters = inspect.signature(policy.call_with_cache).parameters
-    except (TypeError, ValueError):
-        return {}, {}
-    prefill, step = {}, {}
-    if "last_only" in parameters:
-        prefill["last_only"] = True
-    if "in_place" in parameters:
-        prefill["in_place"] = step["in_place"] = True
-    return prefill, step
-
-
 def decode_loop(policy, prompt_ids, max_new_tokens, seed, temperature, top_k, top_p,
                 greedy, eos_id, suppress_ids, noise_rows=None, prompt_mask=None):
     """The decode graph (call inside a `tf.function`). See `generate` for arguments.
@@ -187,10 +172,11 @@ def decode_loop(policy, prompt_ids, max_new_tokens, seed, temperature, top_k, to
     prompt_length = tf.shape(prompt_ids)[1]
     prompt_mask = prompt_padding_mask(policy, prompt_ids, prompt_mask)         # [B, P]
     cache = policy.initial_cache(batch_size, prompt_length + max_new_tokens)
-    prefill_options, step_options = _decoding_options(policy)
+    # The cache is this loop's own (in place); only the last prompt position's
+    # logits are used.
     logits, _, cache = policy.call_with_cache(prompt_ids, cache, 0,
                                               padding_mask=prompt_mask,
-                                              **prefill_options)
+                                              last_only=True, in_place=True)
     next_logits = logits[:, -1]                                                # [B, V]
     # Outputs by step: row `step` of each [N, B] buffer is written at step `step`;
     # rows of steps that never ran (every sequence ended) stay 0.
@@ -206,7 +192,7 @@ def decode_loop(policy, prompt_ids, max_new_tokens, seed, temperature, top_k, to
         else:
             token, log_prob = _sample(filtered, seed, step, noise_rows)
         alive = tf.logical_not(finished)
-        token = tf.where(alive, token, getattr(policy, "pad_id", 0))
+        token = tf.where(alive, token, policy.pad_id)
         alive_float = tf.cast(alive, tf.float32)
         row = tf.reshape(step, [1, 1])
         ids = tf.tensor_scatter_nd_update(ids, row, token[None])
@@ -218,7 +204,7 @@ def decode_loop(policy, prompt_ids, max_new_tokens, seed, temperature, top_k, to
         def forward():
             logits, _, new_cache = policy.call_with_cache(
                 token[:, None], cache, prompt_length + step,
-                padding_mask=tf.ones([batch_size, 1], tf.bool), **step_options)
+                padding_mask=tf.ones([batch_size, 1], tf.bool), in_place=True)
             return logits[:, 0], new_cache
 
         # The logits after the last token are never used: skip that forward pass.
@@ -248,17 +234,16 @@ def prompt_padding_mask(policy, prompt_ids, prompt_mask=None):
     not the policy's pad id (0 for tfpg's own models: in KerasHub vocabularies the
     pad id may also be a real token, so pass the mask there)."""
     if prompt_mask is None:
-        return tf.not_equal(prompt_ids, getattr(policy, "pad_id", 0))
+        return tf.not_equal(prompt_ids, policy.pad_id)
     return tf.cast(prompt_mask, tf.bool)
 
 
 def resolve_eos_id(policy, eos_id):
-    """"auto" -> the policy's `eos_id` (2, tfpg's Tokenizer's, for a policy without
-    one); an int or None (never stop) passes through."""
+    """"auto" -> the policy's `eos_id`; an int or None (never stop) passes through."""
     if isinstance(eos_id, str):
         if eos_id != "auto":
             raise ValueError(f"eos_id must be an int, None or 'auto', got {eos_id!r}")
-        return getattr(policy, "eos_id", 2)
+        return policy.eos_id
     return eos_id
 
 
@@ -318,15 +303,12 @@ def cache_bytes_per_token(policy):
     """Bytes the decoding cache of `policy` holds per sequence and position (the KV
     cache of a transformer; 0 for a recurrent state, whose size does not grow):
     measured from two tiny `initial_cache`s, so it holds for any policy. 0 when
-    the policy has no `initial_cache`, is not built yet or the sizes are not
-    static."""
+    the policy is not built yet or the sizes are not static."""
     try:
         return _CACHE_BYTES[policy]
     except (KeyError, TypeError):
         pass
-    if not hasattr(policy, "initial_cache"):
-        return 0
-    if not getattr(policy, "built", True):
+    if not policy.built:
         return 0                        # measured once built (not here: no side effects)
     with tf.init_scope():               # eager, also when called while tracing
         one, two = (_nbytes(policy.initial_cache(1, length)) for length in (1, 2))
@@ -359,15 +341,15 @@ def check_decode_size(policy, batch_size, prompt_length, max_new_tokens,
     max_new_tokens = bounds.check_count(name, max_new_tokens, minimum)
     batch_size = 1 if batch_size is None else int(batch_size)
     prompt_length = 0 if prompt_length is None else int(prompt_length)
-    max_length = getattr(policy, "max_length", None)
-    if policy_is_positional(policy) and max_length is not None \
+    max_length = policy.max_length
+    if policy.is_positional and max_length is not None \
             and max(prompt_length, 1) + max_new_tokens > max_length:
         raise ValueError(f"prompt length {max(prompt_length, 1)} + {name} {max_new_tokens} "
                          f"exceeds the model's max_length {max_length} (its position "
                          "table)")
     bounds.check_decode_memory(batch_size, prompt_length, max_new_tokens,
                                cache_bytes_per_token(policy),
-                               getattr(policy, "vocab_size", None) or 0, name)
+                               policy.vocab_size or 0, name)
     return max_new_tokens
 
 
@@ -377,7 +359,8 @@ def generate(policy, prompt_ids, max_new_tokens=32, sampler="sample", temperatur
     """Samples completions of left-padded prompts.
 
     Args:
-        policy: a `PolicyNetwork` (anything with `initial_cache` and `call_with_cache`).
+        policy: a `tfpg.models.Policy` (`PolicyNetwork`, `KerasHubPolicy`); anything
+            else is refused (TypeError, one line: `tfpg.models.check_policy`).
         prompt_ids: int [B, P], left-padded.
         max_new_tokens: completion length N (int or scalar tensor); 0 gives empty
             outputs. An int is bounded before anything is allocated
@@ -388,7 +371,7 @@ def generate(policy, prompt_ids, max_new_tokens=32, sampler="sample", temperatur
             supply defaults (50 and 0.9).
         temperature: softmax temperature (> 0 and finite).
         eos_id: a sequence stops after this token; None never stops early; "auto"
-            (the default) takes the policy's `eos_id` (2 for a policy without one).
+            (the default) takes the policy's `eos_id`.
         seed: int or int [2] tensor for reproducible sampling; None draws a fresh one.
         suppress_ids: ids that are never sampled, besides the policy's
             `structural_ids` (pad and BOS), which never are.
@@ -408,6 +391,8 @@ def generate(policy, prompt_ids, max_new_tokens=32, sampler="sample", temperatur
     >>> out.token_ids.shape
     TensorShape([2, 4])
     """
+    from tfpg.models.policy import check_policy   # tfpg.models imports this module
+    check_policy(policy)
     greedy, top_k, top_p = resolve_sampler(sampler, temperature, top_k, top_p)
     suppress_ids = sampling_suppress_ids(policy, suppress_ids)
     prompt_ids = tf.convert_to_tensor(prompt_ids)
@@ -433,10 +418,3 @@ def generate(policy, prompt_ids, max_new_tokens=32, sampler="sample", temperatur
         shape = [prompt_ids.shape[0], max_new_tokens]
         output = GenerationOutput(*(tf.ensure_shape(t, shape) for t in output))
     return output
-
-
-def policy_is_positional(policy):
-    """True when the policy has a position table that bounds the sequence length
-    (`max_length`): tfpg's Transformer, or a policy that says so (KerasHub GPT-2)."""
-    return (getattr(policy, "backbone_type", None) == "transformer"
-            or getattr(policy, "has_position_table", False))

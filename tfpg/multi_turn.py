@@ -36,7 +36,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfpg.data import MESSAGES_COLUMN, encode_prompt, is_conversation, pad_ids
-from tfpg.generation import generate, policy_is_positional
+from tfpg.generation import generate
+from tfpg.models.policy import check_policy
 from tfpg.turn_env import as_numpy_batch
 from tfpg.xla import resolve_jit_compile
 
@@ -163,7 +164,7 @@ def rollout_episodes(policy, env, batch, max_turns, max_new_tokens, sampler="sam
     """Plays one episode per row of `batch` (see the module docstring).
 
     Args:
-        policy: the policy (anything `tfpg.generate` samples from).
+        policy: a `tfpg.models.Policy`.
         env: a `tfpg.turn_env.TurnEnv` (its `tokenizer` encodes and decodes).
         batch: a prompt batch: dict with "prompt" int [B, P] (and "prompt_mask", and
             any columns the env reads).
@@ -178,15 +179,15 @@ def rollout_episodes(policy, env, batch, max_turns, max_new_tokens, sampler="sam
     Returns:
         `Episodes`.
     """
+    check_policy(policy)
     if not isinstance(max_turns, (int, np.integer)) or max_turns < 1:
         raise ValueError(f"max_turns must be a positive int, got {max_turns!r}")
     if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     tokenizer = env.tokenizer
-    pad_id = getattr(policy, "pad_id", getattr(tokenizer, "pad_id", 0))
-    eos_id = getattr(policy, "eos_id", getattr(tokenizer, "eos_id", 2))
+    pad_id, eos_id = policy.pad_id, policy.eos_id
     stop_id = eos_id if env.turn_end_id is None else env.turn_end_id
-    if max_length is None and policy_is_positional(policy):
+    if max_length is None and policy.is_positional:
         max_length = policy.max_length
     jit_compile = resolve_jit_compile(jit_compile)
     batch = as_numpy_batch(batch)

@@ -43,7 +43,7 @@ def exact_policy_gradient(policy, prompt_ids, reward_fn, num_new_tokens, tempera
     prompt_ids = tf.convert_to_tensor(prompt_ids, tf.int32)
     num_prompts, prompt_length = prompt_ids.shape
     # Sampling never draws the structural ids (pad, BOS): neither does the enumeration.
-    structural = tuple(getattr(policy, "structural_ids", ()))
+    structural = tuple(policy.structural_ids)
     completions = tf.constant(all_completions(policy.vocab_size, num_new_tokens,
                                               structural))                   # [M, N]
     count = int(completions.shape[0])

@@ -62,7 +62,7 @@ from tfpg.export import export_saved_model
 from tfpg.jobs import Job, check_prompt_lengths, load_reward, make_job  # noqa: F401
 from tfpg.locking import output_lock, write_json_atomically
 from tfpg.model_source import load_policy, load_teacher, new_policy
-from tfpg.models import PolicyNetwork, ValueNetwork
+from tfpg.models import KerasHubPolicy, PolicyNetwork, ValueNetwork
 from tfpg.pretraining import (EpochProgress, LanguageModelTrainer, copy_policy,  # noqa: F401
                               pretrain, pretraining_dataset)
 
@@ -137,7 +137,7 @@ class _Run:
         traced generation functions are reused) and refreshed with its weights. A
         KerasHub policy is evaluated as it is (it trains on one device, in its own
         dtype)."""
-        if not isinstance(policy, PolicyNetwork):
+        if isinstance(policy, KerasHubPolicy):
             return policy
         if self._evaluation_copy is None:
             self._evaluation_copy = float32_copy(policy)
@@ -303,7 +303,7 @@ def _algorithm_options(config, job, policy):
     # The pre-trained policy as the reference, also when kl_coef is 0: the trainer
     # then measures and logs the KL without penalising it.
     options["reference_model"] = reference_of(policy)
-    if cls.uses_value_model and not isinstance(policy, PolicyNetwork):
+    if cls.uses_value_model and isinstance(policy, KerasHubPolicy):
         options["value_model"] = ValueNetwork.from_policy(policy)     # on its trunk
     elif cls.uses_value_model:          # a critic of the policy's own shape
         options["value_model"] = ValueNetwork(**policy.backbone_config())

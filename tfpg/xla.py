@@ -42,11 +42,12 @@ def has_accelerator():
 
 
 def resolve_jit_compile(jit_compile, policy=None):
-    """"auto" -> the faster choice for this machine's device type (and `policy`: see
-    the module docstring); bools pass through."""
+    """"auto" -> the faster choice for this machine's device type (and `policy`, a
+    `tfpg.models.Policy`, by its `xla_on_cpu`: see the module docstring); bools pass
+    through."""
     if jit_compile == "auto":
         strategy = tf.distribute.get_strategy()
-        faster = has_accelerator() or bool(getattr(policy, "xla_on_cpu", False))
+        faster = has_accelerator() or (policy is not None and bool(policy.xla_on_cpu))
         return faster and strategy.num_replicas_in_sync == 1
     if jit_compile not in (True, False):
         raise ValueError(f"jit_compile must be 'auto', True or False, got {jit_compile!r}")
@@ -54,9 +55,11 @@ def resolve_jit_compile(jit_compile, policy=None):
 
 
 def in_xla_context():
-    """True while tracing a function that XLA will compile (jit_compile=True)."""
-    try:
-        from tensorflow.python.ops import control_flow_util
-    except ImportError:  # pragma: no cover - a TF without the helper
-        return False
-    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+    """True while tracing a function that XLA will compile (jit_compile=True), also
+    inside functions it calls.
+
+    `tf.function(jit_compile=True)` traces under an XLA control-flow context, which
+    `tf.__internal__.get_enclosing_xla_context` (TensorFlow's exported API for
+    Keras, no `tensorflow.python` import) finds in the graph or its outer graphs.
+    """
+    return tf.__internal__.get_enclosing_xla_context() is not None

@@ -63,18 +63,15 @@ class RolloutCollection:
 
         Only the trunk runs on the whole sequence: the head (the vocabulary
         projection) is left to `score_tokens`, which runs it on completion positions
-        in chunks. A model without `hidden_states` / `head_logits` gives its logits
-        as the "hidden states" and an identity head.
+        in chunks (a `Policy` that defines only `call` gives its logits as the
+        "hidden states" and an identity head).
         """
         sequence = tf.concat([prompt_ids, completion_ids], axis=1)
         padding = tf.concat([self.prompt_mask(prompt_ids, prompt_mask),
                              completion_mask > 0], axis=1)
         start = tf.shape(prompt_ids)[1] - 1
-        if hasattr(model, "hidden_states"):
-            hidden = model.hidden_states(sequence, padding_mask=padding, training=False)
-            return hidden[:, start:-1], model.head_logits
-        logits = model(sequence, padding_mask=padding, training=False)
-        return logits[:, start:-1], lambda hidden: tf.cast(hidden, tf.float32)
+        hidden = model.hidden_states(sequence, padding_mask=padding, training=False)
+        return hidden[:, start:-1], model.head_logits
 
     def completion_values(self, prompt_ids, completion_ids, completion_mask,
                           prompt_mask=None):
@@ -109,7 +106,7 @@ class RolloutCollection:
         scores = score_tokens(head, hidden, rollout.completion_ids,
                               sampling or self.sampling, support,
                               chunk_size=self.head_chunk_size,
-                              vocab_size=getattr(model, "vocab_size", None), **outputs)
+                              vocab_size=model.vocab_size, **outputs)
         real = mask > 0
         return scores._replace(**{
             name: tf.where(real, getattr(scores, name), 0.0)

@@ -9,6 +9,7 @@ from tfpg import bounds
 from tfpg.keras_hub_tokenizer import KerasHubTokenizer, special_ids, structural_ids
 from tfpg.models.keras_hub_backbone import (KerasHubBackbone, deserialize_entry,
                                             supported_families)
+from tfpg.models.policy import Policy
 
 
 def _check_causal_lm(causal_lm):
@@ -37,9 +38,9 @@ def _check_lora_rank(lora_rank):
 
 
 @keras.saving.register_keras_serializable(package="tfpg")
-class KerasHubPolicy(keras.Model):
+class KerasHubPolicy(Policy):
     """A KerasHub causal LM (GPT-2, Gemma 1-3 text, Llama / Llama 3, Mistral, Qwen 2 / 3)
-    with what the trainers and `tfpg.generate` need from a policy.
+    as a `tfpg.models.Policy`.
 
     `call(token_ids, padding_mask=None)` -> float32 logits [B, T, V];
     `initial_cache` / `call_with_cache` decode one token at a time, correct for
@@ -102,7 +103,6 @@ class KerasHubPolicy(keras.Model):
         self.eos_id = eos_id if eos_id is not None else ids[2]
         self.structural_ids = structural_ids(self.pad_id, self.bos_id, self.eos_id)
         self.vocab_size = int(causal_lm.backbone.vocabulary_size)
-        self.has_position_table = self.backbone.has_position_table
         self.max_length = self.backbone.max_length
         self.built = True
 
@@ -164,6 +164,11 @@ class KerasHubPolicy(keras.Model):
     # ------------------------------------------------------------- forward
 
     @property
+    def is_positional(self):
+        """True for learned absolute positions (GPT-2): `max_length` bounds a sequence."""
+        return self.backbone.has_position_table
+
+    @property
     def tokenizer(self):
         """The tokenizer given (a transformers checkpoint's `HFTokenizer`), else a
         `tfpg.KerasHubTokenizer` of the CausalLM's preprocessor (None without one)."""
@@ -186,18 +191,15 @@ class KerasHubPolicy(keras.Model):
         hidden states [B, T, H] (compute dtype)."""
         return self.backbone(token_ids, padding_mask=padding_mask, training=training)
 
-    def call(self, token_ids, padding_mask=None, training=None):
-        """token_ids int [B, T] (padding_mask [B, T], 1 = real) -> logits float32 [B, T, V]."""
-        return self.head_logits(self.hidden_states(token_ids, padding_mask, training))
-
     def initial_cache(self, batch_size, max_length):
         """An empty decoding cache for `batch_size` sequences of up to `max_length` tokens."""
         return self.backbone.initial_cache(batch_size, max_length)
 
     def call_with_cache(self, token_ids, cache, index, padding_mask=None, training=None,
-                        last_only=False):
+                        last_only=False, in_place=False):
         """Feeds token_ids [B, T] at position `index`: (logits float32 [B, T, V], hidden
-        [B, T, H], cache). `last_only=True` gives the last position's only (a prefill)."""
+        [B, T, H], cache). `last_only=True` gives the last position's only (a prefill).
+        `in_place` is ignored: KerasHub's cache update is functional."""
         hidden, cache = self.backbone.call_with_cache(token_ids, cache, index,
                                                       padding_mask, training)
         if last_only:

@@ -50,7 +50,7 @@ class KerasHubRewardNetwork(ScoreNormalization, SerializesWrapped, keras.Model):
     def from_policy(cls, policy, **kwargs):
         """A reward network on a copy of a `KerasHubPolicy`'s trunk (base weights)."""
         hub = policy.backbone.hub_backbone
-        if getattr(policy, "lora_rank", None):
+        if policy.lora_rank is not None:
             raise ValueError("from_policy copies a whole trunk; this policy trains LoRA "
                              "adapters: use KerasHubRewardNetwork.from_preset(preset)")
         copy = type(hub).from_config(hub.get_config())

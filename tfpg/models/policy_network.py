@@ -1,13 +1,13 @@
 """`PolicyNetwork`: a causal language model whose softmax is the policy."""
 
 import keras
-import tensorflow as tf
 
 from tfpg.models.backbones import BackboneModel
+from tfpg.models.policy import Policy
 
 
 @keras.saving.register_keras_serializable(package="tfpg")
-class PolicyNetwork(BackboneModel):
+class PolicyNetwork(BackboneModel, Policy):
     """Embedding + LSTM / GRU / Transformer + a vocabulary projection.
 
     `call(token_ids)` gives next-token logits (float32, also under mixed precision) for
@@ -24,18 +24,15 @@ class PolicyNetwork(BackboneModel):
     >>> logits = policy(tf.constant([[1, 7, 9]]))            # [1, 3, 20] float32
     """
 
-    # tfpg's `Tokenizer` convention: pad 0, BOS 1, EOS 2. Pad and BOS are never a
-    # completion token, so sampling suppresses them (DESIGN.md "Conventions").
-    pad_id = 0
-    bos_id = 1
-    eos_id = 2
-    structural_ids = (0, 1)
+    # Special ids: `Policy`'s defaults, tfpg's `Tokenizer` convention (pad 0, BOS 1,
+    # EOS 2; pad and BOS never sampled, DESIGN.md "Conventions").
     head_name = "lm_head"           # the vocabulary projection: logits [..., V]
     head_units = None
 
-    def call(self, token_ids, padding_mask=None, training=None):
-        """token_ids int [B, T] -> logits float32 [B, T, V]."""
-        return self.head_logits(self.hidden_states(token_ids, padding_mask, training))
+    @property
+    def is_positional(self):
+        """The Transformer's position table bounds a sequence to `max_length`."""
+        return self.backbone_type == "transformer"
 
     def hidden_states(self, token_ids, padding_mask=None, training=None):
         """token_ids int [B, T] -> the backbone's hidden states [B, T, H]."""

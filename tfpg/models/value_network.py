@@ -4,6 +4,8 @@ import keras
 import tensorflow as tf
 
 from tfpg.models.backbones import BackboneModel
+from tfpg.models.keras_hub_policy import KerasHubPolicy
+from tfpg.models.keras_hub_value_network import KerasHubValueNetwork
 
 
 @keras.saving.register_keras_serializable(package="tfpg")
@@ -26,8 +28,7 @@ class ValueNetwork(BackboneModel):
     def from_policy(cls, policy, **kwargs):
         """A value head on `policy`'s backbone (weights shared with the policy); for a
         `KerasHubPolicy`, a `KerasHubValueNetwork` on its trunk."""
-        if hasattr(policy, "causal_lm"):
-            from tfpg.models.keras_hub_value_network import KerasHubValueNetwork
+        if isinstance(policy, KerasHubPolicy):
             return KerasHubValueNetwork.from_policy(policy, **kwargs)
         critic = cls(**policy.backbone_config(), **kwargs)
         critic.backbone = policy.backbone

@@ -266,7 +266,7 @@ def train_preference_model(prompts, chosen, rejected, tokenizer, backbone="lstm"
         tfpg.data.DataError: empty or malformed pairs, chosen == rejected, pairs
             that are not in the tokenizer's language.
     """
-    from tfpg.models import RewardNetwork
+    from tfpg.models import KerasHubPolicy, KerasHubRewardNetwork, RewardNetwork
     where = "pairs"
     pairs = check_pairs(prompts, chosen, rejected, where)
     check_language(pairs[0] + pairs[1] + pairs[2], tokenizer, where)
@@ -296,11 +296,10 @@ def train_preference_model(prompts, chosen, rejected, tokenizer, backbone="lstm"
     if scorer is not None and init_from is not None:
         raise ValueError("give scorer or init_from, not both")
     if scorer is None and init_from is not None:
-        if hasattr(init_from, "backbone_config"):
-            scorer = RewardNetwork.from_policy(init_from, name="reward_network")
-        else:
-            from tfpg.models.keras_hub_reward_network import KerasHubRewardNetwork
+        if isinstance(init_from, KerasHubPolicy):
             scorer = KerasHubRewardNetwork.from_policy(init_from, name="reward_network")
+        else:
+            scorer = RewardNetwork.from_policy(init_from, name="reward_network")
     elif scorer is None:
         scorer = RewardNetwork(tokenizer.vocabulary_size, embedding_dim, hidden_dim, backbone,
                                num_layers, num_heads, 0.0, max_length, name="reward_network")
