@@ -39,6 +39,8 @@ from tfpg.algorithms.metrics import TrainerMetrics
 from tfpg.algorithms.update import PolicyUpdate
 from tfpg.distribution import DistributedFitMixin
 from tfpg.models.copying import copy_policy
+from tfpg.models.keras_hub_policy import AdaptersOff
+from tfpg.models.policy import check_policy
 from tfpg.generation import (check_decode_size, resolve_eos_id, resolve_sampler,
                              sampling_suppress_ids)
 from tfpg.rewards.base import ON_INVALID
@@ -63,9 +65,15 @@ def _check_values(policy, max_new_tokens, kl_coef, target_kl, reward_timeout):
 def reference_of(policy):
     """The KL reference for `policy`: a LoRA policy's own weights with the adapters
     off (`policy.lora_reference()`, no second copy), else a frozen copy."""
-    lora_reference = getattr(policy, "lora_reference", None)
-    reference = lora_reference() if lora_reference is not None else None
+    reference = policy.lora_reference()
     return reference if reference is not None else copy_policy(policy, trainable=False)
+
+
+def check_reference(model, name="reference_model"):
+    """A model scored like the policy (KL reference, teacher): a `tfpg.models.Policy`
+    or a LoRA policy's adapters-off view (`lora_reference()`); else TypeError."""
+    if not isinstance(model, AdaptersOff):
+        check_policy(model, name)
 
 
 def _check_sync_ref_model(reference_model, alpha, steps):
@@ -88,13 +96,14 @@ class PolicyGradientTrainer(RolloutCollection, PolicyUpdate, TrainerMetrics,
     """Base class of the algorithms in `tfpg.algorithms`; not used directly.
 
     Args:
-        policy: the `PolicyNetwork` to train.
+        policy: the `tfpg.models.Policy` to train (`PolicyNetwork`, `KerasHubPolicy`);
+            anything else is refused (TypeError, one line).
         reward_fn: `reward_fn(prompt_ids, completion_ids, completion_mask, batch)
             -> float32 [B]` (see `tfpg.rewards`).
         value_model: a `ValueNetwork` critic, for algorithms that use one.
-        reference_model: the frozen model of the KL penalty; a frozen copy of the
-            policy (as it is at construction) is made when `kl_coef > 0` and none is
-            given.
+        reference_model: the frozen model of the KL penalty (a `Policy`, or a LoRA
+            policy's `lora_reference()`); a frozen copy of the policy (as it is at
+            construction) is made when `kl_coef > 0` and none is given.
         max_new_tokens, sampler, temperature, top_k, top_p, eos_id, suppress_ids: the
             sampling options of `tfpg.generate`.
         group_size: completions sampled per prompt (RLOO / GRPO need >= 2).
@@ -164,6 +173,9 @@ class PolicyGradientTrainer(RolloutCollection, PolicyUpdate, TrainerMetrics,
                  gradient_checkpointing=False, reward_timeout=DEFAULT_REWARD_TIMEOUT,
                  sync_ref_model=False, ref_model_mixup_alpha=0.6, ref_model_sync_steps=512,
                  **kwargs):
+        check_policy(policy)
+        if reference_model is not None:
+            check_reference(reference_model)
         resolve_sampler(sampler, temperature, top_k, top_p)
         _check_values(policy, max_new_tokens, kl_coef, target_kl, reward_timeout)
         super().__init__(**kwargs)

@@ -7,7 +7,9 @@ import tensorflow as tf
 
 from tfpg import advantages as adv
 from tfpg import bounds
-from tfpg.algorithms.base import PolicyGradientTrainer
+from tfpg.algorithms.base import PolicyGradientTrainer, check_reference
+from tfpg.models.keras_hub_policy import AdaptersOff
+from tfpg.models.policy import check_policy
 from tfpg.token_scores import SamplingFilter
 
 
@@ -19,31 +21,32 @@ def no_task_reward(prompt_ids, completion_ids, completion_mask, batch):
 def check_teacher(policy, teacher):
     """Refuses (ValueError, one line) a teacher distillation cannot use: none, the
     student itself or its weights (a LoRA student's adapters-off base model), or
-    another vocabulary (the reward compares the two models' log-probs id by id)."""
+    another vocabulary (the reward compares the two models' log-probs id by id);
+    TypeError for what is not a `Policy` (or a LoRA policy's adapters-off view)."""
+    check_policy(policy)
     if teacher is None:
         raise ValueError("OnPolicyDistillation needs a teacher (a PolicyNetwork or "
                          "KerasHubPolicy with the student's tokenizer)")
     if teacher is policy:
         raise ValueError("the teacher is the student itself: its reverse KL to itself "
                          "is 0 on every token; give another model as teacher")
-    # A LoRA student's `lora_reference()` is a view of its own weights (no `weights`).
-    owner = getattr(teacher, "policy", None)
-    teacher_weights = getattr(teacher, "weights", None) or getattr(owner, "weights", ())
-    student_weights = {id(v) for v in getattr(policy, "weights", ())}
-    if owner is policy or any(id(v) in student_weights for v in teacher_weights):
+    check_reference(teacher, "teacher")
+    # A LoRA policy's `lora_reference()` is a view of its weights (no `weights`).
+    owner = teacher.policy if isinstance(teacher, AdaptersOff) else teacher
+    student_weights = {id(v) for v in policy.weights}
+    if owner is policy or any(id(v) in student_weights for v in owner.weights):
         raise ValueError(
             "the teacher shares the student's weights (a LoRA student's own adapters-off "
             "base model): distilling from it is only a KL penalty to the reference "
             "(kl_coef), not a teacher; load the teacher as a model of its own")
-    student_vocab, teacher_vocab = (getattr(m, "vocab_size", None) for m in (policy, teacher))
-    if student_vocab is None or teacher_vocab is None or int(student_vocab) != int(teacher_vocab):
+    student_vocab, teacher_vocab = policy.vocab_size, owner.vocab_size
+    if int(student_vocab) != int(teacher_vocab):
         raise ValueError(
             f"the teacher's vocabulary ({teacher_vocab} ids) is not the student's "
             f"({student_vocab}): distillation compares their log-probs id by id, so "
             "they need the same tokenizer")
-    student_ids, teacher_ids = (getattr(m, "structural_ids", None) for m in (policy, teacher))
-    if student_ids is not None and teacher_ids is not None \
-            and tuple(sorted(student_ids)) != tuple(sorted(teacher_ids)):
+    student_ids, teacher_ids = policy.structural_ids, owner.structural_ids
+    if tuple(sorted(student_ids)) != tuple(sorted(teacher_ids)):
         raise ValueError(
             f"the teacher's pad / BOS ids {tuple(teacher_ids)} are not the student's "
             f"{tuple(student_ids)}: they come from different tokenizers, and distillation "

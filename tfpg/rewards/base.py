@@ -58,6 +58,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfpg.config import ON_INVALID_REWARD as ON_INVALID
+from tfpg.xla import in_xla_context
 
 _ON_INVALID = contextvars.ContextVar("tfpg_rewards_on_invalid", default="raise")
 _TIMEOUT = contextvars.ContextVar("tfpg_rewards_timeout", default=None)
@@ -433,7 +434,7 @@ def _assert_finite(value, ok, name, completion_ids):
                 f"(completion ids {np.asarray(completion_ids[i]).tolist()})")
         return value
     all_ok = tf.reduce_all(ok)
-    if _maybe_xla():
+    if in_xla_context():
         # XLA has no string ops and compiles Assert away: the values are still
         # zeroed by the caller and counted in `invalid_count`.
         i = tf.argmin(tf.cast(ok, tf.int32))
@@ -446,15 +447,6 @@ def _assert_finite(value, ok, name, completion_ids):
     check = tf.debugging.Assert(all_ok, data, summarize=-1)
     with tf.control_dependencies([check]):
         return tf.identity(value)
-
-
-def _maybe_xla():
-    """False only when the graph being traced is known not to be XLA-compiled."""
-    try:
-        from tensorflow.python.ops import control_flow_util  # no public equivalent
-    except ImportError:
-        return True
-    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
 def _failure_message(value, ok, name, completion_ids):
