@@ -231,7 +231,7 @@ def test_a_reward_that_never_returns_is_bounded_by_reward_timeout(policy, mode):
     prompts = tfpg.data.prompt_dataset(["a b", "c", "d"], TOKENIZER, batch_size=3)
     agent = REINFORCE(policy, _slow_reward(release), max_new_tokens=3, reward_timeout=0.5,
                       on_invalid_reward=mode)
-    assert agent.get_config()["reward_timeout"] == 0.5
+    assert agent.reward_timeout == 0.5
     agent.compile(optimizer="adam")
     start = time.monotonic()
     try:

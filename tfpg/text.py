@@ -75,6 +75,8 @@ def _check_max_length(max_length):
         raise ValueError(f"max_length must be a positive int or None, got {max_length!r}")
 
 
+# Registered so that rewards holding a tokenizer serialise in a trainer's Keras config.
+@keras.saving.register_keras_serializable(package="tfpg")
 class Tokenizer(ChatTemplateMixin):
     """Maps text to token ids and back, at word or character level.
 

@@ -27,6 +27,8 @@ Conventions: `B` rows in the rollout (prompts x group_size), `P` prompt length, 
 that sampled.
 """
 
+import copy
+
 import keras
 import tensorflow as tf
 
@@ -44,6 +46,7 @@ from tfpg.models.policy import check_policy
 from tfpg.generation import (check_decode_size, resolve_eos_id, resolve_sampler,
                              sampling_suppress_ids)
 from tfpg.rewards.base import ON_INVALID
+from tfpg.rewards.serialization import reward_layers, serialize_reward
 from tfpg.xla import resolve_jit_compile
 
 # Seconds a Python reward (`PythonReward`) may take per call, by default.
@@ -132,8 +135,8 @@ class PolicyGradientTrainer(RolloutCollection, PolicyUpdate, TrainerMetrics,
             `tfpg.envs.ToolEnv`) for multi-turn episodes: the env gives the rewards
             (pass `reward_fn=None`), `max_new_tokens` is the budget of one turn, the
             rollout runs in Python between compiled turns and the update in a
-            tf.function (see `tfpg.algorithms.episodes`). Python objects: not in
-            `get_config`.
+            tf.function (see `tfpg.algorithms.episodes`). A Python object: a
+            trainer with an env has no `get_config` (ValueError, one line).
         max_turns: policy turns per episode with `env` (default 4).
         head_chunk_size: completion positions the vocabulary projection (and the
             softmax, entropy, KL inputs) runs on at once in the update and the
@@ -162,6 +165,8 @@ class PolicyGradientTrainer(RolloutCollection, PolicyUpdate, TrainerMetrics,
     reuses_rollouts = False
     min_group_size = 1
     supports_env = True        # multi-turn episodes (env=); see tfpg.algorithms.episodes
+    # The constructor arguments that `get_config` holds Keras-serialised.
+    serialized_arguments = ("policy", "reward_fn", "value_model", "reference_model")
 
     def __init__(self, policy, reward_fn, value_model=None, reference_model=None,
                  max_new_tokens=32, sampler="sample", temperature=1.0, top_k=None,
@@ -206,6 +211,8 @@ class PolicyGradientTrainer(RolloutCollection, PolicyUpdate, TrainerMetrics,
         self.policy = policy
         self.reward_fn = reward_fn
         self.value_model = value_model
+        # Only a reference given here is in `get_config`: a default one is made again.
+        self._reference_given = reference_model is not None
         if reference_model is None and (kl_coef > 0 or target_kl is not None):
             reference_model = reference_of(policy)
         self.reference_model = reference_model
@@ -276,6 +283,7 @@ class PolicyGradientTrainer(RolloutCollection, PolicyUpdate, TrainerMetrics,
             cannot raise, and `last_rollout` is not kept); False compiles nothing.
         """
         self.jit_decode = resolve_jit_compile(jit_compile, self.policy)   # validates it too
+        self._jit_compile_option = jit_compile      # for `get_compile_config`
         if self.env is not None:
             if jit_compile is True:
                 raise ValueError("env= runs the episodes in Python between turns: "
@@ -288,6 +296,25 @@ class PolicyGradientTrainer(RolloutCollection, PolicyUpdate, TrainerMetrics,
         # Build the optimizer's slots now: created during the first trace of the
         # train function they would make tf.function trace it a second time.
         self.optimizer.build(self.trainable_variables)
+
+    def get_compile_config(self):
+        """Keras' compile config, with `jit_compile` as given to `compile` ("auto")."""
+        config = super().get_compile_config()
+        if config:
+            config["jit_compile"] = self._jit_compile_option
+        return config
+
+    def compile_from_config(self, config):
+        """Compiles as `config` (from `get_compile_config`) says: what loading a
+        `.keras` file calls, before it restores the optimizer's state."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+
+    @property
+    def reward_layers(self):
+        """The Keras layers of the reward (a `RewardModel`'s scorer, a `Perplexity`
+        reference): never trained, but saved in and restored from `.keras` files
+        with the trainer, so that a loaded trainer scores as the original."""
+        return reward_layers(self.reward_fn)
 
     # -------------------------------------------------------------- algorithm
 
@@ -366,11 +393,28 @@ class PolicyGradientTrainer(RolloutCollection, PolicyUpdate, TrainerMetrics,
         rollout, batch = self.collect_rollout(batch)
         return self.rollout_gradients(rollout, batch)
 
+    def config_reward(self):
+        """The `reward_fn` argument the trainer was built with (for `get_config`)."""
+        return self.reward_fn
+
     def get_config(self):
+        """Every constructor argument; the policy, reward, critic and a given KL
+        reference Keras-serialised (`keras.saving.serialize_keras_object`).
+
+        Raises:
+            ValueError: (one line) for what a config cannot rebuild: an env, a
+                Python-function reward (see `tfpg.rewards.serialization`).
+        """
+        if self.env is not None:
+            raise ValueError(f"env {type(self.env).__name__} (a Python object) cannot be "
+                             "serialised; rebuild the trainer with it")
+        reward = serialize_reward(self.config_reward())
         config = super().get_config()
         config.update(
-            policy=keras.saving.serialize_keras_object(self.policy),
+            policy=keras.saving.serialize_keras_object(self.policy), reward_fn=reward,
             value_model=keras.saving.serialize_keras_object(self.value_model),
+            reference_model=(keras.saving.serialize_keras_object(self.reference_model)
+                             if self._reference_given else None),
             max_new_tokens=self.max_new_tokens, sampler=self.sampler,
             temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
             eos_id=self.eos_id, suppress_ids=self.suppress_ids,
@@ -381,10 +425,21 @@ class PolicyGradientTrainer(RolloutCollection, PolicyUpdate, TrainerMetrics,
             num_epochs=self.num_epochs, num_minibatches=self.num_minibatches,
             max_grad_norm=self.max_grad_norm, loss_aggregation=self.loss_aggregation,
             on_invalid_reward=self.on_invalid_reward, reward_timeout=self.reward_timeout,
-            seed=self.seed,
+            seed=self.seed, env=None, max_turns=self.max_turns,
             head_chunk_size=self.head_chunk_size,
             gradient_checkpointing=self.gradient_checkpointing,
             sync_ref_model=self.sync_ref_model,
             ref_model_mixup_alpha=self.ref_model_mixup_alpha,
             ref_model_sync_steps=self.ref_model_sync_steps)
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        """The trainer of `get_config()`: its Keras objects deserialised, the rest
+        passed to the constructor (weights are not in configs: `.keras` files)."""
+        config = dict(config)
+        for key in cls.serialized_arguments:
+            if key in config:
+                # A copy: deserialising a functional model consumes its config.
+                config[key] = keras.saving.deserialize_keras_object(copy.deepcopy(config[key]))
+        return cls(**config)

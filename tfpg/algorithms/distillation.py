@@ -114,6 +114,7 @@ class OnPolicyDistillation(PolicyGradientTrainer):
     """
 
     supports_env = False        # the teacher scores one completion, not turns
+    serialized_arguments = PolicyGradientTrainer.serialized_arguments + ("teacher",)
 
     def __init__(self, policy, teacher, reward_fn=None, reward_weight=1.0, discount=0.0,
                  **options):
@@ -184,16 +185,12 @@ class OnPolicyDistillation(PolicyGradientTrainer):
         terms = {"policy_loss": self.policy_gradient_term(minibatch, scores.log_probs)}
         return terms, {"teacher_kl": minibatch.teacher_kl}
 
+    def config_reward(self):
+        return self.reward_fn if self.has_task_reward else None
+
     def get_config(self):
         config = super().get_config()
         config.update(teacher=keras.saving.serialize_keras_object(self.teacher),
                       reward_weight=self.reward_weight, discount=self.discount)
         config.pop("kl_in_reward")
         return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        for key in ("policy", "teacher", "value_model"):
-            config[key] = keras.saving.deserialize_keras_object(config.get(key))
-        return cls(**config)

@@ -52,8 +52,10 @@ normalizer) need `jit_compile=False`.
 
 import contextlib
 import contextvars
+import copy
 import typing
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -103,11 +105,24 @@ class Reward:
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        """The reward of `get_config()`, or of its Keras-serialised form (what a
+        trainer's config holds): nested Keras objects are deserialised."""
+        return cls(**{key: deserialize_nested(value) for key, value in config.items()})
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
+
+
+def deserialize_nested(value):
+    """`value` with each Keras-serialised object in it (a dict with "class_name" and
+    "config": a model, a reward, a tokenizer) rebuilt, through lists and tuples."""
+    if isinstance(value, dict) and "class_name" in value and "config" in value:
+        # A copy: deserialising a functional model consumes its config.
+        return keras.saving.deserialize_keras_object(copy.deepcopy(value))
+    if isinstance(value, (list, tuple)):
+        return type(value)(deserialize_nested(item) for item in value)
+    return value
 
 
 def reward_name(reward_fn):

@@ -37,6 +37,7 @@ import math
 import sys
 import warnings
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -387,6 +388,7 @@ def _nltk_sentence_bleu(hyp, hyp_mask, refs, ref_mask, max_order, smoothing):
     return scores
 
 
+@keras.saving.register_keras_serializable(package="tfpg")
 class BLEU(Reward):
     """Sentence BLEU of each completion against `batch[reference_key]`.
 

@@ -1,10 +1,12 @@
 """`WeightedSum`: a weighted sum of rewards, each component reported on its own."""
 
+import keras
 import tensorflow as tf
 
 from tfpg.rewards.base import Reward
 
 
+@keras.saving.register_keras_serializable(package="tfpg")
 class WeightedSum(Reward):
     """`sum_i weight_i * reward_i`, with each component logged as `reward/<name>`.
 

@@ -1,10 +1,12 @@
 """`Keyword`: the fraction of keywords that occur in the completion."""
 
+import keras
 import tensorflow as tf
 
 from tfpg.rewards.base import Reward, completion_tokens, id_mask
 
 
+@keras.saving.register_keras_serializable(package="tfpg")
 class Keyword(Reward):
     """Fraction of the keywords found in the completion (before EOS), in [0, 1].
 

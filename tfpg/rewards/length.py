@@ -1,10 +1,12 @@
 """`Length`: rewards the completion length, or closeness to a target length."""
 
+import keras
 import tensorflow as tf
 
 from tfpg.rewards.base import Reward
 
 
+@keras.saving.register_keras_serializable(package="tfpg")
 class Length(Reward):
     """Number of completion tokens before EOS, or `-|length - target|`.
 

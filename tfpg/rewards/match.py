@@ -1,5 +1,6 @@
 """`ExactMatch`: 1 when the completion equals the reference answer, else 0."""
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -11,6 +12,7 @@ def _as_text(value):
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+@keras.saving.register_keras_serializable(package="tfpg")
 class ExactMatch(Reward):
     """1.0 when the completion (cut before EOS) equals the answer, else 0.0.
 

@@ -1,10 +1,12 @@
 """`OverlongPenalty`: DAPO's soft over-long punishment (Yu et al., 2025)."""
 
+import keras
 import tensorflow as tf
 
 from tfpg.rewards.base import Reward
 
 
+@keras.saving.register_keras_serializable(package="tfpg")
 class OverlongPenalty(Reward):
     """0 up to `max_length - buffer` tokens, then linearly down to -1 at `max_length`,
     and -1 beyond it (TRL's `get_soft_overlong_punishment`).

@@ -8,6 +8,7 @@ from tfpg.rewards.base import Reward
 MODES = ("mean_log_prob", "neg_perplexity")
 
 
+@keras.saving.register_keras_serializable(package="tfpg")
 class Perplexity(Reward):
     """Length-normalised log-likelihood of the completion under a reference LM.
 

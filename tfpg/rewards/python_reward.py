@@ -5,6 +5,7 @@ import json
 import threading
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -47,6 +48,7 @@ def _accepted_columns(fn, columns):
     return [c for c in columns if c in names]
 
 
+@keras.saving.register_keras_serializable(package="tfpg")
 class PythonReward(Reward):
     """Wraps `fn(prompts, completions, **columns) -> sequence of B floats`.
 

@@ -37,6 +37,7 @@ MODEL_FILE = "model.keras"
 TOKENIZER_FILE = "tokenizer.json"
 
 
+@keras.saving.register_keras_serializable(package="tfpg")
 class RewardModel(Reward):
     """Scores completions with a Keras model mapping ids int32 [B, T] -> [B] or [B, 1].
 
@@ -77,23 +78,29 @@ class RewardModel(Reward):
         self._id_map = None  # set by for_tokenizer
 
     def get_config(self):
-        # The architecture only: weights travel with `model.save`, not configs.
+        # The architecture only: weights travel with `model.save` (and a trainer's
+        # `.keras` file), not configs.
         model = (keras.saving.serialize_keras_object(self.model)
                  if isinstance(self.model, keras.Model) else self.model)
-        return {"model": model, "include_prompt": self.include_prompt,
-                "eos_id": self.eos_id, "name": self.name,
-                "tokenizer": None if self.tokenizer is None else self.tokenizer.get_config(),
-                "metadata": dict(self.metadata)}
+        config = {"model": model, "include_prompt": self.include_prompt,
+                  "eos_id": self.eos_id, "name": self.name, "tokenizer": self.tokenizer,
+                  "metadata": dict(self.metadata)}
+        if self._id_map is not None:        # a `for_tokenizer` remapping
+            config["id_map"] = self._id_map.tolist()
+        return config
 
     @classmethod
     def from_config(cls, config):
         from tfpg.text import Tokenizer
         config = dict(config)
-        if isinstance(config["model"], dict):
-            config["model"] = keras.saving.deserialize_keras_object(config["model"])
-        if isinstance(config.get("tokenizer"), dict):
-            config["tokenizer"] = Tokenizer.from_config(config["tokenizer"])
-        return cls(**config)
+        id_map = config.pop("id_map", None)
+        tokenizer = config.get("tokenizer")
+        if isinstance(tokenizer, dict) and "class_name" not in tokenizer:
+            config["tokenizer"] = Tokenizer.from_config(tokenizer)   # an older config's form
+        reward = super().from_config(config)
+        if id_map is not None:
+            reward._id_map = np.asarray(id_map, np.int32)
+        return reward
 
     @property
     def pad_id(self):

@@ -28,6 +28,7 @@ the fine-tuning prompts.
 {'satisfaction': 0.5, 'distinct_1': 0.8571428571428571, 'distinct_2': 1.0}
 """
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -55,6 +56,7 @@ TIMES = ("today", "again", "tonight")
 _HELDOUT_FRACTION = 0.25
 
 
+@keras.saving.register_keras_serializable(package="tfpg")
 class KeywordPresent(rewards.Reward):
     """1.0 when any of `keyword_ids` occurs in the completion (before EOS), else 0.0.
 

@@ -47,6 +47,7 @@ in training texts.
 
 import math
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -85,6 +86,7 @@ def utility_of(terms):
             - LENGTH_COST * max(0, terms["length"] - LENGTH_LIMIT))
 
 
+@keras.saving.register_keras_serializable(package="tfpg")
 class GoldUtility(rewards.Reward):
     """The gold utility of each completion (tokens before EOS), in-graph.
 
@@ -124,6 +126,7 @@ class GoldUtility(rewards.Reward):
                 - LENGTH_COST * tf.maximum(0.0, length - LENGTH_LIMIT))                # [B]
 
 
+@keras.saving.register_keras_serializable(package="tfpg")
 class LearnedRewardRequired(rewards.Reward):
     """Stands in for `PreferenceTask.reward`: there is no hand-written training
     reward; calling it says how to get the learned one."""
