@@ -102,7 +102,9 @@ class PolicyGradientTrainer(RolloutCollection, PolicyUpdate, TrainerMetrics,
         policy: the `tfpg.models.Policy` to train (`PolicyNetwork`, `KerasHubPolicy`);
             anything else is refused (TypeError, one line).
         reward_fn: `reward_fn(prompt_ids, completion_ids, completion_mask, batch)
-            -> float32 [B]` (see `tfpg.rewards`).
+            -> float32 [B]` (see `tfpg.rewards`). `get_config` holds a `tfpg.rewards`
+            object (or a function registered with Keras) and refuses, in one line,
+            a plain Python function (`tfpg.rewards.serialization`).
         value_model: a `ValueNetwork` critic, for algorithms that use one.
         reference_model: the frozen model of the KL penalty (a `Policy`, or a LoRA
             policy's `lora_reference()`); a frozen copy of the policy (as it is at
