@@ -38,6 +38,7 @@ from tfpg import data as tfpg_data
 from tfpg.distribution import is_chief
 from tfpg.export import export_saved_model, read_export_info, recover
 from tfpg.locking import write_file_atomically
+from tfpg.models.policy import Policy, check_policy
 from tfpg.generation import generate
 from tfpg.rewards.base import call_reward
 
@@ -68,9 +69,10 @@ def _scalars(logs):
 
 
 def _policy_of(model):
-    """The `PolicyNetwork` a trainer holds (or the model itself when it is the policy)."""
-    policy = getattr(model, "policy", None)
-    return model if policy is None else policy
+    """The policy a trainer holds (or the model itself when it is a `Policy`)."""
+    if isinstance(model, Policy):
+        return model
+    return check_policy(getattr(model, "policy", None), "the model's policy")
 
 
 class _CsvLog:

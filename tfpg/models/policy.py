@@ -1,5 +1,5 @@
-"""`Policy`: the interface every tfpg policy gives generation, the trainers, the
-export and the critics; `check_policy` refuses anything else in one line."""
+"""`Policy`: the interface every tfpg policy gives generation, the trainers and the
+export; `check_policy` refuses anything else in one line."""
 
 import numbers
 
@@ -14,12 +14,13 @@ class Policy(keras.Model):
     """Base class of tfpg's policies: a causal language model whose softmax over the
     next token is the policy.
 
-    `tfpg.generate`, the trainers (`tfpg.algorithms`), `tfpg.export_saved_model` and
-    the critics use a policy through this interface only, and refuse anything that
-    is not a `Policy` (`check_policy`). tfpg's own are `tfpg.PolicyNetwork` (LSTM,
-    GRU or Transformer) and `tfpg.KerasHubPolicy` (a pre-trained KerasHub
-    `CausalLM`); a model of your own is accepted when it subclasses `Policy` and
-    defines:
+    `tfpg.generate`, the trainers (`tfpg.algorithms`: sampling, scoring, the KL
+    reference) and `tfpg.export_saved_model` use a policy through this interface
+    only, and refuse anything that is not a `Policy` (`check_policy`). tfpg's own are
+    `tfpg.PolicyNetwork` (LSTM, GRU or Transformer) and `tfpg.KerasHubPolicy` (a
+    pre-trained KerasHub `CausalLM`); a model of your own is accepted when it
+    subclasses `Policy` and defines the following (a critic or reward network on a
+    policy's trunk, `ValueNetwork.from_policy`, needs one of tfpg's own):
 
     * `initial_cache(batch_size, max_length)` and `call_with_cache(token_ids, cache,
       index, padding_mask=None, training=None, last_only=False, in_place=False)`:

@@ -8,7 +8,8 @@ from tfpg.models.policy import Policy
 
 @keras.saving.register_keras_serializable(package="tfpg")
 class PolicyNetwork(BackboneModel, Policy):
-    """Embedding + LSTM / GRU / Transformer + a vocabulary projection.
+    """Embedding + LSTM / GRU / Transformer + a vocabulary projection: tfpg's own
+    `tfpg.models.Policy`.
 
     `call(token_ids)` gives next-token logits (float32, also under mixed precision) for
     every position; `call_with_cache` runs one decoding step (or a prompt prefill) from
