@@ -4,7 +4,7 @@ that needs no model (goal: under 0.5 s each).
     python benchmarks/cli_startup.py            # 5 runs of each command
     python benchmarks/cli_startup.py --runs 10
 
-`--help`, `CMD --help` and every check that needs no model (`tfpg.config.check_config`:
+`--help`, `CMD --help` and every check that needs no model (`tfpg.run.config.check_config`:
 a value out of range, an unknown name, a missing file or `--model` path) never import
 TensorFlow, so they answer in the time Python takes to start. For scale, the same runs
 of `python -c "import tensorflow"` (what every command paid before). Prints the median

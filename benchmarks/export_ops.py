@@ -1,7 +1,7 @@
-"""Derives `tfpg/data/allowed_ops.json`: the op types tfpg's own exports contain.
+"""Derives `tfpg/guards/allowed_ops.json`: the op types tfpg's own exports contain.
 
 `tfpg.load` and `RewardModel.load` refuse a `saved_model.pb` holding any other op
-(tfpg/trust.py). This script writes every kind of export tfpg makes, in a temporary
+(tfpg/guards/trust.py). This script writes every kind of export tfpg makes, in a temporary
 directory, and collects their ops:
 
 * `export_saved_model` of a `PolicyNetwork` of each backbone (lstm, gru, transformer;
@@ -13,13 +13,13 @@ directory, and collects their ops:
 * `export_saved_model` of a `KerasHubPolicy` of each Hugging Face fixture checkpoint
   (tests/data/hf: gpt2, llama3, qwen2, gemma), with its `tokenizer.json` tokenizer;
 * `RewardModel.save` of a preference model of each backbone, of a classifier
-  (`train_reward_model`) and of KerasHub-trunk preference models (GPT-2, Gemma).
+  (`train_reward_from_labels`) and of KerasHub-trunk preference models (GPT-2, Gemma).
 
 Ops found anywhere but in the checkpoint saver's functions go to "ops"; those found
 only there go to "saver_ops" (allowed only inside the saver). The script fails if
 "ops" would hold an op that touches files, the network or Python (`DENIED`).
 
-    python benchmarks/export_ops.py            # rewrites tfpg/data/allowed_ops.json
+    python benchmarks/export_ops.py            # rewrites tfpg/guards/allowed_ops.json
     python benchmarks/export_ops.py --check    # fails if an export holds an unlisted op
 
 About 4 minutes on 2 cores. Rerun it when an export gains an op (a new backbone,
@@ -38,7 +38,7 @@ import keras
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from tfpg import trust  # noqa: E402
+from tfpg.guards import trust  # noqa: E402
 
 # Substrings of op types that read or write files, reach other processes or run
 # Python: none may be allowed outside the saver.
@@ -119,7 +119,7 @@ def reward_model_exports(directory):
     from keras_hub_models import save_preset
 
     from tfpg import KerasHubPolicy, Tokenizer
-    from tfpg.rewards import train_preference_model, train_reward_model
+    from tfpg.rewards import train_preference_model, train_reward_from_labels
     tokenizer = Tokenizer.from_texts(PAIRS[0] + PAIRS[1] + PAIRS[2])
     for backbone in ("lstm", "gru", "transformer"):
         model = train_preference_model(*PAIRS, tokenizer, backbone=backbone, embedding_dim=8,
@@ -128,7 +128,7 @@ def reward_model_exports(directory):
         path = os.path.join(directory, f"reward-{backbone}")
         model.save(path)
         yield f"reward-{backbone}", path
-    classifier = train_reward_model(PAIRS[1] + PAIRS[2], [1] * 16 + [0] * 16, tokenizer,
+    classifier = train_reward_from_labels(PAIRS[1] + PAIRS[2], [1] * 16 + [0] * 16, tokenizer,
                                     epochs=1)
     path = os.path.join(directory, "reward-classifier")
     classifier.save(path)
@@ -188,7 +188,7 @@ def main():
     payload = {
         "about": "Op types of tfpg's own exports (benchmarks/export_ops.py): tfpg.load and "
                  "RewardModel.load refuse any other. saver_ops are allowed only inside the "
-                 "checkpoint saver's functions (tfpg/trust.py).",
+                 "checkpoint saver's functions (tfpg/guards/trust.py).",
         "tensorflow": tf.__version__, "keras": keras.__version__,
         "keras_hub": keras_hub.__version__, "sources": found["sources"],
         "ops": found["ops"], "saver_ops": found["saver_ops"]}

@@ -48,7 +48,7 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "f
 
 
 def command(directory):
-    return [sys.executable, "-m", "tfpg.cli"] + JOB + [
+    return [sys.executable, "-m", "tfpg.run.cli"] + JOB + [
         "--output", os.path.join(directory, "model"), "--logdir", os.path.join(directory, "logs")]
 
 

@@ -6,7 +6,7 @@ tokens each (EOS suppressed and no turn-end token, so every turn has exactly tha
 many tokens) against an env that replies `--reply-tokens` tokens after every turn
 but the last. Interleaved in one process (`common.Timer`), per batch size:
 
-* multi-turn: `tfpg.multi_turn.rollout_episodes` (one compiled generation per turn,
+* multi-turn: `tfpg.envs.multi_turn.rollout_episodes` (one compiled generation per turn,
   the whole context prefilled again each turn, the env in Python between turns);
 * single-turn, same length: one `tfpg.generate` of as many new tokens as the
   trajectory has after its prompt (policy turns + replies);
@@ -36,10 +36,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 import tfpg  # noqa: E402
-from tfpg.multi_turn import rollout_episodes  # noqa: E402
-from tfpg.text import SPECIAL_TOKENS, Tokenizer  # noqa: E402
-from tfpg.tool_env import ToolEnv, calculator  # noqa: E402
-from tfpg.turn_env import TurnEnv  # noqa: E402
+from tfpg.envs.multi_turn import rollout_episodes  # noqa: E402
+from tfpg.text.tokenizer import SPECIAL_TOKENS
+from tfpg.text import Tokenizer
+from tfpg.envs.tool_env import ToolEnv, calculator  # noqa: E402
+from tfpg.envs.turn_env import TurnEnv  # noqa: E402
 
 PROMPT = 8
 MODELS = {"small": dict(embedding_dim=64, hidden_dim=128),

@@ -26,7 +26,7 @@ import numpy as np
 
 import tfpg
 from tfpg.tasks import get_task
-from tfpg.pretraining import pretrain
+from tfpg.run.pretraining import pretrain
 
 TASKS = ("calculator", "guess")
 METRICS = {"calculator": ("accuracy", "tool_call_rate", "calls_per_episode"),

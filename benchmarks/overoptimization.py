@@ -37,7 +37,7 @@ import tfpg
 from tfpg.losses import token_log_probs
 from tfpg.rewards import train_preference_model
 from tfpg.tasks import get_task
-from tfpg.training import copy_policy, pretrain
+from tfpg.run.pretraining import copy_policy, pretrain
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 MODEL = {"backbone": "lstm", "embedding_dim": 64, "hidden_dim": 128}

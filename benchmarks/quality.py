@@ -36,9 +36,12 @@ import tensorflow as tf
 
 import tfpg
 from tfpg.algorithms import ALGORITHMS
-from tfpg.reward_training import load_reward_model, train_reward
+from tfpg.run.reward_pipeline import load_reward_model, run_reward_training
 from tfpg.tasks import get_task
-from tfpg.training import Job, copy_policy, evaluate_policy, pretrain, variable_checkpoint
+from tfpg.run.jobs import Job
+from tfpg.run.pretraining import copy_policy, pretrain
+from tfpg.run.evaluation import evaluate_policy
+from tfpg.run.checkpoints import variable_checkpoint
 
 TASKS = ("arithmetic", "translate", "keywords", "preference")
 ML, ML_CONTINUED = "maximum likelihood", "ML continued"
@@ -105,7 +108,7 @@ def learned_reward(task, tokenizer, seed, quick, cache_dir):
     defaults), cached in `cache_dir`."""
     directory = os.path.join(cache_dir, f"{task.name}-{seed}{'-quick' if quick else ''}-rm")
     if not os.path.exists(directory):
-        train_reward(directory, task=task.name, seed=seed)
+        run_reward_training(directory, task=task.name, seed=seed)
     return load_reward_model(directory, tokenizer)
 
 
@@ -128,7 +131,7 @@ def pretrained_policy(job, seed, cache_dir):
     optimizer = keras.optimizers.Adam(PRETRAIN["learning_rate"])
     optimizer.build(policy.trainable_variables)
     checkpoint = variable_checkpoint(policy=policy.variables, optimizer=optimizer.variables)
-    # "-lm": pre-trained by tfpg.training.pretrain (earlier caches: Keras' own fit).
+    # "-lm": pre-trained by tfpg.run.pretraining.pretrain (earlier caches: Keras' own fit).
     prefix = os.path.join(cache_dir, f"{job.name}-{seed}-pretrained-lm")
     if os.path.exists(prefix + ".json"):
         checkpoint.read(prefix).assert_existing_objects_matched()

@@ -311,7 +311,7 @@ def bytes_per_element(rows, side):
 def tfpg_memory_budget(cell):
     """Where tfpg's step memory goes, analytically (MiB, float32), for one cell: what
     lives through the step, and the largest transient pieces."""
-    from tfpg.token_scores import default_chunk_size
+    from tfpg.algorithms.token_scores import default_chunk_size
     vocab_size, new_tokens, kl_coef, group = cell
     rows, length = PROMPTS * group, PROMPT_LENGTH + new_tokens
     parameters = (vocab_size * WIDTH + length * WIDTH

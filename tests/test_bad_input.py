@@ -1,7 +1,7 @@
 """The bad-input battery: each case gets a clear error or a documented result, through
 the public API and the `tfpg` command, and nothing already saved is lost.
 
-Most CLI cases call `tfpg.cli.main` in this process (the same code path as the
+Most CLI cases call `tfpg.run.cli.main` in this process (the same code path as the
 `tfpg` command, without a TensorFlow start-up per case); a few run the real command.
 The bad-input table of docs/trust.md lists the same cases.
 """
@@ -21,9 +21,9 @@ import tensorflow as tf
 
 import keras
 import tfpg
-from tfpg import training
+from tfpg.run import pipeline
 from tfpg.algorithms import REINFORCE
-from tfpg.cli import main
+from tfpg.run.cli import main
 
 TINY = {"embedding_dim": 16, "hidden_dim": 32, "batch_size": 16, "steps_per_epoch": 2}
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -78,13 +78,13 @@ def trained(tmp_path_factory):
     ("3 + 4 =" is 5 tokens with BOS) are cut to their last 4 tokens."""
     directory = tmp_path_factory.mktemp("trained")
     write_job(directory)
-    config = training.TrainConfig(
+    config = pipeline.TrainConfig(
         train_file=str(directory / "add.tsv"), reward="exact_match", pretrain_epochs=1,
         epochs=1, max_new_tokens=4, output=str(directory / "model"),
         logdir=str(directory / "logs"), max_prompt_length=4, truncate_prompts="left",
         **TINY)
     warnings = []
-    training.run_training(config, log=lambda *_: None, warn=warnings.append)
+    pipeline.run_training(config, log=lambda *_: None, warn=warnings.append)
     (directory / "warnings.txt").write_text("\n".join(warnings))
     return directory
 
@@ -159,13 +159,13 @@ def test_truncated_prompts_give_a_warning_and_a_model_that_truncates(trained):
 
 def test_transformer_prompts_are_limited_to_its_positions(tmp_path):
     write_job(tmp_path)
-    config = training.TrainConfig(train_file=str(tmp_path / "add.tsv"), backbone="transformer",
+    config = pipeline.TrainConfig(train_file=str(tmp_path / "add.tsv"), backbone="transformer",
                                   max_new_tokens=6, reward="exact_match")
-    job = training.make_job(config)
-    assert job.max_prompt_length == training.POLICY_MAX_LENGTH - 6
+    job = pipeline.make_job(config)
+    assert job.max_prompt_length == pipeline.POLICY_MAX_LENGTH - 6
     job.train.prompts[0] = " ".join(["1"] * 300)
-    with pytest.raises(training.UsageError, match="more than --max-prompt-length 250"):
-        training.check_prompt_lengths(job, warn=print)
+    with pytest.raises(pipeline.UsageError, match="more than --max-prompt-length 250"):
+        pipeline.check_prompt_lengths(job, warn=print)
 
 
 # -------------------------------------------------------------- unknown tokens
@@ -586,7 +586,7 @@ def test_an_unwritable_output_directory_is_reported_before_training(tmp_path, ca
             os.chmod(readonly, 0o755)
     elif _private_mount_works():
         command = (f"mount -t tmpfs -o ro,size=1m tmpfs {readonly} && "
-                   f"exec {sys.executable} -m tfpg.cli " + " ".join(args))
+                   f"exec {sys.executable} -m tfpg.run.cli " + " ".join(args))
         result = subprocess.run(["unshare", "--mount", "sh", "-c", command],
                                 capture_output=True, text=True, env=ENV, timeout=300)
         assert_error((result.returncode, result.stdout, result.stderr), "not writable",
@@ -607,7 +607,7 @@ def test_a_small_file_system_is_reported_before_training(tmp_path):
     args = train_args(tmp_path)
     args[args.index("--output") + 1] = str(small / "model")
     command = (f"mount -t tmpfs -o size=1m tmpfs {small} && "
-               f"exec {sys.executable} -m tfpg.cli " + " ".join(args))
+               f"exec {sys.executable} -m tfpg.run.cli " + " ".join(args))
     result = subprocess.run(["unshare", "--mount", "sh", "-c", command],
                             capture_output=True, text=True, env=ENV, timeout=300)
     assert_error((result.returncode, result.stdout, result.stderr), "only 1 MiB free")

@@ -2,7 +2,7 @@
 a decode too big for its model or for memory, a huge prompt line, a deeply nested
 JSON line and a reward that hangs or returns no numbers are refused in one line,
 before anything is allocated or trained: `ValueError` in the API, exit 2 with one
-line on stderr and nothing written on the command line (`tfpg.bounds`)."""
+line on stderr and nothing written on the command line (`tfpg.guards.bounds`)."""
 
 import os
 import sys
@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 import tfpg
-from tfpg import bounds
+from tfpg.guards import bounds
 from tfpg.algorithms import A2C, GRPO, PPO, REINFORCE, RLOO, SCST
 from tfpg.data import DataError, read_file
 from tfpg.export import export_saved_model, load
@@ -56,7 +56,7 @@ def small_decode_limit(monkeypatch):
     monkeypatch.setenv(bounds.DECODE_MEMORY_ENV, SMALL_LIMIT_GB)
 
 
-# ------------------------------------------------------------- tfpg.bounds
+# ------------------------------------------------------------- tfpg.guards.bounds
 
 
 def test_the_checks_name_the_value_and_the_range():

@@ -13,6 +13,8 @@ import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tfpg import callbacks as callbacks_lib
+from tfpg.callbacks import saved_model_export
+from tfpg.callbacks.base import _CsvLog
 from tfpg.callbacks import RewardLogger, SampleLogger, SavedModelExport
 from tfpg.export import load, read_export_info
 from tfpg.generation import generate
@@ -193,7 +195,7 @@ def test_reward_logger_without_rollout_or_files(tmp_path, policy, dataset):
 
 
 def test_language_model_logger_writes_loss_and_perplexity(tmp_path, tokenizer):
-    from tfpg.training import LanguageModelTrainer, pretraining_dataset
+    from tfpg.run.pretraining import LanguageModelTrainer, pretraining_dataset
     keras.utils.set_random_seed(0)
     trainer = LanguageModelTrainer(PolicyNetwork(tokenizer.vocabulary_size, 8, 8))
     trainer.compile(optimizer=keras.optimizers.Adam(1e-2))
@@ -212,7 +214,7 @@ def test_language_model_logger_writes_loss_and_perplexity(tmp_path, tokenizer):
 def test_csv_log_survives_a_partial_line_and_new_columns(tmp_path):
     path = tmp_path / "log.csv"
     path.write_text("kind,epoch,step,reward\nepoch,0,3,0.5\nepoch,1,6,0.")  # torn last row
-    log = callbacks_lib._CsvLog(str(path))
+    log = _CsvLog(str(path))
     log.append({"kind": "epoch", "epoch": 1, "step": 6, "reward": 0.75, "kl": 0.1})
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -311,8 +313,8 @@ def test_saved_model_export_schedule_and_monitor(tmp_path, policy, tokenizer, da
         with open(os.path.join(path, "tfpg_export.json"), "w") as f:
             json.dump({"metadata": metadata}, f)
 
-    monkeypatch.setattr(callbacks_lib, "export_saved_model", fake_export)
-    monkeypatch.setattr(callbacks_lib, "read_export_info",
+    monkeypatch.setattr(saved_model_export, "export_saved_model", fake_export)
+    monkeypatch.setattr(saved_model_export, "read_export_info",
                         lambda path: json.load(open(os.path.join(path, "tfpg_export.json"))))
     trainer = make_trainer(policy)
 

@@ -268,7 +268,7 @@ def chat_run(tmp_path_factory):
     chatml.jinja` (conversational; 1 epoch of 1 step), `tfpg generate` on its export
     and the bad-input cases, in this process: (directory, [(status, stdout, stderr)])."""
     import shutil
-    from tfpg import cli
+    from tfpg.run import cli
     root = tmp_path_factory.mktemp("chat")
     (root / "chatml.jinja").write_text(CHATML)
     with open(root / "chat.jsonl", "w") as f:
@@ -346,8 +346,8 @@ def test_text_episodes_render_tool_turns_with_the_template():
     output) is the template's tool turn, and every context the generator sees is
     the whole conversation so far, rendered."""
     import tfpg
-    from tfpg.multi_turn import play_text_episodes
-    from tfpg.tool_env import ToolEnv, calculator
+    from tfpg.envs.multi_turn import play_text_episodes
+    from tfpg.envs.tool_env import ToolEnv, calculator
     qwen = ChatTemplate.from_hf_files(_fixture("qwen2")["hf_files"])
     chat = [{"role": "user", "content": "What is 6*7?"}]
     tok = tfpg.Tokenizer.from_texts([qwen.render(chat) + "<calc>6*7</calc> 42 error:"],

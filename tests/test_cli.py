@@ -11,12 +11,12 @@ import time
 import pytest
 
 import tfpg
-from tfpg import cli, native_logs
+from tfpg.run import cli, native_logs
 
 sys.path.insert(0, os.path.dirname(__file__))
 from cli_batch import assert_usage_error, run_in_fresh_directories  # noqa: E402
 
-TFPG = [sys.executable, "-m", "tfpg.cli"]
+TFPG = [sys.executable, "-m", "tfpg.run.cli"]
 SMALL = ["train", "--pretrain-epochs", "4", "--epochs", "2", "--steps-per-epoch", "2",
          "--batch-size", "128"]
 # TensorFlow's native log lines, as they appear on stderr without the filter.
@@ -96,7 +96,7 @@ def test_help_and_bad_arguments_answer_without_tensorflow(tmp_path):
         "assert tfpg.__file__ and os.path.basename(tfpg.__file__) == '__init__.py', "
         "tfpg.__path__",
         f"assert not tfpg.__file__.startswith({str(tmp_path)!r}), tfpg.__file__",
-        "from tfpg.cli import main",
+        "from tfpg.run.cli import main",
         "for argv in (['--help'], ['train', '--help'], ['generate', '--help']):",
         "    try:",
         "        main(argv)",
@@ -188,8 +188,8 @@ def test_generate_evaluate_and_export_subcommands(trained):
 
 
 def test_the_names_the_command_line_offers_are_the_registries():
-    """`tfpg.config` holds each name list once; the registries are built from it."""
-    from tfpg import config, generation, rewards
+    """`tfpg.options` holds each name list once; the registries are built from it."""
+    from tfpg import generation, options, rewards
     from tfpg.algorithms import ALGORITHMS, TRAINERS
     from tfpg.models import backbones
     from tfpg.tasks import TASKS
@@ -201,9 +201,9 @@ def test_the_names_the_command_line_offers_are_the_registries():
         "arithmetic": "ArithmeticTask", "translate": "TranslateTask",
         "keywords": "KeywordsTask", "preference": "PreferenceTask",
         "calculator": "CalculatorTask", "guess": "GuessTask"}
-    assert backbones.BACKBONES is config.BACKBONES
-    assert generation.SAMPLERS is config.SAMPLERS
-    assert rewards.ON_INVALID is config.ON_INVALID_REWARD
+    assert backbones.BACKBONES is options.BACKBONES
+    assert generation.SAMPLERS is options.SAMPLERS
+    assert rewards.ON_INVALID is options.ON_INVALID_REWARD
 
 
 def test_an_editable_install_puts_the_clone_on_sys_path():
@@ -216,10 +216,11 @@ def test_an_editable_install_puts_the_clone_on_sys_path():
 
 def test_one_install_hint_for_the_hub_extra():
     """README and the errors that need keras-hub or jinja2 give the same command."""
-    from tfpg import config, model_source
+    from tfpg import options
+    from tfpg.run import config, model_source
     readme = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
     with open(readme, encoding="utf-8") as f:
-        assert config.HUB_INSTALL_HINT in f.read()
+        assert options.HUB_INSTALL_HINT in f.read()
     for module in (config, model_source):
         with open(module.__file__, encoding="utf-8") as f:
             source = f.read()
@@ -227,8 +228,8 @@ def test_one_install_hint_for_the_hub_extra():
 
 
 def test_a_resume_with_other_options_names_each_one(tmp_path):
-    from tfpg import checkpoints
-    from tfpg.config import TrainConfig
+    from tfpg.run import checkpoints
+    from tfpg.run.config import TrainConfig
     directory = str(tmp_path / "model.checkpoint")
     checkpoints.RunState(directory, TrainConfig(learning_rate=0.001)).save(seconds=1.0)
     other = TrainConfig(learning_rate=0.5, batch_size=8, kl_coef=0.1,
@@ -244,7 +245,7 @@ def test_a_resume_with_other_options_names_each_one(tmp_path):
 def test_evaluate_on_a_file_scores_bleu_and_exact_match_by_hand():
     """`tfpg evaluate --eval-file` and a `--train-file` run's held-out metrics share
     `reference_metrics`: corpus BLEU x 100 over words, exact match with any reference."""
-    from tfpg.evaluation import reference_metrics
+    from tfpg.run.evaluation import reference_metrics
     # n-gram precisions 4/5, 3/4, 2/3, 1/2 and equal lengths: BLEU = 0.2 ** (1/4).
     metrics = reference_metrics(["a b c d e", "x"], ["a b c d f", ["y", " x "]])
     assert metrics["exact_match"] == 0.5

@@ -15,14 +15,15 @@ import pytest
 import tensorflow as tf
 
 import tfpg
-from tfpg import checkpoints
-from tfpg.config import TrainConfig, UsageError
+from tfpg.run import checkpoints
+from tfpg.run.config import TrainConfig
+from tfpg.options import UsageError
 
 sys.path.insert(0, os.path.dirname(__file__))
 from cli_batch import assert_usage_error  # noqa: E402
 
 SCRIPTS = os.path.join(os.path.dirname(__file__), "scripts")
-TFPG = [sys.executable, "-m", "tfpg.cli"]
+TFPG = [sys.executable, "-m", "tfpg.run.cli"]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 TINY = {"embedding_dim": 16, "hidden_dim": 32, "batch_size": 16, "steps_per_epoch": 2}
 TRAIN = ["train", "--train-file", "add.tsv", "--config", "tiny.yaml", "--pretrain-epochs",

@@ -20,12 +20,12 @@ import tensorflow as tf
 
 import keras
 import tfpg
-from tfpg import training
+from tfpg.run import pipeline
 from tfpg.algorithms import PPO
 from tfpg.distribution import apply_gradients
 
 SCRIPTS = os.path.join(os.path.dirname(__file__), "scripts")
-TFPG = [sys.executable, "-m", "tfpg.cli"]
+TFPG = [sys.executable, "-m", "tfpg.run.cli"]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 # A tiny `tfpg train`: 80 one-digit sums, a 16/32 LSTM, 2 + 2 epochs of 2-5 steps.
 TINY = {"embedding_dim": 16, "hidden_dim": 32, "batch_size": 16, "steps_per_epoch": 2}
@@ -180,7 +180,7 @@ def test_cli_mirrored_and_multi_worker_runs_match_the_single_device_run(determin
 
 
 def test_multi_worker_without_tf_config_is_a_usage_error(tmp_path, monkeypatch, capsys):
-    from tfpg.cli import main
+    from tfpg.run.cli import main
     monkeypatch.delenv("TF_CONFIG", raising=False)
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--strategy", "multi_worker", "--output", "out/m"]) == 2
@@ -253,11 +253,11 @@ def test_clipping_under_loss_scaling_equals_float32_clipping():
 
 def test_run_training_with_mixed_precision_exports_a_float32_model(tmp_path, precision):
     write_tiny_job(tmp_path)
-    config = training.TrainConfig(
+    config = pipeline.TrainConfig(
         train_file=str(tmp_path / "add.tsv"), reward="exact_match", pretrain_epochs=1,
         epochs=1, max_new_tokens=4, mixed_precision="mixed_float16",
         output=str(tmp_path / "out/model"), logdir=str(tmp_path / "out/logs"), **TINY)
-    metrics = training.run_training(config, log=lambda *_: None)
+    metrics = pipeline.run_training(config, log=lambda *_: None)
     assert metrics["mixed_precision"] == "mixed_float16"
     assert keras.mixed_precision.global_policy().name == "float32"    # restored
     generator = tfpg.load(str(tmp_path / "out/model"))
@@ -271,11 +271,11 @@ def test_run_training_with_mixed_precision_exports_a_float32_model(tmp_path, pre
 def test_a_checkpoint_is_committed_only_by_the_state_rename(tmp_path):
     """A crash after writing checkpoint k+1 but before naming it in state.json
     resumes from checkpoint k; its stray files are removed by the next commit."""
-    config = training.TrainConfig(output=str(tmp_path / "model"))
-    state = training.RunState(str(tmp_path / "model.checkpoint"), config)
+    config = pipeline.TrainConfig(output=str(tmp_path / "model"))
+    state = pipeline.RunState(str(tmp_path / "model.checkpoint"), config)
     variable = keras.Variable([1.0, 2.0])
-    checkpoint = training.variable_checkpoint(policy=[variable])
-    training.write_checkpoint(checkpoint, state, "pretrain", 1)
+    checkpoint = pipeline.variable_checkpoint(policy=[variable])
+    pipeline.write_checkpoint(checkpoint, state, "pretrain", 1)
 
     variable.assign([5.0, 6.0])
     original_save = state.save
@@ -285,32 +285,32 @@ def test_a_checkpoint_is_committed_only_by_the_state_rename(tmp_path):
 
     state.save = crash
     with pytest.raises(KeyboardInterrupt):
-        training.write_checkpoint(checkpoint, state, "pretrain", 2)
+        pipeline.write_checkpoint(checkpoint, state, "pretrain", 2)
     state.save = original_save
     assert glob.glob(str(tmp_path / "model.checkpoint/pretrain-2.*"))    # stray files
 
-    resumed = training.RunState(str(tmp_path / "model.checkpoint"), config)
+    resumed = pipeline.RunState(str(tmp_path / "model.checkpoint"), config)
     assert (resumed["pretrain_epochs_done"], resumed["pretrain_checkpoint"]) == (1, "pretrain-1")
     restored = keras.Variable([0.0, 0.0])
-    training._restore(training.variable_checkpoint(policy=[restored]), resumed.directory,
+    pipeline._restore(pipeline.variable_checkpoint(policy=[restored]), resumed.directory,
                       resumed["pretrain_checkpoint"])
     np.testing.assert_array_equal(restored.numpy(), [1.0, 2.0])
 
-    training.write_checkpoint(checkpoint, resumed, "pretrain", 2)
+    pipeline.write_checkpoint(checkpoint, resumed, "pretrain", 2)
     names = sorted(os.listdir(tmp_path / "model.checkpoint"))
     assert [n for n in names if n.startswith("pretrain")] == [
         "pretrain-2.data-00000-of-00001", "pretrain-2.index"]
 
 
 def test_a_resumed_run_with_another_strategy_is_accepted(tmp_path):
-    config = training.TrainConfig(output=str(tmp_path / "model"))
-    state = training.RunState(str(tmp_path / "model.checkpoint"), config)
+    config = pipeline.TrainConfig(output=str(tmp_path / "model"))
+    state = pipeline.RunState(str(tmp_path / "model.checkpoint"), config)
     state.save(seconds=1.0)
-    other = training.TrainConfig(output=str(tmp_path / "model"), strategy="mirrored",
+    other = pipeline.TrainConfig(output=str(tmp_path / "model"), strategy="mirrored",
                                  num_cpu_devices=2, deterministic=True)
-    assert training.RunState(state.directory, other).resumed
-    with pytest.raises(training.UsageError, match="other options"):
-        training.RunState(state.directory, training.TrainConfig(
+    assert pipeline.RunState(state.directory, other).resumed
+    with pytest.raises(pipeline.UsageError, match="other options"):
+        pipeline.RunState(state.directory, pipeline.TrainConfig(
             output=str(tmp_path / "model"), learning_rate=0.5))
 
 
@@ -318,7 +318,7 @@ def test_sigkill_during_export_leaves_the_previous_export_intact(deterministic_r
                                                                  tmp_path):
     checkpoint = str(deterministic_run / "first/model.checkpoint")
     target = tmp_path / "export"
-    training.export_from_source(checkpoint, str(target))
+    pipeline.export_from_source(checkpoint, str(target))
     expected = tfpg.load(str(target)).generate(["3 + 4 =", "9 + 9 ="])
     for delay in (0.0,):
         process = subprocess.Popen(TFPG + ["export", checkpoint, "--output", str(target)],

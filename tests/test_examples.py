@@ -77,7 +77,7 @@ def test_examples_use_only_the_public_api(name):
                       if not _is_public(module, name)})
     assert private == []
     for bad in ("from tfpg.algorithms.base import frozen_copy", "tfpg.algorithms.base.x",
-                "from tfpg.training import make_job", "tfpg.cli.main()"):   # the rule bites
+                "from tfpg.run.pipeline import make_job", "tfpg.run.cli.main()"):   # the rule bites
         assert not all(_is_public(*ref) for ref in _tfpg_references(ast.parse(bad))), bad
 
 

@@ -12,7 +12,7 @@ import tensorflow as tf
 import keras
 import tfpg
 from tfpg import advantages as adv
-from tfpg import checkpoints
+from tfpg.run import checkpoints
 from tfpg import losses as L
 from tfpg.algorithms import GRPO, PPO, RLOO
 from tfpg.algorithms.rollout import Rollout

@@ -15,7 +15,7 @@ pytest.importorskip("keras_hub")
 pytest.importorskip("tokenizers")
 
 import tfpg  # noqa: E402
-from tfpg import cli  # noqa: E402
+from tfpg.run import cli  # noqa: E402
 from tfpg.hf import checkpoint as hf_checkpoint  # noqa: E402
 from tfpg.hf.tokenizer import HFTokenizer  # noqa: E402
 

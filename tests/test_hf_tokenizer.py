@@ -20,7 +20,7 @@ pytest.importorskip("tokenizers")
 
 import tfpg  # noqa: E402
 from tfpg.hf.tokenizer import HFTokenizer, translate_split_pattern  # noqa: E402
-from tfpg.keras_hub_tokenizer import KerasHubTokenizer  # noqa: E402
+from tfpg.text.keras_hub_tokenizer import KerasHubTokenizer  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 from hf_reference import checkpoint, corpus, corpus_ids, mismatches, reference  # noqa: E402

@@ -17,7 +17,7 @@ keras_hub = pytest.importorskip("keras_hub")
 import tfpg  # noqa: E402
 from tfpg.data import pad_ids  # noqa: E402
 from tfpg.generation import filter_logits  # noqa: E402
-from tfpg.keras_hub_tokenizer import KerasHubTokenizer  # noqa: E402
+from tfpg.text.keras_hub_tokenizer import KerasHubTokenizer  # noqa: E402
 from tfpg.xla import resolve_jit_compile  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))

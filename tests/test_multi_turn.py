@@ -11,11 +11,12 @@ import pytest
 import tensorflow as tf
 
 import tfpg
-from tfpg import multi_turn
+from tfpg.envs import multi_turn
 from tfpg.data import pad_ids
-from tfpg.text import SPECIAL_TOKENS, Tokenizer
-from tfpg.tool_env import ToolEnv, calculator, run_calls
-from tfpg.turn_env import TurnEnv
+from tfpg.text.tokenizer import SPECIAL_TOKENS
+from tfpg.text import Tokenizer
+from tfpg.envs.tool_env import ToolEnv, calculator, run_calls
+from tfpg.envs.turn_env import TurnEnv
 
 WORDS = ["go", "x", ";", "ok", "y", "a", "b", "c", "say", "<calc>", "</calc>", "12*3",
          "1/0", "error:", "timeout", "36"]
@@ -600,7 +601,7 @@ def test_episode_task_run_episodes_plays_the_split_against_its_env():
 def test_tfpg_train_and_evaluate_run_a_multi_turn_task(tmp_path):
     import subprocess
     import sys
-    command = [sys.executable, "-m", "tfpg.cli"]
+    command = [sys.executable, "-m", "tfpg.run.cli"]
     train = command + ["train", "--task", "guess", "--algorithm", "grpo",
                        "--pretrain-epochs", "2", "--epochs", "1", "--steps-per-epoch", "2",
                        "--output", "model", "--logdir", "logs"]

@@ -229,10 +229,10 @@ def test_for_tokenizer_maps_another_vocabularys_ids(trained, task):
 
 
 def test_train_reward_job_from_a_pairs_file_and_its_bad_inputs(task, tmp_path):
-    from tfpg.reward_training import load_reward_model, train_reward
+    from tfpg.run.reward_pipeline import load_reward_model, run_reward_training
     pairs = _pairs_file(tmp_path / "pairs.jsonl", task, 48)
     out = str(tmp_path / "rm")
-    summary = train_reward(out, pairs=pairs, epochs=1, hidden_dim=8, embedding_dim=8)
+    summary = run_reward_training(out, pairs=pairs, epochs=1, hidden_dim=8, embedding_dim=8)
     assert summary["train_pairs"] + summary["heldout_pairs"] == 48
     assert summary["heldout_pairs"] == 4 and 0.0 <= summary["heldout_accuracy"] <= 1.0
     loaded = load_reward_model(out, task.tokenizer())
@@ -248,7 +248,7 @@ def test_train_reward_job_from_a_pairs_file_and_its_bad_inputs(task, tmp_path):
     for name, content in bad.items():
         path = _write(tmp_path / f"{name}.jsonl", content)
         with pytest.raises(DataError) as info:
-            train_reward(str(tmp_path / f"out-{name}"), pairs=path, epochs=1)
+            run_reward_training(str(tmp_path / f"out-{name}"), pairs=path, epochs=1)
         assert "\n" not in str(info.value)
     foreign = _write(tmp_path / "fr.jsonl", [json.dumps(
         {"prompt": "décris la rivière", "chosen": "elle est claire et utile .",
@@ -256,13 +256,13 @@ def test_train_reward_job_from_a_pairs_file_and_its_bad_inputs(task, tmp_path):
     tok_path = str(tmp_path / "tok.json")
     task.tokenizer().save(tok_path)
     with pytest.raises(DataError, match="another language"):
-        train_reward(str(tmp_path / "out-fr"), pairs=foreign, tokenizer=tok_path, epochs=1)
+        run_reward_training(str(tmp_path / "out-fr"), pairs=foreign, tokenizer=tok_path, epochs=1)
     os.makedirs(tmp_path / "taken")
     (tmp_path / "taken" / "keep.txt").write_text("x")
     with pytest.raises(ValueError, match="not a tfpg reward model"):
-        train_reward(str(tmp_path / "taken"), pairs=pairs, epochs=1)
+        run_reward_training(str(tmp_path / "taken"), pairs=pairs, epochs=1)
     with pytest.raises(ValueError, match="no preference pairs"):
-        train_reward(str(tmp_path / "out-arith"), task="arithmetic")
+        run_reward_training(str(tmp_path / "out-arith"), task="arithmetic")
     assert sorted(os.listdir(tmp_path)) == sorted(
         ["pairs.jsonl", "rm", "tok.json", "taken", "fr.jsonl"]
         + [f"{name}.jsonl" for name in bad])
@@ -273,7 +273,7 @@ def test_train_reward_job_from_a_pairs_file_and_its_bad_inputs(task, tmp_path):
 def test_a_classifier_reward_model_saves_and_serves_too(tmp_path):
     texts = ["good film", "bad film", "good good", "bad bad"] * 8
     tok = Tokenizer.from_texts(texts)
-    classifier = rewards.train_reward_model(texts, [1, 0, 1, 0] * 8, tok, epochs=5)
+    classifier = rewards.train_reward_from_labels(texts, [1, 0, 1, 0] * 8, tok, epochs=5)
     expected = classifier.score(["", ""], ["good film", "bad"])
     path = classifier.save(str(tmp_path / "clf"))
     np.testing.assert_allclose(RewardModel.load(path).score(["", ""], ["good film", "bad"]),
@@ -326,7 +326,7 @@ def test_a_keras_hub_trunk_reward_model_scores_saves_and_serves(tmp_path):
 
 # ------------------------------------------------------------------ command line
 
-TFPG = [sys.executable, "-m", "tfpg.cli"]
+TFPG = [sys.executable, "-m", "tfpg.run.cli"]
 
 
 def tfpg_cli(args, cwd, timeout=600):
@@ -405,10 +405,10 @@ def test_the_preference_task_is_also_evaluated_on_sampled_completions():
     """`sampled_metrics`: the task's metrics and the reward of the completions sampled
     at temperature 1 with seed 0, beside the greedy ones."""
     import keras
-    from tfpg.config import TrainConfig
-    from tfpg.evaluation import evaluate_policy
+    from tfpg.run.config import TrainConfig
+    from tfpg.run.evaluation import evaluate_policy
     from tfpg.generation import generate
-    from tfpg.jobs import make_job
+    from tfpg.run.jobs import make_job
 
     task = get_task("preference", num_pairs=8, num_heldout_pairs=4, num_train=4,
                     num_heldout=6, num_pretrain=8)

@@ -19,10 +19,10 @@ import tensorflow as tf
 
 import tfpg
 from tfpg.algorithms import ALGORITHMS
-from tfpg.checkpoints import epoch_batches, stream_seed
+from tfpg.run.checkpoints import epoch_batches, stream_seed
 
 SCRIPTS = os.path.join(os.path.dirname(__file__), "scripts")
-TFPG = [sys.executable, "-m", "tfpg.cli"]
+TFPG = [sys.executable, "-m", "tfpg.run.cli"]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")   # a killed run's lines too
 # The tiny job of test_distributed: 80 one-digit sums, a 16/32 LSTM; PPO (a critic, a
 # KL reference, 4 update epochs over each rollout), 2 + 2 epochs of 2 steps.

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tfpg.rewards import (ExactMatch, Keyword, Length, Perplexity, RewardModel,
-                          compute_rewards, train_reward_model)
+                          compute_rewards, train_reward_from_labels)
 from tfpg.text import Tokenizer
 
 TOK = Tokenizer.from_texts(["the cat sat on the mat", "a dog ran", "seven 7 Seven"])
@@ -204,22 +204,22 @@ def test_train_reward_model_learns_labels():
     texts = ["the cat sat", "a dog ran", "the cat", "a dog", "cat sat on the mat",
              "dog ran a dog"] * 6
     labels = [1, 0, 1, 0, 1, 0] * 6
-    reward = train_reward_model(texts, labels, TOK, epochs=30, seed=1)
+    reward = train_reward_from_labels(texts, labels, TOK, epochs=30, seed=1)
     assert isinstance(reward, RewardModel)
     ids, mask = completions([ids_of("the cat"), ids_of("a dog"), ids_of("cat mat")])
     scores = compute_rewards(reward, None, ids, mask, {}).rewards.numpy()
     assert scores.shape == (3,) and np.all((scores >= 0) & (scores <= 1))
     assert scores[0] > 0.8 and scores[1] < 0.2 and scores[2] > 0.5
     # Same seed, same model.
-    again = train_reward_model(texts, labels, TOK, epochs=30, seed=1)
+    again = train_reward_from_labels(texts, labels, TOK, epochs=30, seed=1)
     np.testing.assert_allclose(again(None, ids, mask, {}).numpy(), scores, rtol=1e-5)
 
 
 def test_train_reward_model_regression_and_errors():
     texts = ["the cat", "a dog", "the mat"] * 4
-    reward = train_reward_model(texts, [2.0, -1.0, 0.5] * 4, TOK, epochs=60)
+    reward = train_reward_from_labels(texts, [2.0, -1.0, 0.5] * 4, TOK, epochs=60)
     ids, mask = completions([ids_of("the cat"), ids_of("a dog")])
     scores = reward(None, ids, mask, {}).numpy()
     assert scores[0] > 1.0 and scores[1] < 0.0  # linear head, not a probability
     with pytest.raises(ValueError, match="2 texts but 1 labels"):
-        train_reward_model(["a", "b"], [1], TOK)
+        train_reward_from_labels(["a", "b"], [1], TOK)

@@ -11,7 +11,7 @@ import keras
 import tfpg
 from tfpg.algorithms import A2C, GRPO, PPO, REINFORCE, RLOO, SCST
 from tfpg.generation import FILTERED_LOGIT, filter_logits
-from tfpg.token_scores import support_mask
+from tfpg.algorithms.token_scores import support_mask
 
 VOCAB = 8
 

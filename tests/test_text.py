@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfpg import text
-from tfpg.text import IdsToString, StringToIds, Tokenizer
+from tfpg.text import tokenizer as text
+from tfpg.text.tokenizer import IdsToString, StringToIds
+from tfpg.text import Tokenizer
 
 CORPUS = ["the cat sat on the mat", "the dog sat", "a cat"]
 # the:3 cat:2 sat:2 a:1 dog:1 mat:1 on:1 -> ties broken alphabetically

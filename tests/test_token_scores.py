@@ -1,4 +1,4 @@
-"""The chunked language-model head of the train step (`tfpg.token_scores`).
+"""The chunked language-model head of the train step (`tfpg.algorithms.token_scores`).
 
 The step's loss and gradients are checked against the computation it replaced: the
 head on every position at once, the log-softmax, entropy and KL through automatic
@@ -17,7 +17,8 @@ import tensorflow as tf
 
 import keras
 import tfpg
-from tfpg import losses, token_scores
+from tfpg import losses
+from tfpg.algorithms import token_scores
 from tfpg.algorithms import A2C, GRPO, PPO, REINFORCE, RLOO, SCST
 from tfpg.generation import FILTERED_LOGIT, filter_logits
 

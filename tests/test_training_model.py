@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from tfpg import training
-from tfpg.model_source import load_policy
-from tfpg.cli import main
+from tfpg.run import pipeline
+from tfpg.run.model_source import load_policy
+from tfpg.run.cli import main
 
 keras_hub = pytest.importorskip("keras_hub")
 sys.path.insert(0, os.path.dirname(__file__))
@@ -37,7 +37,7 @@ def preset(job_file):
 
 
 def config(directory, name, **options):
-    return training.TrainConfig(train_file=str(directory / "add.tsv"), reward="exact_match",
+    return pipeline.TrainConfig(train_file=str(directory / "add.tsv"), reward="exact_match",
                                 output=str(directory / name / "model"),
                                 logdir=str(directory / name / "logs"), **dict(TINY, **options))
 
@@ -46,7 +46,7 @@ def test_pretraining_windows_of_a_keras_hub_tokenizer_mark_padding_by_mask(prese
     """GPT-2's id 0 is "!": padding is told by a mask, never by the id."""
     _, tokenizer = load_policy(preset)
     texts = ["1 + 2 = 3", "4 + 4 = 8 ! !"]
-    inputs, targets, mask = next(iter(training.pretraining_dataset(texts, tokenizer, 4, 0)))
+    inputs, targets, mask = next(iter(pipeline.pretraining_dataset(texts, tokenizer, 4, 0)))
     windows = set()
     for row_inputs, row_targets, row_mask in zip(inputs.numpy(), targets.numpy(),
                                                  mask.numpy()):
@@ -62,7 +62,7 @@ def test_pretraining_windows_of_a_keras_hub_tokenizer_mark_padding_by_mask(prese
 def test_a_lora_run_from_a_keras_hub_preset_resumes_and_exports(job_file, preset):
     log = []
     run = config(job_file, "gpt2", model=preset, lora_rank=2, epochs=2, steps_per_epoch=1)
-    metrics = training.run_training(run, log=log.append)
+    metrics = pipeline.run_training(run, log=log.append)
     assert not [line for line in log if line.startswith("pre-training")]   # skipped
     assert metrics["model"] == preset and metrics["lora_rank"] == 2
     assert np.isfinite(metrics["after"]["kl"])
@@ -74,7 +74,7 @@ def test_a_lora_run_from_a_keras_hub_preset_resumes_and_exports(job_file, preset
     assert state["pretrain_epochs_done"] == 0 and state["finetune_epochs_done"] == 2
     state_path.write_text(json.dumps(dict(state, finetune_epochs_done=1)))
     log.clear()
-    training.run_training(run, log=log.append)
+    pipeline.run_training(run, log=log.append)
     assert "fine-tuning epoch 1/2" in log[0], log
 
     # `tfpg export` of the checkpoint rebuilds the preset and gives the same model.
@@ -93,9 +93,9 @@ def test_a_keras_hub_preset_pre_trains_on_masked_windows(preset):
     keras.utils.set_random_seed(0)
     policy, tokenizer = load_policy(preset)
     texts = [f"{a} + {b} = {a + b}" for a in range(5) for b in range(5)]
-    trainer = training.LanguageModelTrainer(policy)
+    trainer = pipeline.LanguageModelTrainer(policy)
     trainer.compile(optimizer=keras.optimizers.Adam(1e-2))
-    history = trainer.fit(training.pretraining_dataset(texts, tokenizer, 25, 0), epochs=3,
+    history = trainer.fit(pipeline.pretraining_dataset(texts, tokenizer, 25, 0), epochs=3,
                           verbose=0).history
     assert history["loss"][-1] < history["loss"][0]
 
@@ -108,8 +108,8 @@ def test_a_keras_hub_preset_pre_trains_on_masked_windows(preset):
                                    "not a KerasHub preset name", "gpt2_base_en"]),
 ])
 def test_bad_model_options_are_one_line(job_file, options, words):
-    with pytest.raises(training.UsageError) as error:
-        training.run_training(config(job_file, "bad", epochs=1, **options),
+    with pytest.raises(pipeline.UsageError) as error:
+        pipeline.run_training(config(job_file, "bad", epochs=1, **options),
                               log=lambda *_: None)
     for word in words:
         assert word in str(error.value)
@@ -120,7 +120,7 @@ def test_bad_model_options_are_one_line(job_file, options, words):
 def test_a_preset_name_that_cannot_be_downloaded_says_so():
     """Offline, a built-in preset name fails in KerasHub's download: the error says
     the name was taken for a preset and what to do (tested without a network call)."""
-    from tfpg.model_source import _preset_error
+    from tfpg.run.model_source import _preset_error
     message = _preset_error("gpt2_base_en", ConnectionError("Max retries exceeded"), "")
     assert message.startswith("--model gpt2_base_en: a KerasHub preset name, but it could "
                               "not be downloaded (ConnectionError; offline?)")

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tfpg import training
+from tfpg.run import pipeline
 
 TINY = {"embedding_dim": 16, "hidden_dim": 32, "batch_size": 16}
 
@@ -29,14 +29,14 @@ def run(tmp_path_factory):
     rng = np.random.default_rng(0)
     lines = [f"{a} + {b} =\t{' '.join(str(a + b))}" for a, b in rng.integers(0, 10, (80, 2))]
     (directory / "add.tsv").write_text("\n".join(lines) + "\n")
-    config = training.TrainConfig(
+    config = pipeline.TrainConfig(
         # "length": a signal from the first step, so that the policy moves whatever the
         # order of the prompts (a tiny model rarely gets a sum exactly right).
         train_file=str(directory / "add.tsv"), reward="length", pretrain_epochs=2,
         epochs=2, steps_per_epoch=3, log_every=2, max_new_tokens=4, kl_coef=0.0,
         output=str(directory / "model"), logdir=str(directory / "logs"), **TINY)
     log = []
-    metrics = training.run_training(config, log=log.append)
+    metrics = pipeline.run_training(config, log=log.append)
     return directory, metrics, log
 
 
@@ -80,17 +80,17 @@ def test_pre_training_loss_and_perplexity_curves(run):
 
 
 def test_default_log_every_gives_about_a_hundred_points():
-    config = training.TrainConfig()
+    config = pipeline.TrainConfig()
     steps = tf.data.Dataset.range(31)                   # the default run: 31 steps an epoch
-    every = training._log_every(config, steps, epochs=4)
+    every = pipeline._log_every(config, steps, epochs=4)
     assert every == 2 and 124 // every >= 50
-    assert training._log_every(training.TrainConfig(log_every=7), steps, 4) == 7
-    assert training._log_every(config, tf.data.Dataset.range(10), 3) == 1
+    assert pipeline._log_every(pipeline.TrainConfig(log_every=7), steps, 4) == 7
+    assert pipeline._log_every(config, tf.data.Dataset.range(10), 3) == 1
 
 
 def write_state(directory, **values):
     directory.mkdir(parents=True, exist_ok=True)
-    config = training.TrainConfig(output=str(directory)[:-len(".checkpoint")])
+    config = pipeline.TrainConfig(output=str(directory)[:-len(".checkpoint")])
     state = {"version": 1, "config": json.loads(json.dumps(vars(config))),
              "pretrain_epochs_done": 3, "finetune_epochs_done": 0,
              "pretrain_checkpoint": "pretrain-3", "finetune_checkpoint": None,
@@ -101,14 +101,14 @@ def write_state(directory, **values):
 
 def test_a_version_1_state_resumes_pre_training_or_is_refused_in_one_line(tmp_path):
     config = write_state(tmp_path / "model.checkpoint")
-    state = training.RunState(str(tmp_path / "model.checkpoint"), config)
+    state = pipeline.RunState(str(tmp_path / "model.checkpoint"), config)
     assert state.resumed and state["pretrain_epochs_done"] == 3
-    assert state["version"] == training.STATE_VERSION
+    assert state["version"] == pipeline.STATE_VERSION
 
     config = write_state(tmp_path / "other.checkpoint", finetune_epochs_done=1,
                          finetune_checkpoint="finetune-1")
-    with pytest.raises(training.UsageError, match="older tfpg .*delete it or use another"):
-        training.RunState(str(tmp_path / "other.checkpoint"), config)
+    with pytest.raises(pipeline.UsageError, match="older tfpg .*delete it or use another"):
+        pipeline.RunState(str(tmp_path / "other.checkpoint"), config)
     config = write_state(tmp_path / "newer.checkpoint", version=99)
-    with pytest.raises(training.UsageError, match="newer tfpg"):
-        training.RunState(str(tmp_path / "newer.checkpoint"), config)
+    with pytest.raises(pipeline.UsageError, match="newer tfpg"):
+        pipeline.RunState(str(tmp_path / "newer.checkpoint"), config)

@@ -1,4 +1,4 @@
-"""`tfpg.training.pretrain` (maximum likelihood as one call) and `copy_policy`."""
+"""`tfpg.run.pretraining.pretrain` (maximum likelihood as one call) and `copy_policy`."""
 
 import doctest
 
@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import tfpg
-from tfpg import training
+from tfpg.run import pipeline
 from tfpg.tasks import get_task
 
 SMALL = {"embedding_dim": 16, "hidden_dim": 32}
@@ -40,14 +40,14 @@ def test_pretrain_lowers_the_loss_of_a_given_policy_and_keeps_the_optimizer(task
     policy.build()
     before = mean_nll(policy, task.pretrain_texts, tok)
     optimizer = tf.keras.optimizers.Adam(1e-2)
-    returned = training.pretrain(task.pretrain_texts, tok, 3, policy=policy,
+    returned = pipeline.pretrain(task.pretrain_texts, tok, 3, policy=policy,
                                  optimizer=optimizer, seed=1)
     assert returned is policy
     after = mean_nll(policy, task.pretrain_texts, tok)
     assert after < 0.9 * before, (before, after)
     steps = int(optimizer.iterations)
     assert steps == 3 * 4                                   # 256 texts / batches of 64
-    training.pretrain(task.pretrain_texts, tok, 1, policy=policy, optimizer=optimizer,
+    pipeline.pretrain(task.pretrain_texts, tok, 1, policy=policy, optimizer=optimizer,
                       seed=2)
     assert int(optimizer.iterations) == steps + 4           # same optimizer, same state
     assert mean_nll(policy, task.pretrain_texts, tok) < after
@@ -55,10 +55,10 @@ def test_pretrain_lowers_the_loss_of_a_given_policy_and_keeps_the_optimizer(task
 
 def test_pretrain_builds_a_seeded_policy_that_generates(task):
     task, tok = task
-    policy = training.pretrain(task.pretrain_texts[:64], tok, 1, seed=3, **SMALL)
+    policy = pipeline.pretrain(task.pretrain_texts[:64], tok, 1, seed=3, **SMALL)
     assert isinstance(policy, tfpg.PolicyNetwork)
     assert (policy.vocab_size, policy.hidden_dim) == (tok.vocabulary_size, 32)
-    again = training.pretrain(task.pretrain_texts[:64], tok, 1, seed=3, **SMALL)
+    again = pipeline.pretrain(task.pretrain_texts[:64], tok, 1, seed=3, **SMALL)
     for a, b in zip(policy.get_weights(), again.get_weights()):   # same seed, same run
         np.testing.assert_allclose(a, b, atol=1e-6)                # (up to thread order)
     out = tfpg.generate(policy, [tok.encode("12+34=")], max_new_tokens=4,
@@ -72,19 +72,19 @@ def test_pretrain_refuses_bad_input(task):
     task, tok = task
     other = tfpg.PolicyNetwork(tok.vocabulary_size + 1, **SMALL)
     with pytest.raises(ValueError, match="do not belong together"):
-        training.pretrain(task.pretrain_texts, tok, 1, policy=other)
+        pipeline.pretrain(task.pretrain_texts, tok, 1, policy=other)
     with pytest.raises(TypeError, match="list of strings"):
-        training.pretrain("12+34=46", tok, 1)
+        pipeline.pretrain("12+34=46", tok, 1)
     with pytest.raises(ValueError, match="empty"):
-        training.pretrain([], tok, 1)
+        pipeline.pretrain([], tok, 1)
 
 
 def test_copy_policy_is_trainable_or_frozen(task):
     _, tok = task
     policy = tfpg.PolicyNetwork(tok.vocabulary_size, **SMALL)
     policy.build()
-    trainable = training.copy_policy(policy)
-    frozen = training.copy_policy(policy, trainable=False)
+    trainable = pipeline.copy_policy(policy)
+    frozen = pipeline.copy_policy(policy, trainable=False)
     assert trainable.trainable and trainable.trainable_variables
     assert not frozen.trainable and not frozen.trainable_variables
     for copy in (trainable, frozen):
@@ -119,6 +119,6 @@ def test_a_float32_copy_of_a_mixed_precision_policy(task):
 def test_pretrain_docstring_example_runs():
     finder = doctest.DocTestFinder()
     runner = doctest.DocTestRunner()
-    for test in finder.find(training.pretrain, "pretrain", globs=vars(training)):
+    for test in finder.find(pipeline.pretrain, "pretrain", globs=vars(pipeline)):
         runner.run(test)
     assert runner.failures == 0 and runner.tries > 0

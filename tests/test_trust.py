@@ -16,11 +16,11 @@ import pytest
 import tensorflow as tf
 
 import tfpg
-from tfpg import locking, trust
+from tfpg.guards import locking, trust
 from tfpg.export import export_saved_model, load, recover
 from tfpg.generation import generate
 from tfpg.models import PolicyNetwork
-from tfpg.rewards import RewardModel, train_reward_model
+from tfpg.rewards import RewardModel, train_reward_from_labels
 from tfpg.text import Tokenizer
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -28,11 +28,11 @@ from cli_batch import assert_usage_error, run_cli_cases  # noqa: E402
 
 WORDS = "one two three four five six seven eight nine ten plus minus is".split()
 PROMPTS = ["one plus two is", "three", "ten minus nine is"]
-TFPG = [sys.executable, "-m", "tfpg.cli"]
+TFPG = [sys.executable, "-m", "tfpg.run.cli"]
 ENV = {key: value for key, value in os.environ.items() if key != "TFPG_DEBUG"}
 # A process that holds the writer lock of argv[1] until it is killed.
 HOLD_LOCK = ("import sys, time\n"
-             "from tfpg.locking import output_lock\n"
+             "from tfpg.guards.locking import output_lock\n"
              "with output_lock(sys.argv[1]):\n"
              "    print('locked', flush=True)\n"
              "    time.sleep(600)\n")
@@ -353,13 +353,13 @@ def test_the_allowlist_excludes_file_network_and_python_ops():
 @pytest.fixture(scope="module")
 def reward_model_dir(tmp_path_factory):
     tok = Tokenizer.from_texts(["good film", "bad film", "fine"])
-    model = train_reward_model(["good film", "bad film"] * 4, [1, 0] * 4, tok, epochs=1)
+    model = train_reward_from_labels(["good film", "bad film"] * 4, [1, 0] * 4, tok, epochs=1)
     return model.save(str(tmp_path_factory.mktemp("rm") / "rm"))
 
 
 def test_reward_models_get_the_same_checks(reward_model_dir, tmp_path, targets):
-    from tfpg.config import UsageError
-    from tfpg.reward_training import load_reward_model
+    from tfpg.options import UsageError
+    from tfpg.run.reward_pipeline import load_reward_model
     with open(os.path.join(reward_model_dir, "reward_model.json")) as f:
         info = json.load(f)
     assert {"saved_model.pb", "model.keras", "tokenizer.json"} <= set(info["manifest"])

@@ -8,7 +8,7 @@
 
 __version__ = "0.1.0"
 
-# Names are imported on first use (PEP 562), so that `import tfpg.cli` (the `tfpg`
+# Names are imported on first use (PEP 562), so that `import tfpg.run.cli` (the `tfpg`
 # command) parses its arguments without starting TensorFlow.
 _SUBMODULES = ("advantages", "algorithms", "callbacks", "data", "envs", "losses", "models",
                "rewards", "tasks", "testing")
@@ -18,12 +18,12 @@ _NAMES = {
     "GenerationOutput": "tfpg.generation", "generate": "tfpg.generation",
     "PolicyNetwork": "tfpg.models", "ValueNetwork": "tfpg.models",
     "Tokenizer": "tfpg.text",
-    "KerasHubPolicy": "tfpg.models", "KerasHubTokenizer": "tfpg.keras_hub_tokenizer",
-    "copy_policy": "tfpg.models", "pretrain": "tfpg.pretraining",
+    "KerasHubPolicy": "tfpg.models", "KerasHubTokenizer": "tfpg.text.keras_hub_tokenizer",
+    "copy_policy": "tfpg.models", "pretrain": "tfpg.run.pretraining",
     # The pieces of `tfpg train` a script reuses: a task's or file's job (tokenizer,
     # data, reward, metrics) from the command's options, and its held-out evaluation.
-    "TrainConfig": "tfpg.config", "make_job": "tfpg.jobs",
-    "evaluate_policy": "tfpg.evaluation",
+    "TrainConfig": "tfpg.run.config", "make_job": "tfpg.run.jobs",
+    "evaluate_policy": "tfpg.run.evaluation",
 }
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 import sys
 
-from tfpg.cli import main
+from tfpg.run.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from tfpg.bounds import MAX_JSON_DEPTH, json_depth
+from tfpg.guards.bounds import MAX_JSON_DEPTH, json_depth
 from tfpg.hf.chat_template import check_conversation, is_conversation
 
 _INT32 = np.iinfo(np.int32)
@@ -363,7 +363,7 @@ def _no_examples(path):
 
 def parse_json_line(line, where):
     """One JSONL line -> its value; a `DataError` naming `where` ("path:line") for
-    invalid JSON and for nesting deeper than `tfpg.bounds.MAX_JSON_DEPTH` (a deep
+    invalid JSON and for nesting deeper than `tfpg.guards.bounds.MAX_JSON_DEPTH` (a deep
     line would otherwise end in Python's RecursionError)."""
     too_deep = DataError(f"{where}: nesting deeper than {MAX_JSON_DEPTH}")
     try:
@@ -486,7 +486,7 @@ def read_jsonl(path, prompt_limit=None):
     `prompt_dataset` renders them with the chat template); `"reference"` (a string
     or a list of strings) and any other keys are optional, but every line must have
     the same keys as the first one. Columns come back as lists, `"prompt"` first. A
-    line nested deeper than `tfpg.bounds.MAX_JSON_DEPTH` is a `DataError`.
+    line nested deeper than `tfpg.guards.bounds.MAX_JSON_DEPTH` is a `DataError`.
     `prompt_limit`: a `PromptLimit` applied to each prompt.
 
     >>> import tempfile, os

@@ -47,7 +47,7 @@ uses to recognise a tfpg export.
 
 Loading verifies before it executes (a SavedModel is a program): `load` checks the
 manifest, then reads `saved_model.pb` without running it and refuses any op that
-tfpg's own exports do not contain (`WriteFile`, `PyFunc`, ...; see `tfpg.trust`).
+tfpg's own exports do not contain (`WriteFile`, `PyFunc`, ...; see `tfpg.guards.trust`).
 `load(path, trust_remote_code=True)` skips the op check for a graph you built.
 
 Exports are atomic: the model is written into a sibling `PATH.tmp-<random>` and then
@@ -55,7 +55,7 @@ renamed into place. An existing export is first renamed to `PATH.tfpg-backup` an
 deleted only once the new one is in place, so an interruption at any moment leaves
 either the old or the new export; `recover` (run by `export_saved_model`, `load`
 and `SavedModelExport`) puts a stranded backup back. One process writes a path at a
-time: the writer holds `PATH.lock` (`tfpg.locking`), a second one is refused, and
+time: the writer holds `PATH.lock` (`tfpg.guards.locking`), a second one is refused, and
 recovery runs only under that lock (`load` skips it while another process writes).
 
 Example:
@@ -79,14 +79,15 @@ import zipfile
 import numpy as np
 import tensorflow as tf
 
-from tfpg import __version__, bounds, trust
+from tfpg import __version__
+from tfpg.guards import bounds, trust
 from tfpg.generation import (cache_bytes_per_token, decode_loop, resolve_eos_id,
                              resolve_sampler, sampling_suppress_ids)
-from tfpg.locking import (EXPORT_MARKER, check_replaceable, output_lock, try_output_lock,
-                          write_json_atomically)
+from tfpg.guards.locking import (EXPORT_MARKER, check_replaceable, output_lock, try_output_lock,
+                                 write_json_atomically)
 from tfpg.losses import token_log_probs
 from tfpg.models.policy import check_policy
-from tfpg.text import Tokenizer, read_json_marker
+from tfpg.text.tokenizer import Tokenizer, read_json_marker
 
 __all__ = ["export_saved_model", "load", "recover", "read_export_info", "GeneratorModel"]
 
@@ -382,7 +383,7 @@ def recover(path):
 
     Runs under the writer lock of `path` (taken here unless this process holds it):
     a `PATH.tmp-*` is stale only when no live process holds that lock. Raises
-    `tfpg.locking.OutputLockedError` when there is something to repair and another
+    `tfpg.guards.locking.OutputLockedError` when there is something to repair and another
     process holds it.
     """
     path = normalize_path(path)
@@ -476,7 +477,7 @@ def load(path, trust_remote_code=False):
       edited `saved_model.pb`, variables file or `tokenizer.json` is refused);
     * `saved_model.pb` is parsed, not run, and every op of its graph and function
       library (resource initializers and signatures included) must be one that
-      tfpg's own exports contain (`tfpg.trust`): no file, network or Python op.
+      tfpg's own exports contain (`tfpg.guards.trust`): no file, network or Python op.
 
     An export written before manifests existed is loaded with a warning (its files
     cannot be checked for edits) but with the op check, which is what keeps its
@@ -522,7 +523,7 @@ def load(path, trust_remote_code=False):
 def _load_tokenizer(path):
     """The export's tokenizer: a tfpg `Tokenizer` or a `KerasHubTokenizer` (by the
     file's "format"; the latter needs keras_hub)."""
-    from tfpg.keras_hub_tokenizer import FORMAT as KERAS_HUB_FORMAT, KerasHubTokenizer
+    from tfpg.text.keras_hub_tokenizer import FORMAT as KERAS_HUB_FORMAT, KerasHubTokenizer
     try:
         with open(path, encoding="utf-8") as f:
             is_keras_hub = json.load(f).get("format") == KERAS_HUB_FORMAT
@@ -612,10 +613,10 @@ class GeneratorModel:
         Prompt words (or characters) outside the vocabulary are read as `<unk>`;
         a warning names them.
 
-        Raises ValueError for an option out of range (`tfpg.bounds`: temperature > 0
+        Raises ValueError for an option out of range (`tfpg.guards.bounds`: temperature > 0
         and finite, top_k an integer >= 1, top_p in (0, 1], max_new_tokens
         an integer >= 1 that leaves a position for the prompt in a positional
-        model's table and whose decode fits `tfpg.bounds.decode_memory_limit()`).
+        model's table and whose decode fits `tfpg.guards.bounds.decode_memory_limit()`).
 
         A chat export (`chat_template`) takes conversations (lists of
         `{"role", "content"}` messages) or strings (each one user message) and
@@ -712,10 +713,10 @@ class GeneratorModel:
 
     def run_episodes(self, env, prompts, max_turns, extras=None, **options):
         """Multi-turn episodes with this export's `generate` and `env` (a
-        `tfpg.turn_env.TurnEnv` over `self.tokenizer`, e.g. the `ToolEnv` and tools of
-        training) in Python: see `tfpg.multi_turn.play_text_episodes`. `options` go
+        `tfpg.envs.turn_env.TurnEnv` over `self.tokenizer`, e.g. the `ToolEnv` and tools of
+        training) in Python: see `tfpg.envs.multi_turn.play_text_episodes`. `options` go
         to `generate` (e.g. `max_new_tokens`: the per-turn budget)."""
-        from tfpg.multi_turn import play_text_episodes
+        from tfpg.envs.multi_turn import play_text_episodes
         # A chat export: play_text_episodes renders the turns with the export's
         # template and sends them rendered.
         return play_text_episodes(functools.partial(self.generate,

@@ -20,8 +20,8 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from tfpg import bounds
-from tfpg.config import SAMPLERS  # noqa: F401 - the names `tfpg generate --sampler` offers
+from tfpg.guards import bounds
+from tfpg.options import SAMPLERS  # noqa: F401 - the names `tfpg generate --sampler` offers
 from tfpg.xla import resolve_jit_compile
 DEFAULT_TOP_K = 50
 DEFAULT_TOP_P = 0.9
@@ -335,7 +335,7 @@ def check_decode_size(policy, batch_size, prompt_length, max_new_tokens,
     """Refuses (ValueError, one line) a decode that cannot fit, before anything is
     allocated: `max_new_tokens` not an integer in [minimum, 2^31 - 1]; prompt + completion
     past the position table of a positional policy (tfpg's Transformer, KerasHub
-    GPT-2: `max_length`); buffers and cache above `tfpg.bounds.decode_memory_limit()`.
+    GPT-2: `max_length`); buffers and cache above `tfpg.guards.bounds.decode_memory_limit()`.
     `batch_size` / `prompt_length` may be None (unknown): then 1 and 0 bound them
     from below. Returns `max_new_tokens` as an int."""
     max_new_tokens = bounds.check_count(name, max_new_tokens, minimum)
@@ -365,7 +365,7 @@ def generate(policy, prompt_ids, max_new_tokens=32, sampler="sample", temperatur
         max_new_tokens: completion length N (int or scalar tensor); 0 gives empty
             outputs. An int is bounded before anything is allocated
             (`check_decode_size`): >= 0, inside a positional policy's `max_length`
-            with the prompt, and a decode that fits `tfpg.bounds.decode_memory_limit()`.
+            with the prompt, and a decode that fits `tfpg.guards.bounds.decode_memory_limit()`.
         sampler: "greedy" (argmax), "sample" (full softmax), "top_k" or "top_p".
             `top_k` / `top_p` apply whenever given; the samplers of those names only
             supply defaults (50 and 0.9).

@@ -2,7 +2,7 @@
 
 Reads a JSON list of {"args": [...], "cwd": DIR} on stdin; writes a JSON list of
 {"returncode", "stdout", "stderr"} on stdout, one per command, in order. Each command
-runs as `tfpg.cli.main(args)` in its own directory, its Python-level output captured
+runs as `tfpg.run.cli.main(args)` in its own directory, its Python-level output captured
 (the native log filter, installed by the first command, keeps TensorFlow's C++ lines
 off the real stderr as it does for one command).
 """
@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-from tfpg.cli import main
+from tfpg.run.cli import main
 
 
 def run(args, cwd):

@@ -23,8 +23,8 @@ import sys
 
 import tensorflow as tf
 
-from tfpg import checkpoints, training
-from tfpg.cli import main
+from tfpg.run import checkpoints, pipeline
+from tfpg.run.cli import main
 
 NO_SPACE = os.strerror(errno.ENOSPC)
 
@@ -85,13 +85,13 @@ def fill_disk_at(where):
 
         checkpoints.RunState.save = full_save
     elif kind == "export":
-        export = training.export_saved_model
+        export = pipeline.export_saved_model
 
         def full_export(*args, **kwargs):
             with disk_full():
                 return export(*args, **kwargs)
 
-        training.export_saved_model = full_export
+        pipeline.export_saved_model = full_export
     else:
         raise SystemExit(f"unknown WHERE {where!r}")
 

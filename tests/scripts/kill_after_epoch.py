@@ -13,8 +13,8 @@ import os
 import signal
 import sys
 
-from tfpg import checkpoints
-from tfpg.cli import main
+from tfpg.run import checkpoints
+from tfpg.run.cli import main
 
 
 def kill_after(phase, epochs):

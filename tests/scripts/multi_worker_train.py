@@ -25,7 +25,7 @@ import tensorflow as tf  # noqa: E402
 
 import keras  # noqa: E402
 import tfpg  # noqa: E402
-from tfpg.training import shard_by_data  # noqa: E402
+from tfpg.run.devices import shard_by_data  # noqa: E402
 from tfpg.algorithms import ALGORITHMS  # noqa: E402
 
 VOCAB = 9

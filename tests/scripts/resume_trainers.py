@@ -25,8 +25,8 @@ import tensorflow as tf
 import keras
 import tfpg
 from tfpg.algorithms import ALGORITHMS
-from tfpg.checkpoints import (EpochSeed, epoch_batches, restore, trainer_checkpoint,
-                              trainer_state)
+from tfpg.run.checkpoints import (EpochSeed, epoch_batches, restore, trainer_checkpoint,
+                                  trainer_state)
 
 VOCAB = 8
 SEED = 3

@@ -12,10 +12,10 @@ from tfpg.algorithms.ppo import PPO
 from tfpg.algorithms.reinforce import REINFORCE
 from tfpg.algorithms.rloo import RLOO
 from tfpg.algorithms.scst import SCST
-from tfpg.config import ALGORITHM_NAMES, TRAINER_NAMES
+from tfpg.options import ALGORITHM_NAMES, TRAINER_NAMES
 
 # The trainers of a reward: each takes (policy, reward_fn, **options). Their names
-# are in `tfpg.config` (the command line lists them without importing TensorFlow).
+# are in `tfpg.options` (the command line lists them without importing TensorFlow).
 ALGORITHMS = dict(zip(ALGORITHM_NAMES, (REINFORCE, SCST, RLOO, GRPO, A2C, PPO), strict=True))
 # Every trainer `tfpg train --algorithm` names: those, and on-policy distillation,
 # which takes (policy, teacher, reward_fn=None, **options).

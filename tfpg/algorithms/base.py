@@ -32,9 +32,9 @@ import copy
 import keras
 import tensorflow as tf
 
-from tfpg import bounds
+from tfpg.guards import bounds
 from tfpg import losses
-from tfpg import multi_turn
+from tfpg.envs import multi_turn
 from tfpg.algorithms import episodes
 from tfpg.algorithms.collect import RolloutCollection
 from tfpg.algorithms.metrics import TrainerMetrics
@@ -54,7 +54,7 @@ DEFAULT_REWARD_TIMEOUT = 600.0
 
 
 def _check_values(policy, max_new_tokens, kl_coef, target_kl, reward_timeout):
-    """The constructor's numeric options (`tfpg.bounds`), before anything is built:
+    """The constructor's numeric options (`tfpg.guards.bounds`), before anything is built:
     max_new_tokens an integer >= 1 that leaves the prompt a position in a positional
     policy's table, kl_coef finite and >= 0, target_kl None or finite and > 0,
     reward_timeout None or > 0 seconds."""
@@ -133,7 +133,7 @@ class PolicyGradientTrainer(RolloutCollection, PolicyUpdate, TrainerMetrics,
             the reward and the limit ("raise") or scores the batch as invalid
             ("zero" / "skip"). None waits for ever. In-graph rewards are not timed.
         seed: seeds the sampling; a run with the same seed samples the same tokens.
-        env: a batched turn-level environment (`tfpg.turn_env.TurnEnv`, e.g.
+        env: a batched turn-level environment (`tfpg.envs.turn_env.TurnEnv`, e.g.
             `tfpg.envs.ToolEnv`) for multi-turn episodes: the env gives the rewards
             (pass `reward_fn=None`), `max_new_tokens` is the budget of one turn, the
             rollout runs in Python between compiled turns and the update in a
@@ -142,7 +142,7 @@ class PolicyGradientTrainer(RolloutCollection, PolicyUpdate, TrainerMetrics,
         max_turns: policy turns per episode with `env` (default 4).
         head_chunk_size: completion positions the vocabulary projection (and the
             softmax, entropy, KL inputs) runs on at once in the update and the
-            rollout's scoring (see `tfpg.token_scores`); None: about 2^24 logits a
+            rollout's scoring (see `tfpg.algorithms.token_scores`); None: about 2^24 logits a
             chunk (64 MB), e.g. 110 positions at V = 151,936. Memory, not results:
             every chunk size gives the same loss and gradients.
         gradient_checkpointing: rematerialise the transformer trunks (policy and

@@ -18,7 +18,7 @@ from tfpg.algorithms.rollout import Rollout, as_rollout, truncated_completions
 from tfpg.distribution import replica_rows
 from tfpg.generation import check_decode_size, decode_loop, prompt_padding_mask
 from tfpg.rewards.base import compute_rewards
-from tfpg.token_scores import SamplingFilter, score_tokens
+from tfpg.algorithms.token_scores import SamplingFilter, score_tokens
 from tfpg.xla import in_xla_context
 
 
@@ -202,7 +202,7 @@ class RolloutCollection:
 
     def sample_episodes(self, batch, seed=None):
         """With `env=`: (the numpy batch with `group_size` copies of each row, the
-        `tfpg.multi_turn.Episodes` played with the trainer's sampling options)."""
+        `tfpg.envs.multi_turn.Episodes` played with the trainer's sampling options)."""
         return episodes.sample_episodes(self, batch, seed)
 
     def finish_rollout(self, rollout):

@@ -2,7 +2,7 @@
 
 With an env the trainer's step is the single-turn one with another source of
 rollouts: `PolicyGradientTrainer.sample_rollout` plays one episode per row against
-the env (`tfpg.multi_turn.rollout_episodes`: Python between compiled turns, eager)
+the env (`tfpg.envs.multi_turn.rollout_episodes`: Python between compiled turns, eager)
 and makes them a `Rollout` (`episode_rollout`); then the same `score_rollout`,
 `record_rollout_metrics`, `learn` (advantages, update) run in one `tf.function`
 (`compiled_learn`), traced once per set of rollout fields: every length is dynamic.
@@ -20,8 +20,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfpg.algorithms.rollout import Rollout
-from tfpg.multi_turn import episode_rewards, rollout_episodes
-from tfpg.turn_env import as_numpy_batch
+from tfpg.envs.multi_turn import episode_rewards, rollout_episodes
+from tfpg.envs.turn_env import as_numpy_batch
 
 
 def sample_episodes(trainer, batch, seed=None):

@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 
 from tfpg import advantages as adv
-from tfpg import bounds
+from tfpg.guards import bounds
 from tfpg import losses
 from tfpg.algorithms.base import PolicyGradientTrainer
 from tfpg.algorithms.rollout import sequence_return

@@ -9,7 +9,7 @@ each: methods only, reading the trainer's options and models (`self.policy`,
 import tensorflow as tf
 
 from tfpg import advantages as adv
-from tfpg import multi_turn
+from tfpg.envs import multi_turn
 from tfpg.distribution import cross_replica_sum
 
 # What a step computes and deliberately does not log, and why. Every other value a

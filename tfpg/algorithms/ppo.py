@@ -3,7 +3,7 @@
 import keras
 
 from tfpg import advantages as adv
-from tfpg import bounds
+from tfpg.guards import bounds
 from tfpg import losses
 from tfpg.algorithms.base import PolicyGradientTrainer
 from tfpg.distribution import cross_replica_sum

@@ -36,9 +36,10 @@ import re
 
 import tensorflow as tf
 
-from tfpg.keras_hub_tokenizer import (FORMAT, VERSION, HubIdsToString, HubStringToIds,
-                                      KerasHubTokenizer)
-from tfpg.text import _check_max_length, _check_truncate, write_json_atomically
+from tfpg.text.keras_hub_tokenizer import (FORMAT, VERSION, HubIdsToString, HubStringToIds,
+                                           KerasHubTokenizer)
+from tfpg.text.tokenizer import _check_max_length, _check_truncate
+from tfpg.guards.locking import write_json_atomically
 
 # The files of a checkpoint that belong to its tokenizer (kept unchanged).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",

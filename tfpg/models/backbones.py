@@ -3,7 +3,7 @@ the base class the two share."""
 
 import keras
 
-from tfpg.config import BACKBONES
+from tfpg.options import BACKBONES
 from tfpg.models.recurrent_backbone import RecurrentBackbone
 from tfpg.models.transformer_backbone import TransformerBackbone
 

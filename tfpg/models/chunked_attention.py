@@ -18,10 +18,16 @@ logits set to the same large negative value, softmax in float32).
 
 import tensorflow as tf
 
-from tfpg.token_scores import split_rows
 
 # About 2^24 attention logits (64 MB in float32) per chunk of queries.
 CHUNK_LOGITS = 2 ** 24
+
+
+def split_rows(tensor, chunks, chunk):
+    """[R, ...] -> [C, r, ...], padded with zeros to C * r rows."""
+    pad = chunks * chunk - tf.shape(tensor)[0]
+    tensor = tf.pad(tensor, [[0, pad]] + [[0, 0]] * (len(tensor.shape) - 1))
+    return tf.reshape(tensor, tf.concat([[chunks, chunk], tf.shape(tensor)[1:]], 0))
 
 
 def _large_negative(dtype):

@@ -5,8 +5,8 @@ import contextlib
 import keras
 import tensorflow as tf
 
-from tfpg import bounds
-from tfpg.keras_hub_tokenizer import KerasHubTokenizer, special_ids, structural_ids
+from tfpg.guards import bounds
+from tfpg.text.keras_hub_tokenizer import KerasHubTokenizer, special_ids, structural_ids
 from tfpg.models.keras_hub_backbone import (KerasHubBackbone, deserialize_entry,
                                             supported_families)
 from tfpg.models.policy import Policy

@@ -28,7 +28,7 @@ class Policy(keras.Model):
     * either `hidden_states(token_ids, padding_mask=None, training=None)` -> [B, T, H]
       and `head_logits(hidden)` -> float32 logits [..., V] (the trainers then run
       the vocabulary projection on completion positions only, in chunks:
-      `tfpg.token_scores`), or only `call`: its logits then stand in for the hidden
+      `tfpg.algorithms.token_scores`), or only `call`: its logits then stand in for the hidden
       states and the head is the identity;
     * `vocab_size`, the number of token ids (an int).
 

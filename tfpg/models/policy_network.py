@@ -41,7 +41,7 @@ class PolicyNetwork(BackboneModel, Policy):
 
     def head_logits(self, hidden):
         """Hidden states [..., H] -> logits float32 [..., V] (the trainers run this
-        head on completion positions only, in chunks: `tfpg.token_scores`)."""
+        head on completion positions only, in chunks: `tfpg.algorithms.token_scores`)."""
         return self.lm_head(hidden)
 
     def initial_cache(self, batch_size, max_length):

@@ -19,7 +19,7 @@ from tfpg.rewards.perplexity import Perplexity
 from tfpg.rewards.preference import (PreferenceTrainer, pairwise_accuracy,
                                      read_preference_pairs, train_preference_model)
 from tfpg.rewards.python_reward import PythonReward
-from tfpg.rewards.reward_model import RewardModel, train_reward_model
+from tfpg.rewards.reward_model import RewardModel, train_reward_from_labels
 
 __all__ = [
     "BLEU", "ExactMatch", "InvalidRewardError", "Keyword", "Length", "ON_INVALID",
@@ -29,5 +29,5 @@ __all__ = [
     "SMOOTHING_METHODS", "WeightedSum", "check_reward", "compact_ids", "completion_token_mask",
     "completion_tokens", "compute_rewards", "corpus_bleu", "id_mask", "pairwise_accuracy",
     "read_preference_pairs",
-    "reward_name", "sentence_bleu", "train_preference_model", "train_reward_model",
+    "reward_name", "sentence_bleu", "train_preference_model", "train_reward_from_labels",
 ]

@@ -59,7 +59,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfpg.config import ON_INVALID_REWARD as ON_INVALID
+from tfpg.options import ON_INVALID_REWARD as ON_INVALID
 from tfpg.xla import in_xla_context
 
 _ON_INVALID = contextvars.ContextVar("tfpg_rewards_on_invalid", default="raise")

@@ -14,7 +14,7 @@ Saving is atomic like `tfpg.export_saved_model`: everything is written into a
 sibling `DIR.tmp-<random>` and renamed into place (a previous reward model is
 replaced only once the new one is complete), under the writer lock `DIR.lock`.
 `reward_model.json` records a manifest (the SHA-256 of every other file), and
-`load` verifies it and the ops of `saved_model.pb` like `tfpg.load` (`tfpg.trust`).
+`load` verifies it and the ops of `saved_model.pb` like `tfpg.load` (`tfpg.guards.trust`).
 """
 
 import inspect
@@ -25,10 +25,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfpg import trust
+from tfpg.guards import trust
 from tfpg.data import pad_ids
 from tfpg.rewards.base import Reward
-from tfpg.text import read_json_marker
+from tfpg.text.tokenizer import read_json_marker
 
 FORMAT = "tfpg.RewardModel"
 FORMAT_VERSION = 1
@@ -42,7 +42,7 @@ class RewardModel(Reward):
     """Scores completions with a Keras model mapping ids int32 [B, T] -> [B] or [B, 1].
 
     The model sees the completion's tokens before EOS, right-padded with 0
-    (the layout `train_reward_model` trains on: `tokenizer.encode(texts,
+    (the layout `train_reward_from_labels` trains on: `tokenizer.encode(texts,
     add_bos=False)`), or, with `include_prompt=True`, the left-padded prompt
     followed by them. Keras models are called with `training=False`; the output
     is cast to float32 and squeezed to [B].
@@ -91,7 +91,7 @@ class RewardModel(Reward):
 
     @classmethod
     def from_config(cls, config):
-        from tfpg.text import Tokenizer
+        from tfpg.text.tokenizer import Tokenizer
         config = dict(config)
         id_map = config.pop("id_map", None)
         tokenizer = config.get("tokenizer")
@@ -239,7 +239,7 @@ class RewardModel(Reward):
         built yourself. `model.keras` is read in Keras' safe mode either way.
         """
         from tfpg.export import normalize_path, recover_if_unlocked
-        from tfpg.text import Tokenizer
+        from tfpg.text.tokenizer import Tokenizer
         import tfpg.models  # noqa: F401 - registers the tfpg layers for deserialising
         directory = normalize_path(directory)
         recover_if_unlocked(directory)
@@ -255,7 +255,7 @@ class RewardModel(Reward):
         if info.get("tokenizer", "Tokenizer") == "Tokenizer":
             tokenizer = Tokenizer.load(os.path.join(directory, TOKENIZER_FILE))
         else:
-            from tfpg.keras_hub_tokenizer import KerasHubTokenizer
+            from tfpg.text.keras_hub_tokenizer import KerasHubTokenizer
             tokenizer = KerasHubTokenizer.load(os.path.join(directory, TOKENIZER_FILE))
         return cls(model, include_prompt=info["include_prompt"], eos_id=info["eos_id"],
                    name=info.get("name"), tokenizer=tokenizer, metadata=info.get("metadata"))
@@ -351,7 +351,7 @@ def _write_score_saved_model(reward_model, tokenizer, directory):
                         signatures={"score": function, "serving_default": function})
 
 
-def train_reward_model(texts, labels, tokenizer, embedding_dim=32, hidden_dim=32,
+def train_reward_from_labels(texts, labels, tokenizer, embedding_dim=32, hidden_dim=32,
                        max_length=64, epochs=20, batch_size=32, learning_rate=1e-2,
                        validation_split=0.0, seed=0, verbose=0):
     """Trains a small Embedding + mean-pooling scorer on labelled texts.
@@ -376,7 +376,7 @@ def train_reward_model(texts, labels, tokenizer, embedding_dim=32, hidden_dim=32
     >>> from tfpg.text import Tokenizer
     >>> texts = ["good film", "bad film", "good good", "bad bad"] * 8
     >>> tok = Tokenizer.from_texts(texts)
-    >>> reward = train_reward_model(texts, [1, 0, 1, 0] * 8, tok, epochs=30)
+    >>> reward = train_reward_from_labels(texts, [1, 0, 1, 0] * 8, tok, epochs=30)
     >>> scores = reward(None, tf.constant(tok.encode(["good", "bad"], add_bos=False)),
     ...                 tf.ones([2, 1]), {}).numpy()
     >>> bool(scores[0] > 0.5 > scores[1])
@@ -386,7 +386,7 @@ def train_reward_model(texts, labels, tokenizer, embedding_dim=32, hidden_dim=32
     if len(texts) != labels.shape[0]:
         raise ValueError(f"got {len(texts)} texts but {labels.shape[0]} labels")
     if not len(texts):
-        raise ValueError("train_reward_model needs at least one labelled text")
+        raise ValueError("train_reward_from_labels needs at least one labelled text")
     binary = bool(np.all((labels == 0) | (labels == 1)))
     ids = tokenizer.encode(list(texts), max_length=max_length, add_bos=False)
     width = max(1, max(len(row) for row in ids))

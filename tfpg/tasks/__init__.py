@@ -23,10 +23,10 @@ from tfpg.tasks.episodic import EpisodeTask
 from tfpg.tasks.guess import GuessTask
 from tfpg.tasks.keywords import KeywordsTask
 from tfpg.tasks.preference import PreferenceTask
-from tfpg.config import TASK_NAMES
+from tfpg.options import TASK_NAMES
 from tfpg.tasks.translate import TranslateTask
 
-# Names in `tfpg.config`: the command line lists them without importing TensorFlow.
+# Names in `tfpg.options`: the command line lists them without importing TensorFlow.
 TASKS = dict(zip(TASK_NAMES, (ArithmeticTask, TranslateTask, KeywordsTask, PreferenceTask,
                               CalculatorTask, GuessTask), strict=True))
 

@@ -25,7 +25,7 @@ options give the same data on every machine.
 import dataclasses
 
 from tfpg import data
-from tfpg.text import Tokenizer
+from tfpg.text.tokenizer import Tokenizer
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,7 +30,7 @@ import numpy as np
 
 from tfpg.tasks.base import Split, check_positive, check_rate
 from tfpg.tasks.episodic import EpisodeTask, mean
-from tfpg.tool_env import ToolEnv, calculator
+from tfpg.envs.tool_env import ToolEnv, calculator
 
 _PROMPT = re.compile(r"^(\d+)\*(\d+)=$")
 _CALL = "calc("

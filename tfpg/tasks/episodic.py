@@ -1,7 +1,7 @@
 """`EpisodeTask`: the common shape of the bundled multi-turn tasks.
 
 A multi-turn task is a `Task` whose reward comes from an environment
-(`tfpg.turn_env.TurnEnv`) rather than a reward function: `env(tokenizer)` builds it,
+(`tfpg.envs.turn_env.TurnEnv`) rather than a reward function: `env(tokenizer)` builds it,
 `max_turns` and `max_new_tokens` (per turn) bound the episodes, and `reward()` is
 None (trainers take `env=` and `reward_fn=None`). Its `pretrain_texts` are whole
 teacher episodes written as text (prompt, turns and replies in order, exactly as the
@@ -13,7 +13,7 @@ from text: each completion is everything after the prompt (`Episodes.text`).
 
 import numpy as np
 
-from tfpg import multi_turn
+from tfpg.envs import multi_turn
 from tfpg.tasks.base import Task
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from tfpg.tasks.base import Split, check_positive
 from tfpg.tasks.episodic import EpisodeTask, mean
-from tfpg.turn_env import TurnEnv
+from tfpg.envs.turn_env import TurnEnv
 
 HIGHER, LOWER, INVALID, END = "higher", "lower", "no", "?"
 

@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-from tfpg.turn_env import TurnEnv, rows_of
+from tfpg.envs.turn_env import TurnEnv, rows_of
 
 _OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
               ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,

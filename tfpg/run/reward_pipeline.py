@@ -9,18 +9,19 @@ for accuracy, and the annotator's ceiling) or from a JSONL file of
 task's, the one given (the policy's, so the reward reads the policy's ids), or
 one built from the file. Everything is checked before training, and the output
 directory is written once, whole, by rename: bad input leaves nothing behind. The
-run holds the writer lock of its output (`OUTPUT.lock`, `tfpg.locking`) from just
+run holds the writer lock of its output (`OUTPUT.lock`, `tfpg.guards.locking`) from just
 before training: a second run on the same output exits 2 naming the first's PID.
 `tfpg train --reward-model DIR` then fine-tunes against the saved model.
 """
 
 import os
 
-from tfpg.config import UsageError, check_writable
-from tfpg.locking import output_lock
+from tfpg.options import UsageError
+from tfpg.run.config import check_writable
+from tfpg.guards.locking import output_lock
 
 
-def train_reward(output, task=None, pairs=None, tokenizer=None, seed=0, epochs=None,
+def run_reward_training(output, task=None, pairs=None, tokenizer=None, seed=0, epochs=None,
                  batch_size=32, learning_rate=3e-3, backbone="lstm", embedding_dim=32,
                  hidden_dim=64, num_layers=1, margin=0.0, validation_split=0.1, verbose=0):
     """Trains and saves a Bradley-Terry reward model; returns a summary dict.
@@ -46,7 +47,7 @@ def train_reward(output, task=None, pairs=None, tokenizer=None, seed=0, epochs=N
     from tfpg.rewards.preference import read_preference_pairs, train_preference_model
     from tfpg.rewards.reward_model import check_replaceable
     from tfpg.tasks import get_task
-    from tfpg.text import Tokenizer
+    from tfpg.text.tokenizer import Tokenizer
 
     start = time.time()
     if output is None:

@@ -10,44 +10,10 @@ import os
 import shutil
 import tempfile
 
-from tfpg import bounds
-
-# The names the command line offers. The registries (`tfpg.algorithms.TRAINERS`,
-# `tfpg.tasks.TASKS`, `tfpg.models.backbones`, `tfpg.generation`, `tfpg.rewards`) take
-# them from here, so that the CLI lists and checks them without importing TensorFlow.
-ALGORITHM_NAMES = ("reinforce", "scst", "rloo", "grpo", "a2c", "ppo")   # reward trainers
-TRAINER_NAMES = ALGORITHM_NAMES + ("distill",)      # and on-policy distillation
-TASK_NAMES = ("arithmetic", "translate", "keywords", "preference", "calculator", "guess")
-BACKBONES = ("lstm", "gru", "transformer")
-SAMPLERS = ("greedy", "sample", "top_k", "top_p")
-# What a NaN / inf reward does: fail the step, count it as 0, or drop the sample.
-ON_INVALID_REWARD = ("raise", "zero", "skip")
-STRATEGIES = ("default", "mirrored", "multi_worker")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-# What `tfpg train` / `tfpg export` write: a SavedModel, a Hugging Face transformers
-# checkpoint, or PEFT LoRA adapters (`tfpg.export_transformers`).
-EXPORT_FORMATS = ("saved_model", "transformers", "peft")
-TRUNCATE_PROMPTS = ("error", "left", "right")
-NAMED_REWARDS = ("bleu", "exact_match", "length")
-# Options that change how a run executes but not what it computes: a run may be
-# resumed with other values (e.g. on more devices).
-RUNTIME_OPTIONS = ("strategy", "num_cpu_devices", "deterministic", "logdir", "log_every",
-                   "gradient_checkpointing", "reward_timeout", "export_format")
-# Seconds a Python reward may take per call (`--reward-timeout`), by default.
-REWARD_TIMEOUT = 600.0
-# TensorBoard points per curve when --log-every is not given.
-LOG_POINTS = 100
-NUM_CPU_DEVICES_ENV = "TFPG_NUM_CPU_DEVICES"
-MIN_FREE_MB_ENV = "TFPG_MIN_FREE_MB"
-
-
-# What installs the optional KerasHub / Hugging Face support (keras-hub, jinja2): the
-# one hint every error and the README give.
-HUB_INSTALL_HINT = 'pip install "tfpg[hub]"'
-
-
-class UsageError(ValueError):
-    """Bad options or data: the CLI reports it in one line and exits with status 2."""
+from tfpg.guards import bounds
+from tfpg.options import (BACKBONES, EXPORT_FORMATS, HUB_INSTALL_HINT, LOG_POINTS, MIN_FREE_MB_ENV,
+                          NAMED_REWARDS, ON_INVALID_REWARD, PRECISIONS, REWARD_TIMEOUT, STRATEGIES,
+                          TASK_NAMES, TRAINER_NAMES, TRUNCATE_PROMPTS, UsageError)
 
 
 @dataclasses.dataclass
@@ -116,18 +82,16 @@ class TrainConfig:
             os.path.splitext(os.path.basename(self.train_file))[0]
         return f"{source}-{self.algorithm}"
 
-
 # Fine-tuning defaults per task: epochs over the train split and the held-out sizes
 # chosen so that `tfpg train` with no arguments finishes in minutes on 2 CPU cores.
 TASK_FINETUNE_EPOCHS = {"arithmetic": 4, "translate": 4, "keywords": 4, "preference": 4,
                         "calculator": 4, "guess": 4}
-POLICY_MAX_LENGTH = 256
 
+POLICY_MAX_LENGTH = 256
 
 def flag(name):
     """The command-line flag of option `name`: "learning_rate" -> "--learning-rate"."""
     return "--" + name.replace("_", "-")
-
 
 def check_values(config):
     """Raises UsageError (one line) for a numeric option out of its range or an empty
@@ -161,7 +125,6 @@ def check_values(config):
         read_chat_template(config.chat_template)
     check_teacher_options(config)
 
-
 def read_chat_template(path, special_tokens=None):
     """The `ChatTemplate` of `--chat-template path` (special tokens: the model's);
     a missing file or a template that does not compile is a UsageError naming the
@@ -174,7 +137,6 @@ def read_chat_template(path, special_tokens=None):
                          f"{error}") from None
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(f"--chat-template {error}") from None
-
 
 def check_config(config):
     """Raises UsageError for options that cannot work, before anything is written."""
@@ -225,17 +187,14 @@ def check_config(config):
             raise UsageError("--lora-rank needs a KerasHub preset; a .keras policy has "
                              "no LoRA adapters")
 
-
 def check_file(path, option=None):
     """UsageError "[OPTION ]PATH: file not found" unless `path` (None: nothing to check)
     is a file; the command line checks its input files before TensorFlow starts."""
     if path is not None and not os.path.isfile(path):
         raise UsageError(f"{option + ' ' if option else ''}{path}: file not found")
 
-
 # What a KerasHub preset or a transformers checkpoint directory always holds.
 MODEL_CONFIG_FILE = "config.json"
-
 
 def check_model_source(option, source):
     """Refuses, before TensorFlow starts, a `--model` / `--teacher` that cannot be one,
@@ -243,7 +202,7 @@ def check_model_source(option, source):
     file that is not a `.keras` policy, a directory that is neither a KerasHub preset
     nor a transformers checkpoint (both hold `config.json`). A bare name that is no
     file here (`gpt2_base_en`) and a handle (`hf://...`, `kaggle://...`) are preset
-    names: KerasHub resolves them when the model loads (`tfpg.model_source`)."""
+    names: KerasHub resolves them when the model loads (`tfpg.run.model_source`)."""
     if "://" in source:
         return
     if os.path.isdir(source):
@@ -258,7 +217,6 @@ def check_model_source(option, source):
         check_file(source, option)
     elif os.sep in source or "/" in source or source.startswith((".", "~")):
         raise UsageError(f"{option} {source}: no such file or directory")
-
 
 def check_reward_spec(spec):
     """`--reward`: one of `NAMED_REWARDS`, or `module:function` whose module exists
@@ -277,7 +235,6 @@ def check_reward_spec(spec):
         raise UsageError(f"--reward {spec}: cannot import {module_name!r} (no module named "
                          f"{module_name!r})")
 
-
 def check_export_format(export_format, model, lora_rank):
     """Refuses an export format the run's policy cannot have: transformers and PEFT
     need a KerasHub `--model` (not a .keras PolicyNetwork), PEFT also `--lora-rank`."""
@@ -293,7 +250,6 @@ def check_export_format(export_format, model, lora_rank):
     if export_format == "peft" and lora_rank is None:
         raise UsageError("export format peft writes LoRA adapters: it needs --lora-rank")
 
-
 def check_teacher_options(config):
     """`--teacher` goes with `--algorithm distill` and only with it; a `.keras` teacher
     must exist (UsageError, one line)."""
@@ -307,7 +263,6 @@ def check_teacher_options(config):
                                  f"{config.algorithm}")
     if config.teacher is not None:
         check_model_source("--teacher", config.teacher)
-
 
 def check_writable(path, min_free_mb=None):
     """Fails early (before training, creating nothing) when `path` cannot be written:
@@ -333,10 +288,8 @@ def check_writable(path, min_free_mb=None):
         raise UsageError(f"only {free // 2**20} MiB free in {ancestor}; need at least "
                          f"{min_free_mb:g} MiB")
 
-
 # A run's checkpoints: OUTPUT.checkpoint.
 CHECKPOINT_SUFFIX = ".checkpoint"
-
 
 def run_paths(config):
     """(output, logdir, checkpoint directory) of a run, each refused here (UsageError,
@@ -350,12 +303,11 @@ def run_paths(config):
     check_writable(logdir)
     return output, logdir, checkpoint_dir
 
-
 def check_output(output, checkpoint_dir):
     """Refuses, before training, an output that the final export would refuse (a
     file, a non-empty directory that is not a tfpg export) and a checkpoint
     directory holding something other than a tfpg run."""
-    from tfpg.locking import TMP_PREFIX, check_replaceable
+    from tfpg.guards.locking import TMP_PREFIX, check_replaceable
     try:
         check_replaceable(output)           # what the export will check at the end
     except ValueError as error:

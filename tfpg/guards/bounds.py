@@ -5,7 +5,7 @@ and the range it allows, e.g. "temperature must be > 0 and finite, got nan".
 The command line passes its flag's name ("--temperature") so that the message names
 what the user typed.
 
-Imports no TensorFlow: `tfpg.cli` and `tfpg.config` refuse bad options with these
+Imports no TensorFlow: `tfpg.run.cli` and `tfpg.run.config` refuse bad options with these
 checks before TensorFlow starts; `tfpg.generate`, `GeneratorModel.generate`, the
 trainers and `KerasHubPolicy` run the same ones.
 

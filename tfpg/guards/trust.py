@@ -15,7 +15,7 @@ TensorFlow, it checks two things here:
 * the ops: `saved_model.pb` is parsed (never executed) and every node of every graph
   and of every function in its libraries (resource initializers, signatures, the
   checkpoint saver) must be an op type that tfpg's own exports contain
-  (`tfpg/data/allowed_ops.json`, derived by `benchmarks/export_ops.py` from the
+  (`tfpg/guards/allowed_ops.json`, derived by `benchmarks/export_ops.py` from the
   exports of every backbone, KerasHub family, tokenizer and reward model). None of
   them reads or writes files, opens sockets or calls Python.
 
@@ -41,7 +41,7 @@ import os
 __all__ = ["UntrustedModelError", "file_manifest", "verify_manifest", "check_saved_model_ops",
            "verify_model_directory", "allowed_ops", "require_directory"]
 
-ALLOWED_OPS_FILE = os.path.join(os.path.dirname(__file__), "data", "allowed_ops.json")
+ALLOWED_OPS_FILE = os.path.join(os.path.dirname(__file__), "allowed_ops.json")
 # The files TensorFlow's loaders read: none may be there unless the manifest names it.
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt", "saved_model.cpb",
                      "fingerprint.pb")
@@ -123,7 +123,7 @@ def _files_tensorflow_reads(directory):
 @functools.lru_cache(maxsize=1)
 def allowed_ops():
     """(ops allowed anywhere, ops allowed only in the checkpoint saver's functions),
-    two frozensets read from `tfpg/data/allowed_ops.json`."""
+    two frozensets read from `tfpg/guards/allowed_ops.json`."""
     with open(ALLOWED_OPS_FILE, encoding="utf-8") as f:
         data = json.load(f)
     return frozenset(data["ops"]), frozenset(data["saver_ops"])

@@ -3,7 +3,7 @@
 `make_job(config)` reads a bundled task (`tfpg.tasks`) or the user's `.tsv` /
 `.jsonl` / `.txt` file, builds its tokenizer, resolves `--reward` and applies the
 prompt length limit. Before any training it also refuses what cannot work: a
-decode that would not fit in memory (`tfpg.bounds`), a prompt line far longer than
+decode that would not fit in memory (`tfpg.guards.bounds`), a prompt line far longer than
 `--max-prompt-length` (cut or refused as it is read, never tokenized whole) and a
 reward that returns something other than numbers (`check_job_reward`).
 """
@@ -13,15 +13,16 @@ import functools
 import importlib
 import inspect
 
-from tfpg import bounds
+from tfpg.guards import bounds
 from tfpg import data as tfpg_data
 from tfpg import rewards
-from tfpg.config import (POLICY_MAX_LENGTH, TASK_FINETUNE_EPOCHS, UsageError,
-                         check_reward_spec, read_chat_template)
-from tfpg.evaluation import reference_metrics
+from tfpg.run.config import (POLICY_MAX_LENGTH, TASK_FINETUNE_EPOCHS, check_reward_spec,
+                             read_chat_template)
+from tfpg.options import UsageError
+from tfpg.run.evaluation import reference_metrics
 from tfpg.hf.chat_template import is_conversation
 from tfpg.tasks import EpisodeTask, get_task
-from tfpg.text import Tokenizer
+from tfpg.text.tokenizer import Tokenizer
 
 
 @dataclasses.dataclass
@@ -105,7 +106,7 @@ def _prompt_token_limit(config, max_new_tokens):
 
 def _read_train_file(config):
     """The columns of --train-file, each prompt bounded in characters as it is read
-    (`tfpg.bounds.prompt_char_limit`), so that no line is ever tokenized whole: a
+    (`tfpg.guards.bounds.prompt_char_limit`), so that no line is ever tokenized whole: a
     longer prompt is refused naming file:line (--truncate-prompts error) or cut to
     its left / right part with a warning."""
     tokens = _prompt_token_limit(config, config.max_new_tokens or 32)
@@ -218,7 +219,7 @@ def make_job(config, tokenizer=None):
                          "\"prompt\" is a list of {\"role\", \"content\"} messages); this "
                          "run's prompts are strings")
     if config.reward_model is not None:
-        from tfpg.reward_training import load_reward_model
+        from tfpg.run.reward_pipeline import load_reward_model
         job.reward_fn = load_reward_model(config.reward_model, job.tokenizer)
     if config.model is not None and config.pretrain_epochs is None:
         job.pretrain_epochs = 0
@@ -240,7 +241,7 @@ def make_job(config, tokenizer=None):
 
 def _check_decode_memory(config, job):
     """Refuses, before anything is allocated, a fine-tuning decode whose buffers
-    (and a new Transformer's KV cache) would not fit (`tfpg.bounds`); the trainer
+    (and a new Transformer's KV cache) would not fit (`tfpg.guards.bounds`); the trainer
     checks the policy's own cache again when its step is traced."""
     rows = config.batch_size * (max(2, config.group_size)
                                 if config.algorithm in ("rloo", "grpo") else 1)

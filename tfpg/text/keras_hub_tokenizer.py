@@ -32,7 +32,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfpg.hf.chat_template import ChatTemplateMixin
-from tfpg.text import _check_max_length, _check_truncate, _left_pad, write_json_atomically
+from tfpg.text.tokenizer import _check_max_length, _check_truncate, _left_pad
+from tfpg.guards.locking import write_json_atomically
 
 FORMAT = "tfpg.KerasHubTokenizer"
 VERSION = 1

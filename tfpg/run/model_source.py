@@ -13,9 +13,10 @@ import os
 
 import keras
 
-from tfpg.config import HUB_INSTALL_HINT, POLICY_MAX_LENGTH, UsageError
+from tfpg.options import HUB_INSTALL_HINT, UsageError
+from tfpg.run.config import POLICY_MAX_LENGTH
 from tfpg.models import PolicyNetwork
-from tfpg.text import Tokenizer
+from tfpg.text.tokenizer import Tokenizer
 
 
 def new_policy(config, vocab_size):
@@ -80,7 +81,7 @@ def _keras_hub_preset(source, lora_rank):
 
 def _preset_error(source, error, first):
     """One line saying what `--model source` was taken for and why it did not load
-    (paths that do not exist were refused before: `tfpg.config.check_model_source`)."""
+    (paths that do not exist were refused before: `tfpg.run.config.check_model_source`)."""
     if os.path.isdir(source):
         return f"--model {source}: a directory that does not load as a KerasHub preset ({first})"
     if "://" in source:

@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 
 from tfpg import data as tfpg_data
-from tfpg.config import POLICY_MAX_LENGTH
+from tfpg.run.config import POLICY_MAX_LENGTH
 from tfpg.distribution import DistributedFitMixin, apply_gradients, cross_replica_sum, scale_loss
 from tfpg.models import PolicyNetwork, copy_policy  # noqa: F401 - tfpg <= 0.1 imported it here
 
@@ -78,7 +78,7 @@ def pretraining_dataset(texts, tokenizer, batch_size, seed, max_sequence_length=
     """`language_model_dataset` windows as long as the longest text (at most
     `max_sequence_length` pairs): padding to a fixed length would waste most of the
     compute on short texts. `shuffle=False` keeps the texts' order (`tfpg train`
-    orders each epoch itself, see `tfpg.checkpoints.epoch_batches`).
+    orders each epoch itself, see `tfpg.run.checkpoints.epoch_batches`).
 
     For a tokenizer whose id 0 is a real token (a KerasHub one: its `pad_id` is not
     0), batches are (inputs, targets, mask), inputs padded with `pad_id`."""

@@ -20,7 +20,7 @@ An observation is a string (tokenised with `env.tokenizer`: the first one with B
 the later ones without) or a sequence of token ids used as they are. Subclasses
 implement `respond(rows, completions)` (and may override `start(batch)`, which by
 default returns each row's prompt ids without padding). The rollout
-(`tfpg.multi_turn.rollout_episodes`) ends a turn at `env.turn_end` (a token of the
+(`tfpg.envs.multi_turn.rollout_episodes`) ends a turn at `env.turn_end` (a token of the
 tokenizer, or None for EOS), at EOS, or after its per-turn token budget.
 
 `TurnEnv` is Gymnasium-like but batched and turn-level; `tfpg.envs.TextGenerationEnv`

@@ -14,7 +14,7 @@ import os
 import keras
 import tensorflow as tf
 
-from tfpg.config import NUM_CPU_DEVICES_ENV, UsageError
+from tfpg.options import NUM_CPU_DEVICES_ENV, UsageError
 from tfpg.distribution import is_chief  # noqa: F401 - a run's chief writes, with the strategy
 from tfpg.models.copying import copy_policy
 

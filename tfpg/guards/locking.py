@@ -31,7 +31,7 @@ import os
 import tempfile
 import threading
 
-from tfpg.config import UsageError
+from tfpg.options import UsageError
 
 __all__ = ["OutputLockedError", "output_lock", "lock_path", "try_output_lock",
            "write_file_atomically", "write_json_atomically", "check_replaceable"]

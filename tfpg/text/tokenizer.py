@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfpg.hf.chat_template import ChatTemplateMixin
-from tfpg.locking import write_json_atomically  # noqa: F401 - also imported from here
+from tfpg.guards.locking import write_json_atomically  # noqa: F401 - also imported from here
 
 _FORMAT = "tfpg.Tokenizer"
 _VERSION = 1

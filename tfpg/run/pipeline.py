@@ -2,33 +2,33 @@
 
 `run_training(TrainConfig(...))`:
 
-1. make the job (`tfpg.jobs`): a bundled task or the user's file, its tokenizer,
+1. make the job (`tfpg.run.jobs`): a bundled task or the user's file, its tokenizer,
    reward and evaluation;
 2. make the model: a new `PolicyNetwork` (`new_policy`), or the `.keras` policy or
-   KerasHub preset of `--model` (`tfpg.model_source`; it brings its tokenizer, which
-   the job then uses), on the devices of the chosen strategy (`tfpg.devices`);
-3. pre-train it with maximum likelihood if asked (`tfpg.pretraining`; by default a
+   KerasHub preset of `--model` (`tfpg.run.model_source`; it brings its tokenizer, which
+   the job then uses), on the devices of the chosen strategy (`tfpg.run.devices`);
+3. pre-train it with maximum likelihood if asked (`tfpg.run.pretraining`; by default a
    new policy is, a `--model` is not);
-4. evaluate it on held-out data ("before", `tfpg.evaluation`);
+4. evaluate it on held-out data ("before", `tfpg.run.evaluation`);
 5. fine-tune it with the chosen policy-gradient algorithm and reward;
 6. evaluate again ("after", with the KL to the pre-trained policy), export the
    SavedModel atomically and write `OUTPUT/metrics.json`.
 
-Every epoch of steps 3 and 5 is checkpointed (`tfpg.checkpoints`), so that a killed
+Every epoch of steps 3 and 5 is checkpointed (`tfpg.run.checkpoints`), so that a killed
 run, started again with the same options, resumes from its last completed epoch. Each
 epoch's randomness (its data order, the Python / NumPy / TensorFlow / Keras random
 streams) is a pure function of (seed, phase, epoch), and everything else a step reads
 is in the checkpoint, so that under `--deterministic` the resumed run is the unbroken
 one, to the bit.
 From its first write on, the run (its chief) holds the writer lock of its output
-(`OUTPUT.lock`, `tfpg.locking`): a second run on the same output is refused with
+(`OUTPUT.lock`, `tfpg.guards.locking`): a second run on the same output is refused with
 the first one's PID.
-Options and their checks are in `tfpg.config`. Under a multi-worker strategy every
+Options and their checks are in `tfpg.run.config`. Under a multi-worker strategy every
 worker runs the same command and the chief alone writes checkpoints, logs, metrics
 and the export (`OUTPUT` must be on a file system every worker sees); a run gives
 the same weights whatever the strategy (to float rounding).
 
-The names of the modules above stay importable from here (`from tfpg.training import
+The names of the modules above stay importable from here (`from tfpg.run.pipeline import
 pretrain, TrainConfig, ...`).
 """
 
@@ -45,26 +45,26 @@ from tfpg import callbacks as tfpg_callbacks
 from tfpg import data as tfpg_data
 from tfpg.algorithms import ALGORITHMS, TRAINERS  # noqa: F401
 from tfpg.algorithms.base import reference_of
-from tfpg.checkpoints import (STATE_VERSION, EpochCheckpoint, EpochSeed,  # noqa: F401
-                              RunState, WriteReporting, epoch_batches, export_from_source,
-                              export_hub_policy,
-                              reseed, restore, trainer_checkpoint, variable_checkpoint,
-                              write_checkpoint, writing)
-from tfpg.config import (LOG_POINTS, MIN_FREE_MB_ENV, NAMED_REWARDS,  # noqa: F401
-                         NUM_CPU_DEVICES_ENV, ON_INVALID_REWARD, POLICY_MAX_LENGTH, PRECISIONS,
-                         RUNTIME_OPTIONS, STRATEGIES, TASK_FINETUNE_EPOCHS, TRUNCATE_PROMPTS,
-                         TrainConfig, UsageError, check_config, check_output, check_writable,
-                         run_paths)
-from tfpg.devices import (configure_cpu_devices, float32_copy, is_chief,  # noqa: F401
-                          make_strategy, set_precision, shard_by_data)
-from tfpg.evaluation import evaluate_policy, format_table  # noqa: F401
+from tfpg.run.checkpoints import (STATE_VERSION, EpochCheckpoint, EpochSeed, RunState,
+                                  WriteReporting, epoch_batches, export_from_source,
+                                  export_hub_policy, reseed, restore, trainer_checkpoint,
+                                  variable_checkpoint, write_checkpoint, writing)
+from tfpg.options import (LOG_POINTS, MIN_FREE_MB_ENV, NAMED_REWARDS, NUM_CPU_DEVICES_ENV,
+                          ON_INVALID_REWARD, PRECISIONS, RUNTIME_OPTIONS, STRATEGIES,
+                          TRUNCATE_PROMPTS, UsageError)
+from tfpg.run.config import (POLICY_MAX_LENGTH, TASK_FINETUNE_EPOCHS, TrainConfig, check_config,
+                             check_output, check_writable, run_paths)
+from tfpg.run.devices import (configure_cpu_devices, float32_copy, make_strategy, set_precision,
+                              shard_by_data)
+from tfpg.distribution import is_chief
+from tfpg.run.evaluation import evaluate_policy, format_table  # noqa: F401
 from tfpg.export import export_saved_model
-from tfpg.jobs import Job, check_prompt_lengths, load_reward, make_job  # noqa: F401
-from tfpg.locking import output_lock, write_json_atomically
-from tfpg.model_source import load_policy, load_teacher, new_policy
+from tfpg.run.jobs import Job, check_prompt_lengths, load_reward, make_job  # noqa: F401
+from tfpg.guards.locking import output_lock, write_json_atomically
+from tfpg.run.model_source import load_policy, load_teacher, new_policy
 from tfpg.models import KerasHubPolicy, PolicyNetwork, ValueNetwork
-from tfpg.pretraining import (EpochProgress, LanguageModelTrainer, copy_policy,  # noqa: F401
-                              pretrain, pretraining_dataset)
+from tfpg.run.pretraining import EpochProgress, LanguageModelTrainer, pretrain, pretraining_dataset
+from tfpg.models import copy_policy
 
 _restore = restore          # the name of tfpg <= 0.1
 

@@ -31,7 +31,7 @@ loops. `tfpg.algorithms.*.fit` generates whole batches in one compiled loop and 
 much faster for the same samples (see `examples/reinforce_env_loop.py`).
 
 Multi-turn episodes (a policy turn, an environment reply, ...) use the batched,
-turn-level protocol of `TurnEnv` (`tfpg.turn_env`) instead; `ToolEnv` (`tfpg.tool_env`)
+turn-level protocol of `TurnEnv` (`tfpg.envs.turn_env`) instead; `ToolEnv` (`tfpg.envs.tool_env`)
 runs tool calls written in a turn. Both are exported here.
 """
 
@@ -41,8 +41,6 @@ import tensorflow as tf
 from tfpg import data as tfpg_data
 from tfpg.models.policy import check_policy
 from tfpg.rewards.base import ON_INVALID, compute_rewards
-from tfpg.tool_env import ToolEnv, calculator  # noqa: F401 -- exported as tfpg.envs.*
-from tfpg.turn_env import TurnEnv  # noqa: F401
 
 
 _TOKENIZER_EOS = object()  # default eos_id: the tokenizer's

@@ -16,9 +16,9 @@ left behind (`TFPG_DEBUG=1` shows the traceback instead). TensorFlow's own log l
 are kept off the console unless `--verbose` (or `TFPG_DEBUG`) asks for them.
 
 `generate` and `evaluate` verify a model directory before TensorFlow runs any of it
-(its manifest, and no op outside tfpg's own exports: `tfpg.trust`); `train`,
+(its manifest, and no op outside tfpg's own exports: `tfpg.guards.trust`); `train`,
 `train-reward` and `export` hold `OUTPUT.lock`, so a second writer of one output
-exits 2 naming the first one's PID (`tfpg.locking`).
+exits 2 naming the first one's PID (`tfpg.guards.locking`).
 """
 
 import argparse
@@ -30,12 +30,12 @@ import warnings
 
 # Only modules that do not import TensorFlow: `--help` and bad arguments answer at
 # once; each command imports what it runs.
-from tfpg import bounds
-from tfpg.config import (BACKBONES, EXPORT_FORMATS, NAMED_REWARDS, ON_INVALID_REWARD, PRECISIONS,
-                         REWARD_TIMEOUT, SAMPLERS, STRATEGIES, TASK_NAMES, TRAINER_NAMES,
-                         TRUNCATE_PROMPTS, TrainConfig, UsageError, check_config, check_file,
-                         flag, run_paths)
-from tfpg.native_logs import filter_native_logs, quiet_environment
+from tfpg.guards import bounds
+from tfpg.options import (BACKBONES, EXPORT_FORMATS, NAMED_REWARDS, ON_INVALID_REWARD, PRECISIONS,
+                          REWARD_TIMEOUT, SAMPLERS, STRATEGIES, TASK_NAMES, TRAINER_NAMES,
+                          TRUNCATE_PROMPTS, UsageError)
+from tfpg.run.config import TrainConfig, check_config, check_file, flag, run_paths
+from tfpg.run.native_logs import filter_native_logs, quiet_environment
 
 
 class _Parser(argparse.ArgumentParser):
@@ -249,7 +249,9 @@ def _train(args):
     config = TrainConfig.from_dict(values)
     check_config(config)                # every check that needs no model, before TensorFlow
     run_paths(config)                   # an output or logdir the run could not write
-    from tfpg.training import configure_cpu_devices, format_table, run_training
+    from tfpg.run.devices import configure_cpu_devices
+    from tfpg.run.evaluation import format_table
+    from tfpg.run.pipeline import run_training
     if config.strategy == "mirrored":
         # Logical devices exist only if made before TensorFlow runs its first op.
         configure_cpu_devices(config.num_cpu_devices)
@@ -260,7 +262,7 @@ def _train(args):
 
 
 def _check_flags(args, checks):
-    """Runs `tfpg.bounds` checks on the given flags (name -> check), before
+    """Runs `tfpg.guards.bounds` checks on the given flags (name -> check), before
     TensorFlow starts; a value out of range is a UsageError naming the flag."""
     for name, check in checks.items():
         value = getattr(args, name, None)
@@ -284,7 +286,7 @@ def _check_inputs(args, files=(), model_dir=False):
     for name in files:
         check_file(getattr(args, name, None))
     if model_dir:
-        from tfpg.trust import require_directory
+        from tfpg.guards.trust import require_directory
         try:
             require_directory(args.model_dir)
         except FileNotFoundError as error:
@@ -295,10 +297,10 @@ def _train_reward(args):
     _check_path_flags(args, "output", "tokenizer", "pairs")
     _check_inputs(args, files=("tokenizer", "pairs"))
     _check_flags(args, {"learning_rate": bounds.check_positive})
-    from tfpg.reward_training import format_summary, train_reward
+    from tfpg.run.reward_pipeline import format_summary, run_reward_training
     options = {key: value for key, value in vars(args).items()
                if value is not None and key not in ("command", "verbose")}
-    print(format_summary(train_reward(**options)))
+    print(format_summary(run_reward_training(**options)))
 
 
 def _generate(args):
@@ -337,7 +339,7 @@ def _evaluate(args):
         prompts, references = columns["prompt"], columns.get("reference")
         if references is None:
             raise UsageError(f"{args.eval_file}: needs references (.tsv or .jsonl)")
-        from tfpg.evaluation import reference_metrics
+        from tfpg.run.evaluation import reference_metrics
         metrics = reference_metrics(model.generate(prompts), references)
     else:
         name = args.task or model.metadata.get("task")
@@ -385,7 +387,7 @@ def _export(args):
     if not os.path.exists(args.source):
         raise UsageError(f"{args.source}: no such file or directory (expected a run's "
                          "checkpoint directory or a .keras file)")
-    from tfpg.training import export_from_source
+    from tfpg.run.checkpoints import export_from_source
     path = export_from_source(args.source, args.output, args.tokenizer, args.format)
     print(f"exported to {path}")
 

@@ -27,6 +27,7 @@ from typing import NamedTuple, Optional
 
 import tensorflow as tf
 
+from tfpg.models.chunked_attention import split_rows
 from tfpg.generation import FILTERED_LOGIT, filter_logits
 
 # Default chunk: about 2^24 logits (64 MB in float32) per chunk, whatever V is.
@@ -182,13 +183,6 @@ def _chunk_logit_gradient(logits, tokens, sampling, support, upstream, options):
     if not (isinstance(sampling.temperature, (int, float)) and sampling.temperature == 1):
         d_scaled /= tf.cast(sampling.temperature, tf.float32)
     return d_scaled
-
-
-def split_rows(tensor, chunks, chunk):
-    """[R, ...] -> [C, r, ...], padded with zeros to C * r rows."""
-    pad = chunks * chunk - tf.shape(tensor)[0]
-    tensor = tf.pad(tensor, [[0, pad]] + [[0, 0]] * (len(tensor.shape) - 1))
-    return tf.reshape(tensor, tf.concat([[chunks, chunk], tf.shape(tensor)[1:]], 0))
 
 
 def _merge(tensor, rows):

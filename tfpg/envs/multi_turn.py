@@ -1,7 +1,7 @@
 """Multi-turn rollouts: policy turns and environment replies in one trajectory.
 
 `rollout_episodes(policy, env, batch, max_turns, max_new_tokens)` plays one episode
-per row of a prompt batch against a `tfpg.turn_env.TurnEnv`:
+per row of a prompt batch against a `tfpg.envs.turn_env.TurnEnv`:
 
 * each turn is one compiled generation (`tfpg.generate`, traced once: batch and
   context lengths are dynamic) for the unfinished rows only, up to the env's
@@ -38,7 +38,7 @@ import tensorflow as tf
 from tfpg.data import MESSAGES_COLUMN, encode_prompt, is_conversation, pad_ids
 from tfpg.generation import generate
 from tfpg.models.policy import check_policy
-from tfpg.turn_env import as_numpy_batch
+from tfpg.envs.turn_env import as_numpy_batch
 from tfpg.xla import resolve_jit_compile
 
 POLICY, ENV, PROMPT = "policy", "env", "prompt"
@@ -165,7 +165,7 @@ def rollout_episodes(policy, env, batch, max_turns, max_new_tokens, sampler="sam
 
     Args:
         policy: a `tfpg.models.Policy`.
-        env: a `tfpg.turn_env.TurnEnv` (its `tokenizer` encodes and decodes).
+        env: a `tfpg.envs.turn_env.TurnEnv` (its `tokenizer` encodes and decodes).
         batch: a prompt batch: dict with "prompt" int [B, P] (and "prompt_mask", and
             any columns the env reads).
         max_turns: policy turns per episode at most.
@@ -304,7 +304,7 @@ def check_env(env, max_turns, reward_fn, algorithm=None):
                          "use REINFORCE, RLOO, GRPO, A2C or PPO")
     if not all(callable(getattr(env, name, None)) for name in ("reset", "step")) \
             or not hasattr(env, "tokenizer"):
-        raise TypeError(f"env must be a tfpg.turn_env.TurnEnv (reset / step / "
+        raise TypeError(f"env must be a tfpg.envs.turn_env.TurnEnv (reset / step / "
                         f"tokenizer), got {type(env).__name__}")
     if reward_fn is not None:
         raise ValueError("with env= the environment gives the rewards: pass "
