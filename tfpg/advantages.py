@@ -5,7 +5,7 @@ float32 in and out, usable eagerly or inside ``tf.function`` with an unknown bat
 dimension (dynamic sizes come from ``tf.shape``; recursions over time use ``tf.scan``
 on time-major tensors).
 
-Conventions (see DESIGN.md):
+Conventions:
 
 * Tensors are batch-major. ``B`` is the batch size, ``T`` the number of completion
   positions, ``K`` the group size.

@@ -59,12 +59,13 @@ time: the writer holds `PATH.lock` (`tfpg.guards.locking`), a second one is refu
 recovery runs only under that lock (`load` skips it while another process writes).
 
 Example:
->>> tfpg.export_saved_model(policy, tok, "saved_models/run", max_new_tokens=16)
+>>> path = "saved_models/run"
+>>> tfpg.export_saved_model(policy, tok, path, max_new_tokens=16)  # doctest: +SKIP
 'saved_models/run'
->>> gen = tfpg.load("saved_models/run")
->>> gen.generate(["3 + 4 ="])
+>>> gen = tfpg.load(path)  # doctest: +SKIP
+>>> gen.generate(["3 + 4 ="])  # doctest: +SKIP
 ['7']
->>> gen.generate(["3 + 4 ="], temperature=0.8, seed=1)   # sampled
+>>> sampled = gen.generate(["3 + 4 ="], temperature=0.8, seed=1)  # doctest: +SKIP
 """
 
 import functools
@@ -271,7 +272,8 @@ def export_saved_model(policy, tokenizer, path, max_new_tokens=32, sampler="gree
         `path`.
 
     Example:
-    >>> tfpg.export_saved_model(policy, tok, "saved_models/run", max_new_tokens=16)
+    >>> path = "saved_models/run"
+    >>> tfpg.export_saved_model(policy, tok, path, max_new_tokens=16)  # doctest: +SKIP
     'saved_models/run'
     """
     check_policy(policy)
@@ -499,8 +501,9 @@ def load(path, trust_remote_code=False):
     A `PATH.tmp-*` or `PATH.tfpg-backup` left by an interrupted export is cleaned up
     first, unless another process holds `PATH.lock` (it is writing there now).
 
-    >>> gen = tfpg.load("saved_models/run")
-    >>> gen.generate(["3 + 4 ="])
+    Example:
+    >>> gen = tfpg.load("saved_models/run")  # doctest: +SKIP
+    >>> gen.generate(["3 + 4 ="])  # doctest: +SKIP
     ['7']
     """
     path = normalize_path(path)
@@ -560,10 +563,11 @@ class GeneratorModel:
             `generate_with_options`, `log_probs`, `serving_default`).
 
     Example:
-    >>> gen = tfpg.load("saved_models/run")
-    >>> gen.generate(["3 + 4 =", "2 + 2 ="], max_new_tokens=4)
+    >>> gen = tfpg.load("saved_models/run")  # doctest: +SKIP
+    >>> gen.generate(["3 + 4 =", "2 + 2 ="], max_new_tokens=4)  # doctest: +SKIP
     ['7', '4']
-    >>> gen.score(["3 + 4 ="], ["7"])         # log p("7" <eos> | "3 + 4 =")
+    >>> # log p("7" <eos> | "3 + 4 =")
+    >>> gen.score(["3 + 4 ="], ["7"])  # doctest: +SKIP
     [-0.0312]
     """
 

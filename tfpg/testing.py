@@ -21,7 +21,7 @@ def exact_policy_gradient(policy, prompt_ids, reward_fn, num_new_tokens, tempera
 
     Enumerates all V ** N completions over the non-structural ids (so keep V and N
     tiny: vocab 5 without pad and BOS, 3 tokens gives 27), scores each with
-    `reward_fn` (reward signature of DESIGN.md, every token a real token: this is
+    `reward_fn` (the `tfpg.rewards` signature, every token a real token: this is
     the `eos_id=None` setting) and differentiates
     sum_c pi(c | prompt) R(c) through `policy`.
 
@@ -38,7 +38,11 @@ def exact_policy_gradient(policy, prompt_ids, reward_fn, num_new_tokens, tempera
         `policy.trainable_variables`), the gradient of J (ascent direction).
 
     Example:
+    >>> policy = tfpg.PolicyNetwork(vocab_size=7, embedding_dim=8, hidden_dim=8)
+    >>> reward_fn = tfpg.rewards.Length(eos_id=None)
     >>> j, grads = exact_policy_gradient(policy, [[1, 5]], reward_fn, num_new_tokens=3)
+    >>> j
+    3.0
     """
     prompt_ids = tf.convert_to_tensor(prompt_ids, tf.int32)
     num_prompts, prompt_length = prompt_ids.shape
@@ -76,9 +80,15 @@ def count_train_step_traces(trainer):
     gets one entry per trace: the Python body runs only while tf.function traces).
 
     Example:
+    >>> tok = tfpg.Tokenizer.from_texts(["one two three"], level="word")
+    >>> policy = tfpg.PolicyNetwork(tok.vocabulary_size, embedding_dim=8, hidden_dim=8)
+    >>> agent = tfpg.algorithms.REINFORCE(policy, tfpg.rewards.Length(), max_new_tokens=2)
+    >>> agent.compile(optimizer=keras.optimizers.SGD(0.1))
+    >>> dataset = tfpg.data.prompt_dataset(["one", "two"] * 2, tok, batch_size=2)
     >>> traces = count_train_step_traces(agent)
-    >>> agent.fit(dataset, epochs=3, verbose=0)
-    >>> len(traces)          # 1: batches of one shape never retrace the step
+    >>> history = agent.fit(dataset, epochs=3, verbose=0)
+    >>> len(traces)          # batches of one shape never retrace the step
+    1
     """
     traces = []
     original = trainer.train_step
@@ -113,6 +123,10 @@ def replay_fixed_rollout(trainer, batch, completion_ids, completion_mask, steps=
         one per step.
 
     Example:
+    >>> policy = tfpg.PolicyNetwork(vocab_size=7, embedding_dim=8, hidden_dim=8)
+    >>> agent = tfpg.algorithms.REINFORCE(policy, tfpg.rewards.Length(), max_new_tokens=2)
+    >>> agent.compile(optimizer=keras.optimizers.SGD(0.1))
+    >>> ids, completions, mask = [[1, 5]], [[4, 2]], [[1.0, 1.0]]
     >>> [(loss, grads)] = replay_fixed_rollout(agent, {"prompt": ids}, completions, mask)
     """
     completion_ids = tf.constant(completion_ids, tf.int32)

@@ -10,8 +10,8 @@ from tfpg.algorithms.base import PolicyGradientTrainer
 class A2C(PolicyGradientTrainer):
     """Actor-critic with TD / GAE advantages from a learned critic.
 
-    `gae_lambda=0` is the one-step TD advantage A_t = r_t + gamma V(s_{t+1}) - V(s_t)
-    of the source documents; values up to 1 blend in longer returns (GAE). The
+    `gae_lambda=0` is the one-step TD advantage A_t = r_t + gamma V(s_{t+1}) - V(s_t);
+    values up to 1 blend in longer returns (GAE). The
     default, 0.95, is there because a critic that starts untrained makes the one-step
     advantage badly biased: on the bundled arithmetic task `gae_lambda=0` collapsed
     the policy (exact match 0.40 -> 0.02) where 0.95 reached 0.97. The critic
@@ -19,6 +19,9 @@ class A2C(PolicyGradientTrainer):
     Loss: -A log pi + value_coef * value loss - entropy_coef * entropy, token mean.
 
     Example:
+    >>> tok = tfpg.Tokenizer.from_texts(["one two three four"], level="word")
+    >>> policy = tfpg.PolicyNetwork(tok.vocabulary_size, embedding_dim=8, hidden_dim=16)
+    >>> reward = tfpg.rewards.Length(eos_id=tok.eos_id)
     >>> agent = tfpg.algorithms.A2C(policy, reward_fn=reward,
     ...                             value_model=tfpg.ValueNetwork(tok.vocabulary_size))
     """

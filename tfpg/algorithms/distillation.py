@@ -101,16 +101,21 @@ class OnPolicyDistillation(PolicyGradientTrainer):
         policy: the student (`PolicyNetwork` or `KerasHubPolicy`).
         teacher: a `PolicyNetwork` or `KerasHubPolicy` with the student's tokenizer
             (same vocabulary); set non-trainable here, never updated.
-        reward_fn: an optional task reward (DESIGN.md's signature); None: pure
+        reward_fn: an optional task reward (the `tfpg.rewards` signature); None: pure
             distillation (no `reward` logs).
         reward_weight: weight of the task reward R in the advantages (>= 0).
         discount: in [0, 1]; 0 each token its own return, 1 the reward-to-go.
 
     Example:
-    >>> agent = tfpg.algorithms.OnPolicyDistillation(student, teacher, max_new_tokens=16,
+    >>> tok = tfpg.Tokenizer.from_texts(["one two three four"], level="word")
+    >>> student = tfpg.PolicyNetwork(tok.vocabulary_size, embedding_dim=8, hidden_dim=16)
+    >>> teacher = tfpg.PolicyNetwork(tok.vocabulary_size, embedding_dim=16, hidden_dim=32)
+    >>> prompts = ["one two", "three"]
+    >>> agent = tfpg.algorithms.OnPolicyDistillation(student, teacher, max_new_tokens=4,
     ...                                               eos_id=tok.eos_id)
     >>> agent.compile(optimizer=keras.optimizers.Adam(1e-3))
-    >>> agent.fit(tfpg.data.prompt_dataset(prompts, tok, batch_size=32), epochs=2)
+    >>> history = agent.fit(tfpg.data.prompt_dataset(prompts, tok, batch_size=2), epochs=2,
+    ...                     verbose=0)
     """
 
     supports_env = False        # the teacher scores one completion, not turns

@@ -88,7 +88,11 @@ class GRPO(PolicyGradientTrainer):
     policy term (the top-entropy tokens with `top_entropy_quantile`), whatever
     `loss_type`, as TRL 1.16.
 
-    Variants:
+    Example:
+    >>> tok = tfpg.Tokenizer.from_texts(["one two three four"], level="word")
+    >>> policy = tfpg.PolicyNetwork(tok.vocabulary_size, embedding_dim=8, hidden_dim=16)
+    >>> reward = tfpg.rewards.Length(eos_id=tok.eos_id)
+    >>> # The DAPO, Dr. GRPO and GSPO variants:
     >>> dapo = tfpg.algorithms.GRPO(policy, reward, loss_type="dapo", clip_epsilon_high=0.28,
     ...                             mask_truncated_completions=True, kl_coef=0.0)
     >>> dr_grpo = tfpg.algorithms.GRPO(policy, reward, loss_type="dr_grpo",

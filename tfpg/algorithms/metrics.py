@@ -30,7 +30,7 @@ class TrainerMetrics:
     """The logs of `PolicyGradientTrainer` (see the module docstring)."""
 
     def metric_names(self):
-        """The logs this trainer returns from `train_step` (DESIGN.md names)."""
+        """The logs this trainer returns from `train_step` (the names `fit` logs)."""
         names = ["reward", "reward_std", "policy_loss", "entropy", "completion_length",
                  "truncated_fraction"]
         if self.reference_model is not None:

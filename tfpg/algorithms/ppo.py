@@ -27,6 +27,9 @@ class PPO(PolicyGradientTrainer):
     bounding what a token with a negative advantage and a huge ratio contributes.
 
     Example:
+    >>> tok = tfpg.Tokenizer.from_texts(["one two three four"], level="word")
+    >>> policy = tfpg.PolicyNetwork(tok.vocabulary_size, embedding_dim=8, hidden_dim=16)
+    >>> vocab_size = tok.vocabulary_size
     >>> agent = tfpg.algorithms.PPO(policy, value_model=tfpg.ValueNetwork(vocab_size),
     ...                             reward_fn=tfpg.rewards.BLEU(), kl_coef=0.05)
     """

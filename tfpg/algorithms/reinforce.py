@@ -21,10 +21,16 @@ class REINFORCE(PolicyGradientTrainer):
     sequence's summed token terms, averaged over the batch).
 
     Example:
+    >>> tok = tfpg.Tokenizer.from_texts(["one two three four"], level="word")
+    >>> policy = tfpg.PolicyNetwork(tok.vocabulary_size, embedding_dim=8, hidden_dim=16)
+    >>> dataset = tfpg.data.prompt_dataset(["one two", "three"], tok, references=["three", "four"],
+    ...                                    batch_size=2)
     >>> agent = tfpg.algorithms.REINFORCE(policy, reward_fn=tfpg.rewards.BLEU(),
-    ...                                   baseline="moving_average", max_new_tokens=16)
+    ...                                   baseline="moving_average", max_new_tokens=4)
     >>> agent.compile(optimizer=keras.optimizers.Adam(1e-3))
-    >>> agent.fit(dataset, epochs=2)
+    >>> history = agent.fit(dataset, epochs=2, verbose=0)
+    >>> sorted(history.history)
+    ['completion_length', 'entropy', 'policy_loss', 'reward', 'reward_std', 'truncated_fraction']
     """
 
     default_loss_aggregation = "sequence_sum"

@@ -32,6 +32,9 @@ class RLOO(PolicyGradientTrainer):
     (A - mean) / (std + 1e-4), so every batch's update has the same scale.
 
     Example:
+    >>> tok = tfpg.Tokenizer.from_texts(["one two three four"], level="word")
+    >>> policy = tfpg.PolicyNetwork(tok.vocabulary_size, embedding_dim=8, hidden_dim=16)
+    >>> reward = tfpg.rewards.Length(eos_id=tok.eos_id)
     >>> agent = tfpg.algorithms.RLOO(policy, reward_fn=reward, group_size=4, kl_coef=0.05)
     """
 

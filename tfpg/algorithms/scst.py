@@ -17,6 +17,8 @@ class SCST(PolicyGradientTrainer):
     greedy decode costs one extra generation per step and no critic.
 
     Example:
+    >>> tok = tfpg.Tokenizer.from_texts(["one two three four"], level="word")
+    >>> policy = tfpg.PolicyNetwork(tok.vocabulary_size, embedding_dim=8, hidden_dim=16)
     >>> agent = tfpg.algorithms.SCST(policy, reward_fn=tfpg.rewards.BLEU(), max_new_tokens=16)
     """
 

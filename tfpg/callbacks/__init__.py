@@ -16,7 +16,7 @@ They work with any `keras.Model` trainer that has a `policy` attribute (the
 Under a multi-worker strategy only the chief writes files.
 
 Example:
->>> agent.fit(dataset, epochs=5, callbacks=[
+>>> agent.fit(dataset, epochs=5, callbacks=[  # doctest: +SKIP
 ...     tfpg.callbacks.RewardLogger(csv_path="logs/run/rewards.csv", logdir="logs/run"),
 ...     tfpg.callbacks.SampleLogger("logs/run", tokenizer=tok, prompts=["3 + 4 ="]),
 ...     tfpg.callbacks.SavedModelExport("saved_models/run", tokenizer=tok)])

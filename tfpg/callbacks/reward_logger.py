@@ -59,8 +59,8 @@ class RewardLogger(_GlobalStep):
     Example:
     >>> logger = RewardLogger(csv_path="logs/run/rewards.csv", logdir="logs/run",
     ...                       log_every=2)
-    >>> agent.fit(dataset, epochs=3, callbacks=[logger])
-    >>> logger.history[-1]["reward"]
+    >>> agent.fit(dataset, epochs=3, callbacks=[logger])  # doctest: +SKIP
+    >>> logger.history[-1]["reward"]  # doctest: +SKIP
     0.61
     """
 
@@ -186,7 +186,7 @@ class LanguageModelLogger(RewardLogger):
     at the global step, like `RewardLogger`.
 
     Example:
-    >>> trainer.fit(texts, epochs=10, callbacks=[
+    >>> trainer.fit(texts, epochs=10, callbacks=[  # doctest: +SKIP
     ...     LanguageModelLogger(logdir="logs/run", log_every=20)])
     """
 

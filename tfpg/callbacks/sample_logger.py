@@ -62,8 +62,9 @@ class SampleLogger(_GlobalStep):
         seed: sampling seed.
 
     Example:
-    >>> SampleLogger("logs/run", tokenizer=tok, prompts=["3 + 4 =", "2 + 5 ="],
-    ...              references=["7", "7"], every_n_epochs=1)
+    >>> tok = tfpg.Tokenizer.from_texts(["3 + 4 = 7", "2 + 5 = 7"], level="char")
+    >>> logger = SampleLogger("logs/run", tokenizer=tok, prompts=["3 + 4 =", "2 + 5 ="],
+    ...                       references=["7", "7"], every_n_epochs=1)
     """
 
     def __init__(self, logdir, tokenizer, prompts=None, references=None, every_n_steps=None,

@@ -38,8 +38,9 @@ class SavedModelExport(keras.callbacks.Callback):
             `max_new_tokens` and `eos_id` default to the trainer's.
 
     Example:
-    >>> SavedModelExport("saved_models/run", tokenizer=tok, save_best_only=True,
-    ...                  monitor="reward", mode="max")
+    >>> tok = tfpg.Tokenizer.from_texts(["3 + 4 = 7"], level="char")
+    >>> export = SavedModelExport("saved_models/run", tokenizer=tok, save_best_only=True,
+    ...                           monitor="reward", mode="max")
     """
 
     def __init__(self, path, tokenizer, every_n_epochs=1, monitor="reward", mode="max",

@@ -1,6 +1,6 @@
 """`TextGenerationEnv`: text generation as a Gymnasium-style environment.
 
-For users who write the episode loop by hand, as in the source documents::
+For users who write the episode loop by hand::
 
     env = tfpg.envs.TextGenerationEnv(None, prompts, tok, reward_fn, max_new_tokens=8)
     observation, info = env.reset(seed=0)          # int32 [P]: BOS + prompt ids

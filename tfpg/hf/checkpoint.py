@@ -4,7 +4,7 @@ A transformers checkpoint is a directory with `config.json` naming a `model_type
 `model.safetensors` (or shards with `model.safetensors.index.json`) and
 `tokenizer.json` (+ `tokenizer_config.json`, ...). `load_causal_lm(DIR)` builds the
 KerasHub backbone of the family from the checkpoint's own values and ports the weights
-with KerasHub 0.32's converters (`keras_hub/src/utils/transformers/convert_*.py`),
+with KerasHub 0.32's Transformers checkpoint converters,
 read through `tfpg.hf.safetensors` (float32, bfloat16 and float16 files).
 
 What tfpg reads itself, because those converters miss it or get it wrong:

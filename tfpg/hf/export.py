@@ -6,7 +6,7 @@ vLLM read:
 
 * `model.safetensors`: every weight under transformers' name and layout, in the
   policy's dtype (its variables' dtype: float32, bfloat16, ...). The names and
-  layouts are KerasHub's own export maps (`keras_hub/src/utils/transformers/export/`),
+  layouts are KerasHub's own Transformers export maps,
   completed where they fall short: Gemma's key / value projections with more than
   one key-value head, Gemma 2's four norms, Qwen 3's query / key norms. A tied
   output embedding is not written twice (transformers ties `lm_head` itself).
@@ -85,9 +85,12 @@ def export_transformers(policy, directory, tokenizer=None, merge_lora=True,
         `directory`.
 
     Example:
-    >>> policy = tfpg.KerasHubPolicy.from_preset("hf/Qwen2.5-0.5B", lora_rank=8)
-    >>> tfpg.export_transformers(policy, "out/merged")              # full checkpoint
-    >>> tfpg.export_transformers(policy, "out/adapters", merge_lora=False, format="peft")
+    >>> policy = tfpg.KerasHubPolicy.from_preset("hf/Qwen2.5-0.5B", lora_rank=8)  # doctest: +SKIP
+    >>> tfpg.export_transformers(policy, "out/merged")  # doctest: +SKIP
+    'out/merged'
+    >>> # LoRA adapters alone:
+    >>> tfpg.export_transformers(policy, "out/adapters", merge_lora=False,  # doctest: +SKIP
+    ...                          format="peft")
     """
     _check_arguments(policy, format, merge_lora)
     from tfpg import __version__

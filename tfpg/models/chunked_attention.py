@@ -31,7 +31,7 @@ def split_rows(tensor, chunks, chunk):
 
 
 def _large_negative(dtype):
-    # Keras' value for masked logits (keras.src.backend.tensorflow.nn).
+    # Keras' value for masked logits (its TensorFlow backend's).
     return tf.constant(tf.as_dtype(dtype).max * -0.7, dtype)
 
 

@@ -115,8 +115,9 @@ class KerasHubBackbone(SerializesWrapped, keras.layers.Layer):
         hub_backbone: a `keras_hub.models.Backbone` of one of `FAMILIES`.
 
     Example:
-    >>> trunk = KerasHubBackbone(causal_lm.backbone)
-    >>> hidden = trunk(token_ids, padding_mask=mask)            # [B, T, hidden_dim]
+    >>> trunk = KerasHubBackbone(causal_lm.backbone)  # doctest: +SKIP
+    >>> # hidden: [B, T, hidden_dim]
+    >>> hidden = trunk(token_ids, padding_mask=mask)  # doctest: +SKIP
     """
 
     wrapped = "hub_backbone"

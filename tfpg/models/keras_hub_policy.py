@@ -73,8 +73,9 @@ class KerasHubPolicy(Policy):
             CausalLM preprocessor's).
 
     Example:
-    >>> policy = tfpg.KerasHubPolicy.from_preset("gpt2_base_en", lora_rank=8)
-    >>> logits = policy(ids, padding_mask=mask)            # [B, T, 50257] float32
+    >>> policy = tfpg.KerasHubPolicy.from_preset("gpt2_base_en", lora_rank=8)  # doctest: +SKIP
+    >>> # logits: [B, T, 50257] float32
+    >>> logits = policy(ids, padding_mask=mask)  # doctest: +SKIP
     """
 
     # jit_compile="auto" compiles the decode loop with XLA on CPU too (tfpg.xla).

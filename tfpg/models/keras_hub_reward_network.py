@@ -26,8 +26,9 @@ class KerasHubRewardNetwork(ScoreNormalization, SerializesWrapped, keras.Model):
             backbone) of a supported family, or a `KerasHubBackbone`.
 
     Example:
-    >>> scorer = KerasHubRewardNetwork.from_preset("gpt2_base_en")
-    >>> scores = scorer(ids, padding_mask=mask)               # [B]
+    >>> scorer = KerasHubRewardNetwork.from_preset("gpt2_base_en")  # doctest: +SKIP
+    >>> # scores: [B]
+    >>> scores = scorer(ids, padding_mask=mask)  # doctest: +SKIP
     """
 
     wrapped = "backbone"

@@ -21,8 +21,9 @@ class KerasHubValueNetwork(SerializesWrapped, keras.Model):
             `keras_hub.models.CausalLM` (its backbone) of a supported family.
 
     Example:
-    >>> critic = tfpg.ValueNetwork.from_policy(policy)        # policy: a KerasHubPolicy
-    >>> values = critic(ids, padding_mask=mask)               # [B, T]
+    >>> # policy: a KerasHubPolicy; values: [B, T]
+    >>> critic = tfpg.ValueNetwork.from_policy(policy)  # doctest: +SKIP
+    >>> values = critic(ids, padding_mask=mask)  # doctest: +SKIP
     """
 
     wrapped = "backbone"

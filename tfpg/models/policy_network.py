@@ -26,7 +26,7 @@ class PolicyNetwork(BackboneModel, Policy):
     """
 
     # Special ids: `Policy`'s defaults, tfpg's `Tokenizer` convention (pad 0, BOS 1,
-    # EOS 2; pad and BOS never sampled, DESIGN.md "Conventions").
+    # EOS 2; pad and BOS never sampled).
     head_name = "lm_head"           # the vocabulary projection: logits [..., V]
     head_units = None
 
