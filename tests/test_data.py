@@ -1,6 +1,5 @@
 """Tests for tfpg.data: dataset builders and file readers."""
 
-import doctest
 import re
 
 import keras
@@ -8,7 +7,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfpg import data
 from tfpg.data import (DataError, language_model_dataset, prompt_dataset, read_file,
                        read_jsonl, read_tsv, read_txt)
 from tfpg.text import Tokenizer
@@ -22,10 +20,6 @@ def tok():
 
 def as_lists(batch):
     return tf.nest.map_structure(lambda t: t.numpy().tolist(), batch)
-
-
-def test_module_docstring_examples_run():
-    assert doctest.testmod(data).failed == 0
 
 
 def test_language_model_pairs_are_shifted_and_right_padded(tok):

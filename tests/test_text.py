@@ -1,6 +1,5 @@
 """Tests for tfpg.text: Tokenizer and the in-graph StringToIds / IdsToString layers."""
 
-import doctest
 import json
 import os
 
@@ -31,10 +30,6 @@ def char_tok():
 def left_pad(rows):
     width = max(len(r) for r in rows)
     return [[0] * (width - len(r)) + r for r in rows]
-
-
-def test_module_docstring_examples_run():
-    assert doctest.testmod(text).failed == 0
 
 
 def test_special_ids():

@@ -1,7 +1,5 @@
 """`tfpg.run.pretraining.pretrain` (maximum likelihood as one call) and `copy_policy`."""
 
-import doctest
-
 import keras
 import numpy as np
 import pytest
@@ -114,11 +112,3 @@ def test_a_float32_copy_of_a_mixed_precision_policy(task):
     for a, b in zip(policy.get_weights(), copy.get_weights()):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(copy(ids), policy(ids), atol=0.05)     # float16 rounding
-
-
-def test_pretrain_docstring_example_runs():
-    finder = doctest.DocTestFinder()
-    runner = doctest.DocTestRunner()
-    for test in finder.find(pipeline.pretrain, "pretrain", globs=vars(pipeline)):
-        runner.run(test)
-    assert runner.failures == 0 and runner.tries > 0
