@@ -1,5 +1,6 @@
 """tfpg: policy-gradient fine-tuning of Keras language models.
 
+Example:
 >>> import tfpg
 >>> tok = tfpg.Tokenizer.from_texts(["one plus two is three"], level="word")
 >>> policy = tfpg.PolicyNetwork(tok.vocabulary_size, embedding_dim=32, hidden_dim=64)

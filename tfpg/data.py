@@ -261,6 +261,7 @@ def pad_ids(rows, side="left", pad_id=0, multiple=1, min_width=0):
         (ids int32 [B, T], mask int32 [B, T], 1 = real token), T the longest row
         (at least `min_width`) rounded up to a multiple of `multiple`.
 
+    Example:
     >>> pad_ids([[5, 6], [7]], "left")[0].tolist()
     [[5, 6], [0, 7]]
     """
@@ -437,6 +438,7 @@ def read_txt(path, prompt_limit=None):
 
     `prompt_limit`: a `PromptLimit` applied to each line (each is a prompt).
 
+    Example:
     >>> import tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "t.txt")
     >>> _ = open(path, "w").write("a b\\n\\nc\\n")
@@ -458,6 +460,7 @@ def read_tsv(path, prompt_limit=None):
     str (`prompt_dataset` accepts both). A line without a tab is a `DataError`.
     `prompt_limit`: a `PromptLimit` applied to each prompt.
 
+    Example:
     >>> import tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "t.tsv")
     >>> _ = open(path, "w").write("1 + 1\\t2\\nhi\\thello\\they\\n")
@@ -489,6 +492,7 @@ def read_jsonl(path, prompt_limit=None):
     line nested deeper than `tfpg.guards.bounds.MAX_JSON_DEPTH` is a `DataError`.
     `prompt_limit`: a `PromptLimit` applied to each prompt.
 
+    Example:
     >>> import tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "t.jsonl")
     >>> _ = open(path, "w").write('{"prompt": "hi", "reference": "yo", "id": 7}\\n')

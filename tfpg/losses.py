@@ -457,6 +457,7 @@ def bradley_terry_loss(chosen_scores, rejected_scores, margin=0.0):
     Returns:
       float32 ``[B]``.
 
+    Example:
     >>> round(float(bradley_terry_loss(tf.constant([1.0]), tf.constant([0.0]))[0]), 5)
     0.31326
     """

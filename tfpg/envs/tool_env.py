@@ -19,6 +19,7 @@ all. Outputs longer than
 `max_output_chars` are cut. Tool outputs are observations: they are tokenised
 with the policy's tokenizer and never trained on.
 
+Example:
 >>> from tfpg.text import Tokenizer
 >>> tok = Tokenizer.from_texts(["<calc>0123456789*</calc> error:timeout"], level="char")
 >>> env = ToolEnv({"calc": calculator}, tok)
@@ -49,6 +50,7 @@ def calculator(expression, max_digits=30):
     A safe `eval` for the `calc` tool: anything but integer literals and those
     operators raises ValueError, and so do results longer than `max_digits` digits.
 
+    Example:
     >>> calculator("417*38"), calculator("(7 - 9) * 3")
     (15846, -6)
     """

@@ -19,6 +19,7 @@ def copy_policy(policy, trainable=True, dtype=None):
     Returns:
         The copy, built.
 
+    Example:
     >>> import tfpg
     >>> policy = tfpg.PolicyNetwork(vocab_size=20, embedding_dim=8, hidden_dim=8)
     >>> reference = copy_policy(policy, trainable=False)

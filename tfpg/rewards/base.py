@@ -87,6 +87,7 @@ class Reward:
     batch) -> float32 [B]` with TensorFlow ops (or `tf.numpy_function`), so
     they work inside `tf.function`.
 
+    Example:
     >>> class Ones(Reward):
     ...     def __call__(self, prompt_ids, completion_ids, completion_mask, batch):
     ...         return tf.ones(tf.shape(completion_ids)[:1])
@@ -172,6 +173,7 @@ def completion_token_mask(completion_ids, completion_mask, eos_id=2):
         float32 [B, N], 1 = text token. Which ids those are never matters: in
         KerasHub vocabularies id 0 is a real token.
 
+    Example:
     >>> completion_token_mask(tf.constant([[0, 6, 2, 7]]), tf.constant([[1., 1., 1., 0.]])).numpy()
     array([[1., 1., 0., 0.]], dtype=float32)
     """
@@ -199,6 +201,7 @@ def completion_tokens(completion_ids, completion_mask, eos_id=2, pad_id=0):
     Returns:
         int32 [B, N], still aligned with the input.
 
+    Example:
     >>> completion_tokens(tf.constant([[5, 6, 2, 7]]), tf.constant([[1., 1., 1., 0.]])).numpy()
     array([[5, 6, 0, 0]], dtype=int32)
     """
@@ -242,6 +245,7 @@ def compact_ids(ids, mask=None):
         (compacted int32 [..., T], lengths int32 [...]); positions from a row's
         length on hold 0, which can be a real id: tell them by the length.
 
+    Example:
     >>> [x.numpy().tolist() for x in compact_ids(tf.constant([[0, 5, 0, 6]]))]
     [[[5, 6, 0, 0]], [2]]
     >>> [x.numpy().tolist() for x in compact_ids(tf.constant([[9, 0, 5, 9]]),
@@ -309,6 +313,7 @@ def compute_rewards(reward_fn, prompt_ids, completion_ids, completion_mask, batc
     Returns:
         A `RewardResult`.
 
+    Example:
     >>> result = compute_rewards(lambda p, c, m, b: tf.constant([1.0, float("nan")]),
     ...                          tf.ones([2, 1], tf.int32), tf.ones([2, 3], tf.int32),
     ...                          tf.ones([2, 3]), {}, on_invalid="skip")

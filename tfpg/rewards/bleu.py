@@ -269,6 +269,7 @@ def sentence_bleu(hypothesis_ids, reference_ids, max_order=4, smoothing="method1
         float32 [B]. The computation runs in float64; rounding the result to
         float32 changes it by less than 6e-8, well inside the 1e-6 parity.
 
+    Example:
     >>> hyp = tf.constant([[4, 5, 6, 7, 8], [4, 4, 0, 0, 0]])
     >>> refs = tf.constant([[4, 5, 6, 7, 8], [4, 5, 0, 0, 0]])
     >>> [round(float(x), 4) for x in sentence_bleu(hyp, refs)]
@@ -344,6 +345,7 @@ def corpus_bleu(hypotheses, references, max_order=4, smoothing="none",
 
     Note the argument order (hypotheses first) differs from nltk's.
 
+    Example:
     >>> corpus_bleu([["a", "b", "c", "d"], ["a", "b"]], [[["a", "b", "c", "d"]], [["a", "c"]]])
     0.6756000774035172
     """
@@ -412,6 +414,7 @@ class BLEU(Reward):
             (0 for tfpg's `Tokenizer`).
         name: defaults to "BLEU".
 
+    Example:
     >>> reward = BLEU()
     >>> completion = tf.constant([[4, 5, 6, 7, 2, 0]])
     >>> reward(None, completion, tf.constant([[1., 1., 1., 1., 1., 0.]]),

@@ -20,6 +20,7 @@ class WeightedSum(Reward):
             weight 1) or `[(name, reward, weight), ...]`.
         name: defaults to "WeightedSum".
 
+    Example:
     >>> from tfpg.rewards.length import Length
     >>> total = WeightedSum({"long": (Length(), 0.5), "short": (Length(target=0), 2.0)})
     >>> total(None, tf.constant([[5, 6, 2]]), tf.ones([1, 3]), {}).numpy()

@@ -33,6 +33,7 @@ class Keyword(Reward):
             column; None: the tokenizer's `pad_id`, or 0 (tfpg's `Tokenizer`).
         name: defaults to "Keyword".
 
+    Example:
     >>> reward = Keyword([7, [8, 9]])
     >>> reward(None, tf.constant([[7, 8, 5, 9, 2]]), tf.ones([1, 5]), {}).numpy()
     array([0.5], dtype=float32)

@@ -19,6 +19,7 @@ class Length(Reward):
         eos_id: the EOS id (None: the EOS, if any, counts as a token).
         name: defaults to "Length".
 
+    Example:
     >>> Length(target=2)(None, tf.constant([[5, 6, 7, 2]]), tf.ones([1, 4]), {}).numpy()
     array([-1.], dtype=float32)
     """

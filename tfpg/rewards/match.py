@@ -43,6 +43,7 @@ class ExactMatch(Reward):
             the tokenizer's `pad_id`, or 0 (tfpg's `Tokenizer`) without one.
         name: defaults to "ExactMatch".
 
+    Example:
     >>> reward = ExactMatch(answer_key="reference")
     >>> reward(None, tf.constant([[7, 2, 0], [7, 8, 2]]), tf.constant([[1., 1., 0.], [1., 1., 1.]]),
     ...        {"reference": tf.constant([[7, 0], [7, 9]])}).numpy()

@@ -26,6 +26,7 @@ class OverlongPenalty(Reward):
         buffer: length of the soft zone before it (DAPO's L_cache), >= 1.
         name: defaults to "OverlongPenalty".
 
+    Example:
     >>> OverlongPenalty(4, 2)(None, tf.zeros([3, 5], tf.int32),
     ...                       tf.constant([[1., 1, 0, 0, 0], [1., 1, 1, 0, 0],
     ...                                    [1., 1, 1, 1, 1]]), {}).numpy()

@@ -31,6 +31,7 @@ class Perplexity(Reward):
         mode: "mean_log_prob" or "neg_perplexity".
         name: defaults to "Perplexity".
 
+    Example:
     >>> uniform = lambda ids: tf.zeros(tf.concat([tf.shape(ids), [4]], 0))  # 4-way uniform
     >>> Perplexity(uniform, mode="neg_perplexity")(
     ...     tf.constant([[1, 3]]), tf.constant([[3, 2]]), tf.ones([1, 2]), {}).numpy()

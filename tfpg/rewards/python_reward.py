@@ -85,6 +85,7 @@ class PythonReward(Reward):
             list[str]`); None passes token ids.
         name: defaults to the function's name.
 
+    Example:
     >>> def short(prompts, completions):
     ...     return [1.0 if len(c) < 3 else 0.0 for c in completions]
     >>> reward = PythonReward(short)

@@ -57,6 +57,7 @@ class RewardModel(Reward):
         metadata: JSON-serialisable dict saved with the model (e.g. held-out
             accuracy).
 
+    Example:
     >>> import keras
     >>> inputs = keras.Input([None], dtype="int32")
     >>> count = keras.layers.Lambda(lambda x: keras.ops.sum(keras.ops.cast(x > 0, "float32"), 1))
@@ -373,6 +374,7 @@ def train_reward_from_labels(texts, labels, tokenizer, embedding_dim=32, hidden_
         A `RewardModel` (with `tokenizer`, so it can be saved); its `.model` is
         the trained `keras.Model` and `.history` the `fit` history.
 
+    Example:
     >>> from tfpg.text import Tokenizer
     >>> texts = ["good film", "bad film", "good good", "bad bad"] * 8
     >>> tok = Tokenizer.from_texts(texts)

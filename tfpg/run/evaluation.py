@@ -24,6 +24,7 @@ def reference_metrics(completions, references):
         {"bleu": corpus BLEU x 100 over whitespace words, "exact_match": the fraction
         of completions equal to one of their references, spaces at the ends ignored}.
 
+    Example:
     >>> reference_metrics(["a b c d", "x"], ["a b c d", ["y", " x "]])["exact_match"]
     1.0
     """

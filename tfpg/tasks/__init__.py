@@ -11,6 +11,7 @@
 * "guess" (multi-turn): find a hidden number from a simulated user's higher /
   lower answers; the reward falls with the number of turns.
 
+Example:
 >>> task = get_task("translate", seed=1, num_train=8, num_heldout=4, num_pretrain=16)
 >>> task.name, task.level, task.primary_metric
 ('translate', 'word', 'bleu')
@@ -34,6 +35,7 @@ TASKS = dict(zip(TASK_NAMES, (ArithmeticTask, TranslateTask, KeywordsTask, Prefe
 def get_task(name, **options):
     """Builds the task called `name` with its `options` (e.g. `seed=0`).
 
+    Example:
     >>> get_task("arithmetic", seed=3, flaw_rate=0.7, num_pretrain=10).flaw_rate
     0.7
     >>> get_task("chess")  # doctest: +ELLIPSIS

@@ -21,6 +21,7 @@ operands by default: a 128-unit LSTM learns them (most-significant digit first, 
 people write sums) from the 6000 teaching examples in about 40 epochs, a minute on
 two CPU cores; three digits take several times longer.
 
+Example:
 >>> task = ArithmeticTask(seed=0, num_train=4, num_heldout=2, num_pretrain=6)
 >>> task.train.prompts[0], task.train.references[0]
 ('34+96=', '130')
@@ -42,6 +43,7 @@ _PROMPT = re.compile(r"^\s*(\d+)\+(\d+)=\s*$")
 def carry_free_sum(a, b):
     """The sum written column by column without carrying (each digit sum mod 10).
 
+    Example:
     >>> carry_free_sum(457, 38), carry_free_sum(500, 500), carry_free_sum(12, 34)
     (485, 0, 46)
     """
@@ -55,6 +57,7 @@ def carry_free_sum(a, b):
 def has_carry(a, b):
     """True when adding a and b carries in at least one column.
 
+    Example:
     >>> has_carry(457, 38), has_carry(12, 34)
     (True, False)
     """
@@ -155,6 +158,7 @@ class ArithmeticTask(Task):
         with the carry-dropped sum, the teacher's flaw). `split` is not needed:
         the answers follow from the prompts.
 
+        Example:
         >>> task = ArithmeticTask(num_train=1, num_heldout=1, num_pretrain=1)
         >>> metrics = task.evaluate(["15+17=", "15+17=", "11+22="], ["32", "22", "33"])
         >>> [metrics[k] for k in ("exact_match_carry", "exact_match_no_carry", "dropped_carry")]

@@ -16,6 +16,7 @@ algorithm:
 Every generator draws from `numpy.random.default_rng(seed)` only, so the same
 options give the same data on every machine.
 
+Example:
 >>> from tfpg.tasks import get_task
 >>> task = get_task("arithmetic", seed=0, num_train=8, num_heldout=4, num_pretrain=16)
 >>> len(task.train), len(task.heldout), task.primary_metric

@@ -19,6 +19,7 @@ the final answer, so policy-gradient fine-tuning is what makes the model use the
 tool every time. Held-out metrics: "accuracy", "tool_call_rate" (episodes with at
 least one call) and "calls_per_episode".
 
+Example:
 >>> task = CalculatorTask(seed=0, num_train=4, num_heldout=2, num_pretrain=4)
 >>> task.evaluate(["417*38=", "417*38="], ["calc(417*38)=15846\\n15846", "16680"])
 {'accuracy': 0.5, 'tool_call_rate': 0.5, 'calls_per_episode': 0.5}

@@ -17,6 +17,7 @@ learns the teacher's random guesses; the reward, falling with every turn, is wha
 pushes the policy towards the middle of the interval. Held-out metrics:
 "success_rate" and "mean_turns" (episodes that fail count `max_turns`).
 
+Example:
 >>> task = GuessTask(seed=0, num_train=4, num_heldout=2, num_pretrain=4)
 >>> task.heldout.extras["target"]
 [5, 1]

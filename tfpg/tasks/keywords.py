@@ -23,6 +23,7 @@ is measured by the trainer. A quarter of the (determiner, noun) pairs ("this alb
 are held out: their sentence starts occur neither in the teaching corpus nor among
 the fine-tuning prompts.
 
+Example:
 >>> task = KeywordsTask(seed=0, num_train=4, num_heldout=2, num_pretrain=4)
 >>> task.evaluate(["the soup", "my song"], ["was lovely .", "seemed loud today ."])
 {'satisfaction': 0.5, 'distinct_1': 0.8571428571428571, 'distinct_2': 1.0}
@@ -60,6 +61,7 @@ _HELDOUT_FRACTION = 0.25
 class KeywordPresent(rewards.Reward):
     """1.0 when any of `keyword_ids` occurs in the completion (before EOS), else 0.0.
 
+    Example:
     >>> reward = KeywordPresent([7, 9])
     >>> reward(None, tf.constant([[5, 9, 2, 0], [5, 6, 2, 7]]),
     ...        tf.constant([[1., 1., 1., 0.], [1., 1., 1., 0.]]), {}).numpy()
@@ -86,6 +88,7 @@ class KeywordPresent(rewards.Reward):
 def distinct_n(completions, n):
     """Distinct n-grams over all completions / total n-grams (0.0 when there are none).
 
+    Example:
     >>> distinct_n(["a b a", "a b"], 1), distinct_n(["a b a", "a b"], 2)
     (0.4, 0.6666666666666666)
     """

@@ -37,6 +37,7 @@ combinations (one request each of 12 topics), which occur neither in the teachin
 corpus nor among the fine-tuning prompts or training pairs; every topic word occurs
 in training texts.
 
+Example:
 >>> task = PreferenceTask(seed=0, num_pairs=8, num_heldout_pairs=4, num_train=4,
 ...                       num_heldout=2, num_pretrain=8)
 >>> task.utility("sure , the rain is very clear and vague .")
@@ -71,6 +72,7 @@ _HELDOUT_COMBINATIONS = 12     # of the 48 (request, topic) prompts
 def utility_terms(words):
     """The gold utility's properties of a completion (list of words).
 
+    Example:
     >>> utility_terms("the rain is clear and clear and vague .".split())
     {'good': 1, 'bad': 1, 'keyword': 0, 'length': 9}
     """

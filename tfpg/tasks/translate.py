@@ -28,6 +28,7 @@ against the correct references rewards agreement, so fine-tuning can lift BLEU
 further. Held-out sources never occur in the teaching data or the fine-tuning
 prompts.
 
+Example:
 >>> task = TranslateTask(seed=0, num_train=4, num_heldout=2, num_pretrain=4)
 >>> task.translations("the big cat sleeps")
 ['la kata granda dormas', 'la kata granda reposas', 'la kata magna dormas', \
@@ -240,6 +241,7 @@ class TranslateTask(Task):
     def translations(source):
         """Every valid translation of a source sentence (with or without "=>").
 
+        Example:
         >>> TranslateTask.translations("some girls follow a dog =>")[:2]
         ['unas filaj un kano ka sekvan', 'unas filaj un kano ka trakan']
         """
@@ -262,6 +264,7 @@ class TranslateTask(Task):
         (total completion words / total closest-reference words) and
         "exact_match" (fraction of completions equal to a valid translation).
 
+        Example:
         >>> task = TranslateTask(num_train=2, num_heldout=2, num_pretrain=2)
         >>> refs = [r[0] for r in task.heldout.references]
         >>> task.evaluate(task.heldout.prompts, refs)

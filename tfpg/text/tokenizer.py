@@ -143,6 +143,7 @@ class Tokenizer(ChatTemplateMixin):
         `min_frequency` times are dropped; `max_vocab` caps the total size,
         the 4 special tokens included.
 
+        Example:
         >>> Tokenizer.from_texts(["b a b", "c"], max_vocab=6).vocabulary
         ['<pad>', '<bos>', '<eos>', '<unk>', 'b', 'a']
         """
@@ -219,6 +220,7 @@ class Tokenizer(ChatTemplateMixin):
         Unknown tokens become `unk_id`; no EOS is added. Raises ValueError for
         bytes that are not valid UTF-8.
 
+        Example:
         >>> tok = Tokenizer.from_texts(["a b c"])
         >>> tok.encode(["a b c", "  "], max_length=3)
         [[1, 4, 5], [1]]
@@ -261,6 +263,7 @@ class Tokenizer(ChatTemplateMixin):
         EOS on is ignored, unk decodes to "<unk>". Raises ValueError for ids
         outside `[0, vocabulary_size)`.
 
+        Example:
         >>> tok = Tokenizer.from_texts(["a b"])
         >>> tok.decode([[0, 1, 4, 5, 2, 4], [1, 3]])
         ['a b', '<unk>']
@@ -399,6 +402,7 @@ class StringToIds(keras.layers.Layer):
     left-padded with 0 to P, the longest row in the batch (BOS first, no EOS).
     Invalid UTF-8 is replaced with U+FFFD instead of raising.
 
+    Example:
     >>> tok = Tokenizer.from_texts(["a b c"])
     >>> tok.string_to_ids_layer()(tf.constant(["a b", "c"])).numpy().tolist()
     [[1, 4, 5], [0, 1, 6]]
@@ -468,6 +472,7 @@ class IdsToString(keras.layers.Layer):
     ""). Ids outside the vocabulary decode to "<unk>" instead of raising, because
     a serving graph has no good way to report a per-row error.
 
+    Example:
     >>> tok = Tokenizer.from_texts(["a b"])
     >>> tok.ids_to_string_layer()(tf.constant([[0, 1, 4, 5, 2, 4]])).numpy().tolist()
     [b'a b']
