@@ -359,27 +359,32 @@ def generate(policy, prompt_ids, max_new_tokens=32, sampler="sample", temperatur
     """Samples completions of left-padded prompts.
 
     Args:
-        policy: a `tfpg.models.Policy` (`PolicyNetwork`, `KerasHubPolicy`); anything
+        policy: `tfpg.models.Policy`. A `PolicyNetwork` or `KerasHubPolicy`; anything
             else is refused (TypeError, one line: `tfpg.models.check_policy`).
-        prompt_ids: int [B, P], left-padded.
-        max_new_tokens: completion length N (int or scalar tensor); 0 gives empty
+        prompt_ids: int tensor [B, P]. The prompts, left-padded.
+        max_new_tokens: int or scalar tensor. The completion length N; 0 gives empty
             outputs. An int is bounded before anything is allocated
             (`check_decode_size`): >= 0, inside a positional policy's `max_length`
             with the prompt, and a decode that fits `tfpg.guards.bounds.decode_memory_limit()`.
-        sampler: "greedy" (argmax), "sample" (full softmax), "top_k" or "top_p".
+        sampler: str. "greedy" (argmax), "sample" (full softmax), "top_k" or "top_p".
             `top_k` / `top_p` apply whenever given; the samplers of those names only
             supply defaults (50 and 0.9).
-        temperature: softmax temperature (> 0 and finite).
-        eos_id: a sequence stops after this token; None never stops early; "auto"
-            (the default) takes the policy's `eos_id`.
-        seed: int or int [2] tensor for reproducible sampling; None draws a fresh one.
-        suppress_ids: ids that are never sampled, besides the policy's
-            `structural_ids` (pad and BOS), which never are.
-        jit_compile: compile the decode loop with XLA; "auto" picks the faster choice
-            for the device type (off on CPU, on with a GPU / TPU: see `tfpg.xla`).
-            XLA draws other random numbers than the plain graph for the same seed.
-        prompt_mask: int or bool [B, P], 1 for real prompt tokens; None takes every id
-            but the policy's `pad_id` (0 for tfpg's models) as real.
+        temperature: float. The softmax temperature (> 0 and finite).
+        top_k: int or None. Sample among the `top_k` most likely tokens.
+        top_p: float or None. Sample among the most likely tokens whose probabilities
+            sum to `top_p` (nucleus sampling).
+        eos_id: int, None or "auto". A sequence stops after this token; None never
+            stops early; "auto" (the default) takes the policy's `eos_id`.
+        seed: int, int [2] tensor or None. For reproducible sampling; None draws a
+            fresh one.
+        suppress_ids: list of int or None. Ids that are never sampled, besides the
+            policy's `structural_ids` (pad and BOS), which never are.
+        jit_compile: bool or "auto". Compile the decode loop with XLA; "auto" picks
+            the faster choice for the device type (off on CPU, on with a GPU / TPU: see
+            `tfpg.xla`). XLA draws other random numbers than the plain graph for the
+            same seed.
+        prompt_mask: int or bool tensor [B, P], or None. 1 for real prompt tokens;
+            None takes every id but the policy's `pad_id` (0 for tfpg's models) as real.
 
     Returns:
         `GenerationOutput(token_ids, mask, log_probs)`, each [B, N].

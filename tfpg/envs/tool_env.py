@@ -154,7 +154,8 @@ class ToolEnv(TurnEnv):
             rows) -> float [n]`; None gives 0.
         turn_end: token that ends a turn besides EOS (see `TurnEnv`).
         timeout: seconds a turn's tool calls may take together.
-        open_tag, close_tag: format strings of the call tags ({name}: the tool).
+        open_tag: format string of the opening call tag ({name}: the tool).
+        close_tag: format string of the closing call tag ({name}: the tool).
         result_format: observation of a call that worked ({output}).
         error_format: observation of one that did not ({error}).
         max_output_chars: outputs and errors are cut to this many characters.

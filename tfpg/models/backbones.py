@@ -27,14 +27,14 @@ class BackboneModel(keras.Model):
     `call`.
 
     Args:
-        vocab_size: the number of token ids.
-        embedding_dim: the embedding width (the Transformer's model width).
-        hidden_dim: the recurrent state size (the Transformer's feed-forward width).
-        backbone: one of "lstm", "gru", "transformer".
-        num_layers: stacked recurrent layers or Transformer blocks.
-        num_heads: attention heads (Transformer).
-        dropout: dropout rate inside the backbone.
-        max_length: the longest sequence (the Transformer's position table).
+        vocab_size: int. The number of token ids.
+        embedding_dim: int. The embedding width (the Transformer's model width).
+        hidden_dim: int. The recurrent state size (the Transformer's feed-forward width).
+        backbone: str. One of "lstm", "gru", "transformer".
+        num_layers: int. Stacked recurrent layers or Transformer blocks.
+        num_heads: int. Attention heads (Transformer).
+        dropout: float. Dropout rate inside the backbone.
+        max_length: int. The longest sequence (the Transformer's position table).
         **kwargs: `keras.Model` arguments (`name`, `dtype`, ...).
     """
 

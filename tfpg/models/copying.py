@@ -9,12 +9,12 @@ def copy_policy(policy, trainable=True, dtype=None):
     config, built in the current strategy's scope, holding a copy of its weights.
 
     Args:
-        policy: the model to copy (built first if it is not).
-        trainable: False for a frozen copy, e.g. the KL reference of a fine-tuning
-            run; True to fine-tune a copy of a pre-trained policy.
-        dtype: the copy's dtype policy, e.g. "float32" to evaluate or export a
-            mixed-precision policy (its weights are float32 already; only the
-            compute dtype changes); None: the policy's own.
+        policy: `keras.Model`. The model to copy (built first if it is not).
+        trainable: bool. False for a frozen copy, e.g. the KL reference of a
+            fine-tuning run; True to fine-tune a copy of a pre-trained policy.
+        dtype: str or None. The copy's dtype policy, e.g. "float32" to evaluate or
+            export a mixed-precision policy (its weights are float32 already; only
+            the compute dtype changes); None: the policy's own.
 
     Returns:
         The copy, built.

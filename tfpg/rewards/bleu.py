@@ -337,8 +337,9 @@ def corpus_bleu(hypotheses, references, max_order=4, smoothing="none",
             hypotheses, or a list (one per hypothesis) of lists of token sequences.
         max_order: longest n-gram; uniform weights.
         smoothing: "none" (nltk's default) or "method1" ... "method4".
-        hypothesis_mask, reference_mask: for id arrays, 1 = real token, as in
-            `sentence_bleu`; None: id 0 is padding.
+        hypothesis_mask: for id arrays, 1 = real token, as in `sentence_bleu`;
+            None: id 0 is padding.
+        reference_mask: the same for the references.
 
     Returns:
         Python float.

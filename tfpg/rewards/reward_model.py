@@ -365,7 +365,8 @@ def train_reward_from_labels(texts, labels, tokenizer, embedding_dim=32, hidden_
         texts: list of strings, encoded with `tokenizer.encode(..., add_bos=False)`.
         labels: one number per text.
         tokenizer: a `tfpg.Tokenizer`.
-        embedding_dim, hidden_dim: widths of the embedding and the hidden layer.
+        embedding_dim: int. The width of the embedding.
+        hidden_dim: int. The width of the hidden layer.
         max_length: texts are cut to this many tokens.
         epochs, batch_size, learning_rate, validation_split, verbose: as in Keras.
         seed: seeds initialisers and shuffling (the global seed is untouched).

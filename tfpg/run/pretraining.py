@@ -121,23 +121,23 @@ def pretrain(texts, tokenizer, epochs, *, policy=None, seed=0, batch_size=64,
     `max_sequence_length` next-token pairs; longer texts are cut into windows).
 
     Args:
-        texts: the training texts, a list of strings.
-        tokenizer: the `tfpg.Tokenizer` that encodes them.
-        epochs: passes over `texts`.
-        policy: a `PolicyNetwork` to train (in place); None builds a new one of
+        texts: list of str. The training texts.
+        tokenizer: `tfpg.Tokenizer`. Encodes the texts.
+        epochs: int. Passes over `texts`.
+        policy: `PolicyNetwork` or None. The policy to train (in place); None builds a new one of
             `tokenizer.vocabulary_size` tokens from `embedding_dim`, `hidden_dim`,
             `backbone`, `num_layers` and `max_length` (the `tfpg train` defaults).
-        seed: seeds Keras first (`keras.utils.set_random_seed`: a new policy's
+        seed: int. Seeds Keras first (`keras.utils.set_random_seed`: a new policy's
             initial weights) and the order of the texts in every epoch.
-        batch_size: windows per batch.
-        learning_rate: of the Adam optimizer made when `optimizer` is None.
-        optimizer: a Keras optimizer to use instead; give the same one to a later
+        batch_size: int. Windows per batch.
+        learning_rate: float. The learning rate of the Adam optimizer made when `optimizer` is None.
+        optimizer: `keras.optimizers.Optimizer` or None. Used instead; give the same one to a later
             call to train on with its state (moments, step count).
-        max_sequence_length: the longest window, in next-token pairs.
-        callbacks, verbose: passed to `fit`.
+        max_sequence_length: int. The longest window, in next-token pairs.
+        callbacks: list of `keras.callbacks.Callback`. Passed to `fit`.
+        verbose: int. Passed to `fit`.
 
     Example:
-
     >>> from tfpg import generate
     >>> from tfpg.tasks import get_task
     >>> task = get_task("arithmetic", seed=0, num_train=8, num_heldout=8, num_pretrain=64)
