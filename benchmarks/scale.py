@@ -346,7 +346,7 @@ def add_ratios(row):
 
 
 def markdown_table(rows):
-    """The README's table of a results file's rows."""
+    """The markdown table (docs/real-sizes.md) of a results file's rows."""
     lines = ["| V | N | kl | group | tfpg peak GiB | TRL peak GiB | tfpg / TRL | tfpg step s "
              "| TRL step s | tfpg / TRL | tfpg CPU s | TRL CPU s | tfpg / TRL | tfpg after GiB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

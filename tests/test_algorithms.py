@@ -176,7 +176,7 @@ def test_options_are_validated():
 # a group trainer with KL and two epochs, and the critic's clipped multi-epoch step
 # (SCST, RLOO and A2C share their code paths; `python tests/scripts/mirrored_step.py`
 # runs all six).
-MIRRORED = ["reinforce", "grpo", "ppo"]
+MIRRORED = ["grpo", "ppo"]     # REINFORCE, SCST, RLOO and A2C share their paths
 
 
 def test_one_step_under_mirrored_strategy_equals_single_device():

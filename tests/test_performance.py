@@ -161,7 +161,7 @@ def test_sequence_path_equals_the_keras_layer_with_gradients(cell):
 
 def test_jit_compile_auto_follows_the_device_type():
     from tfpg.xla import has_accelerator, resolve_jit_compile
-    # On CPU the plain graph is as fast or faster (README "Performance"); with a GPU
+    # On CPU the plain graph is as fast or faster (docs/performance.md); with a GPU
     # or TPU the decode loop is compiled.
     assert resolve_jit_compile("auto") is has_accelerator()
     assert resolve_jit_compile(True) is True and resolve_jit_compile(False) is False

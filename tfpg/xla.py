@@ -4,7 +4,7 @@
 take "auto" by default, which this module resolves per device type to the faster
 choice:
 
-* CPU: off. Measured on the 2-core CI machine (README "Performance";
+* CPU: off. Measured on the 2-core CI machine (docs/performance.md;
   `benchmarks/generation.py`, `benchmarks/training.py`): XLA generation runs at
   0.90-1.09x the plain graph for LSTM / GRU; for the Transformer 0.97-1.12x at 32
   new tokens but 0.72-0.78x at 128 (XLA's cache update is not in place); a

@@ -67,8 +67,8 @@ class TrainerMetrics:
                 self._trackers[name].update_state(value)
             elif name not in self.unlogged_metrics():
                 raise ValueError(f"{type(self).__name__} computes {name!r} but does not "
-                                 "log it: add it to metric_names() (and the README's "
-                                 "metrics table) or to unlogged_metrics()")
+                                 "log it: add it to metric_names() (and to the metrics "
+                                 "table of docs/algorithms.md) or to unlogged_metrics()")
 
     def record_rollout_metrics(self, rollout):
         """Records the rollout's logs: reward mean and std over valid rows (all

@@ -16,8 +16,8 @@ class RewardLogger(_GlobalStep):
 
     Every numeric scalar in the logs is recorded under its own name: the trainers'
     `reward`, `reward_std`, `kl`, `entropy`, `completion_length`,
-    `truncated_fraction`, `reward/<component>`, losses (the README's metrics table
-    lists them all), and `val_*` entries at epoch end.
+    `truncated_fraction`, `reward/<component>`, losses (the metrics table of
+    docs/algorithms.md lists them all), and `val_*` entries at epoch end.
 
     The TensorBoard step is always the global train step (also that of
     `SampleLogger`'s tables), and each value is written once:
