@@ -130,6 +130,25 @@ def test_save_load_keeps_the_files_byte_for_byte(tokenizers_of, tmp_path):
     assert loaded.decode(tokenizer.encode("café 12345")) == "café 12345"
 
 
+
+def test_save_load_keeps_a_chat_template_set_on_the_tokenizer(tmp_path):
+    # A fresh tokenizer: the module fixture's must not get a template set on it.
+    tokenizer = HFTokenizer.from_directory(checkpoint("gpt2"))
+    tokenizer.save(tmp_path / "plain.json")
+    plain = json.loads((tmp_path / "plain.json").read_text(encoding="utf-8"))
+    assert "chat_template" not in plain           # none set: only the files are kept
+    template = tmp_path / "t.jinja"
+    template.write_text("{{ eos_token }}{% for m in messages %}<{{ m.role }}>{{ m.content }}"
+                        "{% endfor %}")
+    tokenizer.chat_template = str(template)
+    tokenizer.save(tmp_path / "templated.json")
+    loaded = KerasHubTokenizer.load(tmp_path / "templated.json")
+    assert isinstance(loaded, HFTokenizer)
+    assert loaded.chat_template.source == template.read_text()
+    assert loaded.apply_chat_template([{"role": "user", "content": "hi"}]) == \
+        "<|endoftext|><user>hi"
+    assert KerasHubTokenizer.load(tmp_path / "plain.json").chat_template_config() is None
+
 @pytest.mark.parametrize("text, pieces", [
     # Llama 3's split, hand-derived: digits in threes, case-insensitive contractions,
     # a whitespace run before a word leaves its last space to the word, a run ending

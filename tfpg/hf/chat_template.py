@@ -546,6 +546,20 @@ class ChatTemplateMixin:
         given = self._chat_template_given
         return None if given is None else given.get_config()
 
+    def save_chat_template(self, payload):
+        """Adds the template set on the tokenizer (`chat_template_config`), if any, to
+        the JSON `payload` its `save` writes; returns the payload."""
+        config = self.chat_template_config()
+        if config is not None:
+            payload["chat_template"] = config
+        return payload
+
+    def restore_chat_template(self, payload):
+        """Sets the template a `save` payload keeps, if any; returns the tokenizer."""
+        if payload.get("chat_template") is not None:
+            self.chat_template = payload["chat_template"]
+        return self
+
     def apply_chat_template(self, messages, add_generation_prompt=True, tools=None,
                             **kwargs):
         """Renders one conversation with the tokenizer's chat template, as

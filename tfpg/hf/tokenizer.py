@@ -312,10 +312,8 @@ class HFTokenizer(KerasHubTokenizer):
         payload = {"format": FORMAT, "version": VERSION, "hf_files": self.hf_files}
         if self.sentencepiece_proto is not None:
             payload["proto"] = base64.b64encode(self.sentencepiece_proto).decode("ascii")
-        template = getattr(self, "chat_template_config", lambda: None)()
-        if template is not None:     # one set on it, besides the files' own
-            payload["chat_template"] = template
-        write_json_atomically(os.fspath(path), payload, indent=None)
+        # A template set on it is kept besides the files' own.
+        write_json_atomically(os.fspath(path), self.save_chat_template(payload), indent=None)
 
     @classmethod
     def from_payload(cls, payload):
@@ -324,9 +322,7 @@ class HFTokenizer(KerasHubTokenizer):
         proto = payload.get("proto")
         tokenizer = cls(payload["hf_files"],
                         sentencepiece_proto=None if proto is None else base64.b64decode(proto))
-        if payload.get("chat_template") is not None:
-            tokenizer.chat_template = payload["chat_template"]
-        return tokenizer
+        return tokenizer.restore_chat_template(payload)
 
     def __repr__(self):
         return (f"HFTokenizer({self.kind}, vocabulary_size={self.vocabulary_size}, "

@@ -219,9 +219,7 @@ class KerasHubTokenizer(ChatTemplateMixin):
         else:
             payload["vocabulary"] = hub.vocabulary
             payload["merges"] = list(hub.merges)
-        if self.chat_template_config() is not None:
-            payload["chat_template"] = self.chat_template_config()
-        write_json_atomically(os.fspath(path), payload, indent=None)
+        write_json_atomically(os.fspath(path), self.save_chat_template(payload), indent=None)
 
     @classmethod
     def load(cls, path):
@@ -250,10 +248,7 @@ class KerasHubTokenizer(ChatTemplateMixin):
         else:
             config["config"]["vocabulary"] = payload["vocabulary"]
             config["config"]["merges"] = payload["merges"]
-        tokenizer = cls(keras.saving.deserialize_keras_object(config))
-        if payload.get("chat_template") is not None:
-            tokenizer.chat_template = payload["chat_template"]
-        return tokenizer
+        return cls(keras.saving.deserialize_keras_object(config)).restore_chat_template(payload)
 
     def __repr__(self):
         return (f"KerasHubTokenizer({type(self.hub_tokenizer).__name__}, "

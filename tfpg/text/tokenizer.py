@@ -323,9 +323,7 @@ class Tokenizer(ChatTemplateMixin):
         path = os.fspath(path)
         payload = {"format": _FORMAT, "version": _VERSION, "level": self._level,
                    "vocabulary": self._vocabulary}
-        if self.chat_template_config() is not None:
-            payload["chat_template"] = self.chat_template_config()
-        write_json_atomically(path, payload)
+        write_json_atomically(path, self.save_chat_template(payload))
 
     @classmethod
     def load(cls, path):
@@ -349,12 +347,10 @@ class Tokenizer(ChatTemplateMixin):
             raise ValueError(f"{path}: unsupported tokenizer version "
                              f"{payload.get('version')!r} (this tfpg reads version {_VERSION})")
         try:
-            tokenizer = cls(payload["vocabulary"], level=payload["level"])
-            if payload.get("chat_template") is not None:
-                tokenizer.chat_template = payload["chat_template"]
+            return cls(payload["vocabulary"], level=payload["level"]).restore_chat_template(
+                payload)
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{path}: corrupt tokenizer file ({e})") from None
-        return tokenizer
 
     def __repr__(self):
         return f"Tokenizer(level={self._level!r}, vocabulary_size={self.vocabulary_size})"
