@@ -190,6 +190,28 @@ def test_load_rejects_bad_files_with_one_line_error(tmp_path, content, message):
     assert "\n" not in str(info.value)
 
 
+
+@pytest.mark.parametrize("content, kind", [
+    (b"\x89PNG\r\n", "invalid JSON: 'utf-8' codec can't decode byte 0x89"),
+    (b"{\"format\": ", "invalid JSON: Expecting value"),
+    (b"[1, 2]", "missing \"format\""),
+])
+def test_tokenizer_and_marker_files_are_read_by_one_parser(tmp_path, content, kind):
+    from tfpg.text.tokenizer import read_json_marker
+    path = tmp_path / "f.json"
+    path.write_bytes(content)
+    for read, what in [
+            (Tokenizer.load, "tfpg tokenizer file"),
+            (lambda p: read_json_marker(p, "tfpg.SavedModel", 1, "tfpg export", "export"),
+             "tfpg export marker")]:
+        with pytest.raises(ValueError) as info:
+            read(str(path))
+        assert str(info.value).startswith(f"{path}: not a {what} ({kind}"), str(info.value)
+    path.write_text('{"format": "tfpg.SavedModel", "version": 3}')
+    with pytest.raises(ValueError, match=r"^M: unsupported export version 3 \(this tfpg "
+                                         r"reads version 1\)$"):
+        read_json_marker(str(path), "tfpg.SavedModel", 1, "tfpg export", "export", where="M")
+
 def test_load_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         Tokenizer.load(tmp_path / "nope.json")

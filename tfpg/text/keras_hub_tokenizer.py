@@ -24,7 +24,6 @@ SavedModel exported with this tokenizer needs `import tensorflow_text` first.
 """
 
 import base64
-import json
 import os
 
 import keras
@@ -32,7 +31,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfpg.hf.chat_template import ChatTemplateMixin
-from tfpg.text.tokenizer import _check_max_length, _check_truncate, _left_pad
+from tfpg.text.tokenizer import (_check_max_length, _check_truncate, _left_pad,
+                                 read_versioned_json)
 from tfpg.guards.locking import write_json_atomically
 
 FORMAT = "tfpg.KerasHubTokenizer"
@@ -226,18 +226,8 @@ class KerasHubTokenizer(ChatTemplateMixin):
         """Reads a file written by `save`."""
         import keras_hub  # noqa: F401  (registers the KerasHub tokenizer classes)
         import tensorflow_text  # noqa: F401  (its ops: needed to load an export too)
-        path = os.fspath(path)
-        with open(path, encoding="utf-8") as f:
-            try:
-                payload = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: not a tokenizer file (invalid JSON: {e.msg})") \
-                    from None
-        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-            raise ValueError(f"{path}: not a tfpg KerasHub tokenizer file")
-        if payload.get("version") != VERSION:
-            raise ValueError(f"{path}: unsupported KerasHub tokenizer version "
-                             f"{payload.get('version')!r}")
+        payload = read_versioned_json(os.fspath(path), FORMAT, VERSION,
+                                      "tfpg KerasHub tokenizer file", "KerasHub tokenizer")
         if "hf_files" in payload:     # a transformers checkpoint's tokenizer (tfpg.hf)
             from tfpg.hf.tokenizer import HFTokenizer
             return HFTokenizer.from_payload(payload)

@@ -333,19 +333,8 @@ class Tokenizer(ChatTemplateMixin):
         path and the problem) for anything that is not a valid tokenizer file.
         """
         path = os.fspath(path)
-        with open(path, "rb") as f:
-            raw = f.read()
-        try:
-            payload = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: not a tfpg tokenizer file (invalid JSON: "
-                             f"{str(e).splitlines()[0]})") from None
-        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-            raise ValueError(f"{path}: not a tfpg tokenizer file "
-                             f"(missing \"format\": \"{_FORMAT}\")")
-        if payload.get("version") != _VERSION:
-            raise ValueError(f"{path}: unsupported tokenizer version "
-                             f"{payload.get('version')!r} (this tfpg reads version {_VERSION})")
+        payload = read_versioned_json(path, _FORMAT, _VERSION, "tfpg tokenizer file",
+                                      "tokenizer")
         try:
             return cls(payload["vocabulary"], level=payload["level"]).restore_chat_template(
                 payload)
@@ -356,22 +345,29 @@ class Tokenizer(ChatTemplateMixin):
         return f"Tokenizer(level={self._level!r}, vocabulary_size={self.vocabulary_size})"
 
 
-def read_json_marker(path, format_name, version, marker, versioned, where=None):
+def read_versioned_json(path, format_name, version, kind, versioned, where=None):
     """The JSON object in `path` that names itself `{"format": format_name, "version":
-    version}` (the marker files of exports and saved models), or a one-line ValueError:
-    invalid JSON, "not a {marker} marker", or "{where}: unsupported {versioned} version"."""
+    version}` (tfpg's tokenizer files and the marker files of exports and saved
+    models), or a one-line ValueError: "{path}: not a {kind}" (invalid JSON, or no such
+    "format") or "{where}: unsupported {versioned} version". A missing file is a
+    FileNotFoundError."""
     try:
         with open(path, encoding="utf-8") as f:
             info = json.load(f)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: invalid JSON ({str(e).splitlines()[0]})") from None
+        raise ValueError(f"{path}: not a {kind} (invalid JSON: "
+                         f"{str(e).splitlines()[0]})") from None
     if not isinstance(info, dict) or info.get("format") != format_name:
-        raise ValueError(f"{path}: not a {marker} marker "
-                         f"(missing \"format\": \"{format_name}\")")
+        raise ValueError(f"{path}: not a {kind} (missing \"format\": \"{format_name}\")")
     if info.get("version") != version:
         raise ValueError(f"{where or path}: unsupported {versioned} version "
                          f"{info.get('version')!r} (this tfpg reads version {version})")
     return info
+
+
+def read_json_marker(path, format_name, version, marker, versioned, where=None):
+    """`read_versioned_json` of a marker file: "not a {marker} marker" where it is none."""
+    return read_versioned_json(path, format_name, version, f"{marker} marker", versioned, where)
 
 
 def _split(text, level):
