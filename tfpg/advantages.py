@@ -68,9 +68,9 @@ def discounted_returns(rewards, mask, gamma=1.0):
     (``G = 0`` after the last real token: no bootstrap).
 
     Args:
-      rewards: float32 ``[B, T]`` per-token rewards.
-      mask: float32 ``[B, T]``, 1 = real token.
-      gamma: scalar discount.
+      rewards: float32 tensor ``[B, T]``. Per-token rewards.
+      mask: float32 tensor ``[B, T]``. 1 = real token.
+      gamma: float. Discount.
 
     Returns:
       float32 ``[B, T]`` returns, 0 at masked positions.
@@ -103,13 +103,13 @@ def generalized_advantage_estimation(rewards, values, mask, gamma=1.0, lam=0.95)
     ``r_t + gamma * V_{t'} - V_t`` (A2C).
 
     Args:
-      rewards: float32 ``[B, T]`` per-token rewards (e.g. a sequence score on the last
-        real token plus a per-token KL penalty).
-      values: float32 ``[B, T]`` value estimates ``V(s_t)`` of the state each token
-        was sampled from.
-      mask: float32 ``[B, T]``, 1 = real token.
-      gamma: scalar discount.
-      lam: scalar GAE lambda.
+      rewards: float32 tensor ``[B, T]``. Per-token rewards (e.g. a sequence score on
+        the last real token plus a per-token KL penalty).
+      values: float32 tensor ``[B, T]``. Value estimates ``V(s_t)`` of the state each
+        token was sampled from.
+      mask: float32 tensor ``[B, T]``. 1 = real token.
+      gamma: float. Discount.
+      lam: float. GAE lambda.
 
     Returns:
       advantages: float32 ``[B, T]``, 0 at masked positions.
@@ -150,10 +150,10 @@ def temporal_difference_advantages(rewards, values, mask, gamma=1.0):
     """One-step TD advantages ``r_t + gamma * V_{t'} - V_t`` (A2C): GAE with ``lam=0``.
 
     Args:
-      rewards: float32 ``[B, T]``.
-      values: float32 ``[B, T]``.
-      mask: float32 ``[B, T]``, 1 = real token.
-      gamma: scalar discount.
+      rewards: float32 tensor ``[B, T]``.
+      values: float32 tensor ``[B, T]``.
+      mask: float32 tensor ``[B, T]``. 1 = real token.
+      gamma: float. Discount.
 
     Returns:
       advantages: float32 ``[B, T]``; returns: float32 ``[B, T]`` = TD targets
@@ -169,13 +169,13 @@ def whiten(values, mask=None, shift_mean=True, epsilon=1e-8, sum_fn=None):
     when ``mask`` is None); the variance is the population variance (``ddof=0``).
 
     Args:
-      values: float32 ``[B, T]`` or ``[B]`` (any shape).
-      mask: float32, same shape as ``values``, or None.
-      shift_mean: if False, the mean is added back (only the scale changes).
-      epsilon: added to the variance.
-      sum_fn: applied to the local sums (count, sum, sum of squares) before they
-        are divided; a cross-replica all-reduce here whitens with the statistics of
-        the global batch. None keeps them local.
+      values: float32 tensor ``[B, T]`` or ``[B]``. Any shape.
+      mask: float32 tensor or None. Same shape as ``values``, or None.
+      shift_mean: bool. If False, the mean is added back (only the scale changes).
+      epsilon: float. Added to the variance.
+      sum_fn: callable or None. Applied to the local sums (count, sum, sum of squares)
+        before they are divided; a cross-replica all-reduce here whitens with the
+        statistics of the global batch. None keeps them local.
 
     Returns:
       float32, same shape as ``values``: ``(x - mean) / sqrt(var + epsilon)``
@@ -221,12 +221,12 @@ def update_moving_average(average, count, rewards, decay=0.9, weights=None):
     An empty batch leaves the state unchanged.
 
     Args:
-      average: float32 ``[]`` current average.
-      count: ``[]`` number of updates so far (any real dtype; float32 fits a Keras
-        variable).
-      rewards: float32 ``[B]`` this batch's rewards.
-      decay: scalar in ``[0, 1)``.
-      weights: optional float32 ``[B]``: the batch mean is ``sum(w r) / sum(w)``
+      average: float32 tensor ``[]``. Current average.
+      count: float tensor ``[]``. Number of updates so far (any real dtype; float32 fits
+        a Keras variable).
+      rewards: float32 tensor ``[B]``. This batch's rewards.
+      decay: float. In ``[0, 1)``.
+      weights: float32 tensor ``[B]`` or None. The batch mean is ``sum(w r) / sum(w)``
         (0 for skipped samples); a batch of total weight 0 is empty.
 
     Returns:
@@ -289,9 +289,10 @@ def leave_one_out_baseline(rewards, group_size, valid=None):
     """Mean of the other ``K - 1`` rewards of each sample's group (RLOO baseline).
 
     Args:
-      rewards: float32 ``[B * K]``, each prompt's ``K`` samples in consecutive rows.
-      group_size: Python int ``K >= 2``.
-      valid: optional float32 ``[B * K]``, 0 for skipped samples: the mean is then
+      rewards: float32 tensor ``[B * K]``. Each prompt's ``K`` samples in consecutive
+        rows.
+      group_size: int. ``K >= 2``.
+      valid: float32 tensor ``[B * K]`` or None. 0 for skipped samples: the mean is then
         over the other *valid* samples (0 where there is none).
 
     Returns:
@@ -314,9 +315,9 @@ def rloo_advantages(rewards, group_size, valid=None):
     [0.5, 0.5, 0, -1]).
 
     Args:
-      rewards: float32 ``[B * K]``, groups in consecutive rows.
-      group_size: Python int ``K >= 2``.
-      valid: optional float32 ``[B * K]``, 1 = a scored sample.
+      rewards: float32 tensor ``[B * K]``. Groups in consecutive rows.
+      group_size: int. ``K >= 2``.
+      valid: float32 tensor ``[B * K]`` or None. 1 = a scored sample.
 
     Returns:
       float32 ``[B * K]``.
@@ -370,13 +371,14 @@ def group_normalized_advantages(rewards, group_size, scale_by_std=True, epsilon=
     gives [0.577, 0.577, 0, -1.155], as TRL.
 
     Args:
-      rewards: float32 ``[B * K]``, each prompt's ``K`` samples in consecutive rows.
-      group_size: Python int ``K >= 2``.
-      scale_by_std: "group" / "batch" / "none", or a bool (True = "group").
-      epsilon: added to the standard deviation.
-      valid: optional float32 ``[B * K]``, 1 = a scored sample.
-      sum_fn: applied to the batch sums of "batch" scaling (a cross-replica
-        all-reduce takes the standard deviation of the global batch).
+      rewards: float32 tensor ``[B * K]``. Each prompt's ``K`` samples in consecutive
+        rows.
+      group_size: int. ``K >= 2``.
+      scale_by_std: str or bool. "group" / "batch" / "none", or a bool (True = "group").
+      epsilon: float. Added to the standard deviation.
+      valid: float32 tensor ``[B * K]`` or None. 1 = a scored sample.
+      sum_fn: callable or None. Applied to the batch sums of "batch" scaling (a
+        cross-replica all-reduce takes the standard deviation of the global batch).
 
     Returns:
       advantages: float32 ``[B * K]``.
@@ -416,11 +418,11 @@ def standardize(values, valid=None, epsilon=1e-4, sum_fn=None):
     batch-level normalisations (RLOO's ``normalize_advantages``, GDPO's last step).
 
     Args:
-      values: float32 ``[B]``.
-      valid: optional float32 ``[B]``, 1 = counted (default all); others give 0.
-      epsilon: added to the standard deviation.
-      sum_fn: applied to the batch sums (a cross-replica all-reduce normalises over
-        the global batch).
+      values: float32 tensor ``[B]``.
+      valid: float32 tensor ``[B]`` or None. 1 = counted (default all); others give 0.
+      epsilon: float. Added to the standard deviation.
+      sum_fn: callable or None. Applied to the batch sums (a cross-replica all-reduce
+        normalises over the global batch).
 
     Returns:
       float32 ``[B]``, 0 at invalid entries.
@@ -450,13 +452,13 @@ def normalize_then_sum_advantages(components, weights, group_size, valid=None,
     an objective is constant contributes 0 for it.
 
     Args:
-      components: float32 ``[B * K, C]``: each sample's unweighted objectives, groups
-        in consecutive rows.
-      weights: ``C`` floats.
-      group_size: Python int ``K >= 2``.
-      valid: optional float32 ``[B * K]``, 1 = a scored sample.
-      epsilon: added to the standard deviations.
-      sum_fn: cross-replica sum for the batch statistics.
+      components: float32 tensor ``[B * K, C]``. Each sample's unweighted objectives,
+        groups in consecutive rows.
+      weights: list of float. ``C`` floats.
+      group_size: int. ``K >= 2``.
+      valid: float32 tensor ``[B * K]`` or None. 1 = a scored sample.
+      epsilon: float. Added to the standard deviations.
+      sum_fn: callable or None. Cross-replica sum for the batch statistics.
 
     Returns:
       float32 ``[B * K]``.
@@ -474,8 +476,8 @@ def sequence_score_to_token_rewards(scores, mask):
     """Places each sequence's score on its last real token.
 
     Args:
-      scores: float32 ``[B]`` one score per completion.
-      mask: float32 ``[B, T]``, 1 = real token.
+      scores: float32 tensor ``[B]``. One score per completion.
+      mask: float32 tensor ``[B, T]``. 1 = real token.
 
     Returns:
       float32 ``[B, T]``: ``scores[b]`` at the index of the last 1 of ``mask[b]``,
@@ -494,8 +496,8 @@ def broadcast_sequence_advantages(advantages, mask):
     """Gives every real token its sequence's advantage.
 
     Args:
-      advantages: float32 ``[B]``.
-      mask: float32 ``[B, T]``, 1 = real token.
+      advantages: float32 tensor ``[B]``.
+      mask: float32 tensor ``[B, T]``. 1 = real token.
 
     Returns:
       float32 ``[B, T]``: ``advantages[b]`` at real tokens, 0 elsewhere.

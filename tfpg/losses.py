@@ -73,14 +73,14 @@ def token_log_probs(logits, token_ids, temperature=1.0, mask=None):
     tokens were sampled with, so the log-probs are those of the sampling distribution.
 
     Args:
-      logits: ``[B, T, V]`` (any float dtype; computed in float32). Entries may be
-        ``-inf`` for filtered-out tokens.
-      token_ids: int ``[B, T]`` chosen ids; ``logits[:, t]`` is the distribution
+      logits: float tensor ``[B, T, V]``. Any float dtype; computed in float32. Entries
+        may be ``-inf`` for filtered-out tokens.
+      token_ids: int tensor ``[B, T]``. Chosen ids; ``logits[:, t]`` is the distribution
         ``token_ids[:, t]`` was drawn from.
-      temperature: scalar ``> 0``.
-      mask: optional float32 ``[B, T]``. When given, masked positions return exactly 0
-        (recommended: a pad id after EOS may lie outside the top-k support, where its
-        log-prob is ``-inf`` and ``exp`` / products of it give NaN gradients).
+      temperature: float. Scalar ``> 0``.
+      mask: float32 tensor ``[B, T]`` or None. When given, masked positions return
+        exactly 0 (recommended: a pad id after EOS may lie outside the top-k support,
+        where its log-prob is ``-inf`` and ``exp`` / products of it give NaN gradients).
 
     Returns:
       float32 ``[B, T]``.
@@ -99,8 +99,8 @@ def entropy(logits, temperature=1.0):
     ``-inf`` logits (zero-probability entries) contribute 0, in value and gradient.
 
     Args:
-      logits: ``[B, T, V]`` (any float dtype; computed in float32).
-      temperature: scalar ``> 0``.
+      logits: float tensor ``[B, T, V]``. Any float dtype; computed in float32.
+      temperature: float. Scalar ``> 0``.
 
     Returns:
       float32 ``[B, T]`` in nats.
@@ -126,9 +126,9 @@ def kl_penalty(log_probs, ref_log_probs, estimator="k1"):
     reference model is normally frozen).
 
     Args:
-      log_probs: float32 ``[B, T]`` log-probs under the policy.
-      ref_log_probs: float32 ``[B, T]`` log-probs under the reference policy.
-      estimator: one of ``KL_ESTIMATORS``.
+      log_probs: float32 tensor ``[B, T]``. Log-probs under the policy.
+      ref_log_probs: float32 tensor ``[B, T]``. Log-probs under the reference policy.
+      estimator: str. One of ``KL_ESTIMATORS``.
 
     Returns:
       float32 ``[B, T]``.
@@ -149,9 +149,10 @@ def full_kl(logits, ref_logits, temperature=1.0):
     """Exact ``KL(pi || ref) = sum_v pi(v) (log pi(v) - log ref(v))`` at every position.
 
     Args:
-      logits: ``[B, T, V]`` policy logits; ``-inf`` entries (probability 0) contribute 0.
-      ref_logits: ``[B, T, V]`` reference logits.
-      temperature: scalar ``> 0`` applied to both.
+      logits: float tensor ``[B, T, V]``. Policy logits; ``-inf`` entries (probability 0)
+        contribute 0.
+      ref_logits: float tensor ``[B, T, V]``. Reference logits.
+      temperature: float. Scalar ``> 0`` applied to both.
 
     Returns:
       float32 ``[B, T]`` (``inf`` where ``ref`` gives 0 probability to a token that
@@ -190,16 +191,17 @@ def ppo_clipped_surrogate(log_probs, old_log_probs, advantages, clip_epsilon=0.2
     ``advantages`` and ``old_log_probs`` are wrapped in ``tf.stop_gradient``.
 
     Args:
-      log_probs: float32 ``[B, T]`` under the current policy (differentiable).
-      old_log_probs: float32 ``[B, T]`` under the policy that sampled the tokens.
-      advantages: float32 ``[B, T]``.
-      clip_epsilon: scalar (the lower clip; also the upper one by default).
-      mask: optional float32 ``[B, T]``; masked positions get ``ratio = 1`` and
-        ``loss = clipped = 0`` (guards against ``-inf`` log-probs there).
-        Required for ``importance_sampling_level="sequence"``.
-      clip_epsilon_high: optional scalar upper clip.
+      log_probs: float32 tensor ``[B, T]``. Under the current policy (differentiable).
+      old_log_probs: float32 tensor ``[B, T]``. Under the policy that sampled the
+        tokens.
+      advantages: float32 tensor ``[B, T]``.
+      clip_epsilon: float. The lower clip; also the upper one by default.
+      mask: float32 tensor ``[B, T]`` or None. Masked positions get ``ratio = 1`` and
+        ``loss = clipped = 0`` (guards against ``-inf`` log-probs there). Required for
+        ``importance_sampling_level="sequence"``.
+      clip_epsilon_high: float or None. Upper clip.
       importance_sampling_level: "token" or "sequence".
-      delta: optional cap of the unclipped ratio (two-sided clipping).
+      delta: float or None. Cap of the unclipped ratio (two-sided clipping).
 
     Returns:
       loss: float32 ``[B, T]``.
@@ -228,9 +230,9 @@ def importance_ratio(log_probs, old_log_probs, mask=None, importance_sampling_le
     tokens. Masked positions get exactly 1 (no ``-inf`` reaches ``exp``).
 
     Args:
-      log_probs: float32 ``[B, T]`` under the current policy (differentiable).
-      old_log_probs: float32 ``[B, T]`` under the sampling policy (no gradient).
-      mask: optional float32 ``[B, T]``; required for ``"sequence"``.
+      log_probs: float32 tensor ``[B, T]``. Under the current policy (differentiable).
+      old_log_probs: float32 tensor ``[B, T]``. Under the sampling policy (no gradient).
+      mask: float32 tensor ``[B, T]`` or None. Required for ``"sequence"``.
       importance_sampling_level: "token" or "sequence".
 
     Returns:
@@ -260,9 +262,11 @@ def clip_ratio_indicators(ratio, advantages, clip_epsilon, clip_epsilon_high=Non
     ``r = min(ratio, delta)`` where ``delta`` is set (TRL tests the capped ratio).
 
     Args:
-      ratio: float32 ``[B, T]`` importance ratios.
-      advantages: float32 ``[B, T]``.
-      clip_epsilon, clip_epsilon_high, delta: as :func:`ppo_clipped_surrogate`.
+      ratio: float32 tensor ``[B, T]``. Importance ratios.
+      advantages: float32 tensor ``[B, T]``.
+      clip_epsilon: float. As :func:`ppo_clipped_surrogate`.
+      clip_epsilon_high: float or None. As :func:`ppo_clipped_surrogate`.
+      delta: float or None. As :func:`ppo_clipped_surrogate`.
 
     Returns:
       (low, high): float32 ``[B, T]`` each, in {0, 1}.
@@ -286,10 +290,10 @@ def cispo_loss(log_probs, ratio, advantages, clip_max):
     ``epsilon_high``, 5.0 in ScaleRL), not ``1 + eps``.
 
     Args:
-      log_probs: float32 ``[B, T]`` (differentiable; 0 at masked positions).
-      ratio: float32 ``[B, T]`` importance ratios (no gradient is taken).
-      advantages: float32 ``[B, T]``.
-      clip_max: scalar upper bound of the weight.
+      log_probs: float32 tensor ``[B, T]``. Differentiable; 0 at masked positions.
+      ratio: float32 tensor ``[B, T]``. Importance ratios (no gradient is taken).
+      advantages: float32 tensor ``[B, T]``.
+      clip_max: float. Upper bound of the weight.
 
     Returns:
       loss: float32 ``[B, T]``; clipped: float32 ``[B, T]``, TRL's
@@ -312,9 +316,10 @@ def sapo_loss(ratio, advantages, temperature_pos=1.0, temperature_neg=1.05):
     ``-A * grad ratio`` (the plain policy gradient); far from 1 it fades smoothly.
 
     Args:
-      ratio: float32 ``[B, T]`` importance ratios (differentiable).
-      advantages: float32 ``[B, T]``.
-      temperature_pos, temperature_neg: gate temperatures (> 0).
+      ratio: float32 tensor ``[B, T]``. Importance ratios (differentiable).
+      advantages: float32 tensor ``[B, T]``.
+      temperature_pos: float. The gate temperature where ``A > 0`` (> 0).
+      temperature_neg: float. The gate temperature elsewhere (> 0).
 
     Returns:
       float32 ``[B, T]``.
@@ -336,10 +341,14 @@ def vespo_weights(log_probs, old_log_probs, advantages, mask, k_pos=2.0, lambda_
     ``get_gamma_weights``, computed in log space).
 
     Args:
-      log_probs, old_log_probs: float32 ``[B, T]``.
-      advantages: float32 ``[B, T]`` (a row's advantage on its real tokens).
-      mask: float32 ``[B, T]``.
-      k_pos, lambda_pos, k_neg, lambda_neg: the gamma shapes.
+      log_probs: float32 tensor ``[B, T]``.
+      old_log_probs: float32 tensor ``[B, T]``.
+      advantages: float32 tensor ``[B, T]``. A row's advantage on its real tokens.
+      mask: float32 tensor ``[B, T]``.
+      k_pos: float. The gamma shape ``k`` where ``A >= 0``.
+      lambda_pos: float. The gamma shape ``lam`` where ``A >= 0``.
+      k_neg: float. The gamma shape ``k`` where ``A < 0``.
+      lambda_neg: float. The gamma shape ``lam`` where ``A < 0``.
 
     Returns:
       float32 ``[B, T]``: each row's weight on every position (no gradient).
@@ -366,11 +375,12 @@ def off_policy_sequence_mask(log_probs, old_log_probs, advantages, mask, thresho
     moved away from is what destabilises; good samples are always kept.
 
     Args:
-      log_probs: float32 ``[B, T]`` under the current policy (no gradient taken).
-      old_log_probs: float32 ``[B, T]`` under the sampling policy.
-      advantages: float32 ``[B, T]``.
-      mask: float32 ``[B, T]``.
-      threshold: scalar ``delta`` of the paper (e.g. 0.5).
+      log_probs: float32 tensor ``[B, T]``. Under the current policy (no gradient
+        taken).
+      old_log_probs: float32 tensor ``[B, T]``. Under the sampling policy.
+      advantages: float32 tensor ``[B, T]``.
+      mask: float32 tensor ``[B, T]``.
+      threshold: float. ``delta`` of the paper (e.g. 0.5).
 
     Returns:
       float32 ``[B, T]`` in {0, 1}: 1 = kept (every position of a kept row).
@@ -392,9 +402,9 @@ def high_entropy_mask(entropies, mask, quantile):
     >= the threshold. ``quantile=1`` keeps every real token.
 
     Args:
-      entropies: float32 ``[B, T]`` per-token entropies (no gradient is taken).
-      mask: float32 ``[B, T]``, 1 = real token.
-      quantile: Python float in ``(0, 1]``.
+      entropies: float32 tensor ``[B, T]``. Per-token entropies (no gradient is taken).
+      mask: float32 tensor ``[B, T]``. 1 = real token.
+      quantile: float. In ``(0, 1]``.
 
     Returns:
       float32 ``[B, T]`` in {0, 1}, 0 at masked positions.
@@ -420,10 +430,10 @@ def value_loss(values, returns, old_values=None, clip_range=None):
     ``returns`` and ``old_values`` are wrapped in ``tf.stop_gradient``.
 
     Args:
-      values: float32 ``[B, T]`` current value predictions (differentiable).
-      returns: float32 ``[B, T]`` targets.
-      old_values: optional float32 ``[B, T]`` predictions at rollout time.
-      clip_range: optional scalar ``c``; requires ``old_values``.
+      values: float32 tensor ``[B, T]``. Current value predictions (differentiable).
+      returns: float32 tensor ``[B, T]``. Targets.
+      old_values: float32 tensor ``[B, T]`` or None. Predictions at rollout time.
+      clip_range: float or None. The clip range ``c``; requires ``old_values``.
 
     Returns:
       float32 ``[B, T]``.
@@ -450,9 +460,9 @@ def bradley_terry_loss(chosen_scores, rejected_scores, margin=0.0):
     Computed as ``softplus(-(d))``, exact for large ``|d|``.
 
     Args:
-      chosen_scores: float32 ``[B]``.
-      rejected_scores: float32 ``[B]``.
-      margin: scalar or float32 ``[B]``.
+      chosen_scores: float32 tensor ``[B]``.
+      rejected_scores: float32 tensor ``[B]``.
+      margin: float or float32 tensor ``[B]``.
 
     Returns:
       float32 ``[B]``.
@@ -470,9 +480,9 @@ def masked_sum(x, mask, axis=None):
     """``sum(x * mask)`` over ``axis``, ignoring whatever ``x`` holds where mask is 0.
 
     Args:
-      x: float ``[B, T]`` (any shape).
-      mask: float, broadcastable to ``x``'s shape.
-      axis: reduction axis / axes (None: all).
+      x: float tensor ``[B, T]``. Any shape.
+      mask: float tensor. Broadcastable to ``x``'s shape.
+      axis: int, tuple of int or None. Reduction axis / axes (None: all).
 
     Returns:
       float32, ``x``'s shape reduced over ``axis``.
@@ -515,11 +525,11 @@ def aggregate_loss_terms(per_token, mask, mode="token_mean", normalizer=None):
     ``token_mean``, TRL's "bnpo", divides by the minibatch's own count).
 
     Args:
-      per_token: float32 ``[B, T]`` per-token loss.
-      mask: float32 ``[B, T]``, 1 = real token.
-      mode: one of ``AGGREGATION_MODES``.
-      normalizer: Python / scalar constant, required for ``"constant"`` and
-        ``"rollout_token_mean"``.
+      per_token: float32 tensor ``[B, T]``. Per-token loss.
+      mask: float32 tensor ``[B, T]``. 1 = real token.
+      mode: str. One of ``AGGREGATION_MODES``.
+      normalizer: float or None. Python / scalar constant, required for ``"constant"``
+        and ``"rollout_token_mean"``.
 
     Returns:
       numerator: float32 ``[]``; denominator: float32 ``[]``.
@@ -563,11 +573,11 @@ def aggregate_loss(per_token, mask, mode="token_mean", normalizer=None, global_d
     would weight replicas unequally whenever their token counts differ.
 
     Args:
-      per_token: float32 ``[B, T]``.
-      mask: float32 ``[B, T]``.
-      mode: one of ``AGGREGATION_MODES``.
-      normalizer: constant for ``"constant"`` mode.
-      global_denominator: optional float32 ``[]`` replacing the local denominator.
+      per_token: float32 tensor ``[B, T]``.
+      mask: float32 tensor ``[B, T]``.
+      mode: str. One of ``AGGREGATION_MODES``.
+      normalizer: float or None. Constant for ``"constant"`` mode.
+      global_denominator: float32 tensor ``[]`` or None. Replaces the local denominator.
 
     Returns:
       float32 ``[]``.
@@ -613,11 +623,12 @@ class AdvantageWeightedCrossentropy(keras.losses.Loss):
     ``examples/logged_feedback.py`` shows both.
 
     Args:
-      from_logits: whether ``y_pred`` are logits (default) or probabilities.
-      ignore_class: target id to ignore (default 0, the pad id); None ignores none.
-      reduction: Keras reduction.
-      name: loss name.
-      dtype: Keras loss dtype (default floatx, float32).
+      from_logits: bool. Whether ``y_pred`` are logits (default) or probabilities.
+      ignore_class: int or None. Target id to ignore (default 0, the pad id); None
+        ignores none.
+      reduction: str. Keras reduction.
+      name: str. Loss name.
+      dtype: str or None. Keras loss dtype (default floatx, float32).
     """
 
     def __init__(
