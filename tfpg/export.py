@@ -250,20 +250,28 @@ def export_saved_model(policy, tokenizer, path, max_new_tokens=32, sampler="gree
     """Exports `policy` and `tokenizer` as a string-in, string-out SavedModel.
 
     Args:
-        policy: a `tfpg.models.Policy` (`PolicyNetwork`, `KerasHubPolicy`); anything
-            else is refused (TypeError, one line).
-        tokenizer: the `Tokenizer` (or `KerasHubTokenizer`) the policy was trained with.
-        path: target directory. It is replaced atomically if it holds a previous
-            tfpg export; any other non-empty directory is refused, and so is a path
-            that another process is writing (it holds `PATH.lock`).
-        max_new_tokens, sampler, temperature, top_k, top_p, eos_id: generation
-            defaults of the `generate` signature (see `tfpg.generate`).
-        max_prompt_length: longer prompts keep their last tokens (BOS stays). For a
-            Transformer the default is `policy.max_length - max_new_tokens`.
-        metadata: JSON-serialisable dict stored in `tfpg_export.json`.
-        chat_template: the `tfpg.hf.chat_template.ChatTemplate` the policy's prompts
-            were rendered with (a run on conversational data), or None. It is recorded
-            in `tfpg_export.json` ("chat_template"); the signatures then take prompts
+        policy: `tfpg.models.Policy`. `PolicyNetwork`, `KerasHubPolicy`); anything else
+            is refused (TypeError, one line.
+        tokenizer: `tfpg.Tokenizer` or `tfpg.KerasHubTokenizer`. The `Tokenizer` (or
+            `KerasHubTokenizer`) the policy was trained with.
+        path: str. It is replaced atomically if it holds a previous tfpg export; any
+            other non-empty directory is refused, and so is a path that another process
+            is writing (it holds `PATH.lock`).
+        max_new_tokens: int. Generation default of the `generate` signature (see
+            `tfpg.generate`).
+        sampler: str. Generation default of the `generate` signature.
+        temperature: float. Generation default of the `generate` signature.
+        top_k: int or None. Generation default of the `generate` signature.
+        top_p: float or None. Generation default of the `generate` signature.
+        eos_id: int, None or "auto". Generation default of the `generate` signature.
+        max_prompt_length: int or None. Longer prompts keep their last tokens (BOS
+            stays). For a Transformer the default is `policy.max_length -
+            max_new_tokens`.
+        metadata: dict or None. JSON-serialisable dict stored in `tfpg_export.json`.
+        chat_template: `tfpg.hf.chat_template.ChatTemplate` or None. The
+            `tfpg.hf.chat_template.ChatTemplate` the policy's prompts were rendered with
+            (a run on conversational data), or None. It is recorded in
+            `tfpg_export.json` ("chat_template"); the signatures then take prompts
             already rendered with it (a graph cannot run Jinja) and add no BOS (the
             template writes it), and `load(path).generate` renders conversations (a
             string as one user message) before calling them.
@@ -487,11 +495,11 @@ def load(path, trust_remote_code=False):
     nothing changed since the export, not who made it; the op check is the guard.
 
     Args:
-        path: the export directory.
-        trust_remote_code: True skips the op check (not the manifest), for a graph
-            you built yourself: loading then runs whatever ops the directory holds,
-            with your rights, as `tf.saved_model.load` does. Never pass it for a
-            directory from someone else.
+        path: str. The export directory.
+        trust_remote_code: bool. True skips the op check (not the manifest), for a graph
+            you built yourself: loading then runs whatever ops the directory holds, with
+            your rights, as `tf.saved_model.load` does. Never pass it for a directory
+            from someone else.
 
     Raises FileNotFoundError (missing path) or ValueError (anything else that is not
     a complete tfpg export: a file, an empty or foreign directory, a half-written or

@@ -99,64 +99,88 @@ class PolicyGradientTrainer(RolloutCollection, PolicyUpdate, TrainerMetrics,
     """Base class of the algorithms in `tfpg.algorithms`; not used directly.
 
     Args:
-        policy: the `tfpg.models.Policy` to train (`PolicyNetwork`, `KerasHubPolicy`);
-            anything else is refused (TypeError, one line).
-        reward_fn: `reward_fn(prompt_ids, completion_ids, completion_mask, batch)
-            -> float32 [B]` (see `tfpg.rewards`). `get_config` holds a `tfpg.rewards`
-            object (or a function registered with Keras) and refuses, in one line,
-            a plain Python function (`tfpg.rewards.serialization`).
-        value_model: a `ValueNetwork` critic, for algorithms that use one.
-        reference_model: the frozen model of the KL penalty (a `Policy`, or a LoRA
-            policy's `lora_reference()`); a frozen copy of the policy (as it is at
-            construction) is made when `kl_coef > 0` and none is given.
-        max_new_tokens, sampler, temperature, top_k, top_p, eos_id, suppress_ids: the
-            sampling options of `tfpg.generate`.
-        group_size: completions sampled per prompt (RLOO / GRPO need >= 2).
-        kl_coef: weight of the KL penalty to the reference.
-        kl_estimator: "k1", "k2" or "k3" (per-token estimator of KL(pi || ref)).
-        kl_in_reward: True subtracts `kl_coef * kl_t` from the per-token reward
+        policy: `tfpg.models.Policy`. The policy to train (`PolicyNetwork`,
+            `KerasHubPolicy`); anything else is refused (TypeError, one line).
+        reward_fn: callable or `tfpg.rewards.Reward`. `reward_fn(prompt_ids,
+            completion_ids, completion_mask, batch) -> float32 [B]` (see
+            `tfpg.rewards`). `get_config` holds a `tfpg.rewards` object (or a function
+            registered with Keras) and refuses, in one line, a plain Python function
+            (`tfpg.rewards.serialization`).
+        value_model: `tfpg.models.ValueNetwork` or None. A critic, for algorithms that
+            use one.
+        reference_model: `tfpg.models.Policy` or None. The frozen model of the KL
+            penalty (a `Policy`, or a LoRA policy's `lora_reference()`); a frozen copy
+            of the policy (as it is at construction) is made when `kl_coef > 0` and
+            none is given.
+        max_new_tokens: int. The sampling option of `tfpg.generate`.
+        sampler: str. The sampling option of `tfpg.generate`.
+        temperature: float. The sampling option of `tfpg.generate`.
+        top_k: int or None. The sampling option of `tfpg.generate`.
+        top_p: float or None. The sampling option of `tfpg.generate`.
+        eos_id: int, None or "auto". The sampling option of `tfpg.generate`.
+        suppress_ids: list of int or None. The sampling option of `tfpg.generate`.
+        group_size: int. Completions sampled per prompt (RLOO / GRPO need >= 2).
+        kl_coef: float. Weight of the KL penalty to the reference.
+        kl_estimator: str. "k1", "k2" or "k3" (per-token estimator of KL(pi || ref)).
+        kl_in_reward: bool. True subtracts `kl_coef * kl_t` from the per-token reward
             (PPO / RLHF style); False adds `kl_coef * kl` to the loss (GRPO style).
-        target_kl: with a value, `kl_coef` adapts towards this KL per sequence
-            (Ziegler et al. 2019's proportional controller, horizon `kl_horizon`).
-        entropy_coef: weight of the entropy bonus.
-        value_coef: weight of the value loss.
-        num_epochs, num_minibatches: passes and minibatches over each rollout (the
-            rows split as evenly as possible: 6 rows in 4 give 1, 2, 1, 2). Only the
-            algorithms that correct for stale samples with a clipped importance
-            ratio (PPO, GRPO, RLOO) accept more than one step per rollout.
-        max_grad_norm: global-norm gradient clipping (None disables).
-        loss_aggregation: "token_mean", "sequence_mean", "sequence_sum" or
-            "constant" (sum / (B * max_new_tokens)); None takes the algorithm's default.
-        on_invalid_reward: "raise", "zero" or "skip" for NaN / inf / failing rewards.
-        reward_timeout: seconds a Python reward (`tfpg.rewards.PythonReward`) may take
-            per call (default 600); a call that takes longer fails the step naming
-            the reward and the limit ("raise") or scores the batch as invalid
-            ("zero" / "skip"). None waits for ever. In-graph rewards are not timed.
-        seed: seeds the sampling; a run with the same seed samples the same tokens.
-        env: a batched turn-level environment (`tfpg.envs.turn_env.TurnEnv`, e.g.
+        target_kl: float or None. With a value, `kl_coef` adapts towards this KL per
+            sequence (Ziegler et al. 2019's proportional controller, horizon
+            `kl_horizon`).
+        kl_horizon: int. The `target_kl` controller's horizon in sequences: a step
+            moves `kl_coef` by at most 20% times its sequences / `kl_horizon`.
+        entropy_coef: float. Weight of the entropy bonus.
+        value_coef: float. Weight of the value loss.
+        num_epochs: int. Passes over each rollout. Only the algorithms that correct
+            for stale samples with a clipped importance ratio (PPO, GRPO, RLOO) accept
+            more than one step per rollout.
+        num_minibatches: int. Minibatches of each pass (the rows split as evenly as
+            possible: 6 rows in 4 give 1, 2, 1, 2); more than one step per rollout
+            only as `num_epochs` says.
+        max_grad_norm: float or None. Global-norm gradient clipping (None disables).
+        loss_aggregation: str or None. "token_mean", "sequence_mean", "sequence_sum"
+            or "constant" (sum / (B * max_new_tokens)); None takes the algorithm's
+            default.
+        on_invalid_reward: str. "raise", "zero" or "skip" for NaN / inf / failing
+            rewards.
+        seed: int. Seeds the sampling; a run with the same seed samples the same
+            tokens.
+        env: `tfpg.envs.TurnEnv` or None. A batched turn-level environment (e.g.
             `tfpg.envs.ToolEnv`) for multi-turn episodes: the env gives the rewards
             (pass `reward_fn=None`), `max_new_tokens` is the budget of one turn, the
             rollout runs in Python between compiled turns and the update in a
             tf.function (see `tfpg.algorithms.episodes`). A Python object: a
             trainer with an env has no `get_config` (ValueError, one line).
-        max_turns: policy turns per episode with `env` (default 4).
-        head_chunk_size: completion positions the vocabulary projection (and the
-            softmax, entropy, KL inputs) runs on at once in the update and the
-            rollout's scoring (see `tfpg.algorithms.token_scores`); None: about 2^24 logits a
-            chunk (64 MB), e.g. 110 positions at V = 151,936. Memory, not results:
-            every chunk size gives the same loss and gradients.
-        gradient_checkpointing: rematerialise the transformer trunks (policy and
+        max_turns: int or None. Policy turns per episode with `env` (default 4).
+        head_chunk_size: int or None. Completion positions the vocabulary projection
+            (and the softmax, entropy, KL inputs) runs on at once in the update and the
+            rollout's scoring (see `tfpg.algorithms.token_scores`); None: about 2^24
+            logits a chunk (64 MB), e.g. 110 positions at V = 151,936. Memory, not
+            results: every chunk size gives the same loss and gradients.
+        gradient_checkpointing: bool. Rematerialise the transformer trunks (policy and
             critic; tfpg's Transformer and KerasHub backbones) block by block in the
             update's backward pass: long sequences fit in less memory, for about one
             more forward pass of compute. LSTM / GRU trunks are not affected.
-        sync_ref_model: TR-DPO's reference update (TRL's names): every
+        reward_timeout: float or None. Seconds a Python reward
+            (`tfpg.rewards.PythonReward`) may take per call (default 600); a call that
+            takes longer fails the step naming the reward and the limit ("raise") or
+            scores the batch as invalid ("zero" / "skip"). None waits for ever.
+            In-graph rewards are not timed.
+        sync_ref_model: bool. TR-DPO's reference update (TRL's names): every
             `ref_model_sync_steps` optimizer steps the KL reference becomes
             `ref_model_mixup_alpha * policy + (1 - alpha) * reference`, weight by
             weight. Needs a KL reference of its own (kl_coef > 0 or target_kl); a
             LoRA policy's reference is its own weights with the adapters off, so
             there is nothing separate to mix and it is refused (as TRL refuses PEFT).
-        ref_model_mixup_alpha: the mixing weight alpha (default 0.6, as TRL).
-        ref_model_sync_steps: optimizer steps between syncs (default 512, as TRL).
+        ref_model_mixup_alpha: float. The mixing weight alpha (default 0.6, as TRL).
+        ref_model_sync_steps: int. Optimizer steps between syncs (default 512, as TRL).
+        **kwargs: `keras.Model` arguments (`name`, ...).
+
+    Raises:
+        TypeError: `policy` or `reference_model` is not a `tfpg.models.Policy`.
+        ValueError: an option is out of range (e.g. `group_size` below the
+            algorithm's minimum, an unknown `kl_estimator`, several steps per rollout
+            for an on-policy algorithm, or a critic missing where one is needed).
     """
 
     default_loss_aggregation = "token_mean"
@@ -279,10 +303,17 @@ class PolicyGradientTrainer(RolloutCollection, PolicyUpdate, TrainerMetrics,
     def compile(self, optimizer="adam", jit_compile="auto", **kwargs):
         """Keras `compile`, with tfpg's XLA choices (see `tfpg.xla`).
 
-        jit_compile: "auto" (default) compiles the decode loop with XLA where that
-            is faster (with a GPU / TPU; not on CPU); True compiles the whole train
-            step (in-graph rewards only; a NaN reward then counts as "zero" since XLA
-            cannot raise, and `last_rollout` is not kept); False compiles nothing.
+        Args:
+            optimizer: str or `keras.optimizers.Optimizer`. As in Keras `compile`.
+            jit_compile: bool or "auto". "auto" (default) compiles the decode loop with
+                XLA where that is faster (with a GPU / TPU; not on CPU); True compiles
+                the whole train step (in-graph rewards only; a NaN reward then counts as
+                "zero" since XLA cannot raise, and `last_rollout` is not kept); False
+                compiles nothing.
+            **kwargs: other Keras `compile` arguments.
+
+        Raises:
+            ValueError: `jit_compile=True` with an `env` (its episodes run in Python).
         """
         self.jit_decode = resolve_jit_compile(jit_compile, self.policy)   # validates it too
         self._jit_compile_option = jit_compile      # for `get_compile_config`

@@ -50,11 +50,11 @@ class RewardLogger(_GlobalStep):
     * "prompt_ids" (optional): int [B, P], used by `SampleLogger` for default prompts.
 
     Args:
-        csv_path: CSV file to write, or None.
-        logdir: TensorBoard log directory, or None.
-        histogram_freq: epochs between histograms; 0 disables them.
-        log_every: train steps between points; None: one point per epoch.
-        run: the TensorBoard run (sub-directory of `logdir`).
+        csv_path: str or None. CSV file to write, or None.
+        logdir: str or None. TensorBoard log directory, or None.
+        histogram_freq: int. Epochs between histograms; 0 disables them.
+        log_every: int or None. Train steps between points; None: one point per epoch.
+        run: str. The TensorBoard run (sub-directory of `logdir`).
 
     Example:
     >>> logger = RewardLogger(csv_path="logs/run/rewards.csv", logdir="logs/run",

@@ -39,27 +39,28 @@ class SampleLogger(_GlobalStep):
     the episode's reward.
 
     Args:
-        logdir: TensorBoard log directory.
-        tokenizer: the `Tokenizer` of the policy.
-        prompts: evaluation prompts (strings, or conversations rendered with the
-            tokenizer's chat template). None takes up to 4 distinct prompts of
+        logdir: str. TensorBoard log directory.
+        tokenizer: `tfpg.Tokenizer`. The `Tokenizer` of the policy.
+        prompts: list or None. Evaluation prompts (strings, or conversations rendered
+            with the tokenizer's chat template). None takes up to 4 distinct prompts of
             the first rollout (`model.last_rollout["prompt_ids"]`, see `RewardLogger`)
             and keeps them; without one, the empty prompt (samples from BOS).
-        references: reference strings, one per prompt (shown in the table and passed
-            to the reward as `batch["reference"]`, encoded without BOS and
-            right-padded with 0).
-        every_n_steps: log every N training batches instead of every N epochs.
-        every_n_epochs: log every N epochs.
-        max_new_tokens: completion length; default the trainer's `max_new_tokens`
-            (else 32).
-        sampler: "greedy" (default, comparable across epochs) or a sampler of
+        references: list of str or None. Reference strings, one per prompt (shown in the
+            table and passed to the reward as `batch["reference"]`, encoded without BOS
+            and right-padded with 0).
+        every_n_steps: int or None. Log every N training batches instead of every N
+            epochs.
+        every_n_epochs: int. Log every N epochs.
+        max_new_tokens: int or None. Completion length; default the trainer's
+            `max_new_tokens` (else 32).
+        sampler: str. "greedy" (default, comparable across epochs) or a sampler of
             `tfpg.generate`; sampling uses the trainer's `temperature`, `top_k` and
             `top_p` and the fixed `seed`.
-        reward_fn: `reward_fn(prompt_ids, completion_ids, completion_mask, batch)`;
-            default the trainer's `reward_fn`. A reward that fails here (e.g. it
-            needs dataset columns this callback cannot supply) is reported in a
-            warning once and the reward column is left empty.
-        seed: sampling seed.
+        reward_fn: callable or None. `reward_fn(prompt_ids, completion_ids,
+            completion_mask, batch)`; default the trainer's `reward_fn`. A reward that
+            fails here (e.g. it needs dataset columns this callback cannot supply) is
+            reported in a warning once and the reward column is left empty.
+        seed: int. Sampling seed.
 
     Example:
     >>> tok = tfpg.Tokenizer.from_texts(["3 + 4 = 7", "2 + 5 = 7"], level="char")

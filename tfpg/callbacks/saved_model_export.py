@@ -27,12 +27,13 @@ class SavedModelExport(keras.callbacks.Callback):
     the export already on disk.
 
     Args:
-        path: export directory.
-        tokenizer: the policy's `Tokenizer` (its vocabulary goes into the graph).
-        every_n_epochs: epochs between exports.
-        monitor: log name to compare with `save_best_only`.
+        path: str. Export directory.
+        tokenizer: `tfpg.Tokenizer`. The policy's `Tokenizer` (its vocabulary goes into
+            the graph).
+        every_n_epochs: int. Epochs between exports.
+        monitor: str. Log name to compare with `save_best_only`.
         mode: "max" or "min".
-        save_best_only: export only on improvement.
+        save_best_only: bool. Export only on improvement.
         **generation_defaults: `max_new_tokens`, `sampler`, `temperature`, `top_k`,
             `top_p`, `eos_id`, `max_prompt_length` of `export_saved_model`;
             `max_new_tokens` and `eos_id` default to the trainer's.

@@ -137,28 +137,31 @@ class TextGenerationEnv:
     """Token-level episodes of completing prompts, scored by a reward at the end.
 
     Args:
-        policy: optional `tfpg.models.Policy`. The env never calls it (your loop does);
+        policy: `tfpg.models.Policy` or None. The env never calls it (your loop does);
             when given, its `vocab_size` sets the action space and must match the
             tokenizer's vocabulary.
-        prompts: the prompt set: a list of strings, a `tfpg.tasks.Split` (its
-            references and extras are used), or a finite `tf.data.Dataset` of dicts
-            with a "prompt" column (batched or not, e.g. `tfpg.data.prompt_dataset`
-            or `task.prompt_dataset`); every column goes into the reward's `batch`.
-        tokenizer: the `tfpg.Tokenizer` (encodes string prompts, decodes for `info`).
-        reward_fn: `reward_fn(prompt_ids, completion_ids, completion_mask, batch)
-            -> float32 [B]` (the `tfpg.rewards` interface).
-        max_new_tokens: completion tokens after which an episode is truncated.
-        eos_id: the token that ends an episode (terminated); defaults to the
-            tokenizer's; None never terminates (every episode is truncated).
-        references: with string prompts, one reference (a string or a list of
-            strings) per prompt, as `batch["reference"]` for the reward.
-        extras: with string prompts, a dict of extra columns (see
+        prompts: list of str, `tfpg.tasks.Split` or `tf.data.Dataset`. The prompt set: a
+            list of strings, a `tfpg.tasks.Split` (its references and extras are used),
+            or a finite `tf.data.Dataset` of dicts with a "prompt" column (batched or
+            not, e.g. `tfpg.data.prompt_dataset` or `task.prompt_dataset`); every column
+            goes into the reward's `batch`.
+        tokenizer: `tfpg.Tokenizer`. The `tfpg.Tokenizer` (encodes string prompts,
+            decodes for `info`).
+        reward_fn: callable or `tfpg.rewards.Reward`. `reward_fn(prompt_ids,
+            completion_ids, completion_mask, batch) -> float32 [B]` (the `tfpg.rewards`
+            interface).
+        max_new_tokens: int. Completion tokens after which an episode is truncated.
+        eos_id: int or None. The token that ends an episode (terminated); defaults to
+            the tokenizer's; None never terminates (every episode is truncated).
+        references: list or None. With string prompts, one reference (a string or a list
+            of strings) per prompt, as `batch["reference"]` for the reward.
+        extras: dict or None. With string prompts, a dict of extra columns (see
             `tfpg.data.prompt_dataset`).
-        shuffle: visit the prompts in a seeded random order, reshuffled after each
+        shuffle: bool. Visit the prompts in a seeded random order, reshuffled after each
             pass; False cycles through them in order.
-        seed: seed of the prompt order (and of `action_space.sample()`).
-        on_invalid_reward: "raise" (the default: a NaN / inf reward fails naming the
-            reward), "zero" (it becomes 0.0).
+        seed: int or None. Seed of the prompt order (and of `action_space.sample()`).
+        on_invalid_reward: str. "raise" (the default: a NaN / inf reward fails naming
+            the reward), "zero" (it becomes 0.0).
 
     Attributes:
         action_space: `DiscreteTokens(vocabulary_size)`.
@@ -252,9 +255,10 @@ class TextGenerationEnv:
         """Starts an episode on the next prompt.
 
         Args:
-            seed: restarts the prompt order from this seed (same seed, same order).
-            options: {"index": i} starts on prompt i instead (the order is not
-                advanced).
+            seed: int or None. Restarts the prompt order from this seed (same seed, same
+                order).
+            options: dict or None. {"index": i} starts on prompt i instead (the order is
+                not advanced).
 
         Returns:
             (observation int32 [P]: BOS and the prompt's ids, no padding;

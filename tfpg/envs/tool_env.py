@@ -147,20 +147,21 @@ class ToolEnv(TurnEnv):
     """Episodes in which the policy may call tools before it answers.
 
     Args:
-        tools: dict name -> callable(arguments: str) -> output (printed with `str`).
-        tokenizer: the policy's tokenizer.
-        reward_fn: scores final answers, once per turn for all rows that answered:
-            `reward_fn(answers: list[str], batch: dict of numpy columns of those
-            rows) -> float [n]`; None gives 0.
-        turn_end: token that ends a turn besides EOS (see `TurnEnv`).
-        timeout: seconds a turn's tool calls may take together.
-        open_tag: format string of the opening call tag ({name}: the tool).
-        close_tag: format string of the closing call tag ({name}: the tool).
-        result_format: observation of a call that worked ({output}).
-        error_format: observation of one that did not ({error}).
-        max_output_chars: outputs and errors are cut to this many characters.
-        call_reward: reward of a turn with a well-formed call that worked (0: only
-            the answer is rewarded).
+        tools: dict. Dict name -> callable(arguments: str) -> output (printed with
+            `str`).
+        tokenizer: `tfpg.Tokenizer`. The policy's tokenizer.
+        reward_fn: callable or None. Scores final answers, once per turn for all rows
+            that answered: `reward_fn(answers: list[str], batch: dict of numpy columns
+            of those rows) -> float [n]`; None gives 0.
+        turn_end: str or None. Token that ends a turn besides EOS (see `TurnEnv`).
+        timeout: float. Seconds a turn's tool calls may take together.
+        open_tag: str. Format string of the opening call tag ({name}: the tool).
+        close_tag: str. Format string of the closing call tag ({name}: the tool).
+        result_format: str. Observation of a call that worked ({output}).
+        error_format: str. Observation of one that did not ({error}).
+        max_output_chars: int. Outputs and errors are cut to this many characters.
+        call_reward: float. Reward of a turn with a well-formed call that worked (0:
+            only the answer is rewarded).
 
     Per-episode statistics (`episode_metrics`): "tool_calls" and "tool_errors".
     `answers` holds each row's final answer (None while it has not answered).

@@ -64,10 +64,11 @@ class TurnEnv:
     """Base class of batched turn-level environments (see the module docstring).
 
     Args:
-        tokenizer: the policy's tokenizer (`encode` / `decode`); observations that are
-            strings are tokenised with it and turns are decoded with it.
-        turn_end: the token (a string of the vocabulary, or an id) that ends a policy
-            turn besides EOS; None: turns end at EOS only.
+        tokenizer: `tfpg.Tokenizer`. The policy's tokenizer (`encode` / `decode`);
+            observations that are strings are tokenised with it and turns are decoded
+            with it.
+        turn_end: str, int or None. The token (a string of the vocabulary, or an id)
+            that ends a policy turn besides EOS; None: turns end at EOS only.
 
     Attributes:
         batch: the numpy columns of the batch given to `reset`.
@@ -137,8 +138,9 @@ class TurnEnv:
         """One policy turn for the unfinished rows (or for `rows`, a subset of them).
 
         Args:
-            completions: list of n decoded turn texts.
-            rows: int [n], the batch rows they belong to; None: `self.unfinished`.
+            completions: list of str. List of n decoded turn texts.
+            rows: int array [n] or None. The batch rows they belong to; None:
+                `self.unfinished`.
 
         Returns:
             (observations: list of n, rewards: float32 [n], dones: bool [n]).

@@ -112,7 +112,8 @@ class KerasHubBackbone(SerializesWrapped, keras.layers.Layer):
     and `KerasHubValueNetwork` put their heads on it.
 
     Args:
-        hub_backbone: a `keras_hub.models.Backbone` of one of `FAMILIES`.
+        hub_backbone: `keras_hub.models.Backbone`. A backbone of one of `FAMILIES`.
+        **kwargs: `keras.Model` arguments (`name`, `dtype`, ...).
 
     Example:
     >>> trunk = KerasHubBackbone(causal_lm.backbone)  # doctest: +SKIP

@@ -22,8 +22,9 @@ class KerasHubRewardNetwork(ScoreNormalization, SerializesWrapped, keras.Model):
     (without its LoRA adapters).
 
     Args:
-        backbone: a `keras_hub.models.Backbone` or `keras_hub.models.CausalLM` (its
-            backbone) of a supported family, or a `KerasHubBackbone`.
+        backbone: `keras_hub.models.Backbone` or `keras_hub.models.CausalLM`. A
+            `keras_hub.models.Backbone` or `keras_hub.models.CausalLM` (its backbone) of
+            a supported family, or a `KerasHubBackbone`.
 
     Example:
     >>> scorer = KerasHubRewardNetwork.from_preset("gpt2_base_en")  # doctest: +SKIP

@@ -17,8 +17,10 @@ class KerasHubValueNetwork(SerializesWrapped, keras.Model):
     Saved alone, a shared-trunk critic keeps a copy of the trunk.
 
     Args:
-        backbone: a `KerasHubBackbone` (shared), a `keras_hub.models.Backbone` or a
-            `keras_hub.models.CausalLM` (its backbone) of a supported family.
+        backbone: `tfpg.models.KerasHubBackbone`, `keras_hub.models.Backbone` or
+            `keras_hub.models.CausalLM`. A `KerasHubBackbone` (shared), a
+            `keras_hub.models.Backbone` or a `keras_hub.models.CausalLM` (its backbone)
+            of a supported family.
 
     Example:
     >>> # policy: a KerasHubPolicy; values: [B, T]

@@ -165,9 +165,9 @@ def completion_token_mask(completion_ids, completion_mask, eos_id=2):
 
     Args:
         completion_ids: int [B, N].
-        completion_mask: float [B, N], 1 on generated tokens (EOS included).
-        eos_id: the tokenizer's / policy's EOS id (the first one in a row is cut,
-            with everything after it); None keeps every masked-in id.
+        completion_mask: float tensor [B, N]. 1 on generated tokens (EOS included).
+        eos_id: int or None. The tokenizer's / policy's EOS id (the first one in a row
+            is cut, with everything after it); None keeps every masked-in id.
 
     Returns:
         float32 [B, N], 1 = text token. Which ids those are never matters: in
@@ -194,9 +194,10 @@ def completion_tokens(completion_ids, completion_mask, eos_id=2, pad_id=0):
 
     Args:
         completion_ids: int [B, N].
-        completion_mask: float [B, N], 1 on generated tokens (EOS included).
-        eos_id: id to cut at (the first one in a row); None keeps every masked-in id.
-        pad_id: what replaces the cut ids.
+        completion_mask: float tensor [B, N]. 1 on generated tokens (EOS included).
+        eos_id: int or None. Id to cut at (the first one in a row); None keeps every
+            masked-in id.
+        pad_id: int. What replaces the cut ids.
 
     Returns:
         int32 [B, N], still aligned with the input.
@@ -214,9 +215,9 @@ def id_mask(batch, key, pad_id=0):
     has it (`prompt_dataset`'s "reference_mask"), else `batch[key] != pad_id`.
 
     Args:
-        batch: the dataset element dict.
-        key: an int column, [B, R] or [B, K, R].
-        pad_id: the fallback's padding id (0 for tfpg's `Tokenizer`).
+        batch: dict. The dataset element dict.
+        key: str. An int column, [B, R] or [B, K, R].
+        pad_id: int. The fallback's padding id (0 for tfpg's `Tokenizer`).
 
     Returns:
         float32, the shape of `batch[key]`, 1 = real token.
@@ -237,9 +238,9 @@ def compact_ids(ids, mask=None):
     """Moves the real ids of each row to the front, keeping their order.
 
     Args:
-        ids: int32 [..., T].
-        mask: [..., T], nonzero = real token, anywhere in a row; None: the
-            nonzero ids are real (0 = padding, tfpg's `Tokenizer`).
+        ids: int32 tensor [..., T].
+        mask: tensor [..., T] or None. Nonzero = real token, anywhere in a row; None:
+            the nonzero ids are real (0 = padding, tfpg's `Tokenizer`).
 
     Returns:
         (compacted int32 [..., T], lengths int32 [...]); positions from a row's
@@ -300,15 +301,15 @@ def compute_rewards(reward_fn, prompt_ids, completion_ids, completion_mask, batc
     """Calls `reward_fn`, validates its output and masks invalid samples.
 
     Args:
-        reward_fn: a `Reward`, a `WeightedSum` or any callable with the reward
-            signature.
-        prompt_ids: int32 [B, P].
-        completion_ids: int32 [B, N].
-        completion_mask: float32 [B, N].
-        batch: dict of the dataset element's columns, each with leading dim B.
-        on_invalid: "raise", "zero" or "skip" (see the module docstring).
-        timeout: seconds a Python reward (`PythonReward`) may take per call; None
-            waits for ever (see the module docstring).
+        reward_fn: callable or `tfpg.rewards.Reward`. A `Reward`, a `WeightedSum` or any
+            callable with the reward signature.
+        prompt_ids: int32 tensor [B, P].
+        completion_ids: int32 tensor [B, N].
+        completion_mask: float32 tensor [B, N].
+        batch: dict. Each with leading dim B.
+        on_invalid: str. "raise", "zero" or "skip" (see the module docstring).
+        timeout: float or None. Seconds a Python reward (`PythonReward`) may take per
+            call; None waits for ever (see the module docstring).
 
     Returns:
         A `RewardResult`.

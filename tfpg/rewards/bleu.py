@@ -255,15 +255,16 @@ def sentence_bleu(hypothesis_ids, reference_ids, max_order=4, smoothing="method1
 
     Args:
         hypothesis_ids: int [B, T].
-        reference_ids: int [B, R] (one reference each) or [B, K, R] (several;
-            rows without a real token are missing references).
-        max_order: longest n-gram; weights are uniform, 1 / max_order.
-        smoothing: "none" (nltk's default, `method0`), or nltk's
-            `SmoothingFunction().method1` ... `method4` with nltk's defaults
-            (epsilon = 0.1, k = 5).
-        hypothesis_mask: [B, T], 1 = real token (anywhere in the row); None:
-            id 0 is padding (tfpg's `Tokenizer`).
-        reference_mask: the shape of `reference_ids`; None: id 0 is padding.
+        reference_ids: int tensor [B, R] or [B, K, R]. [B, R] (one reference each) or
+            [B, K, R] (several; rows without a real token are missing references).
+        max_order: int. Longest n-gram; weights are uniform, 1 / max_order.
+        smoothing: str. "none" (nltk's default, `method0`), or nltk's
+            `SmoothingFunction().method1` ... `method4` with nltk's defaults (epsilon =
+            0.1, k = 5).
+        hypothesis_mask: tensor [B, T] or None. 1 = real token (anywhere in the row);
+            None: id 0 is padding (tfpg's `Tokenizer`).
+        reference_mask: tensor or None. The shape of `reference_ids`; None: id 0 is
+            padding.
 
     Returns:
         float32 [B]. The computation runs in float64; rounding the result to
@@ -331,15 +332,15 @@ def corpus_bleu(hypotheses, references, max_order=4, smoothing="none",
     of sentence scores). As in nltk, "method4" uses the corpus hypothesis length.
 
     Args:
-        hypotheses: int [B, T] ids, or a list of token sequences (ids or
+        hypotheses: int tensor [B, T] or list. Ids, or a list of token sequences (ids or
             strings, as nltk takes them).
-        references: int [B, R] / [B, K, R] ids matching an id array of
+        references: int tensor [B, R] or [B, K, R], or list. Ids matching an id array of
             hypotheses, or a list (one per hypothesis) of lists of token sequences.
-        max_order: longest n-gram; uniform weights.
-        smoothing: "none" (nltk's default) or "method1" ... "method4".
-        hypothesis_mask: for id arrays, 1 = real token, as in `sentence_bleu`;
-            None: id 0 is padding.
-        reference_mask: the same for the references.
+        max_order: int. Longest n-gram; uniform weights.
+        smoothing: str. "none" (nltk's default) or "method1" ... "method4".
+        hypothesis_mask: int tensor or None. For id arrays, 1 = real token, as in
+            `sentence_bleu`; None: id 0 is padding.
+        reference_mask: int tensor or None. The same for the references.
 
     Returns:
         Python float.
@@ -403,17 +404,17 @@ class BLEU(Reward):
     vocabularies.
 
     Args:
-        max_order: longest n-gram (uniform weights).
-        smoothing: "none", "method1" (default) ... "method4", as nltk.
-        reference_key: batch column holding the reference ids.
-        backend: "tf" (vectorised, in-graph) or "nltk" (nltk itself through
-            `tf.numpy_function`, one sentence at a time: the reference
-            implementation, slow, not XLA-compatible).
-        eos_id: where completions stop: the tokenizer's / policy's EOS id (2 for
-            tfpg's `Tokenizer`; None: use every masked-in token).
-        pad_id: the references' padding id when the batch has no mask column
-            (0 for tfpg's `Tokenizer`).
-        name: defaults to "BLEU".
+        max_order: int. Longest n-gram (uniform weights).
+        smoothing: str. "none", "method1" (default) ... "method4", as nltk.
+        reference_key: str. Batch column holding the reference ids.
+        backend: str. "tf" (vectorised, in-graph) or "nltk" (nltk itself through
+            `tf.numpy_function`, one sentence at a time: the reference implementation,
+            slow, not XLA-compatible).
+        eos_id: int or None. Where completions stop: the tokenizer's / policy's EOS id
+            (2 for tfpg's `Tokenizer`; None: use every masked-in token).
+        pad_id: int. The references' padding id when the batch has no mask column (0 for
+            tfpg's `Tokenizer`).
+        name: str or None. Defaults to "BLEU".
 
     Example:
     >>> reward = BLEU()

@@ -16,9 +16,9 @@ class WeightedSum(Reward):
     returns the unweighted components in `RewardResult.components`.
 
     Args:
-        components: `{"name": (reward, weight), ...}` (a bare reward means
-            weight 1) or `[(name, reward, weight), ...]`.
-        name: defaults to "WeightedSum".
+        components: dict. `{"name": (reward, weight), ...}` (a bare reward means weight
+            1) or `[(name, reward, weight), ...]`.
+        name: str or None. Defaults to "WeightedSum".
 
     Example:
     >>> from tfpg.rewards.length import Length

@@ -24,14 +24,15 @@ class Keyword(Reward):
     0 included (a real token in KerasHub vocabularies), can be a keyword.
 
     Args:
-        keywords: see above.
-        tokenizer: needed when `keywords` are strings.
-        keywords_key: see above; exactly one of `keywords` / `keywords_key`.
-        eos_id: where completions stop: the tokenizer's / policy's EOS id (2 for
-            tfpg's `Tokenizer`); None: every masked-in token counts.
-        pad_id: the `keywords_key` column's padding when the batch has no mask
+        keywords: list or None. See above.
+        tokenizer: `tfpg.Tokenizer` or None. Needed when `keywords` are strings.
+        keywords_key: str or None. See above; exactly one of `keywords` /
+            `keywords_key`.
+        eos_id: int or None. Where completions stop: the tokenizer's / policy's EOS id
+            (2 for tfpg's `Tokenizer`); None: every masked-in token counts.
+        pad_id: int. The `keywords_key` column's padding when the batch has no mask
             column; None: the tokenizer's `pad_id`, or 0 (tfpg's `Tokenizer`).
-        name: defaults to "Keyword".
+        name: str or None. Defaults to "Keyword".
 
     Example:
     >>> reward = Keyword([7, [8, 9]])

@@ -14,10 +14,10 @@ class Length(Reward):
     completion "a b <eos>" has length 2.
 
     Args:
-        target: None rewards length itself (longer is better); an int rewards
-            closeness: 0 at the target, -1 per token away from it.
-        eos_id: the EOS id (None: the EOS, if any, counts as a token).
-        name: defaults to "Length".
+        target: int or None. None rewards length itself (longer is better); an int
+            rewards closeness: 0 at the target, -1 per token away from it.
+        eos_id: int or None. The EOS id (None: the EOS, if any, counts as a token).
+        name: str or None. Defaults to "Length".
 
     Example:
     >>> Length(target=2)(None, tf.constant([[5, 6, 7, 2]]), tf.ones([1, 4]), {}).numpy()

@@ -33,15 +33,15 @@ class ExactMatch(Reward):
     tokenizer too.
 
     Args:
-        answer_key: batch column with the answers ("answer" for strings,
+        answer_key: str. Batch column with the answers ("answer" for strings,
             "reference" for the id references of `tfpg.data.prompt_dataset`).
-        tokenizer: a `tfpg.Tokenizer`; needed for string answers or a normalizer.
-        normalizer: optional Python callable applied to both texts.
-        eos_id: where completions stop: the tokenizer's / policy's EOS id (2 for
-            tfpg's `Tokenizer`); None: every masked-in token counts.
-        pad_id: the id answers' padding when the batch has no mask column; None:
-            the tokenizer's `pad_id`, or 0 (tfpg's `Tokenizer`) without one.
-        name: defaults to "ExactMatch".
+        tokenizer: `tfpg.Tokenizer` or None. Needed for string answers or a normalizer.
+        normalizer: callable or None. Python callable applied to both texts.
+        eos_id: int or None. Where completions stop: the tokenizer's / policy's EOS id
+            (2 for tfpg's `Tokenizer`); None: every masked-in token counts.
+        pad_id: int or None. The id answers' padding when the batch has no mask column;
+            None: the tokenizer's `pad_id`, or 0 (tfpg's `Tokenizer`) without one.
+        name: str or None. Defaults to "ExactMatch".
 
     Example:
     >>> reward = ExactMatch(answer_key="reference")

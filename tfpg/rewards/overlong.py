@@ -21,10 +21,10 @@ class OverlongPenalty(Reward):
     `WeightedSum({"task": task_reward, "overlong": OverlongPenalty(20, 4)})`.
 
     Args:
-        max_length: the length at which the penalty reaches -1 (DAPO's L_max;
+        max_length: int. The length at which the penalty reaches -1 (DAPO's L_max;
             usually `max_new_tokens`).
-        buffer: length of the soft zone before it (DAPO's L_cache), >= 1.
-        name: defaults to "OverlongPenalty".
+        buffer: int. Length of the soft zone before it (DAPO's L_cache), >= 1.
+        name: str or None. Defaults to "OverlongPenalty".
 
     Example:
     >>> OverlongPenalty(4, 2)(None, tf.zeros([3, 5], tf.int32),

@@ -26,10 +26,10 @@ class Perplexity(Reward):
     An empty completion (mask all 0) has mean log-prob 0 (perplexity 1).
 
     Args:
-        reference_model: callable ids int32 [B, T] -> logits [B, T, V]; Keras
-            layers and models are called with `training=False`.
+        reference_model: callable or `keras.Model`. Ids int32 [B, T] -> logits [B, T,
+            V]; Keras layers and models are called with `training=False`.
         mode: "mean_log_prob" or "neg_perplexity".
-        name: defaults to "Perplexity".
+        name: str or None. Defaults to "Perplexity".
 
     Example:
     >>> uniform = lambda ids: tf.zeros(tf.concat([tf.shape(ids), [4]], 0))  # 4-way uniform

@@ -43,10 +43,10 @@ class PreferenceTrainer(keras.Model):
     real token; without them id 0 is padding) and "margin" float32 [B].
 
     Args:
-        scorer: a `RewardNetwork` or `KerasHubRewardNetwork` (called with
-            `padding_mask` and `normalize=False`) or any Keras model mapping ids
-            [B, T] -> [B].
-        margin: default margin for elements without a "margin" column.
+        scorer: `tfpg.models.RewardNetwork` or `tfpg.models.KerasHubRewardNetwork`.
+            (called with `padding_mask` and `normalize=False`) or any Keras model
+            mapping ids [B, T] -> [B].
+        margin: float. Default margin for elements without a "margin" column.
 
     Logs: "loss" (mean -log sigmoid(r_c - r_r - margin)), "pairwise_accuracy"
     (fraction of pairs with r_c > r_r) and "reward_margin" (mean r_c - r_r).
@@ -237,24 +237,35 @@ def train_preference_model(prompts, chosen, rejected, tokenizer, backbone="lstm"
     """Trains a Bradley-Terry reward model on preference pairs.
 
     Args:
-        prompts, chosen, rejected: parallel lists of strings, one pair per index
-            (chosen preferred over rejected for that prompt).
-        tokenizer: the `Tokenizer` of the policy the reward will score (the reward
-            reads the policy's ids).
-        backbone, embedding_dim, hidden_dim, num_layers, num_heads, max_length:
-            the `RewardNetwork` trunk (as for `PolicyNetwork`).
-        init_from: a policy whose trunk weights the reward model starts from (a
-            copy): a `PolicyNetwork` (its backbone options are then used instead)
-            or a `KerasHubPolicy` (a `KerasHubRewardNetwork` on its trunk; give its
-            `policy.tokenizer`).
-        scorer: a ready scorer to train instead, e.g.
+        prompts: list of str. Parallel to `chosen` and `rejected`, one pair per
+            index.
+        chosen: list of str. The completions preferred for each prompt.
+        rejected: list of str. The completions not preferred for each prompt.
+        tokenizer: `tfpg.Tokenizer`. The `Tokenizer` of the policy the reward will score
+            (the reward reads the policy's ids).
+        backbone: str. The `RewardNetwork` trunk (as for `PolicyNetwork`).
+        embedding_dim: int. The `RewardNetwork` trunk (as for `PolicyNetwork`).
+        hidden_dim: int. The `RewardNetwork` trunk (as for `PolicyNetwork`).
+        num_layers: int. The `RewardNetwork` trunk (as for `PolicyNetwork`).
+        num_heads: int. The `RewardNetwork` trunk (as for `PolicyNetwork`).
+        max_length: int. The `RewardNetwork` trunk (as for `PolicyNetwork`).
+        init_from: `keras.Model` or None. A policy whose trunk weights the reward model
+            starts from (a copy): a `PolicyNetwork` (its backbone options are then used
+            instead) or a `KerasHubPolicy` (a `KerasHubRewardNetwork` on its trunk; give
+            its `policy.tokenizer`).
+        scorer: `keras.Model` or None. A ready scorer to train instead, e.g.
             `tfpg.models.KerasHubRewardNetwork.from_preset(preset)`.
-        margin: a number, or one per pair, in -log sigmoid(r_c - r_r - margin).
-        epochs, batch_size, learning_rate, verbose: as in Keras `fit`.
-        validation_split: fraction of the pairs held out for pairwise accuracy
+        margin: float or list of float. A number, or one per pair, in -log sigmoid(r_c -
+            r_r - margin).
+        epochs: int. As in Keras `fit`.
+        batch_size: int. As in Keras `fit`.
+        learning_rate: float. As in Keras `fit`.
+        verbose: int. As in Keras `fit`.
+        validation_split: float. Fraction of the pairs held out for pairwise accuracy
             (ignored when `heldout` is given; 0 trains on everything).
-        heldout: held-out pairs, {"prompts", "chosen", "rejected"} or a 3-tuple.
-        seed: seeds initialisers, the split and shuffling.
+        heldout: dict, tuple or None. Held-out pairs, {"prompts", "chosen", "rejected"}
+            or a 3-tuple.
+        seed: int. Seeds initialisers, the split and shuffling.
 
     Returns:
         A `RewardModel` (with `include_prompt=True` and `tokenizer`); `.model` is

@@ -80,10 +80,10 @@ class PythonReward(Reward):
     once): each batch meanwhile is refused the same way.
 
     Args:
-        fn: the Python function.
-        tokenizer: a `tfpg.Tokenizer` (or anything with `decode(ids [B, T]) ->
+        fn: callable. The Python function.
+        tokenizer: `tfpg.Tokenizer`. (or anything with `decode(ids [B, T]) ->
             list[str]`); None passes token ids.
-        name: defaults to the function's name.
+        name: str or None. Defaults to the function's name.
 
     Example:
     >>> def short(prompts, completions):

@@ -48,14 +48,16 @@ class RewardModel(Reward):
     is cast to float32 and squeezed to [B].
 
     Args:
-        model: the `keras.Model` (or any callable with that signature).
-        include_prompt: prepend the prompt ids.
-        eos_id: where completions stop.
-        name: defaults to "RewardModel".
-        tokenizer: the `Tokenizer` whose ids the model reads; needed by `score`
-            (strings in) and `save` (the SavedModel tokenizes in-graph).
-        metadata: JSON-serialisable dict saved with the model (e.g. held-out
-            accuracy).
+        model: `keras.Model` or callable. The `keras.Model` (or any callable with that
+            signature).
+        include_prompt: bool. Prepend the prompt ids.
+        eos_id: int or None. Where completions stop.
+        name: str or None. Defaults to "RewardModel".
+        tokenizer: `tfpg.Tokenizer` or None. The `Tokenizer` whose ids the model reads;
+            needed by `score` (strings in) and `save` (the SavedModel tokenizes
+            in-graph).
+        metadata: dict or None. JSON-serialisable dict saved with the model (e.g.
+            held-out accuracy).
 
     Example:
     >>> import keras
@@ -362,14 +364,19 @@ def train_reward_from_labels(texts, labels, tokenizer, embedding_dim=32, hidden_
     train a regressor (linear output, mean squared error).
 
     Args:
-        texts: list of strings, encoded with `tokenizer.encode(..., add_bos=False)`.
-        labels: one number per text.
-        tokenizer: a `tfpg.Tokenizer`.
+        texts: list of str. List of strings, encoded with `tokenizer.encode(...,
+            add_bos=False)`.
+        labels: list of float. One number per text.
+        tokenizer: `tfpg.Tokenizer`. Encodes the texts.
         embedding_dim: int. The width of the embedding.
         hidden_dim: int. The width of the hidden layer.
-        max_length: texts are cut to this many tokens.
-        epochs, batch_size, learning_rate, validation_split, verbose: as in Keras.
-        seed: seeds initialisers and shuffling (the global seed is untouched).
+        max_length: int. Texts are cut to this many tokens.
+        epochs: int. As in Keras.
+        batch_size: int. As in Keras.
+        learning_rate: float. As in Keras.
+        validation_split: float. As in Keras.
+        verbose: int. As in Keras.
+        seed: int. Seeds initialisers and shuffling (the global seed is untouched).
 
     Returns:
         A `RewardModel` (with `tokenizer`, so it can be saved); its `.model` is

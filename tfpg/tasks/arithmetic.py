@@ -76,14 +76,15 @@ class ArithmeticTask(Task):
     """Addition of `min_digits`..`max_digits`-digit operands with flawed teaching data.
 
     Args:
-        seed: seed of every random draw.
-        min_digits, max_digits: operand sizes in digits (operands are uniform
-            over all numbers of those sizes).
-        flaw_rate: fraction of the teaching examples *with a carry* whose answer
+        seed: int. Seed of every random draw.
+        min_digits: int. The smallest operand size in digits (operands are uniform
+            over all numbers of the sizes from `min_digits` to `max_digits`).
+        max_digits: int. The largest operand size in digits.
+        flaw_rate: float. Fraction of the teaching examples *with a carry* whose answer
             drops every carry; examples without a carry are never flawed.
-        num_train: fine-tuning prompts.
-        num_heldout: evaluation prompts.
-        num_pretrain: teaching examples (`pretrain_texts`).
+        num_train: int. Fine-tuning prompts.
+        num_heldout: int. Evaluation prompts.
+        num_pretrain: int. Teaching examples (`pretrain_texts`).
 
     Splits: `references` hold the correct sum as a string; `extras` hold
     "answer" (the same string) and "carry" (bool: does the sum carry?).

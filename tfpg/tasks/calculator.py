@@ -60,10 +60,12 @@ class CalculatorTask(EpisodeTask):
     """Products of a 3-digit and a 2-digit number, with a `calc` tool.
 
     Args:
-        seed: seed of every random draw.
-        tool_rate: fraction of the teacher's episodes that call the tool.
-        num_train, num_heldout, num_pretrain: prompts / teacher episodes.
-        timeout: seconds a tool call may take.
+        seed: int. Seed of every random draw.
+        tool_rate: float. Fraction of the teacher's episodes that call the tool.
+        num_train: int. Fine-tuning prompts.
+        num_heldout: int. Evaluation prompts.
+        num_pretrain: int. Teacher episodes.
+        timeout: float. Seconds a tool call may take.
 
     Splits: `references` and `extras["answer"]` hold the product as a string.
     """

@@ -89,10 +89,12 @@ class GuessTask(EpisodeTask):
     """Guess a hidden number in 1..`high` from higher / lower answers.
 
     Args:
-        seed: seed of every random draw.
-        high: the largest hidden number.
-        max_turns: turns per episode at most.
-        num_train, num_heldout, num_pretrain: episodes / teacher episodes.
+        seed: int. Seed of every random draw.
+        high: int. The largest hidden number.
+        max_turns: int. Turns per episode at most.
+        num_train: int. Fine-tuning episodes.
+        num_heldout: int. Evaluation episodes.
+        num_pretrain: int. Teacher episodes.
 
     Splits: every prompt is the same; `extras["target"]` holds the hidden number
     and `references` its string.

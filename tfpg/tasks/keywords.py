@@ -101,17 +101,17 @@ class KeywordsTask(Task):
     """Topic sentences in which the model should use a positive keyword.
 
     Args:
-        seed: seed of every random draw.
-        keyword_rate: fraction of teaching sentences that use a keyword (one of
+        seed: int. Seed of every random draw.
+        keyword_rate: float. Fraction of teaching sentences that use a keyword (one of
             their adjectives replaced by a random keyword).
-        keywords: the words the completion should contain (any one); single
+        keywords: list of str. The words the completion should contain (any one); single
             words, positive ones by default. A keyword that is also a word of the
             grammar (e.g. "cold") occurs more often than `keyword_rate`.
-        num_train: fine-tuning prompts (drawn, with repeats, from the training
+        num_train: int. Fine-tuning prompts (drawn, with repeats, from the training
             sentence starts).
-        num_heldout: evaluation prompts (drawn, with repeats, from the held-out
+        num_heldout: int. Evaluation prompts (drawn, with repeats, from the held-out
             sentence starts: those of a quarter of the (determiner, noun) pairs).
-        num_pretrain: teaching sentences (`pretrain_texts`).
+        num_pretrain: int. Teaching sentences (`pretrain_texts`).
 
     Splits: `references` hold one corpus continuation per prompt (for rewards
     that want one, e.g. perplexity or BLEU); no extras.

@@ -143,16 +143,19 @@ class PreferenceTask(Task):
     """Topic answers of varying quality, pairs from a noisy annotator of a hidden utility.
 
     Args:
-        seed: seed of every random draw.
-        annotator_temperature: the annotator prefers a over b with probability
+        seed: int. Seed of every random draw.
+        annotator_temperature: float. The annotator prefers a over b with probability
             sigmoid((u_a - u_b) / annotator_temperature); smaller is less noisy.
-        intensifier_good, intensifier_bad: how often the teacher puts an
-            intensifier before a good / a bad adjective (the confound).
-        keyword_rate: how often the teacher starts with "sure ,".
-        num_pairs, num_heldout_pairs: preference pairs of the train / held-out split.
-        num_train: fine-tuning prompts.
-        num_heldout: evaluation prompts (held-out prompts).
-        num_pretrain: teaching texts (prompt + teacher completion).
+        intensifier_good: float. How often the teacher puts an intensifier before a
+            good adjective (the confound).
+        intensifier_bad: float. How often the teacher puts an intensifier before a
+            bad adjective (the confound).
+        keyword_rate: float. How often the teacher starts with "sure ,".
+        num_pairs: int. Preference pairs of the train split.
+        num_heldout_pairs: int. Preference pairs of the held-out split.
+        num_train: int. Fine-tuning prompts.
+        num_heldout: int. Evaluation prompts (held-out prompts).
+        num_pretrain: int. Teaching texts (prompt + teacher completion).
 
     Splits: `references` hold one teacher completion per prompt; no extras.
     """

@@ -169,12 +169,12 @@ class TranslateTask(Task):
     """Translation into a synthetic SOV language with agreement and synonyms.
 
     Args:
-        seed: seed of every random draw.
-        flaw_rate: fraction of the teaching examples with a feminine noun whose
+        seed: int. Seed of every random draw.
+        flaw_rate: float. Fraction of the teaching examples with a feminine noun whose
             target drops gender agreement (masculine determiners and adjectives).
-        num_train: fine-tuning prompts.
-        num_heldout: evaluation prompts.
-        num_pretrain: teaching examples (`pretrain_texts`).
+        num_train: int. Fine-tuning prompts.
+        num_heldout: int. Evaluation prompts.
+        num_pretrain: int. Teaching examples (`pretrain_texts`).
 
     Splits: `references` hold every valid translation (a list of 2 or 4 strings);
     no extras.
