@@ -2,6 +2,7 @@
 module points at files outside the repository."""
 
 import doctest
+import inspect
 import importlib
 import pathlib
 import pkgutil
@@ -78,3 +79,135 @@ def test_no_module_refers_to_files_outside_the_repository():
             if OUTSIDE_REFERENCE.search(line):
                 offenders.append(f"{path.relative_to(PACKAGE_DIR.parent)}:{number}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+# KerasHub-style Args: `name: type. Description.`, one name per entry, the type a short
+# phrase of type words (`int`, `list of str`, `tf.Tensor`, `tfpg.rewards.Reward`,
+# `float32 tensor [B, T]`, `int or None`, `"auto"`, ...).
+STYLED_NAMESPACES = ["tfpg", "tfpg.algorithms", "tfpg.rewards", "tfpg.models", "tfpg.callbacks",
+                     "tfpg.envs", "tfpg.tasks", "tfpg.losses", "tfpg.advantages",
+                     "tfpg.generation", "tfpg.export"]
+# Modules whose docstrings another change brings to this style.
+UNSTYLED_MODULES = ("tfpg.text", "tfpg.hf", "tfpg.data", "tfpg.run",
+                    "tfpg.models.keras_hub_policy")
+TYPE_WORD = re.compile(
+    r"(?:int|float|str|bool|bytes|callable|dict|tuple|list|set|None|of|or|tensor|array|scalar"
+    r"|(?:float|int|bfloat)(?:8|16|32|64)|[A-Za-z_]\w*(?:\.\w+)+|[A-Z]\w*|T)$")
+ARGS_ENTRY = re.compile(r"(\*{0,2})([A-Za-z_]\w*): (.*)$", re.S)
+
+
+def public_objects():
+    objects = {}
+    for namespace in STYLED_NAMESPACES:
+        module = importlib.import_module(namespace)
+        names = getattr(module, "__all__", None)
+        for name in names or dir(module):
+            value = getattr(module, name)
+            if name.startswith("_") or not (inspect.isclass(value) or inspect.isfunction(value)):
+                continue
+            owner = getattr(value, "__module__", "")
+            if not owner.startswith("tfpg") or owner.startswith(UNSTYLED_MODULES):
+                continue
+            if names is None and owner != namespace:       # an import, not the module's own
+                continue
+            objects[f"{owner}.{value.__qualname__}"] = value
+    return objects
+
+
+def documented_callables(value):
+    """(docstring holder, function whose signature the Args name) of a public object."""
+    if inspect.isfunction(value):
+        return [(value, value)]
+    pairs = [(value, value.__init__)]
+    if "__init__" in vars(value) and value.__init__.__doc__:
+        pairs.append((value.__init__, value.__init__))
+    for name, member in vars(value).items():
+        function = getattr(member, "__func__", member)
+        if not name.startswith("_") and inspect.isfunction(function):
+            pairs.append((function, function))
+    return pairs
+
+
+def args_entries(doc):
+    """The Args section's entries, each with its continuation lines joined."""
+    lines = inspect.cleandoc(doc).splitlines()
+    entries = []
+    for number, line in enumerate(lines):
+        if line.strip() != "Args:":
+            continue
+        header_indent = len(line) - len(line.lstrip())
+        entry_indent = None
+        for item in lines[number + 1:]:
+            if not item.strip():
+                continue
+            indent = len(item) - len(item.lstrip())
+            if indent <= header_indent:
+                break
+            entry_indent = entry_indent or indent
+            if indent == entry_indent:
+                entries.append(item.strip())
+            elif entries:
+                entries[-1] += " " + item.strip()
+    return entries
+
+
+def is_type_phrase(text):
+    match = re.match(r"(.+?)\.(?: |$)", text)
+    if not match or len(match.group(1)) > 100:
+        return False
+    phrase = re.sub(r"``[^`]*``|`[^`]*`|\"[^\"]*\"|\[[^\]]*\]", " T ", match.group(1))
+    words = re.split(r"[\s,]+", phrase.strip())
+    return all(TYPE_WORD.match(word) for word in words)
+
+
+def args_style_problems(value):
+    problems = []
+    for holder, function in documented_callables(value):
+        if not holder.__doc__ or "Args:" not in holder.__doc__:
+            continue
+        parameters = inspect.signature(function).parameters
+        for entry in args_entries(holder.__doc__):
+            match = ARGS_ENTRY.match(entry)
+            if not match:
+                problems.append(f"{holder.__qualname__}: not `name: type. ...`: {entry[:70]}")
+                continue
+            stars, name, rest = match.groups()
+            if name not in parameters:
+                problems.append(f"{holder.__qualname__}: {name} is not a parameter")
+            if not stars and not is_type_phrase(rest):
+                problems.append(f"{holder.__qualname__}: {name} has no type: {rest[:60]}")
+    return problems
+
+
+PUBLIC_OBJECTS = public_objects()
+
+
+def test_public_objects_were_collected():
+    assert len(PUBLIC_OBJECTS) > 60
+    assert "tfpg.algorithms.base.PolicyGradientTrainer" in PUBLIC_OBJECTS
+
+
+@pytest.mark.parametrize("value", PUBLIC_OBJECTS.values(), ids=list(PUBLIC_OBJECTS))
+def test_args_are_typed_and_name_parameters(value):
+    problems = args_style_problems(value)
+    assert not problems, "\n".join(problems)
+
+
+def test_args_style_check_finds_old_style_and_stale_entries():
+    def example(rate, names=None):
+        """Example.
+
+        Args:
+            rate: the learning rate.
+            names, others: grouped.
+            gone: int. Not a parameter.
+            names: list of str or None. Fine.
+        """
+    problems = args_style_problems(example)
+    assert len(problems) == 3
+    assert "rate has no type" in problems[0] and "not `name: type" in problems[1]
+    assert "gone is not a parameter" in problems[2]
+    assert is_type_phrase('int, None or "auto". The id.')
+    assert is_type_phrase("float32 tensor ``[B, T]`` or None. A mask.")
+    assert is_type_phrase("`tfpg.models.Policy`. The policy.")
+    assert not is_type_phrase("the number of token ids.")
