@@ -231,6 +231,24 @@ def _random_texts(rng, tokens, unknown, separators, count, joiner):
     return texts
 
 
+
+def test_one_cut_serves_lists_strings_and_tensor_rows():
+    from tfpg.text.truncation import check_truncate, cut
+    ids = [1, 5, 6, 7]
+    assert [cut(ids, k, "right") for k in (0, 2, 9)] == [[], [1, 5], ids]
+    assert [cut(ids, k, "left") for k in (0, 2, 9)] == [[], [6, 7], ids]
+    assert (cut("abcdef", 4, "left"), cut("abcdef", 4, "right")) == ("cdef", "abcd")
+    rows = tf.ragged.constant([[1, 2, 3], [4], []])
+    assert cut(rows, 2, "left").to_list() == [[2, 3], [4], []]
+    assert cut(rows, 2, "right").to_list() == [[1, 2], [4], []]
+    assert cut(rows, 0, "left").to_list() == [[], [], []]      # not rows[:, -0:]
+    assert cut(tf.constant([[1, 2, 3]]), 1, "left").numpy().tolist() == [[3]]
+    with pytest.raises(ValueError, match=r"^truncate must be 'right' or 'left', got 'middle'$"):
+        check_truncate("middle")
+    with pytest.raises(ValueError, match=r"^truncate must be 'error', 'left' or 'right', "
+                                         r"got 'up'$"):
+        check_truncate("up", ("error", "left", "right"))
+
 @pytest.mark.parametrize("max_length, truncate", [(None, "right"), (4, "right"), (4, "left"),
                                                   (1, "left")])
 def test_string_to_ids_matches_encode_word_level(word_tok, max_length, truncate):

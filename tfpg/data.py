@@ -23,6 +23,8 @@ import tensorflow as tf
 
 from tfpg.guards.bounds import MAX_JSON_DEPTH, json_depth
 from tfpg.hf.chat_template import check_conversation, is_conversation
+from tfpg.options import TRUNCATE_PROMPTS
+from tfpg.text.truncation import check_truncate, cut
 
 _INT32 = np.iinfo(np.int32)
 # A conversational prompt's messages, as JSON (tf.string [B]): what `PythonReward`
@@ -162,8 +164,7 @@ def prompt_dataset(prompts, tokenizer, references=None, batch_size=32,
     prompts = _as_list(prompts, "prompts")
     if not prompts:
         raise ValueError("prompt_dataset: prompts is empty; refusing to build an empty dataset")
-    if truncate not in ("error", "left", "right"):
-        raise ValueError(f"truncate must be 'error', 'left' or 'right', got {truncate!r}")
+    check_truncate(truncate, TRUNCATE_PROMPTS)
     if max_prompt_length is not None and max_prompt_length < 1:
         raise ValueError(f"max_prompt_length must be >= 1, got {max_prompt_length}")
     if batch_size < 1:
@@ -393,8 +394,7 @@ class PromptLimit:
     """
 
     def __init__(self, path, max_chars=None, truncate="error", reason=None):
-        if truncate not in ("error", "left", "right"):
-            raise ValueError(f"truncate must be 'error', 'left' or 'right', got {truncate!r}")
+        check_truncate(truncate, TRUNCATE_PROMPTS)
         self.path, self.max_chars, self.truncate = path, max_chars, truncate
         self.reason = reason or (f"max_prompt_chars={max_chars}; shorten it or pass "
                                  "truncate='left' or 'right'")
@@ -419,8 +419,7 @@ class PromptLimit:
             raise DataError(f"{self.path}:{number}: prompt has {len(prompt)} characters, "
                             f"more than {self.max_chars} ({self.reason})")
         self.cut_lines.append(number)
-        return prompt[-self.max_chars:] if self.truncate == "left" else \
-            prompt[:self.max_chars]
+        return cut(prompt, self.max_chars, self.truncate)
 
     def report(self):
         """Warns once (Python `warnings`) if any prompt was cut."""

@@ -38,7 +38,8 @@ import tensorflow as tf
 
 from tfpg.text.keras_hub_tokenizer import (FORMAT, VERSION, HubIdsToString, HubStringToIds,
                                            KerasHubTokenizer)
-from tfpg.text.tokenizer import _check_max_length, _check_truncate
+from tfpg.text.tokenizer import _check_max_length
+from tfpg.text.truncation import check_truncate, cut
 from tfpg.guards.locking import write_json_atomically
 
 # The files of a checkpoint that belong to its tokenizer (kept unchanged).
@@ -271,7 +272,7 @@ class HFTokenizer(KerasHubTokenizer):
         any other prefix) first and its EOS last where it adds them (`add_bos=False`
         adds neither)."""
         _check_max_length(max_length)
-        _check_truncate(truncate)
+        check_truncate(truncate)
         encoded = super().encode(texts, max_length=None, add_bos=False)
         single = isinstance(encoded, list) and (not encoded or isinstance(encoded[0], int))
         rows = [encoded] if single else encoded
@@ -280,9 +281,7 @@ class HFTokenizer(KerasHubTokenizer):
         out = []
         for ids in rows:
             if max_length is not None:
-                keep = max(max_length - len(prefix) - len(suffix), 0)
-                if len(ids) > keep:
-                    ids = ids[:keep] if truncate == "right" else ids[len(ids) - keep:]
+                ids = cut(ids, max(max_length - len(prefix) - len(suffix), 0), truncate)
             out.append(prefix + ids + suffix)
         return out[0] if single else out
 
@@ -483,9 +482,8 @@ class HFStringToIds(HubStringToIds):
     def _ids(self, texts):
         ids = self.encoder(texts)                                                # [B, (n)]
         if self.max_length is not None:
-            keep = max(self.max_length - len(self.prefix_ids) - len(self.suffix_ids), 0)
-            ids = (ids[:, :0] if keep == 0 else
-                   ids[:, :keep] if self.truncate == "right" else ids[:, -keep:])
+            ids = cut(ids, max(self.max_length - len(self.prefix_ids) - len(self.suffix_ids), 0),
+                      self.truncate)
         batch = tf.shape(texts)[0]
         parts = [tf.RaggedTensor.from_tensor(tf.tile([self.prefix_ids], [batch, 1]))] \
             if self.prefix_ids else []

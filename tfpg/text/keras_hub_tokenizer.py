@@ -31,8 +31,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfpg.hf.chat_template import ChatTemplateMixin
-from tfpg.text.tokenizer import (_check_max_length, _check_truncate, _left_pad,
-                                 read_versioned_json)
+from tfpg.text.tokenizer import _check_max_length, _left_pad, read_versioned_json
+from tfpg.text.truncation import check_truncate, cut
 from tfpg.guards.locking import write_json_atomically
 
 FORMAT = "tfpg.KerasHubTokenizer"
@@ -141,7 +141,7 @@ class KerasHubTokenizer(ChatTemplateMixin):
         BOS first (when the family has one and `add_bos`), no EOS. `truncate` "right"
         keeps the first tokens, "left" the last (BOS stays in front)."""
         _check_max_length(max_length)
-        _check_truncate(truncate)
+        check_truncate(truncate)
         if isinstance(texts, tf.Tensor):
             texts = texts.numpy()
         single = isinstance(texts, (str, bytes))
@@ -159,9 +159,7 @@ class KerasHubTokenizer(ChatTemplateMixin):
         for ids in self._tokenize([t.decode("utf-8") if isinstance(t, bytes) else t
                                    for t in rows]) if rows else []:
             if max_length is not None:
-                keep = max_length - len(bos)
-                if len(ids) > keep:
-                    ids = ids[:keep] if truncate == "right" else ids[len(ids) - keep:]
+                ids = cut(ids, max_length - len(bos), truncate)
             encoded.append(bos + ids)
         return encoded[0] if single else encoded
 
@@ -259,7 +257,7 @@ class HubStringToIds(keras.layers.Layer):
                  return_mask=False, **kwargs):
         super().__init__(**kwargs)
         _check_max_length(max_length)
-        _check_truncate(truncate)
+        check_truncate(truncate)
         self.hub_tokenizer = hub_tokenizer
         self.pad_id, self.bos_id, self.eos_id = special_ids(hub_tokenizer)
         self.max_length = max_length
@@ -278,9 +276,7 @@ class HubStringToIds(keras.layers.Layer):
             ids = tf.RaggedTensor.from_tensor(ids)
         ids = tf.cast(ids, tf.int32)                                            # [B, (n)]
         if self.max_length is not None:
-            keep = self.max_length - int(self.add_bos)
-            ids = (ids[:, :0] if keep == 0 else
-                   ids[:, :keep] if self.truncate == "right" else ids[:, -keep:])
+            ids = cut(ids, self.max_length - int(self.add_bos), self.truncate)
         if self.add_bos:
             ids = tf.concat([tf.fill([tf.shape(texts)[0], 1], self.bos_id), ids], axis=1)
         return ids

@@ -35,12 +35,12 @@ import numpy as np
 import tensorflow as tf
 
 from tfpg.hf.chat_template import ChatTemplateMixin
+from tfpg.text.truncation import check_truncate, cut
 from tfpg.guards.locking import write_json_atomically  # noqa: F401 - also imported from here
 
 _FORMAT = "tfpg.Tokenizer"
 _VERSION = 1
 _LEVELS = ("word", "char")
-_TRUNCATE_SIDES = ("right", "left")
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 
 # Every code point for which Python's str.isspace() is true. tf.strings.split only
@@ -62,11 +62,6 @@ def _as_text(text):
                 f"text is not valid UTF-8: byte {e.start} of {bytes(text)[:40]!r}"
             ) from None
     raise TypeError(f"expected str or bytes, got {type(text).__name__}")
-
-
-def _check_truncate(truncate):
-    if truncate not in _TRUNCATE_SIDES:
-        raise ValueError(f"truncate must be 'right' or 'left', got {truncate!r}")
 
 
 def _check_max_length(max_length):
@@ -228,7 +223,7 @@ class Tokenizer(ChatTemplateMixin):
         [1, 5, 6]
         """
         _check_max_length(max_length)
-        _check_truncate(truncate)
+        check_truncate(truncate)
         if isinstance(texts, tf.Tensor):
             texts = texts.numpy()
         if isinstance(texts, (str, bytes)):
@@ -247,9 +242,7 @@ class Tokenizer(ChatTemplateMixin):
     def _encode_one(self, text, max_length, add_bos, truncate):
         ids = [self._ids.get(t, self.unk_id) for t in _split(_as_text(text), self._level)]
         if max_length is not None:
-            keep = max_length - 1 if add_bos else max_length
-            if len(ids) > keep:
-                ids = ids[:keep] if truncate == "right" else ids[len(ids) - keep:]
+            ids = cut(ids, max_length - 1 if add_bos else max_length, truncate)
         return [self.bos_id] + ids if add_bos else ids
 
     def decode(self, ids):
@@ -405,7 +398,7 @@ class StringToIds(keras.layers.Layer):
         # Validates the vocabulary/level pair the same way the Python path does.
         Tokenizer(vocabulary, level)
         _check_max_length(max_length)
-        _check_truncate(truncate)
+        check_truncate(truncate)
         self.vocabulary = list(vocabulary)
         self.level = level
         self.max_length = None if max_length is None else int(max_length)
@@ -424,13 +417,7 @@ class StringToIds(keras.layers.Layer):
             tokens = tf.strings.unicode_split(texts, "UTF-8")
         ids = tf.ragged.map_flat_values(self._table.lookup, tokens)  # [B, (n)]
         if self.max_length is not None:
-            keep = self.max_length - 1
-            if keep == 0:
-                ids = ids[:, :0]
-            elif self.truncate == "right":
-                ids = ids[:, :keep]
-            else:
-                ids = ids[:, -keep:]
+            ids = cut(ids, self.max_length - 1, self.truncate)
         bos = tf.fill([tf.shape(texts)[0], 1], Tokenizer.bos_id)
         ids = tf.concat([bos, ids], axis=1)  # [B, (n + 1)]
         return _left_pad(ids)
