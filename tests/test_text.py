@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 import keras
 import numpy as np
@@ -354,3 +355,24 @@ def test_layers_in_functional_model_and_empty_vocabulary(word_tok):
     assert empty.vocabulary_size == 4
     assert empty.string_to_ids_layer()(tf.constant(["x y", ""])).numpy().tolist() == [
         [1, 3, 3], [0, 0, 1]]
+
+
+def test_keras_hub_classes_without_keras_hub_say_how_to_install_it(tmp_path, monkeypatch):
+    import tfpg
+    from tfpg.hf.tokenizer import HFTokenizer
+    from tfpg.options import HUB_INSTALL_HINT
+    saved = tmp_path / "hub.json"
+    saved.write_text('{"format": "tfpg.KerasHubTokenizer", "version": 1}')
+    monkeypatch.setitem(sys.modules, "keras_hub", None)       # as if not installed
+    monkeypatch.setitem(sys.modules, "tokenizers", None)
+    for call, user in [
+            (lambda: tfpg.KerasHubPolicy.from_preset("gpt2_base_en"), "KerasHubPolicy"),
+            (lambda: tfpg.KerasHubPolicy(object()), "KerasHubPolicy"),
+            (lambda: tfpg.KerasHubTokenizer.from_preset("gpt2_base_en"), "KerasHubTokenizer"),
+            (lambda: tfpg.KerasHubTokenizer.load(saved), "KerasHubTokenizer")]:
+        with pytest.raises(ImportError) as info:
+            call()
+        assert str(info.value) == f"{user} needs keras-hub: {HUB_INSTALL_HINT}"
+    with pytest.raises(ImportError, match=r'^HFTokenizer needs tokenizers: pip install '
+                                          r'"tfpg\[hub\]"$'):
+        HFTokenizer({"tokenizer.json": "{}"})

@@ -32,6 +32,7 @@ import os
 
 import numpy as np
 
+from tfpg.hf import import_hub_module
 from tfpg.hf.safetensors import SafetensorsReader
 
 SUPPORTED = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
@@ -316,9 +317,9 @@ def load_causal_lm(path, dtype=None):
     Keras' default, float32)."""
     import importlib
 
-    import keras_hub
-
     from tfpg.hf.tokenizer import HFTokenizer
+
+    keras_hub = import_hub_module("keras_hub", "a transformers checkpoint")
 
     path = os.fspath(path)
     config = read_config(path)

@@ -36,6 +36,7 @@ import re
 
 import tensorflow as tf
 
+from tfpg.hf import import_hub_module
 from tfpg.text.keras_hub_tokenizer import (FORMAT, VERSION, HubIdsToString, HubStringToIds,
                                            KerasHubTokenizer)
 from tfpg.text.tokenizer import _check_max_length
@@ -156,7 +157,7 @@ class HFTokenizer(KerasHubTokenizer):
     """
 
     def __init__(self, hf_files, sentencepiece_proto=None):
-        from tokenizers import Tokenizer
+        Tokenizer = import_hub_module("tokenizers", "HFTokenizer").Tokenizer
         if "tokenizer.json" not in hf_files:
             raise ValueError("a Hugging Face tokenizer needs tokenizer.json")
         self.hf_files = dict(hf_files)
@@ -214,7 +215,7 @@ class HFTokenizer(KerasHubTokenizer):
         return vocabulary
 
     def _hub_tokenizer(self):
-        import keras_hub
+        keras_hub = import_hub_module("keras_hub", "HFTokenizer")
         if self._json.get("model", {}).get("type") != "BPE":
             raise ValueError(f"tokenizer.json has a {self._json.get('model', {}).get('type')} "
                              "model; tfpg reads byte-level or SentencePiece-style BPE")

@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 
 from tfpg.guards import bounds
+from tfpg.hf import import_hub_module
 from tfpg.text.keras_hub_tokenizer import KerasHubTokenizer, special_ids, structural_ids
 from tfpg.models.keras_hub_backbone import (KerasHubBackbone, deserialize_entry,
                                             supported_families)
@@ -13,7 +14,7 @@ from tfpg.models.policy import Policy
 
 
 def _check_causal_lm(causal_lm):
-    import keras_hub
+    keras_hub = import_hub_module("keras_hub", "KerasHubPolicy")
     if not isinstance(causal_lm, keras_hub.models.CausalLM):
         raise ValueError(f"KerasHubPolicy takes a keras_hub.models.CausalLM, got "
                          f"{type(causal_lm).__name__}; supported families: "
@@ -122,7 +123,7 @@ class KerasHubPolicy(Policy):
                        eos_id=tokenizer.eos_id)
             return cls(causal_lm, lora_rank=lora_rank, hf_config=hf_config,
                        tokenizer=tokenizer, **{**ids, **kwargs})
-        import keras_hub
+        keras_hub = import_hub_module("keras_hub", "KerasHubPolicy")
         options = {} if dtype is None else {"dtype": dtype}
         return cls(keras_hub.models.CausalLM.from_preset(preset, **options),
                    lora_rank=lora_rank, **kwargs)

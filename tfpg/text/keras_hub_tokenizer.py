@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfpg.hf import import_hub_module
 from tfpg.hf.chat_template import ChatTemplateMixin
 from tfpg.text.tokenizer import _check_max_length, _left_pad, read_versioned_json
 from tfpg.text.truncation import check_truncate, cut
@@ -104,7 +105,7 @@ class KerasHubTokenizer(ChatTemplateMixin):
     @classmethod
     def from_preset(cls, preset):
         """The tokenizer of a KerasHub preset name or local preset directory."""
-        import keras_hub
+        keras_hub = import_hub_module("keras_hub", cls.__name__)
         return cls(keras_hub.tokenizers.Tokenizer.from_preset(preset))
 
     @property
@@ -222,7 +223,7 @@ class KerasHubTokenizer(ChatTemplateMixin):
     @classmethod
     def load(cls, path):
         """Reads a file written by `save`."""
-        import keras_hub  # noqa: F401  (registers the KerasHub tokenizer classes)
+        import_hub_module("keras_hub", cls.__name__)  # registers its tokenizer classes
         import tensorflow_text  # noqa: F401  (its ops: needed to load an export too)
         payload = read_versioned_json(os.fspath(path), FORMAT, VERSION,
                                       "tfpg KerasHub tokenizer file", "KerasHub tokenizer")
