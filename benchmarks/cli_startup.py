@@ -6,7 +6,8 @@ that needs no model (goal: under 0.5 s each).
 
 `--help`, `CMD --help` and every check that needs no model (`tfpg.run.config.check_config`:
 a value out of range, an unknown name, a missing file or `--model` path) never import
-TensorFlow, so they answer in the time Python takes to start. For scale, the same runs
+TensorFlow, so they answer in the time Python takes to start; nor does a malformed
+`--train-file` (`tfpg.run.config.check_train_file` reads it first). For scale, the same runs
 of `python -c "import tensorflow"` (what every command paid before). Prints the median
 and the minimum wall time of each, and its exit status (2 for the errors); a benchmark,
 not a test (the figures depend on the machine's load).
@@ -21,6 +22,9 @@ import tempfile
 import time
 
 TFPG = [sys.executable, "-m", "tfpg"]
+# Malformed files the commands below name: a line that is not JSON, a line without a tab.
+FILES = {"bad.jsonl": '{"prompt": "1 + 1 =", "reference": "2"}\n{prompt: "2 + 2 ="}\n',
+         "no_tab.tsv": "1 + 1 =\t2\n2 + 2 = 4\n"}
 COMMANDS = {
     "tfpg --help": TFPG + ["--help"],
     "tfpg train --help": TFPG + ["train", "--help"],
@@ -29,6 +33,8 @@ COMMANDS = {
     "tfpg train --epochs -1": TFPG + ["train", "--epochs", "-1"],
     "tfpg train --algorithm dpo": TFPG + ["train", "--algorithm", "dpo"],
     "tfpg train --train-file missing.tsv": TFPG + ["train", "--train-file", "missing.tsv"],
+    "tfpg train --train-file bad.jsonl": TFPG + ["train", "--train-file", "bad.jsonl"],
+    "tfpg train --train-file no_tab.tsv": TFPG + ["train", "--train-file", "no_tab.tsv"],
     "tfpg train --model nonexistent_dir/": TFPG + ["train", "--model", "nonexistent_dir/"],
     "tfpg generate nowhere hi": TFPG + ["generate", "nowhere", "hi"],
     "python -c 'import tensorflow'": [sys.executable, "-c", "import tensorflow"],
@@ -52,6 +58,9 @@ def main():
     args = parser.parse_args()
     print(f"{'command':<40}{'median s':>10}{'min s':>10}{'exit':>6}")
     with tempfile.TemporaryDirectory() as cwd:      # where missing.tsv is missing
+        for name, text in FILES.items():
+            with open(os.path.join(cwd, name), "w", encoding="utf-8") as f:
+                f.write(text)
         for name, command in COMMANDS.items():
             times, status = wall_times(command, args.runs, cwd)
             print(f"{name:<40}{statistics.median(times):>10.3f}{min(times):>10.3f}"

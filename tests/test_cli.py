@@ -57,6 +57,21 @@ NO_TENSORFLOW_ERRORS = [
     (["train", "--task", "chess"], ["unknown task 'chess'", "arithmetic"]),
     (["train", "--backbone", "rnn"], ["unknown backbone 'rnn'", "transformer"]),
     (["train", "--train-file", "missing.tsv"], ["missing.tsv: file not found"]),
+    # A malformed --train-file (MALFORMED_FILES) is read before TensorFlow starts.
+    (["train", "--train-file", "bad.jsonl"],
+     ["bad.jsonl:2: invalid JSON (Expecting property name enclosed in double quotes"]),
+    (["train", "--train-file", "no_prompt.jsonl"],
+     ["no_prompt.jsonl:1: missing required key 'prompt'"]),
+    (["train", "--train-file", "no_tab.tsv"],
+     ["no_tab.tsv:2: expected 'prompt<TAB>reference', found no tab"]),
+    (["train", "--train-file", "empty.tsv"],
+     ["empty.tsv: no examples (the file is empty or has only blank lines)"]),
+    (["train", "--train-file", "latin1.tsv"],
+     ["latin1.tsv:2: invalid UTF-8 (byte 0xe9 at column 4)"]),
+    (["train", "--train-file", "prompts.txt"],              # no references, no --reward
+     ["prompts.txt: no references to score against"]),
+    (["train", "--train-file", "long.tsv", "--max-prompt-length", "1"],
+     ["long.tsv:1: prompt has 65 characters, more than 64"]),
     (["train", "--model", "nonexistent_dir/"],
      ["--model nonexistent_dir/: no such file or directory"]),
     (["train", "--model", "not_a_preset"],          # a directory without config.json
@@ -80,10 +95,23 @@ NO_TENSORFLOW_ERRORS = [
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# The files of the malformed --train-file cases above (name: bytes).
+MALFORMED_FILES = {
+    "bad.jsonl": b'{"prompt": "1 + 1 =", "reference": "2"}\n{prompt: "2 + 2 ="}\n',
+    "no_prompt.jsonl": b'{"question": "1 + 1 =", "reference": "2"}\n',
+    "no_tab.tsv": b"1 + 1 =\t2\n2 + 2 = 4\n",
+    "empty.tsv": b"",
+    "latin1.tsv": b"1 + 1 =\t2\ncaf\xe9\tcoffee\n",
+    "prompts.txt": b"1 + 1 =\n2 + 2 =\n",
+    "long.tsv": b"x" * 65 + b"\ty\n",
+}
+
 
 def test_help_and_bad_arguments_answer_without_tensorflow(tmp_path):
     (tmp_path / "not_a_preset").mkdir()
     (tmp_path / "notes.txt").write_text("not a model\n")
+    for name, content in MALFORMED_FILES.items():
+        (tmp_path / name).write_bytes(content)
     # Run from a clone's parent directory: the clone (named tfpg, no __init__.py) is in
     # the current directory. Whether tfpg is installed (pip install .) or editable (the
     # .pth line of pyproject.toml's package-dir puts the clone's root on sys.path), the

@@ -1,6 +1,8 @@
 """Tests for tfpg.data: dataset builders and file readers."""
 
 import re
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -276,3 +278,17 @@ def test_read_file_dispatch_feeds_prompt_dataset(tmp_path, tok):
         "reference_mask": [[[1, 0], [1, 1]], [[1, 0], [0, 0]]],
         "answer": [b"7", b"9"],
     }
+
+
+def test_the_readers_run_without_tensorflow(tmp_path):
+    # The command line reads --train-file before TensorFlow starts: tfpg.data imports
+    # it only to build datasets.
+    path = tmp_path / "t.tsv"
+    path.write_text("1 + 1 =\t2\n")
+    script = (f"import sys; from tfpg.data import read_file; print(read_file({str(path)!r}));"
+              "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+              "('tensorflow', 'keras')))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == ["{'prompt': ['1 + 1 ='], 'reference': ['2']}", "[]"]

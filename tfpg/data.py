@@ -10,7 +10,9 @@
 * `read_txt`, `read_tsv`, `read_jsonl`, `read_file`: plain-Python readers whose
   errors are `DataError`s with one-line messages `path:line: what is wrong`. They
   bound what a line may hold before anything tokenizes it: the characters of a
-  prompt (`PromptLimit`) and the nesting of a JSON line (`parse_json_line`).
+  prompt (`PromptLimit`) and the nesting of a JSON line (`parse_json_line`). They
+  need no TensorFlow, which only the dataset builders import: the command line reads
+  and checks a `--train-file` before TensorFlow starts.
 """
 
 import codecs
@@ -19,7 +21,6 @@ import os
 import warnings
 
 import numpy as np
-import tensorflow as tf
 
 from tfpg.guards.bounds import MAX_JSON_DEPTH, json_depth
 from tfpg.hf.chat_template import check_conversation, is_conversation
@@ -93,10 +94,7 @@ def language_model_dataset(texts, tokenizer, sequence_length=64, batch_size=32,
     for i, window in enumerate(windows):
         inputs[i, :len(window) - 1] = window[:-1]
         targets[i, :len(window) - 1] = window[1:]
-    dataset = tf.data.Dataset.from_tensor_slices((inputs, targets))
-    if shuffle:
-        dataset = dataset.shuffle(len(windows), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    return _batched((inputs, targets), batch_size, shuffle, seed, False, drop_remainder)
 
 
 def prompt_dataset(prompts, tokenizer, references=None, batch_size=32,
@@ -185,9 +183,17 @@ def prompt_dataset(prompts, tokenizer, references=None, batch_size=32,
         if name in _RESERVED_COLUMNS:
             raise ValueError(f"extras may not be named {name!r} (reserved column)")
         columns[name] = _extra_column(name, values, len(prompts))
-    dataset = tf.data.Dataset.from_tensor_slices(columns)
+    return _batched(columns, batch_size, shuffle, seed, repeat, drop_remainder)
+
+
+def _batched(arrays, batch_size, shuffle, seed, repeat, drop_remainder):
+    """The `tf.data` pipeline of both builders over `arrays` (numpy, one row per
+    example): shuffled every epoch (seeded), repeated forever if asked, batched."""
+    import tensorflow as tf        # here: the readers below run without it
+    dataset = tf.data.Dataset.from_tensor_slices(arrays)
     if shuffle:
-        dataset = dataset.shuffle(len(prompts), seed=seed, reshuffle_each_iteration=True)
+        count = int(dataset.cardinality())
+        dataset = dataset.shuffle(count, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
     return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)

@@ -34,7 +34,8 @@ from tfpg.guards import bounds
 from tfpg.options import (BACKBONES, EXPORT_FORMATS, NAMED_REWARDS, ON_INVALID_REWARD, PRECISIONS,
                           REWARD_TIMEOUT, SAMPLERS, STRATEGIES, TASK_NAMES, TRAINER_NAMES,
                           TRUNCATE_PROMPTS, UsageError)
-from tfpg.run.config import TrainConfig, check_config, check_file, flag, run_paths
+from tfpg.run.config import (TrainConfig, check_config, check_file, check_train_file, flag,
+                             run_paths)
 from tfpg.run.native_logs import filter_native_logs, quiet_environment
 
 
@@ -248,6 +249,7 @@ def _train(args):
         values["reward_timeout"] = None
     config = TrainConfig.from_dict(values)
     check_config(config)                # every check that needs no model, before TensorFlow
+    check_train_file(config)            # a malformed --train-file, too
     run_paths(config)                   # an output or logdir the run could not write
     from tfpg.run.devices import configure_cpu_devices
     from tfpg.run.evaluation import format_table

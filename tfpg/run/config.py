@@ -9,6 +9,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import warnings
 
 from tfpg.guards import bounds
 from tfpg.options import (BACKBONES, EXPORT_FORMATS, HUB_INSTALL_HINT, LOG_POINTS, MIN_FREE_MB_ENV,
@@ -192,6 +193,50 @@ def check_file(path, option=None):
     is a file; the command line checks its input files before TensorFlow starts."""
     if path is not None and not os.path.isfile(path):
         raise UsageError(f"{option + ' ' if option else ''}{path}: file not found")
+
+def prompt_token_limit(config, max_new_tokens):
+    """The prompt length limit in tokens the run will apply (None: none), known
+    before the file is read: --max-prompt-length, or a new Transformer's positions
+    left by max_new_tokens."""
+    if config.max_prompt_length is not None:
+        return config.max_prompt_length
+    if config.backbone == "transformer" and config.model is None:
+        limit = POLICY_MAX_LENGTH - max_new_tokens
+        return limit if limit >= 2 else None    # make_job says there is no room
+    return None
+
+def read_train_file(config):
+    """The columns of --train-file, each prompt bounded in characters as it is read
+    (`tfpg.guards.bounds.prompt_char_limit`), so that no line is ever tokenized whole: a
+    longer prompt is refused naming file:line (--truncate-prompts error) or cut to
+    its left / right part with a warning. A malformed file is a one-line
+    `tfpg.data.DataError` naming file:line; a file without references when no
+    --reward / --reward-model scores the completions is a UsageError. Needs no
+    TensorFlow (`check_train_file`)."""
+    from tfpg import data
+    tokens = prompt_token_limit(config, config.max_new_tokens or 32)
+    if tokens is None:
+        reason = ("the most a prompt may have without --max-prompt-length; shorten it, "
+                  "or give --max-prompt-length N with --truncate-prompts left|right")
+    else:
+        reason = (f"{bounds.MAX_CHARS_PER_TOKEN} characters per token of the "
+                  f"{tokens}-token prompt limit; shorten it or pass --truncate-prompts "
+                  "left|right")
+    columns = data.read_file(config.train_file, bounds.prompt_char_limit(tokens),
+                             config.truncate_prompts, reason)
+    if "reference" not in columns and config.reward is None and config.reward_model is None:
+        raise UsageError(f"{config.train_file}: no references to score against; "
+                         "give --reward module:function or a .tsv / .jsonl with references")
+    return columns
+
+def check_train_file(config):
+    """Reads --train-file (if any) as the run will (`read_train_file`) and drops it:
+    the command line refuses a malformed file before TensorFlow starts. Its warnings
+    (prompts cut) come when the run reads the file."""
+    if config.train_file is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            read_train_file(config)
 
 # What a KerasHub preset or a transformers checkpoint directory always holds.
 MODEL_CONFIG_FILE = "config.json"

@@ -17,7 +17,7 @@ from tfpg.guards import bounds
 from tfpg import data as tfpg_data
 from tfpg import rewards
 from tfpg.run.config import (POLICY_MAX_LENGTH, TASK_FINETUNE_EPOCHS, check_reward_spec,
-                             read_chat_template)
+                             read_chat_template, read_train_file)
 from tfpg.options import UsageError
 from tfpg.run.evaluation import reference_metrics
 from tfpg.hf.chat_template import is_conversation
@@ -92,35 +92,6 @@ def _named_reward(reward_fn, spec):
     return reward
 
 
-def _prompt_token_limit(config, max_new_tokens):
-    """The prompt length limit in tokens the run will apply (None: none), known
-    before the file is read: --max-prompt-length, or a new Transformer's positions
-    left by max_new_tokens."""
-    if config.max_prompt_length is not None:
-        return config.max_prompt_length
-    if config.backbone == "transformer" and config.model is None:
-        limit = POLICY_MAX_LENGTH - max_new_tokens
-        return limit if limit >= 2 else None    # make_job says there is no room
-    return None
-
-
-def _read_train_file(config):
-    """The columns of --train-file, each prompt bounded in characters as it is read
-    (`tfpg.guards.bounds.prompt_char_limit`), so that no line is ever tokenized whole: a
-    longer prompt is refused naming file:line (--truncate-prompts error) or cut to
-    its left / right part with a warning."""
-    tokens = _prompt_token_limit(config, config.max_new_tokens or 32)
-    if tokens is None:
-        reason = ("the most a prompt may have without --max-prompt-length; shorten it, "
-                  "or give --max-prompt-length N with --truncate-prompts left|right")
-    else:
-        reason = (f"{bounds.MAX_CHARS_PER_TOKEN} characters per token of the "
-                  f"{tokens}-token prompt limit; shorten it or pass --truncate-prompts "
-                  "left|right")
-    return tfpg_data.read_file(config.train_file, bounds.prompt_char_limit(tokens),
-                               config.truncate_prompts, reason)
-
-
 def use_chat_template(config, tokenizer):
     """Sets `--chat-template` on the run's tokenizer (with the model's special
     tokens), which its checkpoint and export then keep."""
@@ -149,12 +120,9 @@ def _conversation_texts(config, prompts, tokenizer):
 
 def _file_job(config, tokenizer=None):
     from tfpg.tasks.base import Split
-    columns = _read_train_file(config)
+    columns = read_train_file(config)
     prompts = columns.pop("prompt")
     references = columns.pop("reference", None)
-    if references is None and config.reward is None and config.reward_model is None:
-        raise UsageError(f"{config.train_file}: no references to score against; "
-                         "give --reward module:function or a .tsv / .jsonl with references")
     texts = list(prompts)
     conversational = bool(prompts) and is_conversation(prompts[0])
     if conversational:
