@@ -21,10 +21,10 @@ def cut(items, keep, truncate):
     last ("left").
 
     Args:
-        items: one sequence (a list, tuple or str), or a tensor [B, (n)] (ragged or
-            dense), whose rows are each cut.
-        keep: how many items to keep, >= 0.
-        truncate: "right" or "left".
+        items: list, tuple, str or tf.RaggedTensor. One sequence, or a tensor
+            [B, (n)] (ragged or dense) whose rows are each cut.
+        keep: int. How many items to keep, >= 0.
+        truncate: str. "right" or "left".
 
     Example:
     >>> cut([1, 5, 6, 7], 2, "right"), cut([1, 5, 6, 7], 2, "left"), cut("abc", 0, "left")
