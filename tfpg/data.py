@@ -57,13 +57,13 @@ def language_model_dataset(texts, tokenizer, sequence_length=64, batch_size=32,
     windows after the first start mid-text, without BOS.
 
     Args:
-        texts: list of strings.
-        tokenizer: a `tfpg.Tokenizer`.
-        sequence_length: L, the number of next-token pairs per example.
-        batch_size: examples per batch.
-        shuffle: shuffle the examples (reshuffled every epoch, seeded by `seed`).
-        seed: shuffle seed.
-        drop_remainder: drop the last partial batch (gives a static batch size).
+        texts: list of str. The texts.
+        tokenizer: `tfpg.Tokenizer`. Encodes the texts.
+        sequence_length: int. L, the number of next-token pairs per example.
+        batch_size: int. Examples per batch.
+        shuffle: bool. Shuffle the examples (reshuffled every epoch, seeded by `seed`).
+        seed: int. Shuffle seed.
+        drop_remainder: bool. Drop the last partial batch (gives a static batch size).
 
     Example:
 
@@ -133,20 +133,22 @@ def prompt_dataset(prompts, tokenizer, references=None, batch_size=32,
     without a template is a one-line ValueError saying how to give one.
 
     Args:
-        prompts: list of strings, or list of conversations (lists of message dicts;
-            not both kinds).
-        tokenizer: a `tfpg.Tokenizer` or `tfpg.KerasHubTokenizer`.
-        references: None or one entry per prompt: a string or a list of strings.
-        batch_size: prompts per batch.
-        max_prompt_length: maximum prompt length in tokens, BOS included.
-        truncate: what to do with a longer prompt: "error" (the default: a
-            ValueError naming the prompt's index), "left" (drop its first tokens
-            after BOS, keeping the end) or "right" (keep its first tokens).
-        shuffle: shuffle the prompts (reshuffled every epoch, seeded by `seed`).
-        seed: shuffle seed.
-        extras: None or a dict name -> list of values, one per prompt.
-        repeat: repeat forever (each repetition reshuffled when `shuffle`).
-        drop_remainder: drop the last partial batch.
+        prompts: list of str or list of list of dict. Prompt strings, or
+            conversations (lists of message dicts); not both kinds.
+        tokenizer: `tfpg.Tokenizer` or `tfpg.KerasHubTokenizer`. Encodes the prompts.
+        references: list of str, list of list of str, or None. One entry per prompt:
+            a string or a list of strings.
+        batch_size: int. Prompts per batch.
+        max_prompt_length: int. Maximum prompt length in tokens, BOS included.
+        truncate: `"error"`, `"left"` or `"right"`. What to do with a longer prompt:
+            "error" (the default: a ValueError naming the prompt's index), "left"
+            (drop its first tokens after BOS, keeping the end) or "right" (keep its
+            first tokens).
+        shuffle: bool. Shuffle the prompts (reshuffled every epoch, seeded by `seed`).
+        seed: int. Shuffle seed.
+        extras: dict or None. Name -> list of values, one per prompt.
+        repeat: bool. Repeat forever (each repetition reshuffled when `shuffle`).
+        drop_remainder: bool. Drop the last partial batch.
 
     Example:
 
@@ -257,12 +259,14 @@ def pad_ids(rows, side="left", pad_id=0, multiple=1, min_width=0):
     """Lists of ids -> one padded batch, in numpy.
 
     Args:
-        rows: a list of id lists (an empty one is all padding).
-        side: "left" (prompts: generation starts at the same position in every row)
-            or "right" (references, completions).
-        pad_id: the id of padding (the tokenizer's; a mask, never the id, marks it).
-        multiple: the width is rounded up to a multiple of it (fewer shapes to trace).
-        min_width: the least width, for a batch whose rows may all be empty.
+        rows: list of list of int. The id lists (an empty one is all padding).
+        side: `"left"` or `"right"`. "left" (prompts: generation starts at the same
+            position in every row) or "right" (references, completions).
+        pad_id: int. The id of padding (the tokenizer's; a mask, never the id,
+            marks it).
+        multiple: int. The width is rounded up to a multiple of it (fewer shapes to
+            trace).
+        min_width: int. The least width, for a batch whose rows may all be empty.
 
     Returns:
         (ids int32 [B, T], mask int32 [B, T], 1 = real token), T the longest row
@@ -393,10 +397,12 @@ class PromptLimit:
     ones), counted for one warning per file (`report`).
 
     Args:
-        path: the file, for messages.
-        max_chars: characters kept per prompt; None keeps every prompt whole.
-        truncate: "error", "left" or "right".
-        reason: what sets `max_chars` and how to lift it, for the error message.
+        path: str. The file, for messages.
+        max_chars: int or None. Characters kept per prompt; None keeps every prompt
+            whole.
+        truncate: `"error"`, `"left"` or `"right"`. What to do with a longer prompt.
+        reason: str or None. What sets `max_chars` and how to lift it, for the error
+            message.
     """
 
     def __init__(self, path, max_chars=None, truncate="error", reason=None):

@@ -250,11 +250,13 @@ class ChatTemplate:
     """A chat template and the special tokens it is rendered with.
 
     Args:
-        source: the Jinja source, or a dict name -> source of named templates (the
-            list form of older tokenizer_config.json files, turned into a dict).
-        special_tokens: dict name -> token text (`bos_token`, `eos_token`, ...):
-            the template variables transformers takes from the tokenizer.
-        origin: where the template came from, for messages (a path or file name).
+        source: str or dict. The Jinja source, or a dict name -> source of named
+            templates (the list form of older tokenizer_config.json files, turned
+            into a dict).
+        special_tokens: dict. Name -> token text (`bos_token`, `eos_token`, ...): the
+            template variables transformers takes from the tokenizer.
+        origin: str. Where the template came from, for messages (a path or file
+            name).
 
     Example:
     >>> template = ChatTemplate("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}"
@@ -382,11 +384,11 @@ class ChatTemplate:
         `apply_chat_template(messages, tokenize=False, ...)`).
 
         Args:
-            messages: list of {"role", "content", ...} dicts.
-            add_generation_prompt: end with the header of an assistant turn (what a
-                prompt to complete needs).
-            tools: None or a list of JSON-schema dicts (function definitions).
-            documents: None or a list of {"title", "text"} dicts.
+            messages: list of dict. The messages, each with "role", "content", ...
+            add_generation_prompt: bool. End with the header of an assistant turn
+                (what a prompt to complete needs).
+            tools: list of dict or None. JSON-schema dicts (function definitions).
+            documents: list of dict or None. Dicts with "title" and "text".
             **kwargs: more template variables (they override the special tokens),
                 e.g. `date_string="26 Jul 2024"`.
 

@@ -67,19 +67,21 @@ def export_transformers(policy, directory, tokenizer=None, merge_lora=True,
     in PEFT's layout.
 
     Args:
-        policy: a `tfpg.KerasHubPolicy` (GPT-2, Gemma 1 / 2 / 3 text, Llama 3,
-            Mistral, Qwen 2 / 3).
-        directory: the output directory; replaced atomically if it is a previous tfpg
-            export, refused if it is any other non-empty directory.
-        tokenizer: the policy's tokenizer (default `policy.tokenizer`); its
-            `hf_files` (the source checkpoint's tokenizer files) are copied unchanged.
-        merge_lora: for a LoRA policy, True writes the weights with the adapters
-            merged; False the pre-trained weights (`format="transformers"`) or the
-            adapters alone (`format="peft"`, which requires it).
-        format: "transformers" (a full checkpoint) or "peft" (LoRA adapters).
-        base_model_name_or_path: written to `adapter_config.json` (`peft`): the base
-            checkpoint the adapters apply to (default: the directory the policy was
-            loaded from, when known).
+        policy: `tfpg.KerasHubPolicy`. The policy (GPT-2, Gemma 1 / 2 / 3 text,
+            Llama 3, Mistral, Qwen 2 / 3).
+        directory: str or os.PathLike. The output directory; replaced atomically if
+            it is a previous tfpg export, refused if it is any other non-empty
+            directory.
+        tokenizer: `tfpg.hf.tokenizer.HFTokenizer` or None. The policy's tokenizer
+            (default `policy.tokenizer`); its `hf_files` (the source checkpoint's
+            tokenizer files) are copied unchanged.
+        merge_lora: bool. For a LoRA policy, True writes the weights with the
+            adapters merged; False the pre-trained weights (`format="transformers"`)
+            or the adapters alone (`format="peft"`, which requires it).
+        format: `"transformers"` or `"peft"`. A full checkpoint or the LoRA adapters.
+        base_model_name_or_path: str or None. Written to `adapter_config.json`
+            (`peft`): the base checkpoint the adapters apply to (default: the
+            directory the policy was loaded from, when known).
 
     Returns:
         `directory`.

@@ -86,10 +86,10 @@ def write_file(path, tensors, metadata=None):
     BF16, ...), like `safetensors.numpy.save_file`.
 
     Args:
-        path: the file to write (replaced if it exists).
-        tensors: {name: numpy array (or anything `np.asarray` takes)}.
-        metadata: {str: str} stored as the header's `__metadata__` (transformers
-            reads `{"format": "pt"}`).
+        path: str. The file to write (replaced if it exists).
+        tensors: dict. Name -> numpy array (or anything `np.asarray` takes).
+        metadata: dict or None. str -> str, stored as the header's `__metadata__`
+            (transformers reads `{"format": "pt"}`).
     """
     header = {}
     if metadata:
@@ -124,7 +124,7 @@ class SafetensorsReader:
     `convert_weights(backbone, reader, config)` reads through it.
 
     Args:
-        directory: a directory with `model.safetensors`, or shards named by
+        directory: str. A directory with `model.safetensors`, or shards named by
             `model.safetensors.index.json`.
     """
 

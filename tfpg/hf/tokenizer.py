@@ -144,10 +144,11 @@ class HFTokenizer(KerasHubTokenizer):
     """A transformers checkpoint's tokenizer behind `tfpg.KerasHubTokenizer`'s interface.
 
     Args:
-        hf_files: {file name: str contents} of the checkpoint's tokenizer files;
-            `tokenizer.json` is required.
-        sentencepiece_proto: bytes of `tokenizer.model` (SentencePiece families), or
-            None to build one from `tokenizer.json` where the family needs it.
+        hf_files: dict. File name -> str contents of the checkpoint's tokenizer
+            files; `tokenizer.json` is required.
+        sentencepiece_proto: bytes or None. The bytes of `tokenizer.model`
+            (SentencePiece families), or None to build one from `tokenizer.json`
+            where the family needs it.
 
     Attributes:
         hf_files: the files, unchanged.
@@ -335,7 +336,7 @@ class InGraphEncoder(tf.Module):
     A `tf.Module`, so an export that holds it saves its tables.
 
     Args:
-        tokenizer: an `HFTokenizer`.
+        tokenizer: `HFTokenizer`. The tokenizer whose ids to give.
     """
 
     def __init__(self, tokenizer):

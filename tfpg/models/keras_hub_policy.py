@@ -65,13 +65,16 @@ class KerasHubPolicy(Policy):
     source `config.json` (kept by `get_config`, for the export back out).
 
     Args:
-        causal_lm: a `keras_hub.models.CausalLM` of a supported family.
-        lora_rank: None (train every weight) or the LoRA rank.
-        pad_id, bos_id, eos_id: override the tokenizer's ids.
-        hf_config: the `config.json` dict of the transformers checkpoint it came from
-            (None otherwise).
-        tokenizer: the tfpg tokenizer to report as `policy.tokenizer` (None: the
-            CausalLM preprocessor's).
+        causal_lm: `keras_hub.models.CausalLM`. A CausalLM of a supported family.
+        lora_rank: int or None. The LoRA rank; None trains every weight.
+        pad_id: int or None. Overrides the tokenizer's pad id.
+        bos_id: int or None. Overrides the tokenizer's BOS id.
+        eos_id: int or None. Overrides the tokenizer's EOS id.
+        hf_config: dict or None. The `config.json` dict of the transformers checkpoint
+            it came from (None otherwise).
+        tokenizer: `tfpg.KerasHubTokenizer`, `tfpg.hf.tokenizer.HFTokenizer` or None.
+            The tfpg tokenizer to report as `policy.tokenizer` (None: the CausalLM
+            preprocessor's).
 
     Example:
     >>> policy = tfpg.KerasHubPolicy.from_preset("gpt2_base_en", lora_rank=8)  # doctest: +SKIP

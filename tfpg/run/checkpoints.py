@@ -282,15 +282,18 @@ def epoch_batches(elements, batch_size, seed, phase, first_epoch, epochs, steps=
     over at `first_epoch` and changes nothing).
 
     Args:
-        elements: a dataset of single examples (not batched), in a fixed order;
-            read once into memory.
-        batch_size: examples per batch.
-        seed: the run's seed.
-        phase: "pretrain" or "finetune" (a key of SEED_STREAMS).
-        first_epoch, epochs: the epochs to give (`initial_epoch` and `epochs` of fit).
-        steps: batches per epoch; None: one pass over the examples. More than a pass
-            holds runs on into further passes, each in an order of its own.
-        drop_remainder: drop each pass's last partial batch (a static batch size).
+        elements: `tf.data.Dataset`. Single examples (not batched), in a fixed
+            order; read once into memory.
+        batch_size: int. Examples per batch.
+        seed: int. The run's seed.
+        phase: `"pretrain"` or `"finetune"`. A key of SEED_STREAMS.
+        first_epoch: int. The first epoch to give (`initial_epoch` of fit).
+        epochs: int. The epoch to stop before (`epochs` of fit).
+        steps: int or None. Batches per epoch; None: one pass over the examples.
+            More than a pass holds runs on into further passes, each in an order of
+            its own.
+        drop_remainder: bool. Drop each pass's last partial batch (a static batch
+            size).
 
     Returns:
         (dataset, steps): the batches, and the batches per epoch.

@@ -17,8 +17,9 @@ def reference_metrics(completions, references):
     """The held-out metrics of the user's own data (`--train-file`, `--eval-file`).
 
     Args:
-        completions: a list of completion strings.
-        references: one per completion: a string or a list of acceptable strings.
+        completions: list of str. The completions.
+        references: list of str or list of list of str. One per completion: a string
+            or a list of acceptable strings.
 
     Returns:
         {"bleu": corpus BLEU x 100 over whitespace words, "exact_match": the fraction

@@ -27,16 +27,24 @@ def run_reward_training(output, task=None, pairs=None, tokenizer=None, seed=0, e
     """Trains and saves a Bradley-Terry reward model; returns a summary dict.
 
     Args:
-        output: the reward model directory (refused if it holds anything but a
+        output: str. The reward model directory (refused if it holds anything but a
             previous reward model).
-        task: a bundled task with preference pairs ("preference"); the default
-            when `pairs` is None.
-        pairs: path of a JSONL pairs file.
-        tokenizer: path of a tokenizer JSON (`Tokenizer.save`); default: the
-            task's, or one built from the pairs file (word level).
-        seed, epochs, batch_size, learning_rate, backbone, embedding_dim,
-        hidden_dim, num_layers, margin, validation_split, verbose: see
-            `tfpg.rewards.train_preference_model` (`epochs` None: 4).
+        task: str or None. A bundled task with preference pairs ("preference"); the
+            default when `pairs` is None.
+        pairs: str or None. Path of a JSONL pairs file.
+        tokenizer: str or None. Path of a tokenizer JSON (`Tokenizer.save`); default:
+            the task's, or one built from the pairs file (word level).
+        seed: int. See `tfpg.rewards.train_preference_model`.
+        epochs: int or None. See `tfpg.rewards.train_preference_model`. None: 4.
+        batch_size: int. See `tfpg.rewards.train_preference_model`.
+        learning_rate: float. See `tfpg.rewards.train_preference_model`.
+        backbone: str. See `tfpg.rewards.train_preference_model`.
+        embedding_dim: int. See `tfpg.rewards.train_preference_model`.
+        hidden_dim: int. See `tfpg.rewards.train_preference_model`.
+        num_layers: int. See `tfpg.rewards.train_preference_model`.
+        margin: float. See `tfpg.rewards.train_preference_model`.
+        validation_split: float. See `tfpg.rewards.train_preference_model`.
+        verbose: int. See `tfpg.rewards.train_preference_model`.
 
     Returns:
         {"output", "source", "train_pairs", "heldout_pairs", "heldout_accuracy",

@@ -84,8 +84,8 @@ class KerasHubTokenizer(ChatTemplateMixin):
     template writes.
 
     Args:
-        hub_tokenizer: a KerasHub tokenizer with a vocabulary (e.g.
-            `causal_lm.preprocessor.tokenizer`).
+        hub_tokenizer: `keras_hub.tokenizers.Tokenizer`. A KerasHub tokenizer with a
+            vocabulary (e.g. `causal_lm.preprocessor.tokenizer`).
 
     Example:
     >>> tok = tfpg.KerasHubTokenizer.from_preset("gpt2_base_en")  # doctest: +SKIP

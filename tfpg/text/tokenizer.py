@@ -84,7 +84,7 @@ class Tokenizer(ChatTemplateMixin):
     `bos_token` and a rendered chat is encoded with BOS prepended (`chat_adds_bos`).
 
     Args:
-        vocabulary: list of token strings, index = id. Must start with
+        vocabulary: list of str. The token strings, index = id. Must start with
             `SPECIAL_TOKENS` ("<pad>", "<bos>", "<eos>", "<unk>").
         level: "word" or "char".
 
@@ -204,13 +204,16 @@ class Tokenizer(ChatTemplateMixin):
         """Encodes one text or a list of texts.
 
         Args:
-            texts: a str (or UTF-8 bytes) -> list[int]; a list of them (or a
-                1-D numpy array / string tensor) -> list[list[int]].
-            max_length: maximum length of each returned sequence, BOS included.
-            add_bos: prepend `bos_id` (prompts); False for BLEU references.
-            truncate: what to drop from an over-long sequence. "right" keeps the
-                first tokens (the default: the start of a prompt carries its
-                meaning); "left" keeps the last tokens (BOS stays in front).
+            texts: str, bytes, list of str, np.ndarray or tf.Tensor. A str (or UTF-8
+                bytes) -> list[int]; a list of them (or a 1-D numpy array / string
+                tensor) -> list[list[int]].
+            max_length: int or None. Maximum length of each returned sequence, BOS
+                included.
+            add_bos: bool. Prepend `bos_id` (prompts); False for BLEU references.
+            truncate: `"right"` or `"left"`. What to drop from an over-long sequence.
+                "right" keeps the first tokens (the default: the start of a prompt
+                carries its meaning); "left" keeps the last tokens (BOS stays in
+                front).
 
         Unknown tokens become `unk_id`; no EOS is added. Raises ValueError for
         bytes that are not valid UTF-8.
@@ -249,8 +252,9 @@ class Tokenizer(ChatTemplateMixin):
         """Decodes ids back to text.
 
         Args:
-            ids: a 1-D sequence -> str, or a batch (list of lists, numpy [B, T],
-                tensor [B, T]) -> list[str].
+            ids: list of int, list of list of int, np.ndarray or tf.Tensor. A 1-D
+                sequence -> str, or a batch (list of lists, numpy [B, T], tensor
+                [B, T]) -> list[str].
 
         Pad and BOS are dropped wherever they occur, everything from the first
         EOS on is ignored, unk decodes to "<unk>". Raises ValueError for ids
