@@ -18,6 +18,14 @@ class A2C(PolicyGradientTrainer):
     (`value_model=`) is fitted to the lambda-returns.
     Loss: -A log pi + value_coef * value loss - entropy_coef * entropy, token mean.
 
+    Args:
+        gamma: float. Discount of the TD / GAE advantages.
+        gae_lambda: float. Lambda of GAE, in ``[0, 1]``; 0 gives the one-step TD
+            advantage.
+
+    Other arguments: see `PolicyGradientTrainer` (`entropy_coef` defaults to 0.01
+    here; `value_model`, a `ValueNetwork`, is needed).
+
     Example:
     >>> tok = tfpg.Tokenizer.from_texts(["one two three four"], level="word")
     >>> policy = tfpg.PolicyNetwork(tok.vocabulary_size, embedding_dim=8, hidden_dim=16)

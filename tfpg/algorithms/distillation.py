@@ -97,14 +97,20 @@ class OnPolicyDistillation(PolicyGradientTrainer):
     Logs, besides the usual ones: `teacher_kl`, the mean over real tokens of the k1
     estimate log pi(a_t) - log pi_teacher(a_t) (nats per token).
 
-    Args (besides `PolicyGradientTrainer`'s):
-        policy: the student (`PolicyNetwork` or `KerasHubPolicy`).
-        teacher: a `PolicyNetwork` or `KerasHubPolicy` with the student's tokenizer
-            (same vocabulary); set non-trainable here, never updated.
-        reward_fn: an optional task reward (the `tfpg.rewards` signature); None: pure
-            distillation (no `reward` logs).
-        reward_weight: weight of the task reward R in the advantages (>= 0).
-        discount: in [0, 1]; 0 each token its own return, 1 the reward-to-go.
+    Args:
+        policy: `tfpg.models.Policy`. The student (`PolicyNetwork` or
+            `KerasHubPolicy`).
+        teacher: `tfpg.models.Policy`. A `PolicyNetwork` or `KerasHubPolicy` with the
+            student's tokenizer (same vocabulary); set non-trainable here, never
+            updated.
+        reward_fn: callable, `tfpg.rewards.Reward` or None. An optional task reward
+            (the `tfpg.rewards` signature); None: pure distillation (no `reward`
+            logs).
+        reward_weight: float. Weight of the task reward R in the advantages (>= 0).
+        discount: float. In [0, 1]; 0 each token its own return, 1 the reward-to-go.
+
+    Other arguments: see `PolicyGradientTrainer` (no `env`, `target_kl` or
+    `kl_in_reward=False`).
 
     Example:
     >>> tok = tfpg.Tokenizer.from_texts(["one two three four"], level="word")

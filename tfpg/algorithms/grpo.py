@@ -37,52 +37,76 @@ class GRPO(PolicyGradientTrainer):
     mean) / std. Loss per token: -min(ratio A, clip(ratio, 1 - eps, 1 + eps_high) A)
     + kl_coef * k3(pi, ref), aggregated by `loss_type`.
 
-    Args (besides `PolicyGradientTrainer`'s):
-        group_size, kl_coef, clip_epsilon: as in TRL (`num_generations`, `beta`,
-            `epsilon`).
-        clip_epsilon_high: upper clip (DAPO's clip-higher, e.g. 0.28); None = eps.
-        loss_type: "grpo" (mean per sequence, then over sequences), "bnpo" (mean over
-            the minibatch's tokens), "dr_grpo" (sum / (rows * max_new_tokens)),
+    Args:
+        clip_epsilon: float. `eps`, as TRL's `epsilon`.
+        loss_type: str. "grpo" (mean per sequence, then over sequences), "bnpo" (mean
+            over the minibatch's tokens), "dr_grpo" (sum / (rows * max_new_tokens)),
             "dapo" (sum / the real-token count of the whole rollout: equal to "bnpo"
-            with one minibatch, half of it per step with two).
-        scale_rewards: "group" (divide by the group's std), "batch" (by the std of
-            the whole batch), "none" (Dr. GRPO); True / False mean "group" / "none".
-        importance_sampling_level: "token", or "sequence" (GSPO: one ratio per
-            sequence, exp of the mean token log-ratio).
-        mask_truncated_completions: completions that hit `max_new_tokens` without
-            EOS leave the loss (DAPO); they still count in the group statistics.
-        top_entropy_quantile: only the tokens whose entropy is in this top quantile
-            of the minibatch's tokens get the policy-gradient term (1.0: all).
-        loss_type also: "cispo" (the importance weight clipped at
-            `clip_epsilon_high`, an absolute bound, detached, times -A log pi: set
-            clip_epsilon_high=5.0 as ScaleRL; None means clip_epsilon, as TRL),
-            "sapo" (a soft sigmoid gate, `sapo_temperature_pos` / `_neg`), "luspo"
-            (GSPO's loss summed over each sequence's tokens; use
-            importance_sampling_level="sequence"), "vespo" (-phi(w) A log pi with
-            phi the gamma weight of the sequence ratio w, `vespo_k_pos`,
-            `vespo_lambda_pos`, `vespo_k_neg`, `vespo_lambda_neg`).
-        delta: two-sided clipping (INTELLECT-2): the unclipped ratio is also capped
-            at `delta` (> 1 + eps), bounding what a negative-advantage token with a
-            huge ratio contributes. None: off.
-        use_bias_correction_kl: multiply the k3 KL term by the importance ratio (a
-            value of 1 on the first step, but differentiable): its gradient is then
-            the unbiased gradient of KL(pi || ref) (DeepSeek-V3.2). Default True, as
-            TRL 1.16; it changes the KL gradient (not the loss value) whenever
-            kl_coef > 0. False: the plain k3 term, whose gradient is biased.
-        off_policy_mask_threshold: drop from the policy term the sequences with a
-            negative advantage whose mean token KL from the sampling policy,
-            mean_t (log pi_old - log pi), exceeds this (DeepSeek-V3.2). None: off.
-        use_adaptive_entropy: Skywork-OR1's entropy control: the bonus's coefficient
-            (starting at `entropy_coef`) is a trainer weight, checkpointed and
-            resumed, moved by `entropy_coef_delta` after each optimizer step, up
-            (to `entropy_coef_max`) when the bonus tokens' mean entropy is at or
-            below `entropy_target`, else down (to `entropy_coef_min`); the bonus
-            applies only while the last step's entropy was at or below the target.
-        multi_objective_aggregation: with a `tfpg.rewards.WeightedSum` reward,
+            with one minibatch, half of it per step with two), "cispo" (the
+            importance weight clipped at `clip_epsilon_high`, an absolute bound,
+            detached, times -A log pi: set clip_epsilon_high=5.0 as ScaleRL; None
+            means clip_epsilon, as TRL), "sapo" (a soft sigmoid gate,
+            `sapo_temperature_pos` / `_neg`), "luspo" (GSPO's loss summed over each
+            sequence's tokens; use importance_sampling_level="sequence"), "vespo"
+            (-phi(w) A log pi with phi the gamma weight of the sequence ratio w,
+            `vespo_k_pos`, `vespo_lambda_pos`, `vespo_k_neg`, `vespo_lambda_neg`).
+        scale_rewards: str or bool. "group" (divide by the group's std), "batch" (by
+            the std of the whole batch), "none" (Dr. GRPO); True / False mean
+            "group" / "none".
+        clip_epsilon_high: float or None. Upper clip (DAPO's clip-higher, e.g.
+            0.28); None = eps.
+        importance_sampling_level: `"token"` or `"sequence"`. "sequence" is GSPO: one
+            ratio per sequence, exp of the mean token log-ratio.
+        mask_truncated_completions: bool. Completions that hit `max_new_tokens`
+            without EOS leave the loss (DAPO); they still count in the group
+            statistics.
+        top_entropy_quantile: float. Only the tokens whose entropy is in this top
+            quantile of the minibatch's tokens get the policy-gradient term (1.0:
+            all).
+        delta: float or None. Two-sided clipping (INTELLECT-2): the unclipped ratio
+            is also capped at `delta` (> 1 + eps), bounding what a negative-advantage
+            token with a huge ratio contributes. None: off.
+        sapo_temperature_pos: float. Temperature of the "sapo" gate for tokens with a
+            positive advantage.
+        sapo_temperature_neg: float. Temperature of the "sapo" gate for tokens with a
+            negative advantage.
+        vespo_k_pos: float. Shape `k` of the "vespo" gamma weight, positive
+            advantages.
+        vespo_lambda_pos: float. Rate `lambda` of the "vespo" gamma weight, positive
+            advantages.
+        vespo_k_neg: float. Shape `k` of the "vespo" gamma weight, negative
+            advantages.
+        vespo_lambda_neg: float. Rate `lambda` of the "vespo" gamma weight, negative
+            advantages.
+        use_bias_correction_kl: bool. Multiply the k3 KL term by the importance ratio
+            (a value of 1 on the first step, but differentiable): its gradient is
+            then the unbiased gradient of KL(pi || ref) (DeepSeek-V3.2). Default
+            True, as TRL 1.16; it changes the KL gradient (not the loss value)
+            whenever kl_coef > 0. False: the plain k3 term, whose gradient is biased.
+        off_policy_mask_threshold: float or None. Drop from the policy term the
+            sequences with a negative advantage whose mean token KL from the sampling
+            policy, mean_t (log pi_old - log pi), exceeds this (DeepSeek-V3.2).
+            None: off.
+        use_adaptive_entropy: bool. Skywork-OR1's entropy control: the bonus's
+            coefficient (starting at `entropy_coef`) is a trainer weight,
+            checkpointed and resumed, moved by `entropy_coef_delta` after each
+            optimizer step, up (to `entropy_coef_max`) when the bonus tokens' mean
+            entropy is at or below `entropy_target`, else down (to
+            `entropy_coef_min`); the bonus applies only while the last step's entropy
+            was at or below the target.
+        entropy_target: float. The entropy `use_adaptive_entropy` steers to.
+        entropy_coef_delta: float. The step of the adaptive entropy coefficient.
+        entropy_coef_min: float. The least adaptive entropy coefficient.
+        entropy_coef_max: float. The greatest adaptive entropy coefficient.
+        multi_objective_aggregation: str. With a `tfpg.rewards.WeightedSum` reward,
             "sum_then_normalize" (the weighted sum, then `scale_rewards`) or
-            "normalize_then_sum" (GDPO: each objective normalised within its
-            group, the weighted sum standardised over the batch; `scale_rewards` is
-            then not used, as TRL).
+            "normalize_then_sum" (GDPO: each objective normalised within its group,
+            the weighted sum standardised over the batch; `scale_rewards` is then
+            not used, as TRL).
+
+    Other arguments: see `PolicyGradientTrainer` (`group_size`, TRL's
+    `num_generations`, defaults to 8 here; `kl_coef`, TRL's `beta`, to 0.04;
+    `kl_estimator` to "k3"; `loss_aggregation` follows `loss_type`).
 
     The entropy bonus (`entropy_coef`) is the mean entropy of the tokens of the
     policy term (the top-entropy tokens with `top_entropy_quantile`), whatever

@@ -26,6 +26,20 @@ class PPO(PolicyGradientTrainer):
     `delta` (INTELLECT-2's two-sided clip, as GRPO's) caps the unclipped ratio too,
     bounding what a token with a negative advantage and a huge ratio contributes.
 
+    Args:
+        gamma: float. Discount of GAE.
+        gae_lambda: float. Lambda of GAE.
+        clip_epsilon: float. `eps` of the clipped surrogate (>= 0).
+        value_clip: float or None. `c` of the value clipping: the new value is kept
+            within `V_old +- c`; None: no clipping.
+        whiten_advantages: bool. Whiten the GAE advantages over the batch's scored
+            tokens.
+        delta: float or None. Cap of the unclipped ratio (two-sided clipping, > 0);
+            None: off.
+
+    Other arguments: see `PolicyGradientTrainer` (`kl_coef` defaults to 0.05,
+    `num_epochs` to 4 here; `value_model`, a `ValueNetwork`, is needed).
+
     Example:
     >>> tok = tfpg.Tokenizer.from_texts(["one two three four"], level="word")
     >>> policy = tfpg.PolicyNetwork(tok.vocabulary_size, embedding_dim=8, hidden_dim=16)

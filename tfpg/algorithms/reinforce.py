@@ -20,6 +20,14 @@ class REINFORCE(PolicyGradientTrainer):
     Loss aggregation defaults to "sequence_sum" (the textbook estimator: each
     sequence's summed token terms, averaged over the batch).
 
+    Args:
+        baseline: `"moving_average"`, `"value"` or None. The baseline subtracted from
+            the returns (see above); None: no baseline.
+        gamma: float. Discount of the Monte-Carlo returns.
+        baseline_decay: float. Decay of the "moving_average" baseline, in ``[0, 1)``.
+
+    Other arguments: see `PolicyGradientTrainer`.
+
     Example:
     >>> tok = tfpg.Tokenizer.from_texts(["one two three four"], level="word")
     >>> policy = tfpg.PolicyNetwork(tok.vocabulary_size, embedding_dim=8, hidden_dim=16)

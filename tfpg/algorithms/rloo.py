@@ -31,6 +31,15 @@ class RLOO(PolicyGradientTrainer):
     2025) standardises the leave-one-out advantages over the whole batch,
     (A - mean) / (std + 1e-4), so every batch's update has the same scale.
 
+    Args:
+        clip_epsilon: float. `eps` of the sequence-level clipped surrogate, used when
+            a rollout serves several gradient steps (>= 0).
+        normalize_advantages: bool. Standardise the leave-one-out advantages over the
+            whole batch.
+
+    Other arguments: see `PolicyGradientTrainer` (`group_size`, K >= 2,
+    defaults to 4 here).
+
     Example:
     >>> tok = tfpg.Tokenizer.from_texts(["one two three four"], level="word")
     >>> policy = tfpg.PolicyNetwork(tok.vocabulary_size, embedding_dim=8, hidden_dim=16)

@@ -16,6 +16,14 @@ class SCST(PolicyGradientTrainer):
     is reinforced only if it beats what the model would say at test time. The
     greedy decode costs one extra generation per step and no critic.
 
+    Args:
+        reward_fn: callable or `tfpg.rewards.Reward`. Scores both the samples and the
+            greedy decode, the baseline; a sample whose greedy decode is skipped
+            leaves the loss.
+
+    Other arguments: see `PolicyGradientTrainer` (no `env`: the baseline is a
+    single-turn decode).
+
     Example:
     >>> tok = tfpg.Tokenizer.from_texts(["one two three four"], level="word")
     >>> policy = tfpg.PolicyNetwork(tok.vocabulary_size, embedding_dim=8, hidden_dim=16)
