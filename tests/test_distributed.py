@@ -292,7 +292,7 @@ def test_a_checkpoint_is_committed_only_by_the_state_rename(tmp_path):
     resumed = pipeline.RunState(str(tmp_path / "model.checkpoint"), config)
     assert (resumed["pretrain_epochs_done"], resumed["pretrain_checkpoint"]) == (1, "pretrain-1")
     restored = keras.Variable([0.0, 0.0])
-    pipeline._restore(pipeline.variable_checkpoint(policy=[restored]), resumed.directory,
+    pipeline.restore(pipeline.variable_checkpoint(policy=[restored]), resumed.directory,
                       resumed["pretrain_checkpoint"])
     np.testing.assert_array_equal(restored.numpy(), [1.0, 2.0])
 

@@ -191,7 +191,7 @@ def prompt_dataset(prompts, tokenizer, references=None, batch_size=32,
 def _batched(arrays, batch_size, shuffle, seed, repeat, drop_remainder):
     """The `tf.data` pipeline of both builders over `arrays` (numpy, one row per
     example): shuffled every epoch (seeded), repeated forever if asked, batched."""
-    import tensorflow as tf        # here: the readers below run without it
+    import tensorflow as tf  # here: the readers below run without it
     dataset = tf.data.Dataset.from_tensor_slices(arrays)
     if shuffle:
         count = int(dataset.cardinality())

@@ -81,9 +81,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfpg import __version__
+from tfpg.generation import (cache_bytes_per_token, decode_loop, resolve_eos_id, resolve_sampler,
+                             sampling_suppress_ids)
 from tfpg.guards import bounds, trust
-from tfpg.generation import (cache_bytes_per_token, decode_loop, resolve_eos_id,
-                             resolve_sampler, sampling_suppress_ids)
 from tfpg.guards.locking import (EXPORT_MARKER, check_replaceable, output_lock, try_output_lock,
                                  write_json_atomically)
 from tfpg.losses import token_log_probs
@@ -534,7 +534,8 @@ def load(path, trust_remote_code=False):
 def _load_tokenizer(path):
     """The export's tokenizer: a tfpg `Tokenizer` or a `KerasHubTokenizer` (by the
     file's "format"; the latter needs keras_hub)."""
-    from tfpg.text.keras_hub_tokenizer import FORMAT as KERAS_HUB_FORMAT, KerasHubTokenizer
+    from tfpg.text.keras_hub_tokenizer import FORMAT as KERAS_HUB_FORMAT
+    from tfpg.text.keras_hub_tokenizer import KerasHubTokenizer
     try:
         with open(path, encoding="utf-8") as f:
             is_keras_hub = json.load(f).get("format") == KERAS_HUB_FORMAT
@@ -729,6 +730,7 @@ class GeneratorModel:
         training) in Python: see `tfpg.envs.multi_turn.play_text_episodes`. `options` go
         to `generate` (e.g. `max_new_tokens`: the per-turn budget)."""
         from tfpg.envs.multi_turn import play_text_episodes
+
         # A chat export: play_text_episodes renders the turns with the export's
         # template and sends them rendered.
         return play_text_episodes(functools.partial(self.generate,

@@ -23,6 +23,7 @@ import tensorflow as tf
 from tfpg.guards import bounds
 from tfpg.options import SAMPLERS  # noqa: F401 - the names `tfpg generate --sampler` offers
 from tfpg.xla import resolve_jit_compile
+
 DEFAULT_TOP_K = 50
 DEFAULT_TOP_P = 0.9
 # Finite rather than -inf so that masked entries never produce NaN (0 * inf) in
@@ -396,7 +397,7 @@ def generate(policy, prompt_ids, max_new_tokens=32, sampler="sample", temperatur
     >>> out.token_ids.shape
     TensorShape([2, 4])
     """
-    from tfpg.models.policy import check_policy   # tfpg.models imports this module
+    from tfpg.models.policy import check_policy  # tfpg.models imports this module
     check_policy(policy)
     greedy, top_k, top_p = resolve_sampler(sampler, temperature, top_k, top_p)
     suppress_ids = sampling_suppress_ids(policy, suppress_ids)

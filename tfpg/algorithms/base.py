@@ -32,19 +32,19 @@ import copy
 import keras
 import tensorflow as tf
 
-from tfpg.guards import bounds
 from tfpg import losses
-from tfpg.envs import multi_turn
 from tfpg.algorithms import episodes
 from tfpg.algorithms.collect import RolloutCollection
 from tfpg.algorithms.metrics import TrainerMetrics
 from tfpg.algorithms.update import PolicyUpdate
 from tfpg.distribution import DistributedFitMixin
+from tfpg.envs import multi_turn
+from tfpg.generation import (check_decode_size, resolve_eos_id, resolve_sampler,
+                             sampling_suppress_ids)
+from tfpg.guards import bounds
 from tfpg.models.copying import copy_policy
 from tfpg.models.keras_hub_policy import AdaptersOff
 from tfpg.models.policy import check_policy
-from tfpg.generation import (check_decode_size, resolve_eos_id, resolve_sampler,
-                             sampling_suppress_ids)
 from tfpg.rewards.base import ON_INVALID
 from tfpg.rewards.serialization import reward_layers, serialize_reward
 from tfpg.xla import resolve_jit_compile

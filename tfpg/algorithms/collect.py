@@ -15,10 +15,10 @@ from tfpg import advantages as adv
 from tfpg import losses
 from tfpg.algorithms import episodes
 from tfpg.algorithms.rollout import Rollout, as_rollout, truncated_completions
+from tfpg.algorithms.token_scores import SamplingFilter, score_tokens
 from tfpg.distribution import replica_rows
 from tfpg.generation import check_decode_size, decode_loop, prompt_padding_mask
 from tfpg.rewards.base import compute_rewards
-from tfpg.algorithms.token_scores import SamplingFilter, score_tokens
 from tfpg.xla import in_xla_context
 
 

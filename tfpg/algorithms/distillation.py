@@ -6,11 +6,11 @@ import keras
 import tensorflow as tf
 
 from tfpg import advantages as adv
-from tfpg.guards import bounds
 from tfpg.algorithms.base import PolicyGradientTrainer, check_reference
+from tfpg.algorithms.token_scores import SamplingFilter
+from tfpg.guards import bounds
 from tfpg.models.keras_hub_policy import AdaptersOff
 from tfpg.models.policy import check_policy
-from tfpg.algorithms.token_scores import SamplingFilter
 
 
 def no_task_reward(prompt_ids, completion_ids, completion_mask, batch):

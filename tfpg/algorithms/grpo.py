@@ -9,11 +9,11 @@ import keras
 import tensorflow as tf
 
 from tfpg import advantages as adv
-from tfpg.guards import bounds
 from tfpg import losses
 from tfpg.algorithms.base import PolicyGradientTrainer
 from tfpg.algorithms.rollout import sequence_return
 from tfpg.distribution import cross_replica_sum
+from tfpg.guards import bounds
 
 # loss_type -> aggregation (see tfpg.losses.aggregate_loss_terms): "grpo" a mean per
 # sequence, then over the minibatch's sequences; "bnpo" the minibatch's token mean;

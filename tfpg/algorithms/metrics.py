@@ -9,8 +9,8 @@ each: methods only, reading the trainer's options and models (`self.policy`,
 import tensorflow as tf
 
 from tfpg import advantages as adv
-from tfpg.envs import multi_turn
 from tfpg.distribution import cross_replica_sum
+from tfpg.envs import multi_turn
 
 # What a step computes and deliberately does not log, and why. Every other value a
 # step records must be one of `metric_names()` (`_record` refuses it otherwise), so no

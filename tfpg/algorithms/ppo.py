@@ -3,11 +3,11 @@
 import keras
 
 from tfpg import advantages as adv
-from tfpg.guards import bounds
 from tfpg import losses
 from tfpg.algorithms.base import PolicyGradientTrainer
-from tfpg.distribution import cross_replica_sum
 from tfpg.algorithms.grpo import CLIP_RATIO_METRICS, approx_kl_and_clip_fraction
+from tfpg.distribution import cross_replica_sum
+from tfpg.guards import bounds
 
 
 @keras.saving.register_keras_serializable(package="tfpg")

@@ -27,8 +27,8 @@ from typing import NamedTuple, Optional
 
 import tensorflow as tf
 
-from tfpg.models.chunked_attention import split_rows
 from tfpg.generation import FILTERED_LOGIT, filter_logits
+from tfpg.models.chunked_attention import split_rows
 
 # Default chunk: about 2^24 logits (64 MB in float32) per chunk, whatever V is.
 CHUNK_LOGITS = 2 ** 24

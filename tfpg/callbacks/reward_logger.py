@@ -1,14 +1,12 @@
 """`RewardLogger` and `LanguageModelLogger`: a trainer's `fit` logs to CSV and TensorBoard."""
 
 import collections.abc
-import csv
 import math
 import os
 
-import keras
 import tensorflow as tf
 
-from tfpg.callbacks.base import _is_chief, _numpy, _scalars, _int_or_none, _CsvLog, _GlobalStep
+from tfpg.callbacks.base import _CsvLog, _GlobalStep, _int_or_none, _is_chief, _numpy, _scalars
 
 
 class RewardLogger(_GlobalStep):

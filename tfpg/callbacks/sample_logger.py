@@ -8,7 +8,7 @@ import warnings
 import tensorflow as tf
 
 from tfpg import data as tfpg_data
-from tfpg.callbacks.base import _is_chief, _numpy, _policy_of, _GlobalStep
+from tfpg.callbacks.base import _GlobalStep, _is_chief, _numpy, _policy_of
 from tfpg.generation import generate
 from tfpg.rewards.base import call_reward
 

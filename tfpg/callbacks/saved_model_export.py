@@ -1,15 +1,13 @@
 """`SavedModelExport`: the policy exported at epoch end, atomically, optionally on improvement."""
 
-import json
 import math
 import os
 import warnings
 
 import keras
 
-from tfpg.callbacks.base import _is_chief, _scalars, _policy_of
+from tfpg.callbacks.base import _is_chief, _policy_of, _scalars
 from tfpg.export import export_saved_model, read_export_info, recover
-
 
 _GENERATION_OPTIONS = ("max_new_tokens", "sampler", "temperature", "top_k", "top_p",
                        "eos_id", "max_prompt_length")

@@ -36,9 +36,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfpg.data import MESSAGES_COLUMN, encode_prompt, is_conversation, pad_ids
+from tfpg.envs.turn_env import as_numpy_batch
 from tfpg.generation import generate
 from tfpg.models.policy import check_policy
-from tfpg.envs.turn_env import as_numpy_batch
 from tfpg.xla import resolve_jit_compile
 
 POLICY, ENV, PROMPT = "policy", "env", "prompt"

@@ -42,7 +42,6 @@ from tfpg import data as tfpg_data
 from tfpg.models.policy import check_policy
 from tfpg.rewards.base import ON_INVALID, compute_rewards
 
-
 _TOKENIZER_EOS = object()  # default eos_id: the tokenizer's
 
 

@@ -230,6 +230,7 @@ def _gemma(path, config):
 
 def _gemma3(path, config):
     from keras_hub.src.utils.transformers import convert_gemma3
+
     # KerasHub's Gemma 3: layer i is local (sliding, rope 10,000) unless i % 6 == 5
     # (global, rope 1,000,000), the released models' pattern.
     layers = _require(path, config, "num_hidden_layers")

@@ -537,8 +537,8 @@ def _write_tokenizer_files(directory, tokenizer, config):
             with open(os.path.join(directory, SENTENCEPIECE_FILE), "wb") as f:
                 f.write(proto)
     elif tokenizer is not None and getattr(tokenizer, "hub_tokenizer", None) is not None:
-        from keras_hub.src.utils.transformers.export.hf_exporter import (
-            MODEL_TOKENIZER_CONFIGS, export_tokenizer)
+        from keras_hub.src.utils.transformers.export.hf_exporter import (MODEL_TOKENIZER_CONFIGS,
+                                                                         export_tokenizer)
         kind = type(tokenizer.hub_tokenizer).__name__
         if kind not in MODEL_TOKENIZER_CONFIGS:
             raise ValueError(f"KerasHub cannot write a {kind} as transformers tokenizer "

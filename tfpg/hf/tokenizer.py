@@ -36,12 +36,12 @@ import re
 
 import tensorflow as tf
 
+from tfpg.guards.locking import write_json_atomically
 from tfpg.hf import import_hub_module
 from tfpg.text.keras_hub_tokenizer import (FORMAT, VERSION, HubIdsToString, HubStringToIds,
                                            KerasHubTokenizer)
 from tfpg.text.tokenizer import _check_max_length
 from tfpg.text.truncation import check_truncate, cut
-from tfpg.guards.locking import write_json_atomically
 
 # The files of a checkpoint that belong to its tokenizer (kept unchanged).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -222,8 +222,8 @@ class HFTokenizer(KerasHubTokenizer):
                              "model; tfpg reads byte-level or SentencePiece-style BPE")
         if self.kind == "sentencepiece":
             if self.sentencepiece_proto is None:
-                from keras_hub.src.utils.transformers.convert_gemma3 import (
-                    _build_sentencepiece_proto)
+                from keras_hub.src.utils.transformers.convert_gemma3 import \
+                    _build_sentencepiece_proto
                 self.sentencepiece_proto = _build_sentencepiece_proto(self._json)
             proto = self.sentencepiece_proto
             if self.dummy_prefix is not None:

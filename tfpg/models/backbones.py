@@ -3,9 +3,9 @@ the base class the two share."""
 
 import keras
 
-from tfpg.options import BACKBONES
 from tfpg.models.recurrent_backbone import RecurrentBackbone
 from tfpg.models.transformer_backbone import TransformerBackbone
+from tfpg.options import BACKBONES
 
 
 def make_backbone(vocab_size, embedding_dim, hidden_dim, backbone, num_layers, num_heads,

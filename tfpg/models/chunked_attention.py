@@ -18,7 +18,6 @@ logits set to the same large negative value, softmax in float32).
 
 import tensorflow as tf
 
-
 # About 2^24 attention logits (64 MB in float32) per chunk of queries.
 CHUNK_LOGITS = 2 ** 24
 

@@ -7,10 +7,9 @@ import tensorflow as tf
 
 from tfpg.guards import bounds
 from tfpg.hf import import_hub_module
-from tfpg.text.keras_hub_tokenizer import KerasHubTokenizer, special_ids, structural_ids
-from tfpg.models.keras_hub_backbone import (KerasHubBackbone, deserialize_entry,
-                                            supported_families)
+from tfpg.models.keras_hub_backbone import KerasHubBackbone, deserialize_entry, supported_families
 from tfpg.models.policy import Policy
+from tfpg.text.keras_hub_tokenizer import KerasHubTokenizer, special_ids, structural_ids
 
 
 def _check_causal_lm(causal_lm):

@@ -7,8 +7,8 @@ validates the result and masks invalid samples (see `tfpg.rewards.base`).
 
 from tfpg.rewards.base import (ON_INVALID, InvalidRewardError, Reward, RewardOutputError,
                                RewardResult, RewardTimeoutError, check_reward, compact_ids,
-                               completion_token_mask, completion_tokens, compute_rewards,
-                               id_mask, reward_name)
+                               completion_token_mask, completion_tokens, compute_rewards, id_mask,
+                               reward_name)
 from tfpg.rewards.bleu import BLEU, SMOOTHING_METHODS, corpus_bleu, sentence_bleu
 from tfpg.rewards.combine import WeightedSum
 from tfpg.rewards.keyword import Keyword
@@ -16,8 +16,8 @@ from tfpg.rewards.length import Length
 from tfpg.rewards.match import ExactMatch
 from tfpg.rewards.overlong import OverlongPenalty
 from tfpg.rewards.perplexity import Perplexity
-from tfpg.rewards.preference import (PreferenceTrainer, pairwise_accuracy,
-                                     read_preference_pairs, train_preference_model)
+from tfpg.rewards.preference import (PreferenceTrainer, pairwise_accuracy, read_preference_pairs,
+                                     train_preference_model)
 from tfpg.rewards.python_reward import PythonReward
 from tfpg.rewards.reward_model import RewardModel, train_reward_from_labels
 

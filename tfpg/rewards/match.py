@@ -4,8 +4,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfpg.rewards.base import (Reward, compact_ids, completion_token_mask, completion_tokens,
-                               id_mask)
+from tfpg.rewards.base import Reward, compact_ids, completion_token_mask, completion_tokens, id_mask
 
 
 def _as_text(value):

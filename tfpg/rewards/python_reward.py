@@ -10,9 +10,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfpg.data import MESSAGES_COLUMN
-from tfpg.rewards.base import (InvalidRewardError, Reward, RewardOutputError,
-                               RewardTimeoutError, completion_tokens, current_on_invalid,
-                               current_timeout)
+from tfpg.rewards.base import (InvalidRewardError, Reward, RewardOutputError, RewardTimeoutError,
+                               completion_tokens, current_on_invalid, current_timeout)
 
 
 def _to_python(column):

@@ -25,8 +25,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfpg.guards import trust
 from tfpg.data import pad_ids
+from tfpg.guards import trust
 from tfpg.rewards.base import Reward
 from tfpg.text.tokenizer import read_json_marker
 
@@ -241,9 +241,9 @@ class RewardModel(Reward):
         the op check. `trust_remote_code=True` skips the op check, for a graph you
         built yourself. `model.keras` is read in Keras' safe mode either way.
         """
+        import tfpg.models  # noqa: F401 - registers the tfpg layers for deserialising
         from tfpg.export import normalize_path, recover_if_unlocked
         from tfpg.text.tokenizer import Tokenizer
-        import tfpg.models  # noqa: F401 - registers the tfpg layers for deserialising
         directory = normalize_path(directory)
         recover_if_unlocked(directory)
         info = read_reward_model_info(directory)

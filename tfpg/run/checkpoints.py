@@ -33,14 +33,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfpg.run.config import (CHECKPOINT_SUFFIX, TrainConfig, check_export_format, check_writable,
-                             flag)
-from tfpg.options import RUNTIME_OPTIONS, UsageError
 from tfpg.export import export_saved_model
 from tfpg.guards.locking import write_json_atomically
+from tfpg.options import RUNTIME_OPTIONS, UsageError
+from tfpg.run.config import (CHECKPOINT_SUFFIX, TrainConfig, check_export_format, check_writable,
+                             flag)
 from tfpg.run.model_source import load_policy, new_policy
 from tfpg.text.tokenizer import Tokenizer
-
 
 # 2: the fine-tuning checkpoint always holds the KL reference (measured on every run).
 STATE_VERSION = 2

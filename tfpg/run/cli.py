@@ -34,8 +34,7 @@ from tfpg.guards import bounds
 from tfpg.options import (BACKBONES, EXPORT_FORMATS, NAMED_REWARDS, ON_INVALID_REWARD, PRECISIONS,
                           REWARD_TIMEOUT, SAMPLERS, STRATEGIES, TASK_NAMES, TRAINER_NAMES,
                           TRUNCATE_PROMPTS, UsageError)
-from tfpg.run.config import (TrainConfig, check_config, check_file, check_train_file, flag,
-                             run_paths)
+from tfpg.run.config import TrainConfig, check_config, check_file, check_train_file, flag, run_paths
 from tfpg.run.native_logs import filter_native_logs, quiet_environment
 
 

@@ -12,7 +12,7 @@ import tempfile
 import warnings
 
 from tfpg.guards import bounds
-from tfpg.options import (BACKBONES, EXPORT_FORMATS, HUB_INSTALL_HINT, LOG_POINTS, MIN_FREE_MB_ENV,
+from tfpg.options import (BACKBONES, EXPORT_FORMATS, HUB_INSTALL_HINT, MIN_FREE_MB_ENV,
                           NAMED_REWARDS, ON_INVALID_REWARD, PRECISIONS, REWARD_TIMEOUT, STRATEGIES,
                           TASK_NAMES, TRAINER_NAMES, TRUNCATE_PROMPTS, UsageError)
 

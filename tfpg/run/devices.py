@@ -14,9 +14,9 @@ import os
 import keras
 import tensorflow as tf
 
-from tfpg.options import NUM_CPU_DEVICES_ENV, UsageError
 from tfpg.distribution import is_chief  # noqa: F401 - a run's chief writes, with the strategy
 from tfpg.models.copying import copy_policy
+from tfpg.options import NUM_CPU_DEVICES_ENV, UsageError
 
 
 def configure_cpu_devices(count):

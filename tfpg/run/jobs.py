@@ -13,14 +13,14 @@ import functools
 import importlib
 import inspect
 
-from tfpg.guards import bounds
 from tfpg import data as tfpg_data
 from tfpg import rewards
+from tfpg.guards import bounds
+from tfpg.hf.chat_template import is_conversation
+from tfpg.options import UsageError
 from tfpg.run.config import (POLICY_MAX_LENGTH, TASK_FINETUNE_EPOCHS, check_reward_spec,
                              read_chat_template, read_train_file)
-from tfpg.options import UsageError
 from tfpg.run.evaluation import reference_metrics
-from tfpg.hf.chat_template import is_conversation
 from tfpg.tasks import EpisodeTask, get_task
 from tfpg.text.tokenizer import Tokenizer
 

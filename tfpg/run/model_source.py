@@ -13,9 +13,9 @@ import os
 
 import keras
 
+from tfpg.models import PolicyNetwork
 from tfpg.options import HUB_INSTALL_HINT, UsageError
 from tfpg.run.config import POLICY_MAX_LENGTH
-from tfpg.models import PolicyNetwork
 from tfpg.text.tokenizer import Tokenizer
 
 

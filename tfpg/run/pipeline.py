@@ -45,28 +45,27 @@ from tfpg import callbacks as tfpg_callbacks
 from tfpg import data as tfpg_data
 from tfpg.algorithms import ALGORITHMS, TRAINERS  # noqa: F401
 from tfpg.algorithms.base import reference_of
-from tfpg.run.checkpoints import (STATE_VERSION, EpochCheckpoint, EpochSeed, RunState,
+from tfpg.distribution import is_chief
+from tfpg.export import export_saved_model
+from tfpg.guards.locking import output_lock, write_json_atomically
+from tfpg.models import copy_policy  # noqa: F401
+from tfpg.models import KerasHubPolicy, PolicyNetwork, ValueNetwork
+from tfpg.options import (LOG_POINTS, MIN_FREE_MB_ENV, NAMED_REWARDS,  # noqa: F401
+                          NUM_CPU_DEVICES_ENV, ON_INVALID_REWARD, PRECISIONS, RUNTIME_OPTIONS,
+                          STRATEGIES, TRUNCATE_PROMPTS, UsageError)
+from tfpg.run.checkpoints import (STATE_VERSION, EpochCheckpoint, EpochSeed, RunState,  # noqa: F401
                                   WriteReporting, epoch_batches, export_from_source,
                                   export_hub_policy, reseed, restore, trainer_checkpoint,
                                   variable_checkpoint, write_checkpoint, writing)
-from tfpg.options import (LOG_POINTS, MIN_FREE_MB_ENV, NAMED_REWARDS, NUM_CPU_DEVICES_ENV,
-                          ON_INVALID_REWARD, PRECISIONS, RUNTIME_OPTIONS, STRATEGIES,
-                          TRUNCATE_PROMPTS, UsageError)
-from tfpg.run.config import (POLICY_MAX_LENGTH, TASK_FINETUNE_EPOCHS, TrainConfig, check_config,
-                             check_output, check_writable, run_paths)
-from tfpg.run.devices import (configure_cpu_devices, float32_copy, make_strategy, set_precision,
-                              shard_by_data)
-from tfpg.distribution import is_chief
+from tfpg.run.config import (POLICY_MAX_LENGTH, TASK_FINETUNE_EPOCHS, TrainConfig,  # noqa: F401
+                             check_config, check_output, check_writable, run_paths)
+from tfpg.run.devices import (configure_cpu_devices, float32_copy, make_strategy,  # noqa: F401
+                              set_precision, shard_by_data)
 from tfpg.run.evaluation import evaluate_policy, format_table  # noqa: F401
-from tfpg.export import export_saved_model
 from tfpg.run.jobs import Job, check_prompt_lengths, load_reward, make_job  # noqa: F401
-from tfpg.guards.locking import output_lock, write_json_atomically
 from tfpg.run.model_source import load_policy, load_teacher, new_policy
-from tfpg.models import KerasHubPolicy, PolicyNetwork, ValueNetwork
-from tfpg.run.pretraining import EpochProgress, LanguageModelTrainer, pretrain, pretraining_dataset
-from tfpg.models import copy_policy
-
-_restore = restore          # the name of tfpg <= 0.1
+from tfpg.run.pretraining import (EpochProgress, LanguageModelTrainer, pretrain,  # noqa: F401
+                                  pretraining_dataset)
 
 
 def _warn(message):

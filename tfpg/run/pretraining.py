@@ -13,9 +13,9 @@ import keras
 import tensorflow as tf
 
 from tfpg import data as tfpg_data
-from tfpg.run.config import POLICY_MAX_LENGTH
 from tfpg.distribution import DistributedFitMixin, apply_gradients, cross_replica_sum, scale_loss
 from tfpg.models import PolicyNetwork, copy_policy  # noqa: F401 - tfpg <= 0.1 imported it here
+from tfpg.run.config import POLICY_MAX_LENGTH
 
 
 class LanguageModelTrainer(DistributedFitMixin, keras.Model):

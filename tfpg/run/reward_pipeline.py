@@ -16,9 +16,9 @@ before training: a second run on the same output exits 2 naming the first's PID.
 
 import os
 
+from tfpg.guards.locking import output_lock
 from tfpg.options import UsageError
 from tfpg.run.config import check_writable
-from tfpg.guards.locking import output_lock
 
 
 def run_reward_training(output, task=None, pairs=None, tokenizer=None, seed=0, epochs=None,

@@ -17,6 +17,7 @@ Example:
 ('translate', 'word', 'bleu')
 """
 
+from tfpg.options import TASK_NAMES
 from tfpg.tasks.arithmetic import ArithmeticTask
 from tfpg.tasks.base import Split, Task
 from tfpg.tasks.calculator import CalculatorTask
@@ -24,7 +25,6 @@ from tfpg.tasks.episodic import EpisodeTask
 from tfpg.tasks.guess import GuessTask
 from tfpg.tasks.keywords import KeywordsTask
 from tfpg.tasks.preference import PreferenceTask
-from tfpg.options import TASK_NAMES
 from tfpg.tasks.translate import TranslateTask
 
 # Names in `tfpg.options`: the command line lists them without importing TensorFlow.

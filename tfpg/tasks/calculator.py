@@ -29,9 +29,9 @@ import re
 
 import numpy as np
 
+from tfpg.envs.tool_env import ToolEnv, calculator
 from tfpg.tasks.base import Split, check_positive, check_rate
 from tfpg.tasks.episodic import EpisodeTask, mean
-from tfpg.envs.tool_env import ToolEnv, calculator
 
 _PROMPT = re.compile(r"^(\d+)\*(\d+)=$")
 _CALL = "calc("

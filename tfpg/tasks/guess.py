@@ -29,9 +29,9 @@ import re
 
 import numpy as np
 
+from tfpg.envs.turn_env import TurnEnv
 from tfpg.tasks.base import Split, check_positive
 from tfpg.tasks.episodic import EpisodeTask, mean
-from tfpg.envs.turn_env import TurnEnv
 
 HIGHER, LOWER, INVALID, END = "higher", "lower", "no", "?"
 

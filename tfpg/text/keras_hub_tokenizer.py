@@ -30,11 +30,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfpg.guards.locking import write_json_atomically
 from tfpg.hf import import_hub_module
 from tfpg.hf.chat_template import ChatTemplateMixin
 from tfpg.text.tokenizer import _check_max_length, _left_pad, read_versioned_json
 from tfpg.text.truncation import check_truncate, cut
-from tfpg.guards.locking import write_json_atomically
 
 FORMAT = "tfpg.KerasHubTokenizer"
 VERSION = 1

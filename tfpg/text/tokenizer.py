@@ -34,9 +34,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfpg.guards.locking import write_json_atomically  # noqa: F401 - also imported from here
 from tfpg.hf.chat_template import ChatTemplateMixin
 from tfpg.text.truncation import check_truncate, cut
-from tfpg.guards.locking import write_json_atomically  # noqa: F401 - also imported from here
 
 _FORMAT = "tfpg.Tokenizer"
 _VERSION = 1
