@@ -201,7 +201,9 @@ def _xla_agent(algorithm, jit_compile, jit_decode):
     return agent
 
 
-@pytest.mark.parametrize("algorithm", ["reinforce", "ppo"])
+# PPO: several update epochs and minibatches in the compiled step (REINFORCE's one update
+# is a special case of it).
+@pytest.mark.parametrize("algorithm", ["ppo"])
 def test_train_step_compiled_whole_by_xla_equals_plain_step_with_xla_decoding(algorithm):
     # Both sample with XLA's Philox stream, so they see the same completions; the
     # update (forward, backward, clipping, Adam) must then agree.

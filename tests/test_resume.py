@@ -68,6 +68,7 @@ def runs(tmp_path_factory):
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
         state = json.loads((workdir / "resumed/model.checkpoint/state.json").read_text())
         assert state[f"{phase}_epochs_done"] == epochs
+        assert not (workdir / "resumed/model").exists()     # nothing exported before the end
         reruns.append(killed.stdout)
     final = run(TFPG + arguments("resumed"), workdir)
     assert final.returncode == 0, final.stderr[-3000:]
