@@ -18,8 +18,10 @@ def _is_chief(model):
     not write)."""
     return is_chief(getattr(model, "distribute_strategy", None))
 
+
 def _numpy(value):
     return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+
 
 def _scalars(logs):
     """The numeric scalar entries of a Keras logs dict, as Python floats, in order."""
@@ -33,17 +35,20 @@ def _scalars(logs):
             scalars[name] = float(array.reshape(()))
     return scalars
 
+
 def _int_or_none(text):
     try:
         return int(text)
     except (TypeError, ValueError):
         return None
 
+
 def _policy_of(model):
     """The policy a trainer holds (or the model itself when it is a `Policy`)."""
     if isinstance(model, Policy):
         return model
     return check_policy(getattr(model, "policy", None), "the model's policy")
+
 
 class _CsvLog:
     """A CSV file that grows one complete line per `append`.
@@ -100,6 +105,7 @@ class _CsvLog:
         os.makedirs(directory, exist_ok=True)
         write_file_atomically(self.path,
                               self._format(self.rows, header=True) if self.fields else "")
+
 
 class _GlobalStep(keras.callbacks.Callback):
     """Counts train steps across epochs: `self._step` is the global step of the last

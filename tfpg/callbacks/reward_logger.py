@@ -177,6 +177,7 @@ class RewardLogger(_GlobalStep):
                     advantages = advantages[_numpy(mask) > 0]
                 tf.summary.histogram("advantages", advantages.reshape(-1), step=step)
 
+
 class LanguageModelLogger(RewardLogger):
     """Pre-training curves: `loss` and `perplexity` (exp of the mean loss over the
     same steps) of a `fit` with a cross-entropy loss, in the TensorBoard run

@@ -21,6 +21,7 @@ def _markdown_cell(value):
     # Pipes would split the cell and newlines the row.
     return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", "<br>")
 
+
 class SampleLogger(_GlobalStep):
     """Completes fixed evaluation prompts during training and logs the results.
 

@@ -12,6 +12,7 @@ from tfpg.export import export_saved_model, read_export_info, recover
 _GENERATION_OPTIONS = ("max_new_tokens", "sampler", "temperature", "top_k", "top_p",
                        "eos_id", "max_prompt_length")
 
+
 class SavedModelExport(keras.callbacks.Callback):
     """Exports the trainer's policy as a SavedModel (`tfpg.export_saved_model`) at epoch end.
 

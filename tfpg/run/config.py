@@ -90,9 +90,11 @@ TASK_FINETUNE_EPOCHS = {"arithmetic": 4, "translate": 4, "keywords": 4, "prefere
 
 POLICY_MAX_LENGTH = 256
 
+
 def flag(name):
     """The command-line flag of option `name`: "learning_rate" -> "--learning-rate"."""
     return "--" + name.replace("_", "-")
+
 
 def check_values(config):
     """Raises UsageError (one line) for a numeric option out of its range or an empty
@@ -126,6 +128,7 @@ def check_values(config):
         read_chat_template(config.chat_template)
     check_teacher_options(config)
 
+
 def read_chat_template(path, special_tokens=None):
     """The `ChatTemplate` of `--chat-template path` (special tokens: the model's);
     a missing file or a template that does not compile is a UsageError naming the
@@ -138,6 +141,7 @@ def read_chat_template(path, special_tokens=None):
                          f"{error}") from None
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(f"--chat-template {error}") from None
+
 
 def check_config(config):
     """Raises UsageError for options that cannot work, before anything is written."""
@@ -188,11 +192,13 @@ def check_config(config):
             raise UsageError("--lora-rank needs a KerasHub preset; a .keras policy has "
                              "no LoRA adapters")
 
+
 def check_file(path, option=None):
     """UsageError "[OPTION ]PATH: file not found" unless `path` (None: nothing to check)
     is a file; the command line checks its input files before TensorFlow starts."""
     if path is not None and not os.path.isfile(path):
         raise UsageError(f"{option + ' ' if option else ''}{path}: file not found")
+
 
 def prompt_token_limit(config, max_new_tokens):
     """The prompt length limit in tokens the run will apply (None: none), known
@@ -204,6 +210,7 @@ def prompt_token_limit(config, max_new_tokens):
         limit = POLICY_MAX_LENGTH - max_new_tokens
         return limit if limit >= 2 else None    # make_job says there is no room
     return None
+
 
 def read_train_file(config):
     """The columns of --train-file, each prompt bounded in characters as it is read
@@ -229,6 +236,7 @@ def read_train_file(config):
                          "give --reward module:function or a .tsv / .jsonl with references")
     return columns
 
+
 def check_train_file(config):
     """Reads --train-file (if any) as the run will (`read_train_file`) and drops it:
     the command line refuses a malformed file before TensorFlow starts. Its warnings
@@ -240,6 +248,7 @@ def check_train_file(config):
 
 # What a KerasHub preset or a transformers checkpoint directory always holds.
 MODEL_CONFIG_FILE = "config.json"
+
 
 def check_model_source(option, source):
     """Refuses, before TensorFlow starts, a `--model` / `--teacher` that cannot be one,
@@ -263,6 +272,7 @@ def check_model_source(option, source):
     elif os.sep in source or "/" in source or source.startswith((".", "~")):
         raise UsageError(f"{option} {source}: no such file or directory")
 
+
 def check_reward_spec(spec):
     """`--reward`: one of `NAMED_REWARDS`, or `module:function` whose module exists
     (found, not imported: importing it may start TensorFlow). UsageError otherwise."""
@@ -280,6 +290,7 @@ def check_reward_spec(spec):
         raise UsageError(f"--reward {spec}: cannot import {module_name!r} (no module named "
                          f"{module_name!r})")
 
+
 def check_export_format(export_format, model, lora_rank):
     """Refuses an export format the run's policy cannot have: transformers and PEFT
     need a KerasHub `--model` (not a .keras PolicyNetwork), PEFT also `--lora-rank`."""
@@ -295,6 +306,7 @@ def check_export_format(export_format, model, lora_rank):
     if export_format == "peft" and lora_rank is None:
         raise UsageError("export format peft writes LoRA adapters: it needs --lora-rank")
 
+
 def check_teacher_options(config):
     """`--teacher` goes with `--algorithm distill` and only with it; a `.keras` teacher
     must exist (UsageError, one line)."""
@@ -308,6 +320,7 @@ def check_teacher_options(config):
                                  f"{config.algorithm}")
     if config.teacher is not None:
         check_model_source("--teacher", config.teacher)
+
 
 def check_writable(path, min_free_mb=None):
     """Fails early (before training, creating nothing) when `path` cannot be written:
@@ -336,6 +349,7 @@ def check_writable(path, min_free_mb=None):
 # A run's checkpoints: OUTPUT.checkpoint.
 CHECKPOINT_SUFFIX = ".checkpoint"
 
+
 def run_paths(config):
     """(output, logdir, checkpoint directory) of a run, each refused here (UsageError,
     one line, before TensorFlow starts) when the run could not write it: see
@@ -347,6 +361,7 @@ def run_paths(config):
     check_writable(output)
     check_writable(logdir)
     return output, logdir, checkpoint_dir
+
 
 def check_output(output, checkpoint_dir):
     """Refuses, before training, an output that the final export would refuse (a
