@@ -376,3 +376,10 @@ def test_keras_hub_classes_without_keras_hub_say_how_to_install_it(tmp_path, mon
     with pytest.raises(ImportError, match=r'^HFTokenizer needs tokenizers: pip install '
                                           r'"tfpg\[hub\]"$'):
         HFTokenizer({"tokenizer.json": "{}"})
+    # `tfpg train --model`'s one line names the hint once.
+    from tfpg.options import UsageError
+    from tfpg.run.model_source import load_policy
+    with pytest.raises(UsageError) as info:
+        load_policy("gpt2_base_en")
+    assert str(info.value) == f"--model gpt2_base_en: KerasHubPolicy needs keras-hub: " \
+                              f"{HUB_INSTALL_HINT}"

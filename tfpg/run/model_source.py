@@ -62,10 +62,13 @@ def _keras_file(source, tokenizer_path):
 
 
 def _keras_hub_preset(source, lora_rank):
+    from tfpg.hf import MissingExtraError
     try:
         from tfpg.models import KerasHubPolicy
         policy = KerasHubPolicy.from_preset(source, lora_rank=lora_rank)
-    except ImportError as error:
+    except MissingExtraError as error:         # it names the module and the install hint
+        raise UsageError(f"--model {source}: {error}") from None
+    except ImportError as error:               # keras-hub installed, a module it needs not
         raise UsageError(f"--model {source}: needs keras-hub ({HUB_INSTALL_HINT}): "
                          f"{error}") from None
     except Exception as error:  # noqa: BLE001 - KerasHub raises many types
