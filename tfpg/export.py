@@ -116,7 +116,7 @@ class _ExportModule(tf.Module):
         # Held untracked (written to __dict__, bypassing tracking): a tracked Keras 3
         # model saves each weight twice (its variable wrapper exports a copy), and
         # session-based loaders (saved_model_cli, TF Serving) restore only the copy,
-        # leaving the handles that the graphs read uninitialised. `track_variables`
+        # leaving the handles that the graphs read uninitialised. `save_traced`
         # tracks the raw tf.Variables the traced functions capture instead.
         self.__dict__["policy"] = policy
         # Prompts keep their *last* tokens when too long: the text nearest to the
@@ -158,14 +158,6 @@ class _ExportModule(tf.Module):
         self.log_probs = tf.function(self._log_probs, input_signature=[
             _prompt_spec(), tf.TensorSpec([None], tf.string, name="completions")])
         self.tokenize = tf.function(self._tokenize, input_signature=[_prompt_spec()])
-
-    def track_variables(self, concrete_functions):
-        """Tracks every variable the traced functions read, so they are saved."""
-        seen = {}
-        for function in concrete_functions:
-            for variable in function.variables:
-                seen.setdefault(id(variable), variable)
-        self.weights = list(seen.values())
 
     def _generate(self, prompts):
         return self.generate_with_options(
@@ -375,12 +367,26 @@ def _write_saved_model(policy, tokenizer, defaults, max_prompt_length, directory
                        chat=False):
     """Traces the serving functions and saves them to `directory` (the slow step)."""
     module = _ExportModule(policy, tokenizer, defaults, max_prompt_length, chat)
-    signatures = {"generate": module.generate.get_concrete_function(),
-                  "serving_default": module.generate.get_concrete_function(),
-                  "generate_with_options": module.generate_with_options.get_concrete_function(),
-                  "log_probs": module.log_probs.get_concrete_function(),
-                  "tokenize": module.tokenize.get_concrete_function()}
-    module.track_variables(signatures.values())
+    traced = {name: getattr(module, name).get_concrete_function()
+              for name in ("generate", "generate_with_options", "log_probs", "tokenize")}
+    save_traced(module, directory, dict(traced, serving_default=traced["generate"]))
+
+
+def save_traced(module, directory, signatures):
+    """`tf.saved_model.save(module, directory, signatures=signatures)`, tracing nothing
+    again: each `tf.function` attribute of `module` that is a signature is replaced by
+    its traced (concrete) function first. (The save would trace every `tf.function`
+    attribute a second time, its cache key being different inside the save: the whole
+    cost of an export, doubled.) Every variable the functions read is tracked (as
+    `module.weights`), so it is saved."""
+    for name, function in signatures.items():
+        if isinstance(getattr(module, name, None), tf.types.experimental.PolymorphicFunction):
+            setattr(module, name, function)
+    seen = {}
+    for function in signatures.values():
+        for variable in function.variables:
+            seen.setdefault(id(variable), variable)
+    module.weights = list(seen.values())
     tf.saved_model.save(module, directory, signatures=signatures)
 
 

@@ -344,14 +344,10 @@ class _ScoreModule(tf.Module):
 
 
 def _write_score_saved_model(reward_model, tokenizer, directory):
+    from tfpg.export import save_traced
     module = _ScoreModule(reward_model, tokenizer)
     function = module.score.get_concrete_function()
-    seen = {}
-    for variable in function.variables:
-        seen.setdefault(id(variable), variable)
-    module.weights = list(seen.values())
-    tf.saved_model.save(module, directory,
-                        signatures={"score": function, "serving_default": function})
+    save_traced(module, directory, {"score": function, "serving_default": function})
 
 
 def train_reward_from_labels(texts, labels, tokenizer, embedding_dim=32, hidden_dim=32,
