@@ -59,13 +59,20 @@ def test_pretraining_windows_of_a_keras_hub_tokenizer_mark_padding_by_mask(prese
     assert 0 in {i for ids in tokenizer.encode(texts) for i in ids}      # "!" is id 0
 
 
-def test_a_lora_run_from_a_keras_hub_preset_resumes_and_exports(job_file, preset):
+def test_a_lora_run_from_a_keras_hub_preset_resumes_and_exports(job_file, preset,
+                                                                 monkeypatch):
     log = []
     run = config(job_file, "gpt2", model=preset, lora_rank=2, epochs=2, steps_per_epoch=1)
-    metrics = pipeline.run_training(run, log=log.append)
+
+    def killed(*args):
+        raise KeyboardInterrupt             # as if killed before the final evaluation
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "evaluate_and_export", killed)
+        with pytest.raises(KeyboardInterrupt):
+            pipeline.run_training(run, log=log.append)
     assert not [line for line in log if line.startswith("pre-training")]   # skipped
-    assert metrics["model"] == preset and metrics["lora_rank"] == 2
-    assert np.isfinite(metrics["after"]["kl"])
+    assert not (job_file / "gpt2/model").exists()
 
     # As if killed after epoch 1 (its checkpoint then named in the state): the same
     # command restores the checkpoint into the rebuilt preset and trains epoch 2.
@@ -74,8 +81,10 @@ def test_a_lora_run_from_a_keras_hub_preset_resumes_and_exports(job_file, preset
     assert state["pretrain_epochs_done"] == 0 and state["finetune_epochs_done"] == 2
     state_path.write_text(json.dumps(dict(state, finetune_epochs_done=1)))
     log.clear()
-    pipeline.run_training(run, log=log.append)
+    metrics = pipeline.run_training(run, log=log.append)
     assert "fine-tuning epoch 1/2" in log[0], log
+    assert metrics["model"] == preset and metrics["lora_rank"] == 2
+    assert np.isfinite(metrics["after"]["kl"])
 
     # `tfpg export` of the checkpoint rebuilds the preset and gives the same model.
     assert main(["export", str(job_file / "gpt2/model.checkpoint"), "--output",
