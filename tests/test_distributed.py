@@ -133,19 +133,14 @@ def finish(processes, timeout=500):
 
 @pytest.fixture(scope="module")
 def deterministic_run(tmp_path_factory):
-    """`tfpg train --deterministic` on the tiny job, run twice from scratch (at once)."""
+    """`tfpg train --deterministic` on the tiny job, on one device. (That two such runs
+    give the same bits is test_resume's: the unbroken run equals the resumed one.)"""
     workdir = tmp_path_factory.mktemp("deterministic")
     write_tiny_job(workdir)
-    finish([start(TRAIN + ["--deterministic", "--output", f"{name}/model", "--logdir",
-                           f"{name}/logs"], workdir) for name in ("first", "second")])
+    finish([start(TRAIN + ["--deterministic", "--output", "first/model", "--logdir",
+                           "first/logs"], workdir)])
+    assert metrics_of(workdir / "first/model/metrics.json")["after"]["kl"] != 0.0  # it trained
     return workdir
-
-
-def test_same_seed_gives_the_same_metrics_json(deterministic_run):
-    first = metrics_of(deterministic_run / "first/model/metrics.json")
-    second = metrics_of(deterministic_run / "second/model/metrics.json")
-    assert first == second                  # everything but seconds and the paths
-    assert first["after"]["kl"] != 0.0      # fine-tuning did move the policy
 
 
 def test_cli_mirrored_and_multi_worker_runs_match_the_single_device_run(deterministic_run):
