@@ -395,6 +395,31 @@ def memory():
     return figures
 
 
+def compare_commits():
+    """docs/performance.md's before / after table (benchmarks/compare_commits.py)."""
+    data = result("compare_commits.json")
+    commits = {side: data["commits"][side][:7] for side in ("before", "after")}
+    lines = [f"| median of 3 alternating runs | before ({commits['before']}) "
+             f"| after ({commits['after']}) |", "|---|---|---|"]
+
+    def cells(side):
+        return ([c for c in data[side]["generation_quick"] if c["backbone"] == "lstm"]
+                + data[side]["generation_transformer"])
+
+    for before, after in zip(cells("before"), cells("after")):
+        def show(cell):
+            hub = f", {cell['vs_kerashub']:.2f}x KerasHub" if cell["vs_kerashub"] else ""
+            return f"{percent(cell['mfu'])}{hub}"
+        lines.append(f"| generation, {before['backbone']} {before['batch_size']} x "
+                     f"{before['new_tokens']}: MFU | {show(before)} | {show(after)} |")
+    for before, after in zip(data["before"]["training"], data["after"]["training"]):
+        lines.append(f"| train step, {before['algorithm']}: MFU (one run each) "
+                     f"| {percent(before['mfu'])} | {percent(after['mfu'])} |")
+    peaks = [row["peak_gflops"] for side in ("before", "after")
+             for step in ("generation", "training") for row in data[side][step]]
+    return ["\n".join(lines), f"peak of {span(peaks)} GFLOP/s"]
+
+
 VS_TRL_NAMES = {"TRL": "TRL `GRPOTrainer`",
                 "tfpg": "tfpg (XLA decode loop, the default `jit_compile=\"auto\"`)",
                 "tfpg, plain decode": "tfpg (plain `tf.function` decode)",
@@ -483,6 +508,7 @@ CHECKS = {
     "training": ("docs/performance.md", training),
     "memory": ("docs/performance.md", memory),
     "vs_trl": ("docs/performance.md", vs_trl),
+    "compare_commits": ("docs/performance.md", compare_commits),
     "scale_summary": ("docs/performance.md", scale_summary),
     "scale": ("docs/real-sizes.md", scale),
     "faults": ("docs/trust.md", faults),
