@@ -28,12 +28,12 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICK = ["--quick", "--backbones", "lstm", "transformer", "--repeats", "5",
-         "--eager-max-tokens", "0", "--xla-new-tokens", "0"]
+# The alternating runs time tfpg (and KerasHub) only: no eager loop, no XLA column.
+TFPG_ONLY = ["--eager-max-tokens", "0", "--xla-new-tokens", "0"]
+QUICK = ["--quick", "--backbones", "lstm", "transformer", "--repeats", "5"] + TFPG_ONLY
 # The Transformer against KerasHub on the grid where KerasHub runs by default.
 TRANSFORMER = ["--backbones", "transformer", "--batch-sizes", "64", "256", "--new-tokens",
-               "32", "128", "--repeats", "3", "--eager-max-tokens", "0", "--xla-new-tokens",
-               "0", "--flat-tokens", "32"]
+               "32", "128", "--repeats", "3"] + TFPG_ONLY + ["--flat-tokens", "32"]
 STEPS = {"generation": ["benchmarks/generation.py", "--flat-kerashub"],
          "training": ["benchmarks/training.py"],
          "generation_quick": ["benchmarks/generation.py"] + QUICK,

@@ -406,10 +406,11 @@ def compare_commits():
         return ([c for c in data[side]["generation_quick"] if c["backbone"] == "lstm"]
                 + data[side]["generation_transformer"])
 
+    def show(cell):
+        hub = f", {cell['vs_kerashub']:.2f}x KerasHub" if cell["vs_kerashub"] else ""
+        return f"{percent(cell['mfu'])}{hub}"
+
     for before, after in zip(cells("before"), cells("after")):
-        def show(cell):
-            hub = f", {cell['vs_kerashub']:.2f}x KerasHub" if cell["vs_kerashub"] else ""
-            return f"{percent(cell['mfu'])}{hub}"
         lines.append(f"| generation, {before['backbone']} {before['batch_size']} x "
                      f"{before['new_tokens']}: MFU | {show(before)} | {show(after)} |")
     for before, after in zip(data["before"]["training"], data["after"]["training"]):
